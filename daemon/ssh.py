@@ -1,0 +1,360 @@
+"""One SSH connection to a host: key-only auth, ~/.ssh/config, strict known_hosts, named failures.
+
+:func:`connect` opens an :class:`asyncssh.SSHClientConnection` or raises a :class:`TetherError`
+whose message says what went wrong and whose hint says what to do. tether never prompts: password
+and keyboard-interactive methods are *declined* by our client object (never answered), which also
+tells us that the server offered them, so "this server only takes passwords" can be said plainly.
+Files (~/.ssh/config, keys, known_hosts) are read off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+from asyncssh.config import SSHClientConfig
+
+from .config import HostConfig
+from .errors import AuthRefused, HostKeyChanged, HostKeyUnknown, HostUnreachable, TetherError
+
+DEFAULT_CONNECT_TIMEOUT_S = 15.0
+DEFAULT_KEY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa", "id_ed25519_sk", "id_ecdsa_sk")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a host really is once ``~/.ssh/config`` has been applied."""
+
+    alias: str
+    hostname: str
+    port: int
+    username: str
+    proxy_jump: str | None
+    connect_timeout_s: float
+    config_paths: tuple[Path, ...]
+    identity_files: tuple[Path, ...] = ()
+
+    @property
+    def display(self) -> str:
+        return f"{self.username}@{self.hostname}:{self.port}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        """How OpenSSH names this host in known_hosts."""
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+
+
+def parse_destination(ssh: str) -> tuple[str | None, str, int | None]:
+    """Split ``[user@]host[:port]`` (``[v6addr]:port`` too) into its parts."""
+    user, _, rest = ssh.rpartition("@")
+    port: int | None = None
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        if tail.startswith(":") and tail[1:].isdigit():
+            port = int(tail[1:])
+    elif rest.count(":") == 1 and rest.split(":")[1].isdigit():
+        host, port_text = rest.split(":")
+        port = int(port_text)
+    else:
+        host = rest
+    return (user or None), host, port
+
+
+def _config_paths(host: HostConfig) -> tuple[Path, ...]:
+    path = host.ssh_config or Path("~/.ssh/config").expanduser()
+    return (path,) if path.is_file() else ()
+
+
+def resolve_target(host: HostConfig) -> Target:
+    """Apply ~/.ssh/config (Host, HostName, Port, User, ProxyJump, ConnectTimeout, IdentityFile)."""
+    user, alias, port = parse_destination(host.ssh)
+    paths = _config_paths(host)
+    local_user = getpass.getuser()
+    cfg = SSHClientConfig.load(
+        None, list(paths), False, False, False, local_user, user or (), alias, port or ()
+    )
+    timeout = host.connect_timeout_s or cfg.get("ConnectTimeout") or DEFAULT_CONNECT_TIMEOUT_S
+    identities = tuple(Path(str(p)).expanduser() for p in (cfg.get("IdentityFile") or ()))
+    return Target(
+        alias=alias,
+        hostname=str(cfg.get("Hostname") or alias),
+        port=int(cfg.get("Port") or port or 22),
+        username=str(cfg.get("User") or user or local_user),
+        proxy_jump=str(cfg.get("ProxyJump")) if cfg.get("ProxyJump") else None,
+        connect_timeout_s=float(timeout),
+        config_paths=paths,
+        identity_files=identities,
+    )
+
+
+@dataclass
+class _Keys:
+    """The keys we will offer, and what we learnt while looking for them."""
+
+    client_keys: Any = ()
+    """Passed to asyncssh: a list of paths, or ``()`` for its defaults (~/.ssh/id_*)."""
+    agent: bool = False
+    found: list[Path] = field(default_factory=list)
+    encrypted: list[Path] = field(default_factory=list)
+
+
+def _is_encrypted(path: Path) -> bool:
+    try:
+        asyncssh.read_private_key(path)
+    except asyncssh.KeyImportError as exc:
+        return "passphrase" in str(exc).lower()
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def _find_keys(host: HostConfig, target: Target) -> _Keys:
+    keys = _Keys(agent=bool(os.environ.get("SSH_AUTH_SOCK")))
+    explicit = [host.identity_file] if host.identity_file else list(target.identity_files)
+    if explicit:
+        for path in explicit:
+            if not path.is_file():
+                raise AuthRefused(
+                    f"{host.name}: identity file {path} does not exist",
+                    "fix identity_file in tether.toml or IdentityFile in ~/.ssh/config",
+                )
+        keys.found = explicit
+        keys.encrypted = [p for p in explicit if _is_encrypted(p)]
+        usable = [str(p) for p in explicit if p not in keys.encrypted]
+        if keys.encrypted and not keys.agent:
+            raise AuthRefused(
+                f"{host.name}: {keys.encrypted[0]} is encrypted and no ssh-agent is running",
+                f"start one and run `ssh-add {keys.encrypted[0]}`; tether never asks for passphrases",
+            )
+        keys.client_keys = usable or ()
+        return keys
+    ssh_dir = Path("~/.ssh").expanduser()
+    keys.found = [ssh_dir / n for n in DEFAULT_KEY_NAMES if (ssh_dir / n).is_file()]
+    keys.encrypted = [p for p in keys.found if _is_encrypted(p)]
+    return keys
+
+
+class _AuthWitness(asyncssh.SSHClient):
+    """Declines every password prompt and remembers which methods the server offered."""
+
+    def __init__(self) -> None:
+        self.offered: set[str] = set()
+
+    def public_key_auth_requested(self) -> None:
+        self.offered.add("publickey")
+        return None
+
+    def password_auth_requested(self) -> None:
+        self.offered.add("password")
+        return None
+
+    def kbdint_auth_requested(self) -> None:
+        self.offered.add("keyboard-interactive")
+        return None
+
+
+def known_hosts_files(host: HostConfig) -> list[Path]:
+    if host.known_hosts is not None:
+        return [host.known_hosts]
+    return [Path("~/.ssh/known_hosts").expanduser(), Path("/etc/ssh/ssh_known_hosts")]
+
+
+def _known_hosts_arg(host: HostConfig) -> Any:
+    """Never ``None``: asyncssh reads None as "do not verify"."""
+    existing = [str(p) for p in known_hosts_files(host) if p.is_file()]
+    return existing if existing else asyncssh.import_known_hosts("")
+
+
+def connect_options(host: HostConfig, target: Target, keys: _Keys, **overrides: Any) -> dict:
+    options: dict[str, Any] = {
+        "host": target.alias,
+        "port": target.port,
+        "username": target.username,
+        "config": [str(p) for p in target.config_paths],
+        "known_hosts": _known_hosts_arg(host),
+        "client_keys": keys.client_keys,
+        "password_auth": True,  # offered methods are recorded and declined by _AuthWitness
+        "kbdint_auth": True,
+        "host_based_auth": False,
+        "gss_auth": False,
+        "connect_timeout": target.connect_timeout_s,
+        "login_timeout": target.connect_timeout_s,
+    }
+    options.update(overrides)
+    return options
+
+
+async def connect(host: HostConfig, **overrides: Any) -> asyncssh.SSHClientConnection:
+    """Open a verified, key-authenticated connection, or raise a classified TetherError.
+
+    ``overrides`` go to :func:`asyncssh.connect` (keepalive settings, a ``tunnel``...).
+    """
+    loop = asyncio.get_running_loop()
+    target = await loop.run_in_executor(None, resolve_target, host)
+    keys = await loop.run_in_executor(None, _find_keys, host, target)
+    witness = _AuthWitness()
+    options = connect_options(host, target, keys, **overrides)
+    try:
+        return await asyncssh.connect(client_factory=lambda: witness, **options)
+    except asyncssh.HostKeyNotVerifiable:
+        raise await host_key_error(host, target) from None
+    except asyncssh.PermissionDenied:
+        raise auth_error(host, target, keys, witness.offered) from None
+    except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
+        raise AuthRefused(
+            f"{host.name}: cannot use the key: {exc}", "load it into ssh-agent with `ssh-add`"
+        ) from None
+    except BaseException as exc:
+        error = network_error(host, target, exc)
+        if error is None:
+            raise
+        raise error from None
+
+
+def network_error(host: HostConfig, target: Target, exc: BaseException) -> TetherError | None:
+    """The HostUnreachable that ``exc`` means, or None if it is not a network failure."""
+    where = f"{host.name} ({target.display})"
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return HostUnreachable(
+            f"{where}: no answer within {target.connect_timeout_s:g}s",
+            "check the address and your network, or raise connect_timeout",
+        )
+    if isinstance(exc, socket.gaierror):
+        return HostUnreachable(
+            f"{where}: cannot resolve {target.hostname!r}", "check the host name or ~/.ssh/config"
+        )
+    if isinstance(exc, ConnectionRefusedError):
+        return HostUnreachable(
+            f"{where}: connection refused", f"is sshd running and listening on port {target.port}?"
+        )
+    if isinstance(exc, asyncssh.DisconnectError):
+        return HostUnreachable(
+            f"{where}: the server closed the connection: {exc.reason}", "try again; see sshd's log"
+        )
+    if isinstance(exc, OSError):
+        return HostUnreachable(f"{where}: {exc.strerror or exc}", "check the address and network")
+    return None
+
+
+def auth_error(host: HostConfig, target: Target, keys: _Keys, offered: set[str]) -> AuthRefused:
+    """Explain a refused login: no key, key refused, passwords only, or a locked key."""
+    who = f"{host.name} ({target.display})"
+    copy_id = f"ssh-copy-id -p {target.port} {target.username}@{target.hostname}"
+    if "publickey" not in offered and offered & {"password", "keyboard-interactive"}:
+        return AuthRefused(
+            f"{who} accepts only passwords; tether is key-only",
+            f"install a key with `{copy_id}` and enable PubkeyAuthentication in sshd_config",
+        )
+    if keys.encrypted and not keys.agent:
+        return AuthRefused(
+            f"{who} refused the keys on offer; {keys.encrypted[0]} is encrypted and no agent runs",
+            f"run `ssh-add {keys.encrypted[0]}` (tether never asks for passphrases)",
+        )
+    if not keys.found and not keys.agent:
+        return AuthRefused(
+            f"{who}: no SSH key to offer (no identity_file, no ~/.ssh/id_*, no ssh-agent)",
+            f"create one with `ssh-keygen -t ed25519`, then `{copy_id}`",
+        )
+    return AuthRefused(
+        f"{who} refused the key (tether is key-only)",
+        f"install your public key with `{copy_id}`",
+    )
+
+
+async def fetch_host_key(host: HostConfig, target: Target) -> asyncssh.SSHKey:
+    try:
+        key = await asyncio.wait_for(
+            asyncssh.get_server_host_key(
+                target.hostname, target.port, config=[str(p) for p in target.config_paths]
+            ),
+            target.connect_timeout_s,
+        )
+    except BaseException as exc:
+        error = network_error(host, target, exc)
+        if error is None:
+            raise
+        raise error from None
+    if key is None:
+        raise HostUnreachable(f"{host.name}: the server showed no host key", "check the server")
+    return key
+
+
+def _recorded_keys(host: HostConfig, target: Target) -> list[asyncssh.SSHKey]:
+    recorded: list[asyncssh.SSHKey] = []
+    for path in known_hosts_files(host):
+        if path.is_file():
+            try:
+                matched = asyncssh.read_known_hosts(str(path)).match(
+                    target.hostname, "", target.port if target.port != 22 else None
+                )
+            except (OSError, ValueError):
+                continue
+            recorded.extend(matched[0])
+    return recorded
+
+
+async def host_key_error(host: HostConfig, target: Target) -> TetherError:
+    """Unknown or changed? Fetch the key the server shows and compare with known_hosts."""
+    key = await fetch_host_key(host, target)
+    fingerprint = key.get_fingerprint("sha256")
+    recorded = await asyncio.get_running_loop().run_in_executor(None, _recorded_keys, host, target)
+    files = " ".join(str(p) for p in known_hosts_files(host)[:1])
+    if recorded:
+        return HostKeyChanged(
+            f"{host.name}: HOST KEY CHANGED for {target.known_hosts_name}: the server now shows "
+            f"{key.get_algorithm()} {fingerprint}; refusing to connect",
+            f"if the host was really reinstalled, run `ssh-keygen -R '{target.known_hosts_name}' "
+            f"-f {files}` then `tether check --trust {host.name}`",
+        )
+    return HostKeyUnknown(
+        f"{host.name}: unknown host key for {target.known_hosts_name}: "
+        f"{key.get_algorithm()} {fingerprint}",
+        f"if that fingerprint is right, run `tether check --trust {host.name}`",
+    )
+
+
+async def trust_host_key(host: HostConfig) -> tuple[str, str]:
+    """Record the host's key in known_hosts after the user asked to; a changed key is refused.
+
+    Returns the entry name and the SHA-256 fingerprint recorded.
+    """
+    loop = asyncio.get_running_loop()
+    target = await loop.run_in_executor(None, resolve_target, host)
+    key = await fetch_host_key(host, target)
+    recorded = await loop.run_in_executor(None, _recorded_keys, host, target)
+    fingerprint = key.get_fingerprint("sha256")
+    if any(r.public_data == key.public_data for r in recorded):
+        return target.known_hosts_name, fingerprint
+    if recorded:
+        raise await host_key_error(host, target)
+    path = known_hosts_files(host)[0]
+    line = f"{target.known_hosts_name} {key.export_public_key('openssh').decode().strip()}\n"
+
+    def append() -> None:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+
+    await loop.run_in_executor(None, append)
+    return target.known_hosts_name, fingerprint
+
+
+@asynccontextmanager
+async def open_connection(
+    host: HostConfig, **overrides: Any
+) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    """``async with open_connection(host) as conn``: connect, and always close."""
+    conn = await connect(host, **overrides)
+    try:
+        yield conn
+    finally:
+        conn.close()
+        await conn.wait_closed()
