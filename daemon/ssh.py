@@ -132,7 +132,7 @@ def _find_keys(host: HostConfig, target: Target) -> _Keys:
         if keys.encrypted and not keys.agent:
             raise AuthRefused(
                 f"{host.name}: {keys.encrypted[0]} is encrypted and no ssh-agent is running",
-                f"start one and run `ssh-add {keys.encrypted[0]}`; tether never asks for passphrases",
+                f"run `ssh-add {keys.encrypted[0]}` in a running ssh-agent; tether never prompts",
             )
         keys.client_keys = usable or ()
         return keys

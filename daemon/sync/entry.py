@@ -62,9 +62,7 @@ class Entry:
             return self.digest == other.digest and self.executable == other.executable
         if self.kind is EntryKind.SYMLINK:
             return self.target == other.target
-        if self.kind is EntryKind.PROBLEM:
-            return False
-        return True
+        return self.kind is not EntryKind.PROBLEM
 
     def check_valid(self, path: str) -> None:
         """Raise :class:`InvalidEntry` if this entry cannot be what it claims to be."""
