@@ -301,50 +301,45 @@ def _recorded_keys(host: HostConfig, target: Target) -> list[asyncssh.SSHKey]:
     return recorded
 
 
-async def host_key_error(host: HostConfig, target: Target) -> TetherError:
-    """Unknown or changed? Fetch the key the server shows and compare with known_hosts."""
-    key = await fetch_host_key(host, target)
-    fingerprint = key.get_fingerprint("sha256")
-    recorded = await asyncio.get_running_loop().run_in_executor(None, _recorded_keys, host, target)
-    files = " ".join(str(p) for p in known_hosts_files(host)[:1])
+def host_key_verdict(
+    host: HostConfig, target: Target, key: asyncssh.SSHKey
+) -> HostKeyUnknown | HostKeyChanged | None:
+    """None when known_hosts vouches for ``key``; else the error that says unknown or changed."""
+    recorded = _recorded_keys(host, target)
+    if any(r.public_data == key.public_data for r in recorded):
+        return None
+    shown = f"{key.get_algorithm()} {key.get_fingerprint('sha256')}"
     if recorded:
+        file = known_hosts_files(host)[0]
         return HostKeyChanged(
             f"{host.name}: HOST KEY CHANGED for {target.known_hosts_name}: the server now shows "
-            f"{key.get_algorithm()} {fingerprint}; refusing to connect",
+            f"{shown}; refusing to connect",
             f"if the host was really reinstalled, run `ssh-keygen -R '{target.known_hosts_name}' "
-            f"-f {files}` then `tether check --trust {host.name}`",
+            f"-f {file}` then `tether check --trust {host.name}`",
         )
     return HostKeyUnknown(
-        f"{host.name}: unknown host key for {target.known_hosts_name}: "
-        f"{key.get_algorithm()} {fingerprint}",
+        f"{host.name}: unknown host key for {target.known_hosts_name}: {shown}",
         f"if that fingerprint is right, run `tether check --trust {host.name}`",
     )
 
 
-async def trust_host_key(host: HostConfig) -> tuple[str, str]:
-    """Record the host's key in known_hosts after the user asked to; a changed key is refused.
-
-    Returns the entry name and the SHA-256 fingerprint recorded.
-    """
-    loop = asyncio.get_running_loop()
-    target = await loop.run_in_executor(None, resolve_target, host)
+async def host_key_error(host: HostConfig, target: Target) -> TetherError:
+    """Why the handshake refused the host: fetch the key it shows and compare with known_hosts."""
     key = await fetch_host_key(host, target)
-    recorded = await loop.run_in_executor(None, _recorded_keys, host, target)
-    fingerprint = key.get_fingerprint("sha256")
-    if any(r.public_data == key.public_data for r in recorded):
-        return target.known_hosts_name, fingerprint
-    if recorded:
-        raise await host_key_error(host, target)
+    verdict = await asyncio.get_running_loop().run_in_executor(
+        None, host_key_verdict, host, target, key
+    )
+    return verdict or HostUnreachable(f"{host.name}: the host key check failed; try again")
+
+
+def record_host_key(host: HostConfig, target: Target, key: asyncssh.SSHKey) -> Path:
+    """Append ``key`` to known_hosts as OpenSSH would; the caller has shown the fingerprint."""
     path = known_hosts_files(host)[0]
     line = f"{target.known_hosts_name} {key.export_public_key('openssh').decode().strip()}\n"
-
-    def append() -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(line)
-
-    await loop.run_in_executor(None, append)
-    return target.known_hosts_name, fingerprint
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line)
+    return path
 
 
 @asynccontextmanager

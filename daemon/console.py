@@ -1,0 +1,22 @@
+"""How the CLI talks to people and scripts: rich on a terminal, plain lines otherwise, or JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+
+STATUS_STYLES = {"OK": "green", "WARN": "yellow", "FAIL": "bold red", "SKIP": "dim"}
+
+
+def console(stderr: bool = False) -> Console:
+    """A console that colours only a real terminal, so piped output stays plain."""
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def print_json(doc: Any) -> None:
+    json.dump(doc, sys.stdout, indent=2, sort_keys=False, default=str)
+    sys.stdout.write("\n")
+    sys.stdout.flush()

@@ -1,0 +1,418 @@
+"""The pure core of sync: base + local + remote + mode → a plan of actions, conflicts, problems.
+
+Nothing here touches the world (no filesystem, network, clock or logging): every decision is a
+function of the three flat snapshots, the pair's mode and the time stamp the caller passes in, so
+the semantics are tested on in-memory values (``tests/test_reconcile.py``).
+
+The walk is mutagen's: at each path, if neither side's subtree changed since the base there is
+nothing to do; if only one side changed, that side's subtree is propagated; if both changed the
+same way the base simply catches up; if both changed and both are directories, the walk descends;
+anything else is a conflict rooted at that path (so a directory-to-file swap is one conflict, not
+one per descendant). Deletions only ever propagate from a side that had the path in the base,
+because "absent on one side and absent in the base" is no change at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Final
+
+from ..config import PairMode
+from .entry import Entry, EntryKind, Snapshot
+from .paths import is_within, parent_of
+
+SYNCABLE: Final = frozenset({EntryKind.FILE, EntryKind.DIRECTORY, EntryKind.SYMLINK})
+
+
+class Side(str, Enum):
+    """One end of a pair."""
+
+    LOCAL = "local"
+    """The folder on this machine."""
+    REMOTE = "remote"
+    """The folder on the host."""
+
+    @property
+    def other(self) -> Side:
+        return Side.REMOTE if self is Side.LOCAL else Side.LOCAL
+
+
+class ActionKind(str, Enum):
+    """What an action does on the side it applies to."""
+
+    COPY = "copy"
+    """Make ``path`` hold ``new`` (a file's bytes, a directory, a link) read from the other side
+    at ``source``; ``old`` is what must be there now (None: nothing)."""
+    DELETE = "delete"
+    """Remove ``path`` (a directory only once empty; its children come first in the plan)."""
+    MOVE_ASIDE = "move_aside"
+    """Rename ``path`` (with its subtree) to the conflict copy name ``source``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One step on one side. ``old`` is checked before anything is touched."""
+
+    path: str
+    side: Side
+    kind: ActionKind
+    old: Entry | None = None
+    new: Entry | None = None
+    source: str = ""
+    """COPY: the path to read on the other side (default ``path``). MOVE_ASIDE: the new name."""
+
+    @property
+    def source_path(self) -> str:
+        return self.source or self.path
+
+    def describe(self) -> str:
+        arrow = "→ local" if self.side is Side.LOCAL else "→ remote"
+        if self.kind is ActionKind.DELETE:
+            return f"delete {self.side.value}: {self.path}"
+        if self.kind is ActionKind.MOVE_ASIDE:
+            return f"keep {self.side.value} as {self.source}: {self.path}"
+        what = self.new.kind.value if self.new is not None else "?"
+        origin = f" (from {self.source})" if self.source and self.source != self.path else ""
+        return f"{what} {arrow}: {self.path}{origin}"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """How one side differs from the base at one path (``new`` None: deleted)."""
+
+    path: str
+    old: Entry | None
+    new: Entry | None
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """Both sides changed ``root`` differently. ``copy`` is where the losing version was kept."""
+
+    root: str
+    local_changes: tuple[Change, ...]
+    remote_changes: tuple[Change, ...]
+    winner: Side
+    copy: str = ""
+    """Conflict copy path holding the other side's version ("" when none was needed)."""
+    copy_sides: tuple[Side, ...] = ()
+    """Sides on which the conflict copy is created."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A path that could not be synced, and why. Never fatal for the rest of the pair."""
+
+    path: str
+    message: str
+
+
+@dataclass
+class Plan:
+    """Everything reconcile decided. Actions are in a safe order (see :func:`ordered`)."""
+
+    actions: list[Action] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions
+
+
+def same(a: Entry | None, b: Entry | None) -> bool:
+    """Do two entries agree for sync purposes (content, kind, executable bit, link target)?"""
+    if a is None or b is None:
+        return a is b
+    return a.same_content(b)
+
+
+def _changed_paths(a: Snapshot, b: Snapshot) -> set[str]:
+    """Paths (and all their ancestors) whose subtree differs between two snapshots."""
+    out: set[str] = set()
+    for path in a.keys() | b.keys():
+        if not same(a.get(path), b.get(path)):
+            while path and path not in out:
+                out.add(path)
+                path = parent_of(path)
+    return out
+
+
+def _children(*snapshots: Snapshot) -> dict[str, list[str]]:
+    index: dict[str, set[str]] = {}
+    for snap in snapshots:
+        for path in snap:
+            index.setdefault(parent_of(path), set()).add(path)
+    return {parent: sorted(kids) for parent, kids in index.items()}
+
+
+def _subtree(snap: Snapshot, kids: dict[str, list[str]], root: str) -> list[str]:
+    """``root`` and its descendants present in ``snap``, parents first."""
+    out: list[str] = []
+    stack = [root]
+    while stack:
+        path = stack.pop()
+        if path in snap:
+            out.append(path)
+            if snap[path].kind is EntryKind.DIRECTORY:
+                stack.extend(reversed(kids.get(path, [])))
+    return out
+
+
+def conflict_name(path: str, side: Side, stamp: str, taken: set[str]) -> str:
+    """``dir/name.conflict-<side>-<stamp>.ext``, made unique against ``taken``."""
+    folder, _, name = path.rpartition("/")
+    dot = name.rfind(".")
+    stem, ext = (name[:dot], name[dot:]) if dot > 0 else (name, "")
+    base = f"{stem}.conflict-{side.value}-{stamp}"
+    candidate, n = f"{base}{ext}", 1
+    while (f"{folder}/{candidate}" if folder else candidate) in taken:
+        n += 1
+        candidate = f"{base}-{n}{ext}"
+    return f"{folder}/{candidate}" if folder else candidate
+
+
+class _Reconciler:
+    def __init__(
+        self, base: Snapshot, local: Snapshot, remote: Snapshot, mode: PairMode, stamp: str
+    ) -> None:
+        self.base, self.local, self.remote, self.mode, self.stamp = (
+            base,
+            local,
+            remote,
+            mode,
+            stamp,
+        )
+        self.kids = _children(base, local, remote)
+        self.local_changed = _changed_paths(base, local)
+        self.remote_changed = _changed_paths(base, remote)
+        self.sides_differ = _changed_paths(local, remote)
+        self.taken = set(local) | set(remote) | set(base)
+        self.plan = Plan()
+        self.creates: list[Action] = []
+        self.deletes: list[Action] = []
+        self.asides: list[Action] = []
+
+    def snap(self, side: Side) -> Snapshot:
+        return self.local if side is Side.LOCAL else self.remote
+
+    def run(self) -> Plan:
+        for path in self.kids.get("", []):
+            self.node(path)
+        self.plan.actions = self.asides + ordered_deletes(self.deletes) + self.creates
+        return self.plan
+
+    # -- the walk -------------------------------------------------------------------------------
+
+    def node(self, path: str) -> None:
+        if path not in self.sides_differ:
+            return  # both sides agree on the whole subtree: the base just catches up
+        if self._unsyncable(path):
+            return
+        local_changed = path in self.local_changed
+        remote_changed = path in self.remote_changed
+        mode = self.mode
+        if mode is PairMode.MIRROR:
+            self.propagate(path, Side.LOCAL)
+            return
+        if not local_changed or not remote_changed:
+            source = Side.LOCAL if local_changed else Side.REMOTE
+            if mode is PairMode.TWO_WAY or _flows(mode, source):
+                self.propagate(path, source)
+            return  # push: a remote-only change is left alone (pull: the mirror image)
+        loc, rem = self.local.get(path), self.remote.get(path)
+        if _is_dir(loc) and _is_dir(rem):
+            for child in self.kids.get(path, []):
+                self.node(child)
+            return
+        self.conflict(path, loc, rem)
+
+    def _unsyncable(self, path: str) -> bool:
+        """Untracked and problem entries stop the walk here: never propagated, never deleted."""
+        for side in Side:
+            entry = self.snap(side).get(path)
+            if entry is not None and entry.kind not in SYNCABLE:
+                if entry.kind is EntryKind.PROBLEM:
+                    message = f"{side.value}: {entry.problem}"
+                else:
+                    message = f"{side.value}: not synced ({entry.problem or 'untracked'})"
+                self.plan.problems.append(Problem(path, message))
+                return True
+        return False
+
+    def conflict(self, path: str, loc: Entry | None, rem: Entry | None) -> None:
+        mode = self.mode
+        if mode is PairMode.TWO_WAY:
+            if loc is None or rem is None:
+                # Deleted on one side, modified on the other: the modification wins, nothing lost.
+                self.propagate(path, Side.LOCAL if rem is None else Side.REMOTE)
+                return
+            winner = Side.LOCAL if loc.mtime_ns >= rem.mtime_ns else Side.REMOTE
+            copy_sides: tuple[Side, ...] = (Side.LOCAL, Side.REMOTE)
+        else:
+            winner = Side.LOCAL if mode is PairMode.PUSH else Side.REMOTE
+            copy_sides = (winner.other,)
+        loser = winner.other
+        loser_entry = self.snap(loser).get(path)
+        copy = ""
+        if loser_entry is not None:
+            copy = conflict_name(path, loser, self.stamp, self.taken)
+            self.taken.add(copy)
+            # The loser's version steps aside on its own side (one rename, whole subtree)...
+            self.asides.append(Action(path, loser, ActionKind.MOVE_ASIDE, loser_entry, None, copy))
+            # ...and, in two-way, is copied under the same name to the winner's side.
+            if Side.LOCAL in copy_sides and Side.REMOTE in copy_sides:
+                src = self.snap(loser)
+                for sub in _subtree(src, self.kids, path):
+                    target = copy + sub[len(path) :]
+                    self.creates.append(
+                        Action(target, winner, ActionKind.COPY, None, src[sub], target)
+                    )
+        # The winner's version lands at the name on the loser's side (now vacated).
+        win = self.snap(winner)
+        for sub in _subtree(win, self.kids, path):
+            self.creates.append(Action(sub, loser, ActionKind.COPY, None, win[sub]))
+        self.plan.conflicts.append(
+            Conflict(
+                path,
+                self._changes(path, self.local),
+                self._changes(path, self.remote),
+                winner,
+                copy,
+                copy_sides if copy else (),
+            )
+        )
+
+    def _changes(self, root: str, snap: Snapshot) -> tuple[Change, ...]:
+        paths = set(_subtree(snap, self.kids, root)) | set(_subtree(self.base, self.kids, root))
+        return tuple(
+            Change(p, self.base.get(p), snap.get(p))
+            for p in sorted(paths)
+            if not same(self.base.get(p), snap.get(p))
+        )
+
+    def propagate(self, path: str, source: Side) -> None:
+        """Make the other side's subtree at ``path`` equal to ``source``'s."""
+        src, dst_side = self.snap(source), source.other
+        dst = self.snap(dst_side)
+        s, d = src.get(path), dst.get(path)
+        if same(s, d) and not _is_dir(s):
+            return
+        for entry, side in ((s, source), (d, dst_side)):
+            if entry is not None and entry.kind not in SYNCABLE:
+                self._unsyncable(path)
+                return
+        if _is_dir(s) and _is_dir(d):
+            for child in self.kids.get(path, []):
+                if child in self.sides_differ:
+                    self.propagate(child, source)
+            return
+        if d is not None:
+            blocked = [
+                p for p in _subtree(dst, self.kids, path) if dst[p].kind not in SYNCABLE
+            ]
+            if blocked:
+                for p in blocked:
+                    self.plan.problems.append(
+                        Problem(p, f"{dst_side.value}: not synced; {path} left in place")
+                    )
+                return
+            replace = s is not None and d.kind is s.kind and d.kind is not EntryKind.DIRECTORY
+            if not replace:
+                for p in _subtree(dst, self.kids, path):
+                    self.deletes.append(Action(p, dst_side, ActionKind.DELETE, dst[p]))
+        if s is None:
+            return
+        old = d if d is not None and d.kind is s.kind else None
+        self.creates.append(Action(path, dst_side, ActionKind.COPY, old, s))
+        if s.kind is EntryKind.DIRECTORY:
+            for child in _subtree(src, self.kids, path)[1:]:
+                entry = src[child]
+                if entry.kind not in SYNCABLE:
+                    self.plan.problems.append(Problem(child, f"{source.value}: not synced"))
+                    continue
+                self.creates.append(Action(child, dst_side, ActionKind.COPY, None, entry))
+
+
+def _flows(mode: PairMode, source: Side) -> bool:
+    return (mode is PairMode.PUSH and source is Side.LOCAL) or (
+        mode is PairMode.PULL and source is Side.REMOTE
+    )
+
+
+def _is_dir(entry: Entry | None) -> bool:
+    return entry is not None and entry.kind is EntryKind.DIRECTORY
+
+
+def ordered_deletes(deletes: list[Action]) -> list[Action]:
+    """Deepest paths first, so a directory is empty by the time its own delete comes."""
+    return sorted(deletes, key=lambda a: (-a.path.count("/"), a.path))
+
+
+def reconcile(
+    base: Snapshot, local: Snapshot, remote: Snapshot, mode: PairMode, *, now: str
+) -> Plan:
+    """Decide what to do so both sides agree, per ``mode``.
+
+    Args:
+        base: the snapshot both sides agreed on after the last successful sync ({} at first).
+        local, remote: fresh snapshots of each side.
+        mode: the pair's :class:`~daemon.config.PairMode`.
+        now: the time stamp conflict copies are named with, ``YYYYmmdd-HHMMSS``.
+
+    Returns:
+        A :class:`Plan`: move-asides first, then deletes (deepest first), then creations
+        (parents first); conflicts and problems as records.
+    """
+    if not isinstance(mode, PairMode):
+        raise TypeError(f"invalid mode {mode!r}")
+    return _Reconciler(base, local, remote, mode, now).run()
+
+
+def next_base(
+    base: Snapshot, local: Snapshot, remote: Snapshot, done: list[Action]
+) -> Snapshot:
+    """The base after an apply: what both sides agreed on before, plus what actually landed.
+
+    ``done`` lists the actions that succeeded (in plan order). A path where the scans already
+    agreed joins the base; a path whose action failed keeps its old base entry, so the next sync
+    sees the same difference again and nothing is forgotten.
+    """
+    new: Snapshot = {}
+    for path in base.keys() | local.keys() | remote.keys():
+        loc, rem = local.get(path), remote.get(path)
+        if loc is not None and loc.kind in SYNCABLE and same(loc, rem):
+            new[path] = loc
+        elif path in base:
+            new[path] = base[path]
+    after = {Side.LOCAL: dict(local), Side.REMOTE: dict(remote)}
+    for action in done:
+        side = after[action.side]
+        if action.kind is ActionKind.MOVE_ASIDE:
+            for p in [p for p in side if is_within(p, action.path)]:
+                moved = side.pop(p)
+                side[action.source + p[len(action.path) :]] = moved
+                new.pop(p, None)
+        elif action.kind is ActionKind.DELETE:
+            side.pop(action.path, None)
+            new.pop(action.path, None)
+        elif action.new is not None:
+            side[action.path] = action.new
+    for path in {a.path for a in done} | {a.source for a in done if a.source}:
+        loc, rem = after[Side.LOCAL].get(path), after[Side.REMOTE].get(path)
+        if loc is not None and loc.kind in SYNCABLE and same(loc, rem):
+            new[path] = loc
+        elif loc is None and rem is None:
+            new.pop(path, None)
+    return prune(new)
+
+
+def prune(snap: Snapshot) -> Snapshot:
+    """Drop entries whose parent is not a directory in ``snap`` (a base must be a tree)."""
+    out: Snapshot = {}
+    for path in sorted(snap, key=lambda p: p.count("/")):
+        parent = parent_of(path)
+        if not parent or _is_dir(out.get(parent)):
+            out[path] = snap[path]
+    return out
