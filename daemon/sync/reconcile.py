@@ -128,11 +128,19 @@ def same(a: Entry | None, b: Entry | None) -> bool:
     return a.same_content(b)
 
 
-def _changed_paths(a: Snapshot, b: Snapshot) -> set[str]:
-    """Paths (and all their ancestors) whose subtree differs between two snapshots."""
+def _changed_paths(a: Snapshot, b: Snapshot, *, untracked_is_absent: bool = False) -> set[str]:
+    """Paths (and all their ancestors) whose subtree differs between two snapshots.
+
+    With ``untracked_is_absent``, an untracked entry that appears or goes is not a change (it is
+    not synced, so it cannot make a side "changed").
+    """
     out: set[str] = set()
     for path in a.keys() | b.keys():
-        if not same(a.get(path), b.get(path)):
+        x, y = a.get(path), b.get(path)
+        if untracked_is_absent:
+            x = None if x is not None and x.kind is EntryKind.UNTRACKED else x
+            y = None if y is not None and y.kind is EntryKind.UNTRACKED else y
+        if not same(x, y):
             while path and path not in out:
                 out.add(path)
                 path = parent_of(path)
@@ -185,8 +193,8 @@ class _Reconciler:
             stamp,
         )
         self.kids = _children(base, local, remote)
-        self.local_changed = _changed_paths(base, local)
-        self.remote_changed = _changed_paths(base, remote)
+        self.local_changed = _changed_paths(base, local, untracked_is_absent=True)
+        self.remote_changed = _changed_paths(base, remote, untracked_is_absent=True)
         self.sides_differ = _changed_paths(local, remote)
         self.taken = set(local) | set(remote) | set(base)
         self.plan = Plan()
@@ -255,6 +263,10 @@ class _Reconciler:
             copy_sides = (winner.other,)
         loser = winner.other
         loser_entry = self.snap(loser).get(path)
+        if loser_entry is None:
+            # The losing side deleted it: nothing of its own to keep, the winner just lands.
+            self.propagate(path, winner)
+            return
         copy = ""
         if loser_entry is not None:
             copy = conflict_name(path, loser, self.stamp, self.taken)
@@ -299,7 +311,7 @@ class _Reconciler:
         s, d = src.get(path), dst.get(path)
         if same(s, d) and not _is_dir(s):
             return
-        for entry, side in ((s, source), (d, dst_side)):
+        for entry in (s, d):
             if entry is not None and entry.kind not in SYNCABLE:
                 self._unsyncable(path)
                 return
@@ -309,9 +321,7 @@ class _Reconciler:
                     self.propagate(child, source)
             return
         if d is not None:
-            blocked = [
-                p for p in _subtree(dst, self.kids, path) if dst[p].kind not in SYNCABLE
-            ]
+            blocked = [p for p in _subtree(dst, self.kids, path) if dst[p].kind not in SYNCABLE]
             if blocked:
                 for p in blocked:
                     self.plan.problems.append(
@@ -370,9 +380,7 @@ def reconcile(
     return _Reconciler(base, local, remote, mode, now).run()
 
 
-def next_base(
-    base: Snapshot, local: Snapshot, remote: Snapshot, done: list[Action]
-) -> Snapshot:
+def next_base(base: Snapshot, local: Snapshot, remote: Snapshot, done: list[Action]) -> Snapshot:
     """The base after an apply: what both sides agreed on before, plus what actually landed.
 
     ``done`` lists the actions that succeeded (in plan order). A path where the scans already
