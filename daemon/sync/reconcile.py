@@ -392,7 +392,7 @@ def next_base(base: Snapshot, local: Snapshot, remote: Snapshot, done: list[Acti
         loc, rem = local.get(path), remote.get(path)
         if loc is not None and loc.kind in SYNCABLE and same(loc, rem):
             new[path] = loc
-        elif path in base:
+        elif path in base and (loc is not None or rem is not None):
             new[path] = base[path]
     after = {Side.LOCAL: dict(local), Side.REMOTE: dict(remote)}
     for action in done:
