@@ -15,7 +15,7 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -195,13 +195,45 @@ def connect_options(host: HostConfig, target: Target, keys: _Keys, **overrides: 
 async def connect(host: HostConfig, **overrides: Any) -> asyncssh.SSHClientConnection:
     """Open a verified, key-authenticated connection, or raise a classified TetherError.
 
-    ``overrides`` go to :func:`asyncssh.connect` (keepalive settings, a ``tunnel``...).
+    A ProxyJump chain is walked hop by hop with the same rules (key-only, the same known_hosts),
+    so a jump host gets no laxer treatment than the target. ``overrides`` go to
+    :func:`asyncssh.connect` (keepalive settings...).
     """
     loop = asyncio.get_running_loop()
     target = await loop.run_in_executor(None, resolve_target, host)
-    keys = await loop.run_in_executor(None, _find_keys, host, target)
+    tunnel: asyncssh.SSHClientConnection | None = None
+    try:
+        for hop in (target.proxy_jump or "").split(","):
+            if hop.strip() and hop.strip().lower() != "none":
+                hop_host = replace(host, name=f"{host.name} via {hop}", ssh=hop.strip())
+                hop_target = await loop.run_in_executor(None, resolve_target, hop_host)
+                tunnel = _owning(
+                    await _connect_hop(hop_host, hop_target, {"tunnel": tunnel}), tunnel
+                )
+        return _owning(await _connect_hop(host, target, {**overrides, "tunnel": tunnel}), tunnel)
+    except BaseException:
+        if tunnel is not None:
+            tunnel.close()  # closes the whole chain behind it
+        raise
+
+
+def _owning(
+    conn: asyncssh.SSHClientConnection, tunnel: asyncssh.SSHClientConnection | None
+) -> asyncssh.SSHClientConnection:
+    """Make ``conn`` close the jump connection it rides on when it closes."""
+    if tunnel is not None:
+        conn.set_tunnel(tunnel)
+    return conn
+
+
+async def _connect_hop(
+    host: HostConfig, target: Target, overrides: dict[str, Any]
+) -> asyncssh.SSHClientConnection:
+    keys = await asyncio.get_running_loop().run_in_executor(None, _find_keys, host, target)
     witness = _AuthWitness()
     options = connect_options(host, target, keys, **overrides)
+    if options.get("tunnel") is None:
+        options.pop("tunnel", None)
     try:
         return await asyncssh.connect(client_factory=lambda: witness, **options)
     except asyncssh.HostKeyNotVerifiable:

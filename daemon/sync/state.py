@@ -1,0 +1,199 @@
+"""The sync engine's memory: per-pair bases, digest caches and open conflicts, in one SQLite file.
+
+The file lives in the user's state folder (``platformdirs.user_state_dir("tether")``, or
+``$TETHER_STATE_DIR``), folder 0700, file 0600. A pair is keyed by its tether.toml path and name,
+so two projects with a pair called "code" never share a base. Every save is one transaction: a
+sync killed while saving leaves the previous base intact, never half of each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .entry import Entry, EntryKind, Snapshot
+
+STATE_ENV = "TETHER_STATE_DIR"
+DB_NAME = "sync.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS base (
+    pair TEXT NOT NULL, path TEXT NOT NULL, kind TEXT NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL, digest TEXT NOT NULL, target TEXT NOT NULL,
+    PRIMARY KEY (pair, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS digests (
+    pair TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    ino INTEGER NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (pair, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS conflicts (
+    pair TEXT NOT NULL, path TEXT NOT NULL, copy TEXT NOT NULL, winner TEXT NOT NULL,
+    copy_sides TEXT NOT NULL, detail TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (pair, path)
+);
+CREATE TABLE IF NOT EXISTS pairs (
+    pair TEXT PRIMARY KEY, synced REAL NOT NULL, status TEXT NOT NULL
+);
+"""
+
+
+def state_dir() -> Path:
+    """Where tether keeps its state (created 0700 when missing)."""
+    override = os.environ.get(STATE_ENV)
+    if override:
+        path = Path(override).expanduser()
+    else:
+        from platformdirs import user_state_dir
+
+        path = Path(user_state_dir("tether", appauthor=False))
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def pair_key(config_path: Path | str, pair_name: str) -> str:
+    return f"{Path(config_path).resolve()}::{pair_name}"
+
+
+@dataclass(frozen=True)
+class ConflictRecord:
+    """An unresolved conflict as ``tether conflicts`` shows it."""
+
+    pair: str
+    path: str
+    copy: str
+    winner: str
+    copy_sides: tuple[str, ...]
+    detail: str
+    created: float
+
+
+class CacheEntry(tuple[int, int, int, str]):
+    """(size, mtime_ns, ino, digest): a file whose first three match was not re-read."""
+
+    __slots__ = ()
+
+
+class StateStore:
+    """One connection to the state database. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or state_dir() / DB_NAME
+        fresh = not self.path.exists()
+        if fresh:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        self.db = sqlite3.connect(self.path, timeout=30.0)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        os.chmod(self.path, 0o600)
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self.db:
+            yield self.db
+
+    # -- bases ------------------------------------------------------------------------------------
+
+    def load_base(self, pair: str) -> Snapshot:
+        rows = self.db.execute(
+            "SELECT path, kind, size, mtime_ns, mode, digest, target FROM base WHERE pair = ?",
+            (pair,),
+        )
+        kinds = {k.value: k for k in EntryKind}
+        return {
+            path: Entry(kinds[kind], size, mtime_ns, mode, digest, target)
+            for path, kind, size, mtime_ns, mode, digest, target in rows
+        }
+
+    def save_base(self, pair: str, old: Snapshot, new: Snapshot, *, status: str = "ok") -> None:
+        """Write ``new`` as the pair's base, touching only the rows that differ from ``old``."""
+        gone = [(pair, p) for p in old.keys() - new.keys()]
+        changed = [
+            (pair, p, e.kind.value, e.size, e.mtime_ns, e.mode, e.digest, e.target)
+            for p, e in new.items()
+            if old.get(p) != e
+        ]
+        with self.transaction() as db:
+            db.executemany("DELETE FROM base WHERE pair = ? AND path = ?", gone)
+            db.executemany("INSERT OR REPLACE INTO base VALUES (?, ?, ?, ?, ?, ?, ?, ?)", changed)
+            db.execute("INSERT OR REPLACE INTO pairs VALUES (?, ?, ?)", (pair, time.time(), status))
+
+    def forget_pair(self, pair: str) -> None:
+        with self.transaction() as db:
+            for table in ("base", "digests", "conflicts", "pairs"):
+                db.execute(f"DELETE FROM {table} WHERE pair = ?", (pair,))  # noqa: S608
+
+    # -- digest cache -----------------------------------------------------------------------------
+
+    def load_digests(self, pair: str) -> dict[str, tuple[int, int, int, str]]:
+        rows = self.db.execute(
+            "SELECT path, size, mtime_ns, ino, digest FROM digests WHERE pair = ?", (pair,)
+        )
+        return {path: (size, mtime, ino, digest) for path, size, mtime, ino, digest in rows}
+
+    def save_digests(
+        self,
+        pair: str,
+        old: dict[str, tuple[int, int, int, str]],
+        new: dict[str, tuple[int, int, int, str]],
+    ) -> None:
+        gone = [(pair, p) for p in old.keys() - new.keys()]
+        changed = [(pair, p, *v) for p, v in new.items() if old.get(p) != v]
+        if not gone and not changed:
+            return
+        with self.transaction() as db:
+            db.executemany("DELETE FROM digests WHERE pair = ? AND path = ?", gone)
+            db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)", changed)
+
+    # -- conflicts --------------------------------------------------------------------------------
+
+    def add_conflicts(self, records: list[ConflictRecord]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO conflicts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.pair,
+                        r.path,
+                        r.copy,
+                        r.winner,
+                        json.dumps(list(r.copy_sides)),
+                        r.detail,
+                        r.created,
+                    )
+                    for r in records
+                ],
+            )
+
+    def conflicts(self, pair: str | None = None) -> list[ConflictRecord]:
+        query = "SELECT pair, path, copy, winner, copy_sides, detail, created FROM conflicts"
+        rows = (
+            self.db.execute(query + " WHERE pair = ? ORDER BY path", (pair,))
+            if pair is not None
+            else self.db.execute(query + " ORDER BY pair, path")
+        )
+        return [
+            ConflictRecord(p, path, copy, winner, tuple(json.loads(sides)), detail, created)
+            for p, path, copy, winner, sides, detail, created in rows
+        ]
+
+    def drop_conflict(self, pair: str, path: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM conflicts WHERE pair = ? AND path = ?", (pair, path))

@@ -1,0 +1,271 @@
+"""`tether check` and the SSH layer against a real sshd: each failure named, with its exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.cli import main
+from daemon.errors import EX_NOPERM, EX_UNAVAILABLE, AuthRefused, HostUnreachable
+from daemon.ssh import connect, open_connection, parse_destination
+from tests.sshd import SshServer, free_port, keygen, start_sshd
+
+
+def write_project(root: Path, server: SshServer, extra: str = "", host_toml: str | None = None):
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "tether.toml"
+    path.write_text((host_toml or server.toml_host("gpu")) + extra)
+    return path
+
+
+def run_check(
+    config: Path, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, dict]:
+    code = main(["--config", str(config), "check", "--json", *args])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def failed_step(doc: dict) -> dict:
+    return next(s for s in doc["steps"] if s["status"] == "FAIL")
+
+
+@pytest.mark.parametrize(
+    ("dest", "expected"),
+    [
+        ("gb10", (None, "gb10", None)),
+        ("me@box", ("me", "box", None)),
+        ("me@box:2222", ("me", "box", 2222)),
+        ("me@[::1]:2200", ("me", "::1", 2200)),
+        ("a@b@host:22", ("a@b", "host", 22)),
+    ],
+)
+def test_parse_destination(dest: str, expected: tuple) -> None:
+    assert parse_destination(dest) == expected
+
+
+def test_check_passes_against_real_sshd(
+    sshd: SshServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    remote = tmp_path / "remote"
+    config = write_project(
+        tmp_path / "proj",
+        sshd,
+        f'\n[pairs.code]\nhost = "gpu"\nremote = "{remote}"\n'
+        f'[tunnels.ssh]\nhost = "gpu"\nlocal = {free_port()}\nremote = "127.0.0.1:{sshd.port}"\n'
+        f'[tunnels.dead]\nhost = "gpu"\nlocal = {free_port()}\nremote = "127.0.0.1:{free_port()}"\n',
+    )
+    code, doc = run_check(config, capsys)
+    assert code == 0 and doc["ok"] is True
+    by_name = {s["step"]: s for s in doc["steps"]}
+    assert [s["step"] for s in doc["steps"]][:4] == ["tcp", "host key", "key auth", "remote python"]
+    assert by_name["pair code"]["status"] == "OK" and "will be created" in by_name["pair code"]["detail"]
+    assert by_name["tunnel ssh"]["status"] == "OK"
+    assert by_name["tunnel dead"]["status"] == "WARN"
+    assert by_name["gpu"]["status"] in ("OK", "WARN")
+    assert all(s["seconds"] >= 0 for s in doc["steps"])
+
+
+def test_pair_folder_under_a_file_fails(
+    sshd: SshServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    config = write_project(
+        tmp_path / "proj", sshd, f'\n[pairs.code]\nhost = "gpu"\nremote = "{tmp_path}/afile/sub"\n'
+    )
+    code, doc = run_check(config, capsys)
+    assert code == 1
+    assert "not writable" in failed_step(doc)["detail"]
+
+
+def test_closed_port_is_unreachable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    server = SshServer(tmp_path / "s", free_port())
+    server.prepare()  # keys and config, but no sshd listening
+    code, doc = run_check(write_project(tmp_path / "proj", server), capsys)
+    assert code == EX_UNAVAILABLE
+    step = failed_step(doc)
+    assert step["step"] == "tcp" and "connection refused" in step["detail"]
+    assert "sshd running" in step["hint"]
+
+
+@pytest.fixture
+def black_hole() -> Iterator[int]:
+    """A port that accepts TCP but never says a word (a hung host)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    for s in held:
+        s.close()
+    listener.close()
+
+
+def test_silent_host_times_out(tmp_path: Path, black_hole: int) -> None:
+    server = SshServer(tmp_path / "s", black_hole)
+    server.prepare()
+    host = server.host_config(connect_timeout_s=1.0)
+    with pytest.raises(HostUnreachable) as info:
+        asyncio.run(connect(host))
+    assert "no answer within 1s" in info.value.message
+    assert info.value.exit_code == EX_UNAVAILABLE
+
+
+def test_unknown_host_key_then_trust(
+    private_sshd: SshServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private_sshd.known_hosts.write_text("")
+    config = write_project(tmp_path / "proj", private_sshd)
+    code, doc = run_check(config, capsys)
+    assert code == EX_NOPERM
+    step = failed_step(doc)
+    assert "unknown host key" in step["detail"] and "SHA256:" in step["detail"]
+    assert "tether check --trust gpu" in step["hint"]
+    assert private_sshd.known_hosts.read_text() == ""  # nothing trusted silently
+
+    code, doc = run_check(config, capsys, "--trust")
+    assert code == 0
+    assert "trusted" in doc["steps"][1]["detail"]
+    assert f"[127.0.0.1]:{private_sshd.port} ssh-ed25519" in private_sshd.known_hosts.read_text()
+    code, _ = run_check(config, capsys)
+    assert code == 0
+
+
+def test_changed_host_key_is_refused_even_with_trust(
+    private_sshd: SshServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = keygen(tmp_path / "other_host_key")
+    kind, blob = Path(f"{other}.pub").read_text().split()[:2]
+    private_sshd.known_hosts.write_text(f"[127.0.0.1]:{private_sshd.port} {kind} {blob}\n")
+    before = private_sshd.known_hosts.read_text()
+    config = write_project(tmp_path / "proj", private_sshd)
+    for extra in ((), ("--trust",)):
+        code, doc = run_check(config, capsys, *extra)
+        assert code == EX_NOPERM
+        step = failed_step(doc)
+        assert "HOST KEY CHANGED" in step["detail"]
+        assert "ssh-keygen -R" in step["hint"]
+    assert private_sshd.known_hosts.read_text() == before
+
+
+def test_wrong_key_is_refused_with_ssh_copy_id(sshd: SshServer, tmp_path: Path) -> None:
+    stranger = keygen(tmp_path / "id_stranger")
+    with pytest.raises(AuthRefused) as info:
+        asyncio.run(connect(sshd.host_config(identity_file=stranger)))
+    assert "refused the key" in info.value.message
+    assert f"ssh-copy-id -p {sshd.port}" in info.value.hint
+
+
+def test_password_only_server_explains_key_only(tmp_path: Path) -> None:
+    server = start_sshd(tmp_path / "s", password_only=True)
+    try:
+        with pytest.raises(AuthRefused) as info:
+            asyncio.run(connect(server.host_config()))
+    finally:
+        server.stop()
+    assert "accepts only passwords; tether is key-only" in info.value.message
+    assert "ssh-copy-id" in info.value.hint
+
+
+def test_encrypted_key_without_agent_says_ssh_add(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    locked = keygen(tmp_path / "id_locked", passphrase="secret words")
+    with pytest.raises(AuthRefused) as info:
+        asyncio.run(connect(sshd.host_config(identity_file=locked)))
+    assert "encrypted" in info.value.message
+    assert f"ssh-add {locked}" in info.value.hint
+
+
+def test_no_key_at_all_says_ssh_keygen(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(AuthRefused) as info:
+        asyncio.run(connect(sshd.host_config(identity_file=None)))
+    assert "no SSH key to offer" in info.value.message
+    assert "ssh-keygen -t ed25519" in info.value.hint
+
+
+def test_default_key_from_home_is_used(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh").mkdir()
+    for suffix in ("", ".pub"):
+        target = tmp_path / ".ssh" / f"id_ed25519{suffix}"
+        target.write_bytes(Path(f"{sshd.client_key}{suffix}").read_bytes())
+        target.chmod(0o600)
+
+    async def whoami() -> str:
+        async with open_connection(sshd.host_config(identity_file=None)) as conn:
+            return str((await conn.run("echo ok", check=True)).stdout).strip()
+
+    assert asyncio.run(whoami()) == "ok"
+
+
+def test_ssh_config_alias_and_proxyjump(sshd: SshServer, tmp_path: Path) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"""Host jump
+    HostName 127.0.0.1
+    Port {sshd.port}
+    User {sshd.user}
+    IdentityFile {sshd.client_key}
+Host gpu-alias
+    HostName 127.0.0.1
+    Port {sshd.port}
+    User {sshd.user}
+    IdentityFile {sshd.client_key}
+    ConnectTimeout 7
+Host gpu-behind-jump
+    HostName 127.0.0.1
+    Port {sshd.port}
+    User {sshd.user}
+    IdentityFile {sshd.client_key}
+    ProxyJump jump
+"""
+    )
+
+    async def hello(alias: str) -> str:
+        host = sshd.host_config(ssh=alias, identity_file=None, ssh_config=config,
+                                connect_timeout_s=None)  # fmt: skip
+        async with open_connection(host) as conn:
+            return str((await conn.run("echo $SSH_CONNECTION", check=True)).stdout)
+
+    assert f" {sshd.port}" in asyncio.run(hello("gpu-alias"))
+    assert f" {sshd.port}" in asyncio.run(hello("gpu-behind-jump"))
+
+
+def test_cli_prints_one_line_and_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = SshServer(tmp_path / "s", free_port())
+    server.prepare()
+    config = write_project(tmp_path / "proj", server)
+    assert main(["--config", str(config), "check"]) == EX_UNAVAILABLE
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "connection refused" in out and "→ is sshd running" in out
+    assert "Traceback" not in out
