@@ -1,0 +1,1 @@
+"""Example user benchmark files for ``python -m kernels run FILE``."""
