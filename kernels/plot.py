@@ -105,9 +105,11 @@ def render(docs: Sequence[Mapping[str, Any]], out: str | Path, labels: Sequence[
                 )
             if bw:
                 tops.append(bw * x_lo)
+                top = max([v for v in (pk.get("flops") or {}).values() if v] or [bw * x_hi])
+                xs = [v for v in x if bw * v <= top] or x[:1]
                 ax.plot(
-                    x,
-                    [bw * v for v in x],
+                    xs,
+                    [bw * v for v in xs],
                     style,
                     color="grey",
                     lw=0.8,
