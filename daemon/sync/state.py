@@ -73,12 +73,6 @@ class ConflictRecord:
     created: float
 
 
-class CacheEntry(tuple[int, int, int, str]):
-    """(size, mtime_ns, ino, digest): a file whose first three match was not re-read."""
-
-    __slots__ = ()
-
-
 class StateStore:
     """One connection to the state database. Use as a context manager, or call :meth:`close`."""
 
@@ -138,7 +132,7 @@ class StateStore:
     def forget_pair(self, pair: str) -> None:
         with self.transaction() as db:
             for table in ("base", "digests", "conflicts", "pairs"):
-                db.execute(f"DELETE FROM {table} WHERE pair = ?", (pair,))  # noqa: S608
+                db.execute(f"DELETE FROM {table} WHERE pair = ?", (pair,))
 
     # -- digest cache -----------------------------------------------------------------------------
 

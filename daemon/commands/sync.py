@@ -1,0 +1,170 @@
+"""`tether sync [PAIR...] [--dry-run] [--json]`: one two-way (or push/pull/mirror) sync, now."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+
+from ..cli import config_of
+from ..console import console, print_json
+from ..sync.engine import Progress, SyncReport, sync_pair
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("sync", help="sync pairs once (all pairs by default)")
+    p.add_argument("pairs", nargs="*", metavar="PAIR", help="pairs to sync (default: all)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--json", action="store_true", help="print a summary a script can read")
+    p.add_argument(
+        "--accept-empty",
+        action="store_true",
+        help="go on although a root is now empty (you really deleted everything)",
+    )
+    p.set_defaults(handler=run)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+class _PlainProgress(Progress):
+    """Plain lines (not a terminal): a line per phase and one every ~2 s while transferring."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.started = 0.0
+        self.files = 0
+        self.count = 0
+
+    def phase(self, name: str, detail: str = "") -> None:
+        if name in ("scan", "transfer"):
+            print(f"{name} {detail}", file=sys.stderr, flush=True)
+
+    def transfer_started(self, files: int, total_bytes: int) -> None:
+        self.started = self.last = time.monotonic()
+        self.files, self.count = files, 0
+        print(f"  {files} to copy, {_size(total_bytes)}", file=sys.stderr, flush=True)
+
+    def file_done(self, path: str, done_bytes: int, total_bytes: int) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last >= 2.0:
+            self.last = now
+            rate = done_bytes / max(now - self.started, 1e-6)
+            print(
+                f"  {self.count}/{self.files} files, {_size(done_bytes)}/{_size(total_bytes)}, "
+                f"{_size(rate)}/s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+class _RichProgress(Progress):
+    """A rich progress bar on a terminal: files, bytes, rate, ETA."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+        from rich.progress import Progress as Bar
+
+        self.bar = Bar(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[files]}"),
+            console=console(stderr=True),
+            transient=True,
+        )
+        self.task: int | None = None
+        self.count = self.files = 0
+
+    def phase(self, name: str, detail: str = "") -> None:
+        if name == "scan":
+            self.bar.console.print(f"[dim]scanning {detail}…[/]")
+        if name == "done" and self.task is not None:
+            self.bar.stop()
+            self.task = None
+
+    def transfer_started(self, files: int, total_bytes: int) -> None:
+        self.files, self.count = files, 0
+        self.bar.start()
+        self.task = self.bar.add_task("transfer", total=max(total_bytes, 1), files=f"0/{files}")
+
+    def file_done(self, path: str, done_bytes: int, total_bytes: int) -> None:
+        self.count += 1
+        if self.task is not None:
+            self.bar.update(self.task, completed=done_bytes, files=f"{self.count}/{self.files}")
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.bar.stop()
+
+
+def _print_report(report: SyncReport) -> None:
+    out = console()
+    name = f"{report.pair} ({report.mode})"
+    if report.halted:
+        out.print(f"[bold red]HALTED[/] {name}: {report.message}")
+        return
+    if report.dry_run:
+        out.print(f"{name}: {len(report.plan)} action(s) planned")
+        for line in report.plan:
+            out.print(f"  {line}")
+    else:
+        out.print(
+            f"{name}: {report.copied} copied ({_size(report.bytes)}), {report.deleted} deleted, "
+            f"{report.local_files} local / {report.remote_files} remote files, "
+            f"{report.total_s:.2f} s"
+        )
+    for c in report.conflicts:
+        kept = f", other version kept as {c.copy}" if c.copy else ""
+        out.print(f"  [yellow]conflict[/] {c.root}: {c.winner.value} version kept{kept}")
+    for p in report.problems:
+        out.print(f"  [red]problem[/] {p.path}: {p.message}")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_of(args)
+    pairs = [config.pair(name) for name in args.pairs] or list(config.pairs.values())
+    if not pairs:
+        config.pair(None)  # raises the "no pairs configured" ConfigError
+    reports: list[SyncReport] = []
+    tty = sys.stderr.isatty() and not args.json
+    for pair in pairs:
+        progress: Progress = _RichProgress() if tty else _PlainProgress()
+        if args.json:
+            progress = Progress()
+        try:
+            report = asyncio.run(
+                sync_pair(
+                    config,
+                    pair,
+                    dry_run=args.dry_run,
+                    progress=progress,
+                    accept_empty=args.accept_empty,
+                )
+            )
+        finally:
+            if isinstance(progress, _RichProgress):
+                progress.close()
+        reports.append(report)
+        if not args.json:
+            _print_report(report)
+    if args.json:
+        print_json({"pairs": [r.to_json() for r in reports]})
+    if any(r.halted for r in reports):
+        return 1
+    return 0

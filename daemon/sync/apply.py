@@ -1,0 +1,132 @@
+"""Carry out a plan: one transfer function over two :class:`~daemon.sync.sides.Side` values.
+
+Phases, each pipelined (many calls in flight over the agent's one multiplexed stream, so a small
+file costs no round trip of its own): conflict copies step aside; deletes, deepest first; folders,
+parents first; then files and links, with a bounded number in flight. Every change names the
+entry it expects to find; a path edited since the scan fails ``changed`` and is left for a rescan,
+never clobbered. A failure on one path becomes a :class:`~daemon.sync.reconcile.Problem` and the
+rest goes on; a full disk stops the whole apply (the agent removes its staged temp files).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from ..errors import RemoteError
+from .entry import EntryKind
+from .paths import is_within
+from .reconcile import Action, ActionKind, Problem
+from .reconcile import Side as Where
+from .sides import OpFailed, Side
+
+ProgressFn = Callable[[str, int, int], None]
+"""``on_progress(path, bytes_done, bytes_total)``, called as each file lands."""
+
+RESCAN_KINDS = frozenset({"changed", "exists", "not_empty", "not_found", "corrupt"})
+IN_FLIGHT = 64
+"""Files read and written concurrently (bounds memory to about IN_FLIGHT file bodies)."""
+
+
+@dataclass
+class Outcome:
+    """What an apply did: the actions that landed, and what did not."""
+
+    done: list[Action] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    """Paths found different from the scan: rescan before trying again."""
+    files: int = 0
+    bytes: int = 0
+    deleted: int = 0
+    fatal: RemoteError | None = None
+
+
+def total_bytes(actions: Iterable[Action]) -> int:
+    return sum(
+        a.new.size
+        for a in actions
+        if a.kind is ActionKind.COPY and a.new is not None and a.new.kind is EntryKind.FILE
+    )
+
+
+async def apply_plan(
+    actions: list[Action],
+    sides: dict[Where, Side],
+    *,
+    on_progress: ProgressFn | None = None,
+    in_flight: int = IN_FLIGHT,
+) -> Outcome:
+    """Run ``actions`` (in reconcile's order) against ``sides``; never raises for one path."""
+    out = Outcome()
+    failed: list[tuple[Where, str]] = []
+    total = total_bytes(actions)
+
+    def blocked(a: Action) -> bool:
+        return any(side is a.side and is_within(a.path, p) for side, p in failed)
+
+    def fail(a: Action, exc: OpFailed) -> None:
+        failed.append((a.side, a.path))
+        out.problems.append(Problem(a.path, f"{a.side.value}: {exc.message}"))
+        if exc.kind in RESCAN_KINDS:
+            out.changed.append(a.path)
+        if exc.kind == "no_space" and out.fatal is None:
+            out.fatal = RemoteError(
+                f"{a.side.value} disk is full while writing {a.path}",
+                "free some space there and run `tether sync` again; nothing partial was kept",
+            )
+
+    async def one(a: Action, sem: asyncio.Semaphore | None = None) -> None:
+        if out.fatal is not None or blocked(a):
+            return
+        here, there = sides[a.side], sides[a.side.other]
+        try:
+            if a.kind is ActionKind.MOVE_ASIDE:
+                assert a.old is not None
+                await here.rename(a.path, a.source, a.old)
+            elif a.kind is ActionKind.DELETE:
+                assert a.old is not None
+                await here.delete(a.path, a.old)
+                out.deleted += 1
+            else:
+                new = a.new
+                assert new is not None
+                if new.kind is EntryKind.DIRECTORY:
+                    await here.mkdir(a.path, new, a.old)
+                elif new.kind is EntryKind.SYMLINK:
+                    await here.symlink(a.path, new.target, a.old)
+                else:
+                    assert sem is not None
+                    async with sem:
+                        data = await there.read(a.source_path, new)
+                        await here.write(a.path, data, new, a.old)
+                    out.files += 1
+                    out.bytes += new.size
+                    if on_progress is not None:
+                        on_progress(a.path, out.bytes, total)
+        except OpFailed as exc:
+            fail(a, exc)
+            return
+        out.done.append(a)
+
+    async def batch(group: list[Action], sem: asyncio.Semaphore | None = None) -> None:
+        if group:
+            await asyncio.gather(*(one(a, sem) for a in group))
+
+    asides = [a for a in actions if a.kind is ActionKind.MOVE_ASIDE]
+    deletes = [a for a in actions if a.kind is ActionKind.DELETE]
+    copies = [a for a in actions if a.kind is ActionKind.COPY and a.new is not None]
+    dirs = [a for a in copies if a.new is not None and a.new.kind is EntryKind.DIRECTORY]
+    leaves = [a for a in copies if a.new is not None and a.new.kind is not EntryKind.DIRECTORY]
+
+    await batch(asides)
+    for depth in sorted({a.path.count("/") for a in deletes}, reverse=True):
+        await batch([a for a in deletes if a.path.count("/") == depth])
+    for depth in sorted({a.path.count("/") for a in dirs}):
+        await batch([a for a in dirs if a.path.count("/") == depth])
+    await batch(leaves, asyncio.Semaphore(in_flight))
+    # Keep plan order in ``done`` (next_base replays it).
+    rank = {id(a): i for i, a in enumerate(actions)}
+    out.done.sort(key=lambda a: rank[id(a)])
+    return out

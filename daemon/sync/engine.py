@@ -1,0 +1,340 @@
+"""One sync of one pair: scan both sides, check safety, reconcile, apply, save the new base.
+
+:func:`sync_pair` is what ``tether sync`` runs and what the daemon will run from its watchers
+(passing its own :class:`~daemon.agent_client.AgentClient` so the link is reused). The base is
+saved only from what actually landed, in one SQLite transaction, so a sync killed at any moment
+is finished by the next one with nothing lost or duplicated. A path edited between scan and apply
+is never clobbered: the apply reports it and the engine rescans and tries again (a few rounds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..agent_client import AgentClient
+from ..config import Config, PairConfig
+from ..errors import BadHostData, RemoteError
+from ..ssh import open_connection
+from .apply import Outcome, ProgressFn, apply_plan, total_bytes
+from .entry import EntryKind, InvalidEntry, Snapshot
+from .ignore import IgnoreRules
+from .paths import case_collisions
+from .reconcile import ActionKind, Conflict, Plan, Problem, Side, next_base, reconcile
+from .safety import PairStatus, root_verdict
+from .scan import scan_local
+from .sides import AgentSide, LocalSide
+from .state import ConflictRecord, StateStore, pair_key
+
+log = logging.getLogger(__name__)
+
+MAX_ROUNDS = 3
+"""Scan-reconcile-apply rounds when paths change under our feet."""
+
+
+@dataclass
+class SyncReport:
+    """What one sync of one pair did (``--json`` prints :meth:`to_json`)."""
+
+    pair: str
+    mode: str
+    status: PairStatus = PairStatus.OK
+    message: str = ""
+    dry_run: bool = False
+    plan: list[str] = field(default_factory=list)
+    copied: int = 0
+    deleted: int = 0
+    bytes: int = 0
+    conflicts: list[Conflict] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    local_files: int = 0
+    remote_files: int = 0
+    hashed_local: int = 0
+    hashed_remote: int = 0
+    rounds: int = 0
+    scan_s: float = 0.0
+    transfer_s: float = 0.0
+    total_s: float = 0.0
+
+    @property
+    def halted(self) -> bool:
+        return self.status.value.startswith("halted")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pair": self.pair,
+            "mode": self.mode,
+            "status": self.status.value,
+            "message": self.message,
+            "dry_run": self.dry_run,
+            "plan": self.plan,
+            "copied": self.copied,
+            "deleted": self.deleted,
+            "bytes": self.bytes,
+            "conflicts": [
+                {"path": c.root, "winner": c.winner.value, "copy": c.copy} for c in self.conflicts
+            ],
+            "problems": [{"path": p.path, "message": p.message} for p in self.problems],
+            "local_files": self.local_files,
+            "remote_files": self.remote_files,
+            "hashed": {"local": self.hashed_local, "remote": self.hashed_remote},
+            "rounds": self.rounds,
+            "seconds": {
+                "scan": round(self.scan_s, 3),
+                "transfer": round(self.transfer_s, 3),
+                "total": round(self.total_s, 3),
+            },
+        }
+
+
+class Progress:
+    """Hooks the CLI (or the daemon) passes in; every method is optional to override."""
+
+    def phase(self, name: str, detail: str = "") -> None:
+        """``scan``, ``plan``, ``transfer``, ``done``."""
+
+    def transfer_started(self, files: int, total_bytes: int) -> None:
+        pass
+
+    def file_done(self, path: str, done_bytes: int, total_bytes: int) -> None:
+        pass
+
+
+def stamp(now: float | None = None) -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+
+
+def _files(snap: Snapshot) -> int:
+    return sum(1 for e in snap.values() if e.kind is EntryKind.FILE)
+
+
+def local_is_case_insensitive(root: Path) -> bool:
+    """Does the local filesystem fold case (macOS, Windows defaults)?"""
+    if sys.platform not in ("darwin", "win32"):
+        return False
+    probe = root if root.exists() else root.parent
+    swapped = probe.with_name(probe.name.swapcase())
+    return swapped != probe and swapped.exists()
+
+
+@contextlib.asynccontextmanager
+async def remote_agent(config: Config, pair: PairConfig) -> AsyncIterator[AgentClient]:
+    """Connect to the pair's host and start its agent; close both on exit."""
+    host = config.host(pair.host)
+    async with open_connection(host) as conn:
+        client = await AgentClient.start(conn, python=host.python)
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
+async def sync_pair(
+    config: Config,
+    pair: PairConfig,
+    *,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    client: AgentClient | None = None,
+    store: StateStore | None = None,
+    accept_empty: bool = False,
+    now: Callable[[], float] = time.time,
+) -> SyncReport:
+    """Sync one pair once.
+
+    Args:
+        config, pair: the project's config and the pair to sync.
+        dry_run: scan and plan only; nothing is written, the base is not touched.
+        progress: hooks for phase and per-file progress.
+        client: a running agent on the pair's host (the daemon's); else one is started here.
+        store: the state database (default: the user's).
+        accept_empty: go on although a root emptied (the user really deleted everything).
+
+    Raises:
+        TetherError: unreachable host (69), refused auth (77), bad host data (65), a full disk.
+    """
+    if client is None:
+        async with remote_agent(config, pair) as started:
+            return await sync_pair(
+                config,
+                pair,
+                dry_run=dry_run,
+                progress=progress,
+                client=started,
+                store=store,
+                accept_empty=accept_empty,
+                now=now,
+            )
+    own_store = store is None
+    store = store or StateStore()
+    try:
+        return await _Session(config, pair, client, store, progress or Progress()).run(
+            dry_run=dry_run, accept_empty=accept_empty, stamp_now=stamp(now())
+        )
+    finally:
+        if own_store:
+            store.close()
+
+
+class _Session:
+    def __init__(
+        self,
+        config: Config,
+        pair: PairConfig,
+        client: AgentClient,
+        store: StateStore,
+        progress: Progress,
+    ) -> None:
+        self.config, self.pair, self.client, self.store = config, pair, client, store
+        self.progress = progress
+        self.key = pair_key(config.path, pair.name)
+        self.report = SyncReport(pair.name, pair.mode.value)
+
+    async def run(self, *, dry_run: bool, accept_empty: bool, stamp_now: str) -> SyncReport:
+        started = time.monotonic()
+        report = self.report
+        report.dry_run = dry_run
+        pair, store = self.pair, self.store
+        base = store.load_base(self.key)
+        cache = store.load_digests(self.key)
+        local_side = LocalSide(pair.local, AgentClient.spawn_local)
+        self.sides = {
+            Side.LOCAL: local_side,
+            Side.REMOTE: AgentSide(self.client, pair.remote, "remote"),
+        }
+        try:
+            for round_no in range(1, MAX_ROUNDS + 1):
+                report.rounds = round_no
+                t0 = time.monotonic()
+                self.progress.phase("scan", pair.name)
+                rules = IgnoreRules(extra=pair.ignore)
+                scanned = await asyncio.to_thread(scan_local, pair.local, rules, cache)
+                remote = await self.client.scan(
+                    pair.remote, ignore=(scanned.rules or rules).to_wire()
+                )
+                report.scan_s += time.monotonic() - t0
+                local = scanned.entries
+                report.local_files, report.remote_files = _files(local), _files(remote.entries)
+                report.hashed_local += scanned.hashed
+                report.hashed_remote += int(remote.stats.get("hashed", 0))
+                if local_is_case_insensitive(pair.local):
+                    clashes = case_collisions(remote.entries)
+                    if clashes:
+                        a, b = clashes[0]
+                        raise BadHostData(
+                            f"the host has {a!r} and {b!r}, which are one name on this machine",
+                            "rename one of them on the host",
+                        )
+                for verdict in (
+                    root_verdict(
+                        "local",
+                        exists=scanned.exists,
+                        is_dir=scanned.is_dir,
+                        snapshot=local,
+                        other=remote.entries,
+                        base=base,
+                    ),
+                    root_verdict(
+                        "remote",
+                        exists=remote.exists,
+                        is_dir=remote.is_dir,
+                        snapshot=remote.entries,
+                        other=local,
+                        base=base,
+                    ),
+                ):
+                    if verdict is None:
+                        continue
+                    status, message = verdict
+                    if status is PairStatus.HALTED_ROOT_EMPTIED and accept_empty:
+                        continue
+                    report.status, report.message = status, message
+                    return report
+                plan = reconcile(base, local, remote.entries, pair.mode, now=stamp_now)
+                if round_no == 1:
+                    report.plan = [a.describe() for a in plan.actions]
+                    report.conflicts = list(plan.conflicts)
+                report.problems = list(plan.problems)
+                if dry_run:
+                    return report
+                if scanned.exists is False and plan.actions:
+                    pair.local.mkdir(parents=True, exist_ok=True)
+                if not remote.exists and plan.actions:
+                    await self.client.probe(pair.remote, create=True)
+                outcome = await self._apply(plan)
+                base = self._save(base, local, remote.entries, plan, outcome, scanned.cache)
+                if outcome.fatal is not None:
+                    raise outcome.fatal
+                report.problems.extend(outcome.problems)
+                if not outcome.changed:
+                    break
+                log.info("%d paths changed during the sync; rescanning", len(outcome.changed))
+                report.problems = [p for p in report.problems if p.path not in outcome.changed]
+                cache = scanned.cache
+        finally:
+            await local_side.close()
+            report.total_s = time.monotonic() - started
+        if report.conflicts:
+            report.status = PairStatus.CONFLICTS
+        self.progress.phase("done", pair.name)
+        return report
+
+    async def _apply(self, plan: Plan) -> Outcome:
+        report = self.report
+        files = [a for a in plan.actions if a.kind is ActionKind.COPY]
+        self.progress.phase("transfer", self.pair.name)
+        self.progress.transfer_started(len(files), total_bytes(plan.actions))
+        t0 = time.monotonic()
+        progress: ProgressFn = self.progress.file_done
+        outcome = await apply_plan(plan.actions, self.sides, on_progress=progress)  # type: ignore[arg-type]
+        report.transfer_s += time.monotonic() - t0
+        report.copied += outcome.files
+        report.deleted += outcome.deleted
+        report.bytes += outcome.bytes
+        return outcome
+
+    def _save(
+        self,
+        base: Snapshot,
+        local: Snapshot,
+        remote: Snapshot,
+        plan: Plan,
+        outcome: Outcome,
+        cache: dict[str, tuple[int, int, int, str]],
+    ) -> Snapshot:
+        """The new base from what landed; validated, then written in one transaction."""
+        if outcome.fatal is not None:
+            return base  # a full disk: leave the base exactly as it was
+        new = next_base(base, local, remote, outcome.done)
+        for path, entry in new.items():
+            try:
+                entry.check_valid(path)
+            except InvalidEntry as exc:
+                raise RemoteError(f"refusing to save an invalid base: {exc}") from None
+        self.store.save_base(self.key, base, new)
+        old_cache = self.store.load_digests(self.key)
+        self.store.save_digests(self.key, old_cache, cache)
+        landed = {a.path for a in outcome.done}
+        records = [
+            ConflictRecord(
+                self.key,
+                c.root,
+                c.copy,
+                c.winner.value,
+                tuple(s.value for s in c.copy_sides),
+                f"local: {len(c.local_changes)} change(s); remote: {len(c.remote_changes)}",
+                time.time(),
+            )
+            for c in plan.conflicts
+            if c.root in landed
+        ]
+        if records:
+            self.store.add_conflicts(records)
+        return new

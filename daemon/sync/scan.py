@@ -1,0 +1,206 @@
+"""The local scanner: one pass over the root, gitignore rules, and a digest cache.
+
+A file whose (size, mtime_ns, inode) match the cache is never re-read; the others are hashed on a
+small thread pool (hashlib releases the GIL). Unreadable paths become ``PROBLEM`` entries and
+symlinks that leave the root (or anything that is not a file, folder or link) ``UNTRACKED`` ones,
+so one bad path never fails the scan. ``.gitignore`` files are read as the walk meets them and
+their rules apply below their folder; the rules found are returned so the remote scan uses the
+same ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .entry import Entry, EntryKind, Snapshot
+from .ignore import GITIGNORE, IgnoreRules
+from .paths import symlink_stays_inside
+
+DigestCache = dict[str, tuple[int, int, int, str]]
+"""path → (size, mtime_ns, ino, sha256 hex)."""
+
+HASH_CHUNK = 1 << 20
+HASH_THREADS = 4
+RACY_NS = 2 * 10**9
+"""A file modified this close to the scan may change again within the same mtime tick: hash it,
+but do not cache the digest."""
+TEMP_RE = re.compile(r"^\..*\.tether-[0-9a-f]{8}\.tmp$")
+"""Staged files (ours, or the agent's) are never listed."""
+
+
+@dataclass
+class LocalScan:
+    """What a scan of the local root found."""
+
+    exists: bool
+    is_dir: bool
+    entries: Snapshot = field(default_factory=dict)
+    rules: IgnoreRules | None = None
+    cache: DigestCache = field(default_factory=dict)
+    hashed: int = 0
+    """Files actually read this time (the rest came from the cache)."""
+    hashed_bytes: int = 0
+
+
+def hash_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def scan_local(
+    root: Path,
+    rules: IgnoreRules,
+    cache: DigestCache | None = None,
+    *,
+    paths: Sequence[str] | None = None,
+) -> LocalScan:
+    """Scan ``root`` (blocking; run it in a thread from async code).
+
+    Args:
+        root: the pair's local folder.
+        rules: the defaults and the pair's rules; ``.gitignore`` files found are added.
+        cache: the digest cache from the previous scan.
+        paths: rescan only these subtrees (root-relative); entries elsewhere are not returned.
+    """
+    cache = cache or {}
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return LocalScan(False, False, rules=rules)
+    except OSError:
+        return LocalScan(True, False, rules=rules)
+    if not stat.S_ISDIR(st.st_mode):
+        return LocalScan(True, False, rules=rules)
+    entries: Snapshot = {}
+    new_cache: DigestCache = {}
+    to_hash: list[tuple[str, os.stat_result]] = []
+    top = str(root)
+    horizon = time.time_ns() - RACY_NS
+
+    def classify(path: str, full: str, st: os.stat_result) -> None:
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            hit = cache.get(path)
+            if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns and hit[2] == st.st_ino:
+                new_cache[path] = hit
+                entries[path] = Entry(
+                    EntryKind.FILE, st.st_size, st.st_mtime_ns, mode & 0o7777, hit[3]
+                )
+            else:
+                to_hash.append((path, st))
+        elif stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(full)
+            except OSError as exc:
+                entries[path] = Entry(EntryKind.PROBLEM, problem=_reason(exc))
+                return
+            if symlink_stays_inside(path, target):
+                entries[path] = Entry(EntryKind.SYMLINK, 0, st.st_mtime_ns, 0, target=target)
+            else:
+                entries[path] = Entry(
+                    EntryKind.UNTRACKED, problem=f"symlink escapes the root ({target})"
+                )
+        else:
+            entries[path] = Entry(EntryKind.UNTRACKED, problem="not a file, folder or link")
+
+    def visit(rel: str, rules: IgnoreRules) -> IgnoreRules:
+        full = os.path.join(top, rel) if rel else top
+        try:
+            with os.scandir(full) as it:
+                items = sorted(it, key=lambda d: d.name)
+        except OSError as exc:
+            if rel:
+                entries[rel] = Entry(EntryKind.PROBLEM, problem=_reason(exc))
+            return rules
+        if any(d.name == GITIGNORE for d in items):
+            try:
+                with open(os.path.join(full, GITIGNORE), encoding="utf-8", errors="replace") as fh:
+                    rules = rules.with_gitignore(rel, fh.read())
+            except OSError:
+                pass
+        for d in items:
+            if TEMP_RE.match(d.name):
+                continue
+            path = f"{rel}/{d.name}" if rel else d.name
+            try:
+                st = d.stat(follow_symlinks=False)
+            except OSError as exc:
+                entries[path] = Entry(EntryKind.PROBLEM, problem=_reason(exc))
+                continue
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                if rules(path, True):
+                    continue
+                entries[path] = Entry(EntryKind.DIRECTORY, 0, st.st_mtime_ns, mode & 0o7777)
+                rules = visit(path, rules)
+                continue
+            if rules(path, False):
+                continue
+            classify(path, os.path.join(full, d.name), st)
+        return rules
+
+    if paths is None:
+        rules = visit("", rules)
+    else:
+        for sub in sorted(set(paths)):
+            full = os.path.join(top, sub)
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                entries[sub] = Entry(EntryKind.PROBLEM, problem=_reason(exc))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if not rules(sub, True):
+                    entries[sub] = Entry(
+                        EntryKind.DIRECTORY, 0, st.st_mtime_ns, st.st_mode & 0o7777
+                    )
+                    visit(sub, rules)
+            elif not rules(sub, False):
+                classify(sub, full, st)
+    hashed_bytes = 0
+
+    def digest(item: tuple[str, os.stat_result]) -> tuple[str, os.stat_result, str | OSError]:
+        path, st = item
+        try:
+            return path, st, hash_file(os.path.join(top, path))
+        except OSError as exc:
+            return path, st, exc
+
+    if to_hash:
+        if len(to_hash) > 8:
+            with ThreadPoolExecutor(HASH_THREADS) as pool:
+                results = list(pool.map(digest, to_hash, chunksize=16))
+        else:
+            results = [digest(item) for item in to_hash]
+        for path, st, result in results:
+            if isinstance(result, OSError):
+                entries[path] = Entry(EntryKind.PROBLEM, problem=_reason(result))
+                continue
+            if max(st.st_mtime_ns, st.st_ctime_ns) < horizon:
+                new_cache[path] = (st.st_size, st.st_mtime_ns, st.st_ino, result)
+            hashed_bytes += st.st_size
+            entries[path] = Entry(
+                EntryKind.FILE, st.st_size, st.st_mtime_ns, st.st_mode & 0o7777, result
+            )
+    if paths is not None:  # keep cache rows of paths outside the rescanned subtrees
+        for path, row in cache.items():
+            if not any(path == p or path.startswith(p + "/") for p in paths):
+                new_cache.setdefault(path, row)
+    return LocalScan(True, True, entries, rules, new_cache, len(to_hash), hashed_bytes)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)

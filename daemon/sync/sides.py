@@ -1,0 +1,165 @@
+"""The two ends of a pair behind one interface, so apply has a single transfer function.
+
+:class:`Side` is what apply needs: read a file's bytes, and change one path at a time, each change
+carrying the entry expected there (``expect``) so nothing edited since the scan is clobbered.
+:class:`AgentSide` drives a tether agent (remote over SSH, or local as a subprocess);
+:class:`LocalSide` reads in-process and hands its changes to a local agent started on first use,
+so both sides stage, check and rename with the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..agent_client import RemoteOpError
+from .entry import Entry
+
+
+class OpFailed(Exception):
+    """One path could not be changed; ``kind`` is the agent's error type (``changed``, ...)."""
+
+    def __init__(self, kind: str, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.kind, self.message, self.path = kind, message, path
+
+
+class Side(Protocol):
+    """One end of a pair, as apply sees it."""
+
+    label: str
+
+    async def read(self, path: str, expect: Entry) -> bytes: ...
+    async def write(self, path: str, data: bytes, entry: Entry, expect: Entry | None) -> Entry: ...
+    async def mkdir(self, path: str, entry: Entry, expect: Entry | None) -> Entry: ...
+    async def symlink(self, path: str, target: str, expect: Entry | None) -> Entry: ...
+    async def delete(self, path: str, expect: Entry) -> None: ...
+    async def rename(self, src: str, dst: str, expect: Entry) -> Entry: ...
+    async def close(self) -> None: ...
+
+
+def error_kind(exc: BaseException) -> str:
+    """The agent's error type of a failed op (``changed``, ``no_space``, ...), else ``os``."""
+    for name in ("type", "kind", "error_type", "code"):
+        value = getattr(exc, name, None)
+        if isinstance(value, str) and value:
+            return value
+    if isinstance(exc, PermissionError):
+        return "permission"
+    if isinstance(exc, FileNotFoundError):
+        return "not_found"
+    return "os"
+
+
+async def _guard(call: Awaitable[Any], path: str) -> Any:
+    """Run one agent call; a per-path failure becomes :class:`OpFailed`.
+
+    A lost link (HostUnreachable) or bad host data is not per-path and propagates.
+    """
+    try:
+        return await call
+    except RemoteOpError as exc:
+        raise OpFailed(exc.type, exc.message, path) from exc
+
+
+class AgentSide:
+    """A side driven by a tether agent (:class:`daemon.agent_client.AgentClient`)."""
+
+    def __init__(self, client: Any, root: str, label: str) -> None:
+        self.client, self.root, self.label = client, root, label
+
+    async def read(self, path: str, expect: Entry) -> bytes:
+        data, got = await _guard(self.client.read_entry(self.root, path), path)
+        if got.digest != expect.digest:
+            raise OpFailed("changed", f"{path} changed since it was scanned", path)
+        return data
+
+    async def write(self, path: str, data: bytes, entry: Entry, expect: Entry | None) -> Entry:
+        call = self.client.write(
+            self.root, path, data, mode=entry.mode & 0o777, mtime_ns=entry.mtime_ns, expect=expect
+        )
+        result: Entry = await _guard(call, path)
+        return result
+
+    async def mkdir(self, path: str, entry: Entry, expect: Entry | None) -> Entry:
+        call = self.client.mkdir(self.root, path, mode=entry.mode & 0o7777 or None, expect=expect)
+        result: Entry = await _guard(call, path)
+        return result
+
+    async def symlink(self, path: str, target: str, expect: Entry | None) -> Entry:
+        result: Entry = await _guard(
+            self.client.symlink(self.root, path, target, expect=expect), path
+        )
+        return result
+
+    async def delete(self, path: str, expect: Entry) -> None:
+        await _guard(self.client.delete(self.root, path, expect=expect), path)
+
+    async def rename(self, src: str, dst: str, expect: Entry) -> Entry:
+        result: Entry = await _guard(self.client.rename(self.root, src, dst, expect=expect), src)
+        return result
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class LocalSide:
+    """This machine's folder: reads in-process, changes through a local agent started lazily."""
+
+    label = "local"
+
+    def __init__(self, root: Path, spawn: Callable[[], Awaitable[Any]]) -> None:
+        self.root = root
+        self._spawn = spawn
+        self._agent: AgentSide | None = None
+        self._lock = asyncio.Lock()
+
+    async def _writer(self) -> AgentSide:
+        async with self._lock:
+            if self._agent is None:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._agent = AgentSide(await self._spawn(), str(self.root), "local")
+            return self._agent
+
+    async def read(self, path: str, expect: Entry) -> bytes:
+        full = os.path.join(self.root, path)
+
+        def load() -> bytes:
+            fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                with os.fdopen(fd, "rb", closefd=False) as fh:
+                    return fh.read()
+            finally:
+                os.close(fd)
+
+        try:
+            data = await asyncio.to_thread(load) if expect.size > 256 * 1024 else load()
+        except OSError as exc:
+            raise OpFailed(error_kind(exc), f"{path}: {exc.strerror or exc}", path) from exc
+        if hashlib.sha256(data).hexdigest() != expect.digest:
+            raise OpFailed("changed", f"{path} changed since it was scanned", path)
+        return data
+
+    async def write(self, path: str, data: bytes, entry: Entry, expect: Entry | None) -> Entry:
+        return await (await self._writer()).write(path, data, entry, expect)
+
+    async def mkdir(self, path: str, entry: Entry, expect: Entry | None) -> Entry:
+        return await (await self._writer()).mkdir(path, entry, expect)
+
+    async def symlink(self, path: str, target: str, expect: Entry | None) -> Entry:
+        return await (await self._writer()).symlink(path, target, expect)
+
+    async def delete(self, path: str, expect: Entry) -> None:
+        await (await self._writer()).delete(path, expect)
+
+    async def rename(self, src: str, dst: str, expect: Entry) -> Entry:
+        return await (await self._writer()).rename(src, dst, expect)
+
+    async def close(self) -> None:
+        if self._agent is not None:
+            await self._agent.close()
+            self._agent = None
