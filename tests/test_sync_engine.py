@@ -1,0 +1,269 @@
+"""`tether sync` against a real sshd: modes, conflicts, deletions, links, killed syncs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.cli import main
+from tests.sshd import SshServer
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture
+def project(tmp_path: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    local.mkdir()
+
+    def configure(mode: str = "two-way", ignore: str = "") -> Path:
+        extra = f"ignore = {ignore}\n" if ignore else ""
+        (tmp_path / "tether.toml").write_text(
+            sshd.toml_host()
+            + f'\n[pairs.code]\nhost = "test"\nlocal = "local"\nremote = "{remote}"\n'
+            f'mode = "{mode}"\n{extra}'
+        )
+        return tmp_path / "tether.toml"
+
+    configure()
+    return tmp_path, local, remote, configure
+
+
+def sync(tmp: Path, *extra: str) -> tuple[int, dict]:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["--config", str(tmp / "tether.toml"), "sync", "--json", *extra])
+    text = buf.getvalue()
+    return code, (json.loads(text)["pairs"][0] if text.strip().startswith("{") else {})
+
+
+def tree(root: Path) -> dict[str, str]:
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            full = Path(dirpath, name)
+            rel = full.relative_to(root).as_posix()
+            if full.is_symlink():
+                out[rel] = "-> " + os.readlink(full)
+            elif full.is_dir():
+                out[rel] = "/"
+            else:
+                out[rel] = full.read_text()
+    return out
+
+
+def write(path: Path, text: str, *, mtime: float | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+def test_two_way_round_trip(project, monkeypatch) -> None:
+    tmp, local, remote, _ = project
+    monkeypatch.setattr("daemon.sync.scan.RACY_NS", 0)  # cache digests of just-written files
+    write(local / "a.txt", "one")
+    write(local / "src" / "k.py", "print(1)")
+    (local / "empty").mkdir()
+    write(local / "run.sh", "#!/bin/sh\n")
+    os.chmod(local / "run.sh", 0o755)
+    os.symlink("src/k.py", local / "link.py")
+    os.symlink("/etc/passwd", local / "escape")
+    write(local / "ünïcødé ✓.txt", "u")
+    write(local / "__pycache__" / "x.pyc", "junk")
+    code, report = sync(tmp)
+    assert code == 0, report
+    want = tree(local)
+    del want["escape"], want["__pycache__"], want["__pycache__/x.pyc"]
+    assert tree(remote) == want
+    assert os.stat(remote / "run.sh").st_mode & 0o111
+    assert os.stat(remote / "a.txt").st_mtime_ns == os.stat(local / "a.txt").st_mtime_ns
+    assert any(p["path"] == "escape" for p in report["problems"])
+
+    # Edits on both sides, a deletion on each, a rename: all merged.
+    write(remote / "src" / "k.py", "print(2)")
+    write(local / "b.txt", "new local")
+    (remote / "a.txt").unlink()
+    (local / "ünïcødé ✓.txt").rename(local / "renamed.txt")
+    code, report = sync(tmp)
+    assert code == 0
+    assert (local / "src" / "k.py").read_text() == "print(2)"
+    assert not (local / "a.txt").exists()
+    assert (remote / "b.txt").read_text() == "new local"
+    assert (remote / "renamed.txt").exists() and not (remote / "ünïcødé ✓.txt").exists()
+
+    # Nothing changed: nothing copied; once files pulled in are cached, nothing re-hashed.
+    code, report = sync(tmp)
+    assert report["plan"] == []
+    code, report = sync(tmp)
+    assert report["plan"] == [] and report["hashed"]["local"] == 0
+
+
+def test_two_way_conflict_keeps_both(project) -> None:
+    tmp, local, remote, _ = project
+    write(local / "notes.md", "base")
+    assert sync(tmp)[0] == 0
+    now = time.time()
+    write(local / "notes.md", "local edit", mtime=now - 100)
+    write(remote / "notes.md", "remote edit", mtime=now)
+    code, report = sync(tmp)
+    assert code == 0 and report["status"] == "conflicts"
+    assert (local / "notes.md").read_text() == "remote edit"
+    copies = [p for p in os.listdir(local) if ".conflict-local-" in p]
+    assert len(copies) == 1 and copies[0].endswith(".md")
+    assert (local / copies[0]).read_text() == "local edit"
+    assert (remote / copies[0]).read_text() == "local edit"
+    assert tree(local) == tree(remote)
+    # `tether conflicts` lists it; resolving with --keep local puts that version back.
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["--config", str(tmp / "tether.toml"), "conflicts", "--json"]) == 0
+    listed = json.loads(buf.getvalue())
+    assert [c["path"] for c in listed["conflicts"]] == ["notes.md"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = main(
+            ["--config", str(tmp / "tether.toml"), "conflicts", "resolve", "notes.md",
+             "--keep", "local"]
+        )  # fmt: skip
+    assert rc == 0
+    assert (local / "notes.md").read_text() == "local edit"
+    assert (remote / "notes.md").read_text() == "local edit"
+    assert not [p for p in os.listdir(remote) if ".conflict-" in p]
+
+
+def test_push_keeps_remote_edit_as_conflict_copy(project) -> None:
+    tmp, local, remote, configure = project
+    configure("push")
+    write(local / "a.txt", "v1")
+    assert sync(tmp)[0] == 0
+    write(local / "a.txt", "local v2")
+    write(remote / "a.txt", "remote v2")
+    write(remote / "only-remote.txt", "stays")
+    code, report = sync(tmp)
+    assert code == 0
+    assert (remote / "a.txt").read_text() == "local v2"
+    copies = [p for p in os.listdir(remote) if ".conflict-remote-" in p]
+    assert [(remote / c).read_text() for c in copies] == ["remote v2"]
+    assert (remote / "only-remote.txt").exists() and not (local / "only-remote.txt").exists()
+
+
+def test_pull_and_mirror(project) -> None:
+    tmp, local, remote, configure = project
+    configure("pull")
+    write(remote / "results" / "r.json", "{}")
+    write(local / "local-only.txt", "mine")
+    assert sync(tmp)[0] == 0
+    assert (local / "results" / "r.json").read_text() == "{}"
+    assert not (remote / "local-only.txt").exists()
+    configure("mirror")
+    write(remote / "stray.txt", "x")
+    assert sync(tmp)[0] == 0
+    assert tree(remote) == tree(local)
+
+
+def test_emptied_root_halts_instead_of_deleting(project) -> None:
+    tmp, local, remote, _ = project
+    write(local / "a.txt", "keep me")
+    write(local / "d" / "b.txt", "me too")
+    assert sync(tmp)[0] == 0
+    for p in sorted(remote.rglob("*"), reverse=True):
+        p.rmdir() if p.is_dir() else p.unlink()
+    code, report = sync(tmp)
+    assert code == 1 and report["status"] == "halted-root-emptied"
+    assert (local / "a.txt").read_text() == "keep me"
+    remote.rmdir()
+    code, report = sync(tmp)
+    assert code == 1 and report["status"] == "halted-root-deleted"
+    assert (local / "d" / "b.txt").exists()
+
+
+def test_edit_between_scan_and_apply_is_not_clobbered(project, monkeypatch) -> None:
+    tmp, local, remote, configure = project
+    configure("push")
+    write(local / "a.txt", "v1")
+    assert sync(tmp)[0] == 0
+    write(local / "a.txt", "v2")
+    from daemon.sync import apply as apply_mod
+
+    real = apply_mod.apply_plan
+
+    async def racing(actions, sides, **kw):
+        write(remote / "a.txt", "edited on the host meanwhile")
+        return await real(actions, sides, **kw)
+
+    monkeypatch.setattr("daemon.sync.engine.apply_plan", racing)
+    code, report = sync(tmp)
+    assert code == 0
+    # The host's edit survived as a conflict copy; local's version landed after a rescan.
+    assert (remote / "a.txt").read_text() == "v2"
+    kept = [p for p in os.listdir(remote) if ".conflict-remote-" in p]
+    assert [(remote / k).read_text() for k in kept] == ["edited on the host meanwhile"]
+
+
+def test_permission_denied_is_reported_and_the_rest_goes_on(project) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root reads everything")
+    tmp, local, remote, _ = project
+    write(local / "secret.txt", "no")
+    os.chmod(local / "secret.txt", 0)
+    write(local / "fine.txt", "yes")
+    code, report = sync(tmp)
+    assert code == 0 and (remote / "fine.txt").exists()
+    assert [p["path"] for p in report["problems"]] == ["secret.txt"]
+
+
+def test_gitignore_and_pair_ignore(project) -> None:
+    tmp, local, remote, configure = project
+    configure(ignore='["*.log", "!keep.log"]')
+    write(local / ".gitignore", "build/\n")
+    write(local / "sub" / ".gitignore", "/local-only.txt\n")
+    write(local / "build" / "out.o", "x")
+    write(local / "sub" / "local-only.txt", "x")
+    write(local / "local-only.txt", "synced: the nested rule is anchored to sub/")
+    write(local / "a.log", "x")
+    write(local / "keep.log", "x")
+    assert sync(tmp)[0] == 0
+    got = set(tree(remote))
+    assert {"local-only.txt", "keep.log", ".gitignore", "sub/.gitignore"} <= got
+    assert not {"build", "sub/local-only.txt", "a.log"} & got
+
+
+def test_killed_sync_leaves_no_partial_file_and_rerun_finishes(project) -> None:
+    tmp, local, remote, _ = project
+    for i in range(300):
+        write(local / "big" / f"f{i:03}.bin", f"{i}" * 40_000)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "daemon.cli", "--config", str(tmp / "tether.toml"), "sync"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if (
+            remote.exists()
+            and len(list((remote / "big").glob("*.bin")) if (remote / "big").exists() else []) > 5
+        ):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    landed = list((remote / "big").glob("*.bin")) if (remote / "big").exists() else []
+    for p in landed:  # every visible file is whole
+        assert p.read_text() == (local / "big" / p.name).read_text()
+    code, report = sync(tmp)
+    assert code == 0, report
+    assert tree(remote) == tree(local)
+    code, report = sync(tmp)
+    assert report["plan"] == []
