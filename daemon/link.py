@@ -153,6 +153,7 @@ class Link:
             else None,
             "connect_s": round(self.connect_seconds, 4) if self.connect_seconds else None,
             "reconnects": self.reconnects,
+            "next_backoff_s": self.initial_backoff(),
             "last_error": self.last_error.one_line() if self.last_error else None,
             "agent": self.agent is not None,
         }
@@ -214,12 +215,16 @@ class Link:
             self._event("down", f"connection lost after {up_for:.1f}s up; reconnecting")
             await self._set(LinkState.DOWN)
 
+    def initial_backoff(self) -> float:
+        """The first wait of the next outage: doubled for each flap (up for less than the gate)."""
+        return min(self.max_backoff_s, self.initial_backoff_s * 2**self._flaps)
+
     async def _connect_with_backoff(self, target: Target) -> None:
-        initial = min(self.max_backoff_s, self.initial_backoff_s * 2**self._flaps)
+        initial = self.initial_backoff()
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(HostUnreachable),
             wait=wait_exponential_jitter(
-                initial=initial, max=self.max_backoff_s, jitter=initial / 2
+                multiplier=initial, max=self.max_backoff_s, jitter=initial / 2
             ),
             sleep=lambda delay: self._sleep_or_probe(target, delay),
             before_sleep=self._note_failure,
