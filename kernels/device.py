@@ -245,11 +245,8 @@ def detect(
     if sim:
         info = DeviceInfo(name=SIMULATOR_NAME, index=index, simulator=True)
         return finish_peaks(info, spec) if spec else info
-    nv = (
-        (query_nvml(_load_nvml(), index) if _load_nvml() else None)
-        if nvml == "auto"
-        else (query_nvml(nvml, index) if nvml is not None else None)
-    )
+    nvml_module = _load_nvml() if nvml == "auto" else nvml
+    nv = query_nvml(nvml_module, index) if nvml_module is not None else None
     cu = query_cuda(index) if cuda_attrs == "auto" else cuda_attrs
     if not nv and not cu:
         raise NoGPU(

@@ -128,11 +128,12 @@ def make(name, k):
 def raises(d, shape):
     raise RuntimeError("launch exploded")
 
-BENCHMARKS = [make("skip_last", skip_last), make("off_by_a_bit", off_by_a_bit),
-              Benchmark(name="raises", precision="fp64", shape=(8,), setup=setup, launch=raises,
-                        reference=lambda h, s: 2 * h["x"], flops=lambda s: 0,
-                        bytes_moved=lambda s: 1),
-              ]
+BENCHMARKS = [
+    make("skip_last", skip_last),
+    make("off_by_a_bit", off_by_a_bit),
+    Benchmark(name="raises", precision="fp64", shape=(8,), setup=setup, launch=raises,
+              reference=lambda h, s: 2 * h["x"], flops=lambda s: 0, bytes_moved=lambda s: 1),
+]
 """
 
 
@@ -194,3 +195,42 @@ def test_gpu_stream_and_fma_on_the_roofline(tmp_path: Path) -> None:
         assert r["time_s"]["min"] <= r["time_s"]["median"] <= r["time_s"]["max"]
         if r["roofline_fraction"] is not None:
             assert 0 < r["roofline_fraction"] < 1.2
+
+
+PTX_CHECK = """
+import re, sys
+from numba import cuda, float32
+from kernels import fma, gemm
+try:
+    out = []
+    for name, fn, sig in (
+        ("regblock", gemm.kernel("regblock", "fp32"), (float32[:, :],) * 3),
+        ("ert", fma.make_kernel(1024), (float32[:], float32[:], float32, float32)),
+    ):
+        ptx, _ = cuda.compile_ptx(fn.py_func, sig, cc=(9, 0))
+        local = len(re.findall(r"(?:ld|st)\\.local", ptx))
+        nfma = len(re.findall(r"fma\\.rn\\.f(?:32|64)", ptx))
+        out.append(f"{name} {local} {nfma}")
+except Exception as exc:  # no NVVM/NVRTC on this machine
+    print("NO-NVVM", type(exc).__name__, exc)
+    sys.exit(0)
+print("\\n".join(out))
+"""
+
+
+def test_kernels_compile_to_register_resident_ptx() -> None:
+    """Where NVVM is installed (no GPU needed): the register-blocked GEMM keeps its 64
+    accumulators in registers and the FMA chain contracts to FMAs, with no local memory."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    p = subprocess.run([sys.executable, "-c", PTX_CHECK], env=env, capture_output=True, text=True,
+                       timeout=110, cwd=ROOT)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    if p.stdout.startswith("NO-NVVM"):
+        pytest.skip("NVVM not installed: " + p.stdout.strip()[:200])
+    got = {
+        name: (int(loc), int(n))
+        for name, loc, n in (ln.split() for ln in p.stdout.split("\n") if ln)
+    }
+    assert got["regblock"] == (0, 64)
+    assert got["ert"][0] == 0 and got["ert"][1] >= 32
