@@ -103,9 +103,12 @@ class Link:
             try:
                 await asyncio.wait_for(self._changed.wait_for(ready), timeout_s)
             except asyncio.TimeoutError:
+                if isinstance(self.last_error, HostUnreachable):
+                    raise HostUnreachable(
+                        self.last_error.message, self.last_error.hint
+                    ) from None  # the classified reason ("connection refused", ...)
                 raise HostUnreachable(
-                    f"{self.host.name}: the link is {self.state.value}"
-                    + (f" ({self.last_error.message})" if self.last_error else ""),
+                    f"{self.host.name}: the link is {self.state.value}",
                     "tether keeps reconnecting; see `tether status`",
                 ) from None
         if self.state is LinkState.UP and self._conn is not None:

@@ -1,0 +1,246 @@
+"""Remote runs: a command executed on the host, followed to its end, its artifacts fetched.
+
+A run is started by the agent in its own session with its output going to a log *on the host*,
+so it outlives the link: when the connection drops mid-run, :func:`follow` waits for the link to
+come back and reattaches at the byte offset it had reached, so no output is lost or repeated.
+Stopping a run (Ctrl-C, a timeout, ``on_busy = "restart"``) signals its whole process group and
+escalates to SIGKILL after a grace period, so no child is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import shlex
+import signal as signal_module
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .config import Config, HostConfig, PairConfig, PairMode
+from .errors import BadHostData, HostUnreachable, TetherError
+from .link import Link
+from .sync.engine import SyncReport, sync_pair
+from .sync.paths import check_relpath
+
+log = logging.getLogger(__name__)
+
+GRACE_S = 5.0
+
+
+def command_argv(words: Sequence[str], python: str) -> list[str]:
+    """What runs on the host for ``tether run -- WORDS``: a ``.py`` file or ``-m module`` runs
+    with the host's python; anything else runs as typed (no shell, so no re-quoting)."""
+    if not words:
+        raise TetherError(
+            "nothing to run", "put the command after `--`, e.g. `tether run -- nvidia-smi`"
+        )
+    first = words[0]
+    if first == "-m" or first.endswith(".py"):
+        return [*shlex.split(python), *words]
+    return list(words)
+
+
+def exit_status(exit_code: int | None, signal: int | None) -> int:
+    """The status a local shell would report: the exit code, or 128+N for a signal N."""
+    if signal:
+        return 128 + signal
+    return exit_code if exit_code is not None else 1
+
+
+def signal_number(value: object) -> int | None:
+    """A signal as the host reported it ("SIGKILL", "KILL", 9) → its number; validated."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 128:
+        return value
+    if isinstance(value, str):
+        name = value.upper() if value.upper().startswith("SIG") else f"SIG{value.upper()}"
+        if name in signal_module.Signals.__members__:
+            return int(signal_module.Signals[name])
+    raise BadHostData(f"the host reported an unknown signal: {value!r}")
+
+
+def exit_code_of(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 256:
+        return value
+    raise BadHostData(f"the host reported an impossible exit code: {value!r}")
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+@dataclass
+class RunSpec:
+    """What to run, where, and under which limits."""
+
+    host: HostConfig
+    pair: PairConfig
+    argv: list[str] | None = None
+    shell: str | None = None
+    """A trigger's ``run`` string, given to ``/bin/sh -c`` on the host."""
+    env: dict[str, str] = field(default_factory=dict)
+    timeout_s: float | None = None
+    run_id: str = field(default_factory=new_run_id)
+
+    @property
+    def display(self) -> str:
+        return self.shell if self.shell is not None else shlex.join(self.argv or [])
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    exit_code: int | None
+    signal: int | None
+    duration_s: float
+    reason: str = "exited"
+    """exited, timeout, stopped (Ctrl-C or a restart), lost (the host forgot the run)."""
+    reattached: int = 0
+
+    @property
+    def status(self) -> int:
+        return exit_status(self.exit_code, self.signal)
+
+
+async def start(link: Link, spec: RunSpec) -> dict[str, Any]:
+    """Start ``spec`` on the host (cwd = the pair's remote root, the host's venv active)."""
+    agent = await link.wait_agent(30)
+    return await agent.exec(
+        spec.shell if spec.shell is not None else (spec.argv or []),
+        cwd=spec.pair.remote,
+        env=dict(spec.env),
+        venv=spec.host.venv,
+        run_id=spec.run_id,
+    )
+
+
+async def follow(
+    link: Link,
+    spec: RunSpec,
+    on_output: Callable[[bytes], Any],
+    *,
+    stop: asyncio.Event | None = None,
+    reconnect_timeout_s: float = 300.0,
+) -> RunOutcome:
+    """Stream a started run's output until it ends; reattach across link drops.
+
+    ``stop`` set → the process group gets SIGINT, then SIGKILL after a grace period; the
+    outcome's reason says "stopped". A timeout does the same with SIGTERM.
+    """
+    started = time.monotonic()
+    offset, reattached, reason = 0, 0, "exited"
+    stop = stop or asyncio.Event()
+    deadline = started + spec.timeout_s if spec.timeout_s else None
+
+    def count(chunk: bytes) -> Any:
+        nonlocal offset
+        offset += len(chunk)
+        return on_output(chunk)
+
+    while True:
+        try:
+            agent = await link.wait_agent(reconnect_timeout_s)
+            attach = asyncio.create_task(agent.attach(spec.run_id, offset=offset, on_output=count))
+            watchers = [asyncio.create_task(stop.wait())]
+            if deadline is not None:
+                watchers.append(
+                    asyncio.create_task(asyncio.sleep(max(0, deadline - time.monotonic())))
+                )
+            try:
+                done, _ = await asyncio.wait(
+                    [attach, *watchers], return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for w in watchers:
+                    w.cancel()
+            if attach not in done:
+                reason = "stopped" if stop.is_set() else "timeout"
+                signal = "INT" if stop.is_set() else "TERM"
+                await agent.kill(spec.run_id, signal=signal, grace_s=GRACE_S)
+                result = await attach
+            else:
+                result = attach.result()
+        except HostUnreachable:
+            if link.state.value == "failed":
+                raise
+            reattached += 1
+            log.info("run %s: link lost; reattaching at byte %d", spec.run_id, offset)
+            continue
+        if result.get("lost"):
+            reason = "lost"
+        return RunOutcome(
+            spec.run_id,
+            exit_code_of(result.get("exit_code")),
+            signal_number(result.get("signal")),
+            float(result.get("duration_s") or time.monotonic() - started),
+            reason,
+            reattached,
+        )
+
+
+async def run_to_end(
+    link: Link,
+    spec: RunSpec,
+    on_output: Callable[[bytes], Any],
+    *,
+    stop: asyncio.Event | None = None,
+) -> RunOutcome:
+    await start(link, spec)
+    return await follow(link, spec, on_output, stop=stop)
+
+
+def fetch_pair(pair: PairConfig, rel: str, *, is_dir: bool) -> PairConfig:
+    """A pull-mode pair that brings ``rel`` (relative to the pair's roots) back.
+
+    A folder becomes a pair rooted at it, so the pair's own ignore rules (which usually list the
+    results folder) do not hide what was asked for; a file becomes a pair rooted at its folder
+    that ignores everything else.
+    """
+    if is_dir:
+        local, remote, ignore = pair.local / rel, f"{pair.remote.rstrip('/')}/{rel}", ()
+    else:
+        folder, _, name = rel.rpartition("/")
+        local = pair.local / folder if folder else pair.local
+        remote = f"{pair.remote.rstrip('/')}/{folder}" if folder else pair.remote
+        ignore = ("/*", f"!/{name}")
+    return replace(
+        pair,
+        name=f"{pair.name}:fetch:{rel}",
+        local=local,
+        remote=remote,
+        mode=PairMode.PULL,
+        ignore=ignore,
+    )
+
+
+async def fetch(
+    config: Config, link: Link, pair: PairConfig, paths: Sequence[str]
+) -> list[SyncReport]:
+    """Bring ``paths`` back from the host with the sync engine (atomic, conflict-safe)."""
+    agent = await link.wait_agent(30)
+    reports = []
+    for raw in paths:
+        rel = check_relpath(raw.strip().strip("/").removeprefix("./"), origin="--fetch")
+        probe = await agent.probe(f"{pair.remote.rstrip('/')}/{rel}")
+        if not probe.get("exists"):
+            raise TetherError(
+                f"--fetch {raw}: nothing there on the host ({pair.remote}/{rel})",
+                "check the path; it is relative to the pair's remote folder",
+            )
+        sub = fetch_pair(pair, rel, is_dir=bool(probe.get("is_dir")))
+        sub.local.mkdir(parents=True, exist_ok=True)
+        reports.append(await sync_pair(config, sub, client=agent, accept_empty=True))
+    return reports
+
+
+def local_log_path(state: Path, run_id: str) -> Path:
+    folder = state / "runs"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder / f"{run_id}.log"
