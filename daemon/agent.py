@@ -53,7 +53,7 @@ parents are opened one by one with O_NOFOLLOW and every change goes through that
     rename {root, src, dst, expect}      -> {entry}   (expect is about src; an existing dst: exists)
     chmod {root, path, mode, expect}     -> {entry}
     probe {path, create}            -> {exists, created, is_dir, writable, free_bytes}
-    tcp_check {host, port, timeout} -> {ok, error}
+    tcp_check {host, port, timeout} -> {reachable, reason}
     exec {cmd | argv, cwd?, env?, venv?, pythonpath?, run_id?} -> {run_id, pid, pgid}
         The command (cmd through /bin/sh -c) runs in its own session, stdout+stderr to
         ~/.cache/tether/runs/<run_id>/output.log, under a detached supervisor (this file run as
@@ -885,9 +885,9 @@ def op_tcp_check(req):
         raise AgentError("invalid", "tcp_check needs host and port")
     try:
         with socket.create_connection((host, port), timeout=float(req.get("timeout", 3.0))):
-            return {"ok": True, "error": None}
+            return {"reachable": True, "reason": None}
     except OSError as exc:
-        return {"ok": False, "error": str(exc.strerror or exc)}
+        return {"reachable": False, "reason": str(exc.strerror or exc)}
 
 
 # ---------------------------------------------------------------- runs
@@ -1494,8 +1494,8 @@ def error_reply(rid, exc):
 
 
 def finish(chan, rid, result, blob=None):
-    reply = {"id": rid, "ok": True}
-    reply.update(result)
+    reply = dict(result)
+    reply.update({"id": rid, "ok": True})
     chan.send(reply, blob)
 
 

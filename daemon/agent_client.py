@@ -388,9 +388,10 @@ class AgentClient:
             elif blob is not None:
                 call.chunks.append(blob)
             return
-        del self._pending[rid]
-        ok = message.get("ok")
+        ok = message.pop("ok", None)
+        message.pop("id")
         if ok is True:
+            del self._pending[rid]
             if call.events is not None:
                 call.events.put_nowait(message)
             else:
@@ -402,6 +403,7 @@ class AgentClient:
         etype, text, path = error.get("type"), error.get("message"), error.get("path")
         if not isinstance(etype, str) or not isinstance(text, str):
             raise BadHostData(f"{self._where} sent a malformed error: {error!r:.200}")
+        del self._pending[rid]
         kind = ExpectationFailed if etype == "changed" else RemoteOpError
         exc = kind(etype, f"{call.op}: {text}", path if isinstance(path, str) else None)
         if call.events is not None:
@@ -492,7 +494,7 @@ class AgentClient:
         return reply
 
     async def stream(self, op: str, **args: Any) -> AsyncIterator[dict[str, Any]]:
-        """Send a streaming request; yield its events, then its final reply (``"ok": True``).
+        """Send a streaming request; yield its events, then its final reply (no ``event`` key).
 
         Leaving the loop early cancels the stream on the host.
         """
@@ -529,6 +531,12 @@ class AgentClient:
     async def hello(self) -> dict[str, Any]:
         return await self.call("hello")
 
+    def _poison(self, exc: TetherError) -> TetherError:
+        """A reply failed validation: this agent is not to be trusted any more."""
+        self._fail(exc)
+        self._abort()
+        return exc
+
     async def scan(
         self,
         root: str,
@@ -542,11 +550,14 @@ class AgentClient:
             args["paths"] = [check_relpath(p, origin="the caller") for p in paths]
         reply = await self.call("scan", **args, **extra)
         exists, is_dir, stats = reply.get("exists"), reply.get("is_dir"), reply.get("stats", {})
-        if not isinstance(exists, bool) or not isinstance(is_dir, bool):
-            raise BadHostData(f"{self._where} sent a malformed scan reply")
-        entries = validate_snapshot(reply.get("entries"))
-        if entries and not is_dir:
-            raise BadHostData(f"{self._where} listed entries under a root that is no directory")
+        try:
+            if not isinstance(exists, bool) or not isinstance(is_dir, bool):
+                raise BadHostData(f"{self._where} sent a malformed scan reply")
+            entries = validate_snapshot(reply.get("entries"))
+            if entries and not is_dir:
+                raise BadHostData(f"{self._where} listed entries under a root that is no dir")
+        except BadHostData as exc:
+            raise self._poison(exc) from None
         return ScanResult(exists, is_dir, entries, stats if isinstance(stats, dict) else {})
 
     async def read_entry(self, root: str, path: str) -> tuple[bytes, Entry]:
@@ -648,7 +659,7 @@ class AgentClient:
         return await self.call("probe", path=path, create=create)
 
     async def tcp_check(self, host: str, port: int, *, timeout: float = 3.0) -> dict[str, Any]:
-        """Can the host open a TCP connection to ``host:port``? {ok, error}."""
+        """Can the host open a TCP connection to ``host:port``? {reachable, reason}."""
         return await self.call("tcp_check", host=host, port=port, timeout=timeout)
 
     async def exec(
