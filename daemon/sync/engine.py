@@ -35,6 +35,16 @@ from .state import ConflictRecord, StateStore, pair_key
 
 log = logging.getLogger(__name__)
 
+FAST_CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+)
+"""AES-GCM first: one hardware-accelerated call per packet, where asyncssh's chacha20-poly1305
+costs several Python-level calls (it dominated the transfer of many small files)."""
+
 MAX_ROUNDS = 3
 """Scan-reconcile-apply rounds when paths change under our feet."""
 
@@ -128,7 +138,7 @@ def local_is_case_insensitive(root: Path) -> bool:
 async def remote_agent(config: Config, pair: PairConfig) -> AsyncIterator[AgentClient]:
     """Connect to the pair's host and start its agent; close both on exit."""
     host = config.host(pair.host)
-    async with open_connection(host) as conn:
+    async with open_connection(host, encryption_algs=list(FAST_CIPHERS)) as conn:
         client = await AgentClient.start(conn, python=host.python)
         try:
             yield client
@@ -215,10 +225,26 @@ class _Session:
                 t0 = time.monotonic()
                 self.progress.phase("scan", pair.name)
                 rules = IgnoreRules(extra=pair.ignore)
-                scanned = await asyncio.to_thread(scan_local, pair.local, rules, cache)
-                remote = await self.client.scan(
-                    pair.remote, ignore=(scanned.rules or rules).to_wire()
+                # Start the host's scan with last time's rules while this side scans; if the
+                # .gitignore files changed meanwhile, scan the host again with the new ones.
+                cached = store.load_rules(self.key)
+                early = (
+                    asyncio.ensure_future(
+                        self.client.scan(pair.remote, ignore=[(r, bool(i)) for r, i in cached])
+                    )
+                    if cached is not None
+                    else None
                 )
+                try:
+                    scanned = await asyncio.to_thread(scan_local, pair.local, rules, cache)
+                finally:
+                    remote_early = await early if early is not None else None
+                wire = [[r, i] for r, i in (scanned.rules or rules).to_wire()]
+                if remote_early is not None and wire == cached:
+                    remote = remote_early
+                else:
+                    remote = await self.client.scan(pair.remote, ignore=wire)
+                    store.save_rules(self.key, wire)
                 report.scan_s += time.monotonic() - t0
                 local = scanned.entries
                 report.local_files, report.remote_files = _files(local), _files(remote.entries)
@@ -314,6 +340,8 @@ class _Session:
             return base  # a full disk: leave the base exactly as it was
         new = next_base(base, local, remote, outcome.done)
         for path, entry in new.items():
+            if base.get(path) is entry or local.get(path) is entry:
+                continue  # already validated (scanned here, or loaded from a validated base)
             try:
                 entry.check_valid(path)
             except InvalidEntry as exc:

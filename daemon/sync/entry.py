@@ -7,6 +7,7 @@ root itself is not a key). Absence is ``None``: "nothing here". Entries are froz
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import TypeAlias
@@ -28,6 +29,7 @@ class EntryKind(str, Enum):
 
 
 EXECUTABLE_BITS = 0o111
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class InvalidEntry(ValueError):
@@ -69,7 +71,7 @@ class Entry:
         if self.size < 0 or self.mtime_ns < 0:
             raise InvalidEntry(f"{path!r}: negative size or mtime")
         if self.kind is EntryKind.FILE:
-            if len(self.digest) != 64 or any(c not in "0123456789abcdef" for c in self.digest):
+            if len(self.digest) != 64 or not _HEX64.fullmatch(self.digest):
                 raise InvalidEntry(f"{path!r}: a file needs a sha256 hex digest")
         elif self.digest:
             raise InvalidEntry(f"{path!r}: only files carry a digest")

@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS conflicts (
     copy_sides TEXT NOT NULL, detail TEXT NOT NULL, created REAL NOT NULL,
     PRIMARY KEY (pair, path)
 );
+CREATE TABLE IF NOT EXISTS rules (
+    pair TEXT PRIMARY KEY, wire TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pairs (
     pair TEXT PRIMARY KEY, synced REAL NOT NULL, status TEXT NOT NULL
 );
@@ -131,8 +134,18 @@ class StateStore:
 
     def forget_pair(self, pair: str) -> None:
         with self.transaction() as db:
-            for table in ("base", "digests", "conflicts", "pairs"):
+            for table in ("base", "digests", "conflicts", "pairs", "rules"):
                 db.execute(f"DELETE FROM {table} WHERE pair = ?", (pair,))
+
+    # -- ignore rules last sent to the host (lets the remote scan start before the local one) --
+
+    def load_rules(self, pair: str) -> list[list[object]] | None:
+        row = self.db.execute("SELECT wire FROM rules WHERE pair = ?", (pair,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def save_rules(self, pair: str, wire: list[list[object]]) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO rules VALUES (?, ?)", (pair, json.dumps(wire)))
 
     # -- digest cache -----------------------------------------------------------------------------
 

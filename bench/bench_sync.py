@@ -1,0 +1,154 @@
+"""tether sync vs `rsync -a` over ssh, against one local sshd, in one go; prints ratios.
+
+    python bench/bench_sync.py [--initial-files 5000] [--initial-mb 50] [--resync-files 20000]
+                               [--memory-files 100000] [--skip-memory]
+
+1. initial sync of N files / M MB into an empty remote folder (tether push vs rsync -a);
+2. re-sync after one changed file in a 20,000-file tree (both tools already synced once);
+3. peak memory (max RSS of the `tether sync` process) for a 100,000-file tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.sshd import SshServer, start_sshd  # noqa: E402
+
+
+def make_tree(root: Path, files: int, total_bytes: int) -> None:
+    size = max(1, total_bytes // files)
+    per_dir = 100
+    for i in range(files):
+        d = root / f"d{i // per_dir:04}"
+        if i % per_dir == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:06}.txt").write_bytes(os.urandom(size // 2).hex().encode()[:size])
+
+
+def write_config(work: Path, server: SshServer, local: Path, remote: Path) -> Path:
+    cfg = work / f"{local.name}.d" / "tether.toml"
+    cfg.parent.mkdir(exist_ok=True)
+    cfg.write_text(
+        server.toml_host()
+        + f'\n[pairs.bench]\nhost = "test"\nlocal = "{local}"\nremote = "{remote}"\n'
+        'mode = "push"\n'
+    )
+    return cfg
+
+
+def tether(cfg: Path, env: dict[str, str]) -> tuple[float, int]:
+    """Wall time and peak RSS (kB) of one `tether sync`."""
+    start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "--config", str(cfg), "sync", "--json"],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return time.perf_counter() - start, max(rss, before)
+
+
+def rsync(server: SshServer, src: Path, dst: Path) -> float:
+    ssh = " ".join(server.ssh_command())
+    start = time.perf_counter()
+    subprocess.run(
+        ["rsync", "-a", "--delete", "-e", ssh, f"{src}/", f"127.0.0.1:{dst}/"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - start
+
+
+def peak_rss_of(cmd: list[str], env: dict[str, str]) -> int:
+    """Peak RSS (kB) of a fresh child (ru_maxrss of RUSAGE_CHILDREN only grows, so fork one)."""
+    code = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, "
+        "stdout=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *cmd], env=env, check=True, capture_output=True, text=True
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--initial-files", type=int, default=5000)
+    ap.add_argument("--initial-mb", type=float, default=50)
+    ap.add_argument("--resync-files", type=int, default=20000)
+    ap.add_argument("--memory-files", type=int, default=100000)
+    ap.add_argument("--skip-memory", action="store_true")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tether-bench-"))
+    server = start_sshd(work / "sshd")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TETHER_STATE_DIR=str(work / "state"))
+    rows: list[tuple[str, float, float, str]] = []
+    try:
+        # 1. initial sync
+        src = work / "initial"
+        make_tree(src, args.initial_files, int(args.initial_mb * 1e6))
+        cfg = write_config(work, server, src, work / "t-initial")
+        t_tether, _ = tether(cfg, env)
+        t_rsync = rsync(server, src, work / "r-initial")
+        rows.append(
+            (
+                f"initial {args.initial_files} files / {args.initial_mb:g} MB",
+                t_tether,
+                t_rsync,
+                "<= 1.00",
+            )
+        )
+        # 2. re-sync after one change
+        src = work / "resync"
+        make_tree(src, args.resync_files, args.resync_files * 1000)
+        cfg = write_config(work, server, src, work / "t-resync")
+        tether(cfg, env)
+        rsync(server, src, work / "r-resync")
+        time.sleep(2.1)  # let the digest cache take the fresh files (racy window)
+        tether(cfg, env)  # a no-op sync that fills the digest caches on both sides
+        victim = next((src / "d0000").iterdir())
+        victim.write_bytes(b"changed " + victim.read_bytes())
+        t_tether, _ = tether(cfg, env)
+        t_rsync = rsync(server, src, work / "r-resync")
+        rows.append(
+            (f"re-sync, 1 change in {args.resync_files} files", t_tether, t_rsync, "<= 0.25")
+        )
+        shutil.rmtree(work / "r-initial", ignore_errors=True)
+        shutil.rmtree(work / "t-initial", ignore_errors=True)
+        # 3. memory at 100k files
+        if not args.skip_memory:
+            src = work / "memory"
+            make_tree(src, args.memory_files, args.memory_files * 100)
+            cfg = write_config(work, server, src, work / "t-memory")
+            cmd = [sys.executable, "-m", "daemon.cli", "--config", str(cfg), "sync", "--json"]
+            start = time.perf_counter()
+            rss_kb = peak_rss_of(cmd, env)
+            elapsed = time.perf_counter() - start
+            print(
+                f"peak memory, {args.memory_files} files: {rss_kb / 1024:.0f} MB "
+                f"(limit 200 MB) in {elapsed:.1f} s"
+            )
+        print(f"\n{'case':<42} {'tether':>9} {'rsync':>9} {'ratio':>7}  target")
+        for name, a, b, target in rows:
+            print(f"{name:<42} {a:>8.2f}s {b:>8.2f}s {a / b:>7.2f}  {target}")
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
