@@ -690,7 +690,7 @@ class ControlClient:
                 "is another program using tether's socket?",
                 exit_code=EX_SOFTWARE,
             ) from None
-        if status >= 400 or (isinstance(data, dict) and isinstance(data.get("error"), dict)):
+        if status >= 400:
             raise error_from_body(data, status)
         return data
 
@@ -735,6 +735,9 @@ class ControlClient:
         self, *, idle_timeout_s: float = 3 * HEARTBEAT_S
     ) -> AsyncIterator[dict[str, Any]]:
         """Live events, in order, until the daemon closes the stream (the iteration ends).
+
+        Leaving early: wrap it in ``contextlib.aclosing(...)`` so the connection closes at once
+        rather than when the generator is collected.
 
         Raises:
             DaemonNotRunning: not running; or it died (the stream broke off) or hung (nothing,

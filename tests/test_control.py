@@ -592,3 +592,14 @@ def test_client_notices_a_hung_daemon(
     )
     assert "stopped answering" in error.message
     assert time.monotonic() - began < 5
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="XDG runtime folders are Linux's")
+def test_runtime_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(RUNTIME_ENV, raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    assert runtime_dir() == Path(tempfile.gettempdir()) / f"tether-{os.getuid()}"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert runtime_dir() == tmp_path / "tether"
+    monkeypatch.setenv(RUNTIME_ENV, str(tmp_path / "mine"))
+    assert runtime_dir() == tmp_path / "mine"
