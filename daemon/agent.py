@@ -974,11 +974,21 @@ def op_exec(req):
     return {"run_id": run_id, "pid": info["pid"], "pgid": info["pgid"]}
 
 
+def load_libc():
+    """The C library, without ctypes.util.find_library (it spawns ldconfig: slow)."""
+    try:
+        lib = ctypes.CDLL(None, use_errno=True)
+        lib.inotify_init1  # noqa: B018 - probe that the symbols are reachable this way
+        return lib
+    except (OSError, AttributeError):
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
 def set_subreaper():
     if not sys.platform.startswith("linux"):
         return
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = load_libc()
         libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans of the run come to us
     except (OSError, AttributeError):
         pass
@@ -1199,7 +1209,7 @@ def inotify_lib():
     if not _LIBC:
         lib = None
         try:
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            lib = load_libc()
             lib.inotify_init1.argtypes = [ctypes.c_int]
             lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
             lib.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]

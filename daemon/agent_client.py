@@ -46,28 +46,38 @@ MAX_FRAME = 256 << 20
 HELLO_TIMEOUT_S = 30.0
 STDERR_TAIL = 20
 
-_REMOTE_CHECK = r"""
-import hashlib, json, os, sys
-path = os.path.expanduser(sys.argv[1])
+_BOOTSTRAP = r"""
+import hashlib, os, sys
+if sys.version_info < (3, 8):
+    sys.stdout.write("TETHER-OLD %d.%d.%d\n" % tuple(sys.version_info[:3]))
+    sys.stdout.flush()
+    sys.exit(3)
+path, want = os.path.expanduser(sys.argv[1]), sys.argv[2]
 try:
     with open(path, "rb") as fh:
-        digest = hashlib.sha256(fh.read()).hexdigest()
+        have = hashlib.sha256(fh.read()).hexdigest()
 except OSError:
-    digest = ""
-print(json.dumps({"path": path, "digest": digest, "python": list(sys.version_info[:3])}))
+    have = ""
+out, inp = sys.stdout.buffer, sys.stdin.buffer
+if have != want:
+    out.write(b"TETHER-SEND\n")
+    out.flush()
+    size = int(inp.readline())
+    data = inp.read(size)
+    if len(data) != size or hashlib.sha256(data).hexdigest() != want:
+        sys.exit(4)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, 0o700, exist_ok=True)
+    tmp = os.path.join(folder, ".agent.%d.tmp" % os.getpid())
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+out.write(b"TETHER-RUN " + path.encode("utf-8") + b"\n")
+out.flush()
+os.execv(sys.executable, [sys.executable, "-u", path])
 """
-
-_REMOTE_UPLOAD = r"""
-import os, sys, tempfile
-path = os.path.expanduser(sys.argv[1])
-folder = os.path.dirname(path)
-os.makedirs(folder, 0o700, exist_ok=True)
-fd, tmp = tempfile.mkstemp(dir=folder, prefix=".agent.", suffix=".tmp")
-with os.fdopen(fd, "wb") as fh:
-    fh.write(sys.stdin.buffer.read())
-os.chmod(tmp, 0o600)
-os.replace(tmp, path)
-"""
+"""Run by the host's python: check the installed agent's digest, take a new copy on stdin only
+when it differs, then become the agent. One exec channel, whatever happens."""
 
 
 class RemoteOpError(RemoteError):
@@ -195,6 +205,9 @@ class AgentClient:
         self.remote_dir = remote_dir
         """Where the agent lives on the host (its cache folder); None for a local agent."""
         self.info: dict[str, Any] = {}
+        """The agent's hello: version, python, platform, home, pid, inotify."""
+        self.uploaded = False
+        """True when :meth:`start` had to (re)install the agent on the host."""
         self._next_id = 1
         self._pending: dict[int, _Call] = {}
         self._abandoned: set[int] = set()
@@ -212,9 +225,16 @@ class AgentClient:
 
     @classmethod
     async def start(
-        cls, conn: asyncssh.SSHClientConnection, *, python: str = "python3"
+        cls,
+        conn: asyncssh.SSHClientConnection,
+        *,
+        python: str = "python3",
+        remote_dir: str | None = None,
     ) -> AgentClient:
         """Install (if needed) and run this version's agent on the host behind ``conn``.
+
+        ``remote_dir`` (default ``~/.cache/tether/<version>``) is where the agent is installed;
+        :attr:`uploaded` tells whether this call had to upload it.
 
         Raises:
             RemoteError: the host has no usable ``python`` (>= 3.8).
@@ -222,46 +242,20 @@ class AgentClient:
         """
         local = await asyncio.get_running_loop().run_in_executor(None, AGENT_PATH.read_bytes)
         digest = hashlib.sha256(local).hexdigest()
-        remote = f"~/.cache/tether/{__version__}/agent.py"
+        remote = f"{remote_dir or '~/.cache/tether/' + __version__}/agent.py"
         py = shlex.quote(python)
-        check = await cls._ssh_run(
-            conn, f"{py} -c {shlex.quote(_REMOTE_CHECK)} {shlex.quote(remote)}", None
-        )
-        if check.exit_status == 127 or not check.stdout:
-            raise RemoteError(
-                f"the host has no `{python}` to run tether's agent: "
-                f"{_text(check.stderr).strip()[-200:]}",
-                "install python3 (>= 3.8) on the host or set `python` for this host",
-            )
+        command = f"{py} -c {shlex.quote(_BOOTSTRAP)} {shlex.quote(remote)} {digest}"
         try:
-            facts = json.loads(_text(check.stdout))
-            path, remote_digest, version = facts["path"], facts["digest"], facts["python"]
-        except (ValueError, KeyError, TypeError):
-            raise BadHostData(
-                f"the host answered the agent check oddly: {check.stdout!r}"
-            ) from None
-        if not isinstance(path, str) or not path.startswith("/") or tuple(version) < (3, 8):
-            raise RemoteError(
-                f"`{python}` on the host is Python {'.'.join(map(str, version))}; tether's agent "
-                "needs 3.8 or newer",
-                "install a newer python3 on the host or set `python` for this host",
-            )
-        if remote_digest != digest:
-            log.info("uploading the agent to %s", path)
-            done = await cls._ssh_run(
-                conn, f"{py} -c {shlex.quote(_REMOTE_UPLOAD)} {shlex.quote(path)}", local
-            )
-            if done.exit_status != 0:
-                raise RemoteError(
-                    f"cannot install tether's agent at {path}: {_text(done.stderr).strip()}",
-                    "check free space and permissions of ~/.cache on the host",
-                )
-        try:
-            process = await conn.create_process(
-                f"{py} -u {shlex.quote(path)}", encoding=None, term_type=None
-            )
+            process = await conn.create_process(command, encoding=None)
         except (OSError, asyncssh.Error) as exc:
-            raise HostUnreachable(f"cannot start the agent on the host: {exc}") from None
+            raise HostUnreachable(f"cannot start tether's agent on the host: {exc}") from None
+        try:
+            uploaded, path = await asyncio.wait_for(
+                cls._bootstrap(process, python, local), HELLO_TIMEOUT_S
+            )
+        except BaseException:
+            process.close()
+            raise
         client = cls(
             process.stdout,
             process.stdin,
@@ -272,17 +266,44 @@ class AgentClient:
             remote_dir=str(Path(path).parent),
             where="the host",
         )
+        client.uploaded = uploaded
         await client._say_hello()
         return client
 
     @staticmethod
-    async def _ssh_run(
-        conn: asyncssh.SSHClientConnection, command: str, data: bytes | None
-    ) -> asyncssh.SSHCompletedProcess:
+    async def _bootstrap(process: Any, python: str, local: bytes) -> tuple[bool, str]:
+        """Follow the bootstrap script: (whether it took a new agent, where the agent is)."""
+        uploaded = False
         try:
-            return await conn.run(command, input=data, encoding=None, check=False)
+            line = await process.stdout.readline()
+            if line == b"TETHER-SEND\n":
+                uploaded = True
+                process.stdin.write(b"%d\n" % len(local) + local)
+                await process.stdin.drain()
+                line = await process.stdout.readline()
         except (OSError, asyncssh.Error) as exc:
-            raise HostUnreachable(f"the host stopped answering: {exc}") from None
+            raise HostUnreachable(f"lost the host while starting the agent: {exc}") from None
+        if line.startswith(b"TETHER-RUN /"):
+            return uploaded, line[len(b"TETHER-RUN ") :].decode("utf-8", "replace").rstrip("\n")
+        if line.startswith(b"TETHER-OLD"):
+            raise RemoteError(
+                f"`{python}` on the host is Python {_text(line[11:]).strip()}; tether's agent "
+                "needs 3.8 or newer",
+                "install a newer python3 on the host or set `python` for this host",
+            )
+        stderr = b""
+        with contextlib.suppress(asyncio.TimeoutError, OSError, asyncssh.Error):
+            stderr = await asyncio.wait_for(process.stderr.read(2000), 2.0)
+        status = process.exit_status
+        if status == 127 or b"not found" in stderr or b"No such file" in stderr:
+            raise RemoteError(
+                f"the host has no `{python}` to run tether's agent: {_text(stderr).strip()}",
+                "install python3 (>= 3.8) on the host, or set `python` for this host",
+            )
+        raise RemoteError(
+            f"tether's agent did not start on the host: {_text(stderr).strip() or _text(line)}",
+            "check free space and permissions of ~/.cache/tether on the host",
+        )
 
     @classmethod
     async def spawn_local(

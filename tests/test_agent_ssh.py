@@ -1,0 +1,147 @@
+"""The agent client over a real OpenSSH server on loopback (tests/sshd.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from daemon.agent_client import AGENT_PATH, AgentClient
+from daemon.errors import RemoteError
+from daemon.ssh import open_connection
+from daemon.sync.entry import EntryKind
+from tests.sshd import SshServer
+
+T = TypeVar("T")
+OLD_NS = 1_600_000_000 * 10**9
+
+
+def over_ssh(sshd: SshServer, body: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``body(conn)`` with a connection to the test sshd."""
+
+    async def main() -> T:
+        async with open_connection(sshd.host_config()) as conn:
+            return await asyncio.wait_for(body(conn), 60)
+
+    return asyncio.run(main())
+
+
+def test_start_uploads_once(sshd: SshServer, tmp_path: Path) -> None:
+    remote_dir = tmp_path / "cache"
+    installed = remote_dir / "agent.py"
+
+    async def body(conn: Any) -> list[bool]:
+        uploads = []
+        for _ in range(2):
+            client = await AgentClient.start(conn, remote_dir=str(remote_dir))
+            uploads.append(client.uploaded)
+            assert client.info["version"] == 1 and client.remote_dir == str(remote_dir)
+            await client.close()
+        installed.write_bytes(b"# an older agent\n")
+        client = await AgentClient.start(conn, remote_dir=str(remote_dir))
+        uploads.append(client.uploaded)
+        await client.close()
+        return uploads
+
+    assert over_ssh(sshd, body) == [True, False, True]
+    assert installed.read_bytes() == AGENT_PATH.read_bytes()
+    assert [p.name for p in remote_dir.iterdir()] == ["agent.py"]
+
+
+def test_no_python_on_the_host_is_a_remote_error(sshd: SshServer) -> None:
+    async def body(conn: Any) -> None:
+        with pytest.raises(RemoteError) as info:
+            await AgentClient.start(conn, python="/no/such/python3")
+        assert "python" in info.value.message and info.value.hint
+
+    over_ssh(sshd, body)
+
+
+def test_scan_write_read_round_trip(sshd: SshServer, tmp_path: Path) -> None:
+    root = tmp_path / "remote"
+    root.mkdir()
+    (root / "exists.txt").write_text("already here")
+    big = bytes(range(256)) * 12_000  # 3 MB: chunked both ways
+
+    async def body(conn: Any) -> None:
+        client = await AgentClient.start(conn, remote_dir=str(tmp_path / "cache"))
+        try:
+            before = await client.scan(str(root))
+            assert set(before.entries) == {"exists.txt"}
+            entry = await client.write(
+                str(root), "pkg/big.bin", big, mode=0o755, mtime_ns=OLD_NS, expect=None
+            )
+            assert entry.kind is EntryKind.FILE and entry.executable
+            assert await client.read(str(root), "pkg/big.bin") == big
+            after = await client.scan(str(root))
+            assert after.entries["pkg/big.bin"] == entry
+            assert after.entries["pkg"].kind is EntryKind.DIRECTORY
+        finally:
+            await client.close()
+
+    over_ssh(sshd, body)
+    assert hashlib.sha256((root / "pkg" / "big.bin").read_bytes()).hexdigest() == (
+        hashlib.sha256(big).hexdigest()
+    )
+
+
+def test_pipelined_small_writes(sshd: SshServer, tmp_path: Path) -> None:
+    root = tmp_path / "remote"
+    root.mkdir()  # a missing root is never created by writes: the pair would halt instead
+
+    async def body(conn: Any) -> int:
+        client = await AgentClient.start(conn, remote_dir=str(tmp_path / "cache"))
+        try:
+            await asyncio.gather(
+                *(
+                    client.write(
+                        str(root),
+                        f"d{i % 10}/f{i}.py",
+                        f"x = {i}\n".encode(),
+                        mode=0o644,
+                        mtime_ns=OLD_NS,
+                        expect=None,
+                    )
+                    for i in range(500)
+                )
+            )
+            return len((await client.scan(str(root))).entries)
+        finally:
+            await client.close()
+
+    assert over_ssh(sshd, body) == 510
+    assert (root / "d7" / "f417.py").read_text() == "x = 417\n"
+
+
+def test_exec_over_ssh_survives_the_agent(sshd: SshServer, tmp_path: Path) -> None:
+    flag = tmp_path / "go"
+
+    async def start(conn: Any) -> dict[str, Any]:
+        client = await AgentClient.start(conn, remote_dir=str(tmp_path / "cache"))
+        try:
+            return await client.exec(
+                f"echo started; while [ ! -e {flag} ]; do sleep 0.02; done; echo done; exit 5",
+                env={"TETHER_TEST": "1"},
+            )
+        finally:
+            await client.close()
+
+    run = over_ssh(sshd, start)  # the SSH connection is gone; the run goes on
+    flag.touch()
+
+    async def collect(conn: Any) -> tuple[bytes, dict[str, Any]]:
+        client = await AgentClient.start(conn, remote_dir=str(tmp_path / "cache"))
+        out: list[bytes] = []
+        try:
+            status = await client.attach(run["run_id"], on_output=out.append)
+        finally:
+            await client.close()
+        return b"".join(out), status
+
+    output, status = over_ssh(sshd, collect)
+    assert output == b"started\ndone\n"
+    assert status["exit_code"] == 5
