@@ -97,9 +97,10 @@ class Link:
         """
 
         def ready() -> bool:
-            return self.state in (LinkState.UP, LinkState.FAILED, LinkState.STOPPED)
+            up = self.state is LinkState.UP and self._conn is not None
+            return up or self.state in (LinkState.FAILED, LinkState.STOPPED)
 
-        async with self._changed:
+        async with self._changed:  # decided under the lock: _set() cannot move the state now
             try:
                 await asyncio.wait_for(self._changed.wait_for(ready), timeout_s)
             except asyncio.TimeoutError:
@@ -111,12 +112,12 @@ class Link:
                     f"{self.host.name}: the link is {self.state.value}",
                     "tether keeps reconnecting; see `tether status`",
                 ) from None
-        if self.state is LinkState.UP and self._conn is not None:
-            return self._conn
-        if self.state is LinkState.STOPPED:
-            raise HostUnreachable(f"{self.host.name}: the link was closed")
-        assert self.last_error is not None
-        raise self.last_error
+            if self.state is LinkState.UP and self._conn is not None:
+                return self._conn
+            if self.state is LinkState.STOPPED:
+                raise HostUnreachable(f"{self.host.name}: the link was closed")
+            assert self.last_error is not None, "FAILED always records its error"
+            raise self.last_error
 
     async def wait_agent(self, timeout_s: float | None = None) -> AgentClient:
         """The agent on the live connection (raises if the host has no usable python3).
@@ -126,9 +127,11 @@ class Link:
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            await self.wait_up(timeout_s)
+            await self.wait_up(None if deadline is None else max(0.0, deadline - time.monotonic()))
             starting = self._agent_starting
-            assert starting is not None
+            if starting is None:  # dropped between wait_up and here: wait for the next one
+                await asyncio.sleep(0.01)
+                continue
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 agent = await asyncio.wait_for(asyncio.shield(starting), left)
@@ -294,8 +297,9 @@ class Link:
         return self.agent
 
     async def _drop(self) -> None:
-        starting, conn = self._agent_starting, self._conn
-        self._agent_starting, self._conn = None, None
+        async with self._changed:
+            starting, conn = self._agent_starting, self._conn
+            self._agent_starting, self._conn = None, None
         if starting is not None:
             starting.cancel()
             await asyncio.gather(starting, return_exceptions=True)

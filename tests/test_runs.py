@@ -1,0 +1,185 @@
+"""`tether run` against a real sshd: exact arguments, exact statuses, no orphans, no lost output."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.config import load_config
+from daemon.errors import BadHostData, UsageError
+from daemon.history import RunHistory
+from daemon.link import Link
+from daemon.runs import RunSpec, command_argv, exit_status, follow, signal_number, start
+from tests.faultproxy import FaultProxy
+from tests.sshd import SshServer
+
+
+@pytest.fixture
+def project(sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "tether.toml").write_text(
+        sshd.toml_host("gpu") + f'\n[pairs.code]\nhost = "gpu"\nremote = "{tmp_path}/remote/code"\n'
+        'ignore = ["results/"]\n'
+    )
+    return root
+
+
+def tether(project: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon.cli", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        (["x.py", "a"], ["python3", "x.py", "a"]),
+        (["-m", "pytest", "-q"], ["python3", "-m", "pytest", "-q"]),
+        (["nvidia-smi", "-L"], ["nvidia-smi", "-L"]),
+    ],
+)
+def test_command_argv(words: list[str], expected: list[str]) -> None:
+    assert command_argv(words, "python3") == expected
+
+
+def test_command_argv_with_python_args() -> None:
+    assert command_argv(["x.py"], "python3 -X dev") == ["python3", "-X", "dev", "x.py"]
+
+
+def test_signal_numbers_are_validated() -> None:
+    assert signal_number("SIGKILL") == 9 and signal_number("TERM") == 15 and signal_number(2) == 2
+    assert exit_status(None, 9) == 137 and exit_status(7, None) == 7
+    with pytest.raises(BadHostData):
+        signal_number("SIGNOPE")
+    with pytest.raises(BadHostData):
+        signal_number(True)
+
+
+@pytest.mark.parametrize("code", [0, 1, 7])
+def test_exit_status_is_the_remote_one(project: Path, code: int) -> None:
+    result = tether(project, "run", "--", "sh", "-c", f"echo out; echo err >&2; exit {code}")
+    assert result.returncode == code, result.stderr
+    assert "out" in result.stdout and "err" in result.stdout
+
+
+def test_killed_by_signal_is_128_plus_n(project: Path) -> None:
+    result = tether(project, "run", "--", "sh", "-c", "kill -9 $$")
+    assert result.returncode == 137, result.stderr
+
+
+TORTURE = ["a b", "$HOME", "it's", 'say "hi"', "back\\slash", "ünïcødé ✓", "*", "`id`", "", "-n"]
+
+
+def test_arguments_arrive_exactly_as_typed(project: Path) -> None:
+    (project / "echo_args.py").write_text(
+        "import json, sys\nprint(json.dumps(sys.argv[1:], ensure_ascii=False))\n"
+    )
+    result = tether(project, "run", "--", "echo_args.py", *TORTURE)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == TORTURE
+
+
+def test_runs_in_pair_root_with_synced_files_and_fetches(project: Path) -> None:
+    (project / "make_results.py").write_text(
+        "import os, pathlib\nos.makedirs('results', exist_ok=True)\n"
+        "pathlib.Path('results/r.json').write_text(open('input.txt').read().upper())\n"
+    )
+    (project / "input.txt").write_text("measured")
+    result = tether(project, "run", "--fetch", "results/", "--", "make_results.py")
+    assert result.returncode == 0, result.stderr
+    assert (project / "results" / "r.json").read_text() == "MEASURED"
+    listing = tether(project, "runs", "--json")
+    assert '"exit_code": 0' in listing.stdout and "make_results.py" in listing.stdout
+
+
+def test_fetch_of_missing_path_is_one_line(project: Path) -> None:
+    result = tether(project, "run", "--fetch", "nope/", "--", "true")
+    assert result.returncode == 1
+    assert "--fetch nope/: nothing there on the host" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_nothing_to_run_is_usage(project: Path) -> None:
+    result = tether(project, "run", "--")
+    assert result.returncode == UsageError.exit_code
+    assert "nothing to run" in result.stderr
+
+
+def test_ctrl_c_stops_the_whole_process_group(project: Path) -> None:
+    marker = f"sleep {4000 + os.getpid() % 1000}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "run", "--", "sh", "-c",
+         f"{marker} & echo started; wait"],
+        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"started\n"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode in (130, 137), err  # SIGINT, or SIGKILL after the grace period
+    left = subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "a child of the run survived"
+
+
+def test_link_cut_mid_run_reattaches_without_losing_output(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
+    proxy = FaultProxy(sshd.port).start()
+    entry = sshd.known_hosts.read_text().splitlines()[0].split(" ", 1)[1]
+    (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{proxy.port} {entry}\n")
+    (tmp_path / "remote").mkdir()
+    (tmp_path / "tether.toml").write_text(
+        f'[hosts.gpu]\nssh = "{sshd.user}@127.0.0.1:{proxy.port}"\n'
+        f'identity_file = "{sshd.client_key}"\nknown_hosts = "{tmp_path}/known_hosts"\n'
+        f'ssh_config = "{sshd.ssh_config}"\n'
+        f'[pairs.code]\nhost = "gpu"\nremote = "{tmp_path}/remote"\n'
+    )
+    config = load_config(tmp_path / "tether.toml")
+    pair = config.pair("code")
+    script = "for i in $(seq 1 30); do echo line $i; sleep 0.1; done; exit 3"
+    spec = RunSpec(host=config.host("gpu"), pair=pair, shell=script)
+
+    async def body() -> tuple[bytes, object]:
+        seen = bytearray()
+        async with Link(spec.host) as link:
+            await start(link, spec)
+            follower = asyncio.create_task(follow(link, spec, seen.extend))
+            while b"line 5\n" not in seen:
+                await asyncio.sleep(0.05)
+            proxy.cut()
+            outcome = await asyncio.wait_for(follower, 60)
+            return bytes(seen), outcome
+
+    try:
+        output, outcome = asyncio.run(body())
+    finally:
+        proxy.stop()
+    expected = "".join(f"line {i}\n" for i in range(1, 31)).encode()
+    assert output == expected, outcome  # nothing lost, nothing repeated
+    assert outcome.exit_code == 3 and outcome.reattached >= 1  # type: ignore[attr-defined]
+
+
+def test_history_records_start_and_end(project: Path, tmp_path: Path) -> None:
+    started = time.time()
+    assert tether(project, "run", "--", "sh", "-c", "exit 5").returncode == 5
+    with RunHistory(tmp_path / "state" / "runs.sqlite3") as history:
+        record = history.recent(1)[0]
+    assert record.exit_code == 5 and record.reason == "exited" and record.started >= started - 1
+    assert record.ended is not None and Path(record.log).exists()
