@@ -37,14 +37,16 @@ parents are opened one by one with O_NOFOLLOW and every change goes through that
         stats: {files, hashed, hashed_bytes, undecodable}: hashed counts files actually read
         (the digest cache, ~/.cache/tether/digests/<sha256 of realpath(root)>.json, keyed by
         size, mtime_ns, ino and ctime_ns, spares the rest; entries changed within RACY_NS of the
-        scan are not cached). Names that are not valid UTF-8 are skipped and counted.
+        scan, or within racy_ms when given, are not cached). Names that are not valid UTF-8 are
+        skipped and counted.
     read {root, path}               -> files <= CHUNK: one reply {size, mtime_ns, mode, digest} with
         the content as its blob; larger: ``event: "chunk"`` frames with blobs, then the reply
         without a blob. The digest is of the bytes sent.
     write {root, path, mode, mtime_ns, digest, expect, blob, fsync?}  -> {entry}
         Content goes to ``.<name>.tether-<hex>.tmp`` beside the target, its sha256 is checked
         against digest, expect is checked, mode and mtime are set, then os.replace. Missing parent
-        dirs are created. Big files: several writes with ``transfer`` (an id of the client's),
+        dirs are created (never the root itself: a missing root is ``not_found``). Big files:
+        several writes with ``transfer`` (an id of the client's),
         ``offset`` and ``final: false``, then the last one with ``final: true`` (default) and the
         metadata. A failed chunk removes the temp; later chunks of it fail ``invalid``.
     mkdir {root, path, mode?, expect}    -> {entry}   (expect a dir: no-op)
@@ -68,7 +70,8 @@ parents are opened one by one with O_NOFOLLOW and every change goes through that
     runs {}                         -> {runs: [{run_id, pid, pgid, started_ns, running, ...}]}
     watch {root, ignore, coalesce_ms?, poll_ms?} -> ``event: "ready" {backend}`` once watching,
         then ``event: "changes" {paths, rescan}`` batches (rescan: the watcher lost track, rescan
-        everything). inotify (via ctypes) on Linux, polling elsewhere. Own writes are suppressed:
+        everything). A new directory is reported as itself: rescan its subtree. inotify (via
+        ctypes) on Linux, polling elsewhere (or with force_poll). Own writes are suppressed:
         a path the agent itself wrote, created, renamed or deleted in the last OWN_TTL_S seconds
         is not reported while it still holds exactly what the agent left there.
     cancel {target}  (alias: unwatch {watch_id}) -> {}: ends a watch or attach, whose final

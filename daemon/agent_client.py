@@ -1,9 +1,9 @@
 """The asyncio client of the remote agent (:mod:`daemon.agent`): one channel, many requests.
 
-:meth:`AgentClient.start` makes sure the host has this version's agent in
-``~/.cache/tether/<version>/agent.py`` (one exec compares digests; a second uploads only when
-they differ), runs it over an SSH exec channel and says hello. :meth:`AgentClient.spawn_local`
-runs the same agent as a local subprocess (tests, the embedded demo).
+:meth:`AgentClient.start` opens one SSH exec channel running a tiny bootstrap with the host's
+``python3``: it compares the digest of ``~/.cache/tether/<version>/agent.py`` with ours, takes a
+new copy over the same channel only when they differ, then execs the agent; we say hello.
+:meth:`AgentClient.spawn_local` runs the same agent as a local subprocess (tests, the demo).
 
 Requests are multiplexed by id: callers may ``asyncio.gather`` many writes and they go out
 back to back without waiting for each other's replies. Every reply is validated: a malformed
