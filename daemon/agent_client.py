@@ -506,7 +506,7 @@ class AgentClient:
             if self._pending.pop(rid, None) is not None:
                 self._abandoned.add(rid)
             raise
-        except TetherError:
+        except Exception:  # a failed send (unserializable args, lost channel): forget the call
             self._pending.pop(rid, None)
             raise
         if call.chunks:
