@@ -81,13 +81,19 @@ class RunSpec:
     """What to run, where, and under which limits."""
 
     host: HostConfig
-    pair: PairConfig
+    pair: PairConfig | None
+    """Whose remote folder is the working folder; None: ``cwd`` (default the host's home)."""
     argv: list[str] | None = None
     shell: str | None = None
     """A trigger's ``run`` string, given to ``/bin/sh -c`` on the host."""
     env: dict[str, str] = field(default_factory=dict)
     timeout_s: float | None = None
     run_id: str = field(default_factory=new_run_id)
+    cwd: str | None = None
+
+    @property
+    def workdir(self) -> str:
+        return self.cwd or (self.pair.remote if self.pair is not None else "~")
 
     @property
     def display(self) -> str:
@@ -114,7 +120,7 @@ async def start(link: Link, spec: RunSpec) -> dict[str, Any]:
     agent = await link.wait_agent(30)
     return await agent.exec(
         spec.shell if spec.shell is not None else (spec.argv or []),
-        cwd=spec.pair.remote,
+        cwd=spec.workdir,
         env=dict(spec.env),
         venv=spec.host.venv,
         run_id=spec.run_id,

@@ -1,0 +1,80 @@
+"""`tether start` / `tether stop [--all]`: register this project with the daemon, or not."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from ..cli import config_of
+from ..console import console
+from ..control import ControlClient, daemon_running
+from ..errors import TetherError
+from ..sync.state import state_dir
+
+START_TIMEOUT_S = 15.0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("start", help="register this project with the daemon (start it)")
+    p.set_defaults(handler=run_start)
+    q = subparsers.add_parser("stop", help="unregister this project; --all stops the daemon")
+    q.add_argument("--all", action="store_true", help="stop the daemon and every project")
+    q.set_defaults(handler=run_stop)
+
+
+def ensure_daemon() -> bool:
+    """Start `tether daemon` detached if nothing answers on the socket; True if started."""
+    if daemon_running():
+        return False
+    log_path = state_dir() / "daemon.log"
+    with open(log_path, "ab") as log_file:
+        subprocess.Popen(
+            [sys.executable, "-m", "daemon.cli", "daemon"],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+            env=os.environ.copy(),
+            cwd="/",
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if daemon_running():
+            return True
+        time.sleep(0.05)
+    raise TetherError(f"the daemon did not start within {START_TIMEOUT_S:g}s", f"see {log_path}")
+
+
+async def _with_client(method: str, *args: Any) -> Any:
+    async with ControlClient() as client:
+        return await getattr(client, method)(*args)
+
+
+def run_start(args: argparse.Namespace) -> int:
+    config = config_of(args)
+    started = ensure_daemon()
+    asyncio.run(_with_client("register", config.path))
+    out = console()
+    out.print(("started the daemon; " if started else "") + f"watching {config.root}")
+    out.print("see `tether status`; `tether logs -f` follows what happens")
+    return 0
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    out = console()
+    if args.all:
+        if not daemon_running():
+            out.print("the daemon is not running")
+            return 0
+        asyncio.run(_with_client("shutdown"))
+        out.print("stopped the daemon")
+        return 0
+    config = config_of(args)
+    asyncio.run(_with_client("unregister", config.path))
+    out.print(f"no longer watching {config.root}")
+    return 0

@@ -1,0 +1,288 @@
+"""Live sync of one pair: watch both sides, sync what changed, over whatever link is up.
+
+A session marks the pair dirty when the local watcher (watchdog) or the host's agent (inotify
+there) reports a change, then runs the sync engine once for the whole burst. While the link is
+down it waits; when the link comes back it syncs in full, so edits made during the outage land
+then, with nothing lost. A sync that halts (a root emptied or deleted) stops the session until
+the user resumes it. Files tether itself just wrote come back from the watchers as an echo; the
+engine finds nothing to do for them, and they do not count as landed for triggers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from enum import Enum
+from typing import Any
+
+from .config import Config, PairConfig
+from .errors import HostUnreachable, TetherError
+from .link import Link
+from .sync.engine import SyncReport, sync_pair
+from .sync.entry import Snapshot
+from .sync.ignore import IgnoreRules
+from .sync.state import StateStore, pair_key
+from .watch import LocalWatcher
+
+log = logging.getLogger(__name__)
+
+OnLanded = Callable[[PairConfig, list[str]], Awaitable[None]]
+
+
+class SessionState(str, Enum):
+    """What a pair is doing now (`tether status`)."""
+
+    STARTING = "starting"
+    WATCHING = "watching"
+    """In sync, waiting for changes."""
+    SYNCING = "syncing"
+    WAITING = "waiting"
+    """The link is down; changes are being collected."""
+    PAUSED = "paused"
+    HALTED = "halted"
+    """A safety check stopped the pair (root emptied or deleted, bad host data)."""
+
+
+class PairSession:
+    """Keeps one pair in sync for as long as it runs."""
+
+    def __init__(
+        self,
+        config: Config,
+        pair: PairConfig,
+        link: Link,
+        *,
+        on_landed: OnLanded | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        coalesce_ms: float = 10,
+        store: StateStore | None = None,
+    ) -> None:
+        self.config, self.pair, self.link = config, pair, link
+        self.coalesce_ms = coalesce_ms
+        self._on_landed = on_landed
+        self._on_event = on_event
+        self._store = store
+        self.state = SessionState.STARTING
+        self.message = ""
+        self.last_sync: float | None = None
+        self.last_report: SyncReport | None = None
+        self.syncs = 0
+        self._local_dirty: set[str] = set()
+        self._remote_dirty = False
+        self._full_needed = True
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.watch_mode = ""
+
+    # -- control -----------------------------------------------------------------------------
+
+    def start(self) -> PairSession:
+        self._tasks = [
+            asyncio.create_task(self._watch_local(), name=f"watch local {self.pair.name}"),
+            asyncio.create_task(self._watch_remote(), name=f"watch remote {self.pair.name}"),
+            asyncio.create_task(self._run(), name=f"sync {self.pair.name}"),
+        ]
+        return self
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def pause(self) -> None:
+        self._resumed.clear()
+        self.state = SessionState.PAUSED
+        self._event("paused", "paused by request")
+
+    def resume(self) -> None:
+        """Resume a paused or halted pair (a halted one syncs in full, re-checking its roots)."""
+        self._full_needed = True
+        self._resumed.set()
+        self._wake.set()
+        self._event("resumed", "resumed")
+
+    @property
+    def pending(self) -> int:
+        return len(self._local_dirty) + (1 if self._remote_dirty or self._full_needed else 0)
+
+    async def flush(self, timeout_s: float) -> None:
+        """Return once everything on disk when flush was called has landed; raise promptly if
+        it cannot (host down, pair paused or halted).
+
+        A watcher may not have reported a save made a millisecond ago, so flush does not trust
+        the dirty set alone: it asks for one more sync cycle, which rescans (cheaply, through
+        the digest caches) and returns when that cycle and everything after it is done.
+        """
+        deadline = time.monotonic() + timeout_s
+        self._full_needed = True
+        self._idle.clear()
+        self._wake.set()
+        while True:
+            if self.state is SessionState.HALTED:
+                raise TetherError(f"pair {self.pair.name} is halted: {self.message}",
+                                  "fix it, then `tether resume`")  # fmt: skip
+            if self.state is SessionState.PAUSED:
+                raise TetherError(f"pair {self.pair.name} is paused", "`tether resume` first")
+            if self.state is SessionState.WAITING:
+                raise HostUnreachable(
+                    f"pair {self.pair.name}: host {self.pair.host} is unreachable "
+                    f"({self.link.snapshot()['last_error'] or self.link.state.value})",
+                    "changes are kept and will land when the host is back",
+                )
+            if self.pending == 0 and self._idle.is_set():
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TetherError(f"pair {self.pair.name}: not flushed within {timeout_s:g}s")
+            self._idle.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), min(left, 0.5))
+
+    def snapshot(self) -> dict[str, Any]:
+        report = self.last_report
+        return {
+            "pair": self.pair.name,
+            "host": self.pair.host,
+            "mode": self.pair.mode.value,
+            "local": str(self.pair.local),
+            "remote": self.pair.remote,
+            "state": self.state.value,
+            "message": self.message,
+            "pending": self.pending,
+            "last_sync": self.last_sync,
+            "syncs": self.syncs,
+            "conflicts": len(report.conflicts) if report else 0,
+            "problems": [f"{p.path}: {p.message}" for p in report.problems] if report else [],
+            "watch": self.watch_mode,
+        }
+
+    # -- watchers ----------------------------------------------------------------------------
+
+    async def _watch_local(self) -> None:
+        self.pair.local.mkdir(parents=True, exist_ok=True)
+        rules = _rules(self.pair)
+        async with LocalWatcher(
+            self.pair.local, ignore=rules, coalesce_ms=self.coalesce_ms
+        ) as watcher:
+            self.watch_mode = watcher.mode
+            for warning in watcher.warnings:
+                self._event("warning", warning)
+            async for batch in watcher:
+                self._local_dirty |= batch
+                self._wake.set()
+
+    async def _watch_remote(self) -> None:
+        """Follow the host's watch stream on each connection; a change marks the pair dirty."""
+        while True:
+            try:
+                agent = await self.link.wait_agent()
+                await agent.probe(self.pair.remote, create=True)
+                async for batch in agent.watch(self.pair.remote, _rules(self.pair).to_wire()):
+                    if batch.paths or batch.rescan:
+                        self._remote_dirty = True
+                        self._wake.set()
+            except (HostUnreachable, TetherError) as exc:
+                if self.link.state.value == "up":
+                    self._event("warning", f"remote watch stopped: {exc}; retrying")
+                    await asyncio.sleep(1.0)
+            await asyncio.sleep(0.05)
+
+    # -- the sync loop -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        store = self._store or StateStore()
+        try:
+            while True:
+                if self.pending == 0:
+                    if self.state not in (SessionState.HALTED, SessionState.PAUSED):
+                        self.state = SessionState.WATCHING
+                    self._idle.set()
+                    await self._wake.wait()
+                self._wake.clear()
+                await self._resumed.wait()
+                if self.state is SessionState.HALTED and not self._full_needed:
+                    continue
+                await self._cycle(store)
+        finally:
+            if self._store is None:
+                store.close()
+
+    async def _cycle(self, store: StateStore) -> None:
+        if self.link.state.value != "up":
+            self.state = SessionState.WAITING
+            self._idle.set()
+        try:
+            agent = await self.link.wait_agent()
+        except TetherError as exc:  # a permanent link failure: show it, try on resume
+            self.state, self.message = SessionState.WAITING, exc.one_line()
+            self._resumed.clear()
+            return
+        self._idle.clear()
+        self.state = SessionState.SYNCING
+        dirty, self._local_dirty = self._local_dirty, set()
+        self._remote_dirty = self._full_needed = False
+        key = pair_key(self.config.path, self.pair.name)
+        before = store.load_base(key) if self._on_landed else {}
+        started = time.monotonic()
+        try:
+            report = await sync_pair(self.config, self.pair, client=agent, store=store)
+        except HostUnreachable:
+            self._local_dirty |= dirty
+            self._full_needed = True
+            self.state = SessionState.WAITING
+            return
+        except TetherError as exc:
+            self._local_dirty |= dirty
+            self.state, self.message = SessionState.HALTED, exc.one_line()
+            self._event("halted", self.message)
+            return
+        self.last_report, self.last_sync, self.syncs = report, time.time(), self.syncs + 1
+        if report.halted:
+            self.state, self.message = SessionState.HALTED, report.message
+            self._event("halted", report.message)
+            return
+        self.message = ""
+        took = (time.monotonic() - started) * 1000
+        if report.copied or report.deleted or report.conflicts:
+            self._event(
+                "synced",
+                f"{report.copied} copied, {report.deleted} deleted, "
+                f"{len(report.conflicts)} conflicts in {took:.0f} ms",
+                copied=report.copied,
+                ms=round(took, 1),
+            )
+        for problem in report.problems:
+            self._event("problem", f"{problem.path}: {problem.message}")
+        if self._on_landed and dirty:
+            landed = landed_on_host(dirty, before, store.load_base(key))
+            if landed:
+                await self._on_landed(self.pair, landed)
+
+    def _event(self, kind: str, message: str, **extra: Any) -> None:
+        log.info("pair %s: %s", self.pair.name, message)
+        if self._on_event is not None:
+            self._on_event(
+                {"kind": f"pair.{kind}", "pair": self.pair.name, "message": message, **extra}
+            )
+
+
+def _rules(pair: PairConfig) -> IgnoreRules:
+    gitignore = pair.local / ".gitignore"
+    text = gitignore.read_text(errors="replace") if gitignore.is_file() else ""
+    return IgnoreRules(extra=pair.ignore, gitignores=[("", text)] if text else [])
+
+
+def landed_on_host(dirty: set[str], before: Snapshot, after: Snapshot) -> list[str]:
+    """Locally changed paths whose agreed state moved in this sync: they are on the host now.
+
+    A path that only echoed back (tether wrote it locally itself) has the same base before and
+    after, so it does not count; nor does one whose sync failed (its base did not move).
+    """
+    return sorted(path for path in dirty if before.get(path) != after.get(path))
