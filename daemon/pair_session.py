@@ -130,12 +130,8 @@ class PairSession:
                                   "fix it, then `tether resume`")  # fmt: skip
             if self.state is SessionState.PAUSED:
                 raise TetherError(f"pair {self.pair.name} is paused", "`tether resume` first")
-            if self.state is SessionState.WAITING:
-                raise HostUnreachable(
-                    f"pair {self.pair.name}: host {self.pair.host} is unreachable "
-                    f"({self.link.snapshot()['last_error'] or self.link.state.value})",
-                    "changes are kept and will land when the host is back",
-                )
+            if self.state is SessionState.WAITING or self.link.state.value != "up":
+                await self._wait_for_link(deadline)
             if self.pending == 0 and self._idle.is_set():
                 return
             left = deadline - time.monotonic()
@@ -144,6 +140,18 @@ class PairSession:
             self._idle.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), min(left, 0.5))
+
+    async def _wait_for_link(self, deadline: float) -> None:
+        """Give a link that is not up one connect timeout to come (it may be mid-handshake or
+        mid-reconnect); past that the host is down and flush says so (exit 69)."""
+        grace = self.link.host.connect_timeout_s or 5.0
+        try:
+            await self.link.wait_up(max(0.1, min(grace, deadline - time.monotonic())))
+        except HostUnreachable as exc:
+            raise HostUnreachable(
+                f"pair {self.pair.name}: host {self.pair.host} is unreachable ({exc.message})",
+                "changes are kept and will land when the host is back",
+            ) from None
 
     def snapshot(self) -> dict[str, Any]:
         report = self.last_report

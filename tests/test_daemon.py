@@ -1,0 +1,269 @@
+"""The daemon against a real sshd: live sync both ways, flush, pause, restore, and real faults
+(cut, black hole, killed sshd) with edits before, during and after each."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from daemon.control import ControlClient, serve
+from daemon.daemon import Daemon
+from daemon.errors import HostUnreachable, TetherError
+from tests.faultproxy import FaultProxy
+from tests.sshd import SshServer, free_port
+
+
+@pytest.fixture(autouse=True)
+def private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
+    runtime = tmp_path / "rt"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("TETHER_RUNTIME_DIR", str(runtime))
+
+
+def write_project(
+    tmp_path: Path, server: SshServer, *, port: int | None = None, extra: str = "",
+    mode: str = "two-way",
+) -> tuple[Path, Path]:  # fmt: skip
+    """A project whose host is ``server`` (reached through ``port`` when a proxy sits between)."""
+    local, remote = tmp_path / "proj", tmp_path / "remote"
+    local.mkdir(exist_ok=True)
+    remote.mkdir(exist_ok=True)
+    port = port or server.port
+    known = tmp_path / "known_hosts"
+    entry = server.known_hosts.read_text().splitlines()[0].split(" ", 1)[1]
+    known.write_text(f"[127.0.0.1]:{port} {entry}\n")
+    (local / "tether.toml").write_text(
+        f'[hosts.gpu]\nssh = "{server.user}@127.0.0.1:{port}"\n'
+        f'identity_file = "{server.client_key}"\nknown_hosts = "{known}"\n'
+        f'ssh_config = "{server.ssh_config}"\nconnect_timeout = "3s"\n'
+        f'[pairs.code]\nhost = "gpu"\nremote = "{remote}"\nmode = "{mode}"\n{extra}'
+    )
+    return local, remote
+
+
+@asynccontextmanager
+async def running_daemon() -> AsyncIterator[tuple[Daemon, ControlClient]]:
+    daemon = Daemon()
+    async with await serve(daemon) as _server, ControlClient() as client:
+        try:
+            yield daemon, client
+        finally:
+            await daemon.close()
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float = 20, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout_s}s: {what}")
+        await asyncio.sleep(0.05)
+
+
+def text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def test_live_two_way_sync_and_flush(sshd: SshServer, tmp_path: Path) -> None:
+    local, remote = write_project(tmp_path, sshd)
+    (local / "before.py").write_text("written before start")
+
+    async def body() -> None:
+        async with running_daemon() as (_daemon, client):
+            await client.register(local / "tether.toml")
+            await client.flush(str(local / "tether.toml"), 30)
+            assert text(remote / "before.py") == "written before start"
+            # A save made an instant before flush is on the host when flush returns.
+            (local / "kernel.py").write_text("v1")
+            await client.flush(str(local / "tether.toml"), 30)
+            assert text(remote / "kernel.py") == "v1"
+            # An edit on the host comes back without asking.
+            (remote / "report.txt").write_text("from the host")
+            await eventually(lambda: text(local / "report.txt") == "from the host", 20, "pull")
+            status = await client.status()
+            pair = status["projects"][0]["pairs"][0]
+            assert pair["state"] in ("watching", "syncing") and pair["mode"] == "two-way"
+            assert status["projects"][0]["hosts"][0]["state"] == "up"
+            kinds = {e["kind"] for e in await client.logs(200)}
+            assert {"link.up", "pair.synced", "project.started"} <= kinds
+
+    asyncio.run(body())
+
+
+def test_registry_survives_restart_and_unregister(sshd: SshServer, tmp_path: Path) -> None:
+    local, remote = write_project(tmp_path, sshd)
+
+    async def body() -> None:
+        async with running_daemon() as (_daemon, client):
+            await client.register(local / "tether.toml")
+        async with running_daemon() as (daemon, client):
+            await daemon.restore()
+            assert list(daemon.projects) == [str(local / "tether.toml")]
+            (local / "after_restart.txt").write_text("x")
+            await client.flush(str(local / "tether.toml"), 30)
+            assert text(remote / "after_restart.txt") == "x"
+            await client.unregister(local / "tether.toml")
+        async with running_daemon() as (daemon, _client):
+            await daemon.restore()
+            assert daemon.projects == {}
+
+    asyncio.run(body())
+
+
+def test_pause_collects_and_resume_syncs(sshd: SshServer, tmp_path: Path) -> None:
+    local, remote = write_project(tmp_path, sshd)
+    config = str(local / "tether.toml")
+
+    async def body() -> None:
+        async with running_daemon() as (_daemon, client):
+            await client.register(config)
+            await client.flush(config, 30)
+            await client.pause(config, "code")
+            (local / "while_paused.txt").write_text("held")
+            await asyncio.sleep(0.5)
+            assert not (remote / "while_paused.txt").exists()
+            with pytest.raises(TetherError, match="paused"):
+                await client.flush(config, 5)
+            await client.resume(config, "code")
+            await client.flush(config, 30)
+            assert text(remote / "while_paused.txt") == "held"
+
+    asyncio.run(body())
+
+
+def test_flush_fails_fast_with_69_when_host_is_down(
+    private_sshd: SshServer, tmp_path: Path
+) -> None:
+    local, _remote = write_project(tmp_path, private_sshd)
+    config = str(local / "tether.toml")
+
+    async def body() -> None:
+        async with running_daemon() as (daemon, client):
+            await client.register(config)
+            await client.flush(config, 30)
+            private_sshd.stop()
+            next(iter(daemon.projects.values())).links["gpu"].cut()
+            (local / "during.txt").write_text("offline edit")
+            started = time.monotonic()
+            with pytest.raises(HostUnreachable) as info:
+                await client.flush(config, 60)
+            assert time.monotonic() - started < 10  # promptly, not after the 60 s timeout
+            assert info.value.exit_code == 69
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize("fault", ["cut", "blackhole", "kill-sshd", "refuse"])
+def test_edits_before_during_after_a_fault_all_land(
+    private_sshd: SshServer, tmp_path: Path, fault: str
+) -> None:
+    proxy = FaultProxy(private_sshd.port).start()
+    local, remote = write_project(tmp_path, private_sshd, port=proxy.port)
+    config = str(local / "tether.toml")
+
+    async def body() -> None:
+        async with running_daemon() as (daemon, client):
+            await client.register(config)
+            (local / "before.txt").write_text("before")
+            await client.flush(config, 30)
+            link = next(iter(daemon.projects.values())).links["gpu"]
+            if fault == "cut":
+                proxy.cut()
+            elif fault == "blackhole":
+                proxy.blackhole()
+            elif fault == "refuse":
+                proxy.refuse()
+                proxy.cut()
+            else:
+                private_sshd.stop()
+                proxy.cut()
+            await eventually(lambda: link.state.value != "up", 15, "link notices the fault")
+            (local / "during.txt").write_text("during")
+            (remote / "host_during.txt").write_text("host edit during the outage")
+            await asyncio.sleep(0.5)
+            if fault == "kill-sshd":
+                private_sshd.start()
+            else:
+                proxy.restore()
+            await eventually(lambda: link.state.value == "up", 30, "link heals")
+            (local / "after.txt").write_text("after")
+            await client.flush(config, 30)
+            for name in ("before", "during", "after"):
+                assert text(remote / f"{name}.txt") == name
+            await eventually(
+                lambda: text(local / "host_during.txt") == "host edit during the outage",
+                20, "host edit made during the outage comes back",
+            )  # fmt: skip
+
+    try:
+        asyncio.run(body())
+    finally:
+        proxy.stop()
+
+
+def test_tunnel_keep_running_restarts_a_dead_service(sshd: SshServer, tmp_path: Path) -> None:
+    service_port, local_port = free_port(), free_port()
+    local, _remote = write_project(
+        tmp_path,
+        sshd,
+        extra=f'[tunnels.api]\nhost = "gpu"\nlocal = {local_port}\n'
+        f'remote = "127.0.0.1:{service_port}"\n'
+        f'keep_running = "python3 -m http.server {service_port} --bind 127.0.0.1"\n',
+    )
+    config = str(local / "tether.toml")
+
+    async def fetch_root() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", local_port)
+        writer.write(b"GET / HTTP/1.0\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return data
+
+    async def body() -> None:
+        async with running_daemon() as (daemon, client):
+            await client.register(config)
+            project = next(iter(daemon.projects.values()))
+            service = project.services[0]
+
+            async def serving() -> bool:
+                try:
+                    return (await fetch_root()).startswith(b"HTTP/1.0 200")
+                except OSError:
+                    return False
+
+            deadline = time.monotonic() + 30
+            while not await serving():
+                assert time.monotonic() < deadline, "the service never answered"
+                await asyncio.sleep(0.2)
+            first = service.run_id
+            agent = await project.links["gpu"].wait_agent(10)
+            await agent.kill(first, signal="KILL", grace_s=0)
+            deadline = time.monotonic() + 30
+            while service.run_id == first or not await serving():
+                assert time.monotonic() < deadline, "the service was not restarted"
+                await asyncio.sleep(0.2)
+            status = await client.status()
+            assert status["projects"][0]["services"][0]["restarts"] >= 1
+            assert status["projects"][0]["tunnels"][0]["total_connections"] >= 2
+            await agent.kill(service.run_id, signal="KILL", grace_s=0)
+
+    asyncio.run(body())
+
+
+def test_control_socket_is_user_only(sshd: SshServer, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with running_daemon() as (_daemon, client):
+            mode = os.stat(client.path).st_mode & 0o777
+            folder = os.stat(client.path.parent).st_mode & 0o777
+            assert (mode, folder) == (0o600, 0o700)
+
+    asyncio.run(body())
