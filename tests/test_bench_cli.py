@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.bundle import kernels_argv, package_files, upload_kernels
+from daemon.bundle import ensure_kernels, kernels_argv, package_files, upload_kernels
 from daemon.config import load_config
 from daemon.link import Link
 from daemon.results import ResultsStore
@@ -125,6 +125,28 @@ def test_bench_without_gpu_is_one_line_69(
     assert not (tmp_path / "results").exists()
 
 
+def test_malformed_results_from_the_host_are_refused(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A "python" on the host that writes a broken document where the suite's JSON should be."""
+    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
+    fake = tmp_path / "fakepython"
+    fake.write_text(
+        '#!/bin/sh\nprev=\nfor a; do\n  if [ "$prev" = --json ]; then\n'
+        '    mkdir -p "$(dirname "$a")"; echo \'{"schema": "tether.bench/1"}\' > "$a"; exit 0\n'
+        f'  fi\n  prev=$a\ndone\nexec {sys.executable} "$@"\n'
+    )
+    fake.chmod(0o755)
+    (tmp_path / "tether.toml").write_text(_toml(sshd, tmp_path / "remote", python=str(fake)))
+    result = tether(tmp_path, "bench", "--simulate", "--precisions", "fp32")
+    assert result.returncode == 65, result.stderr
+    assert "is not a tether.bench/1 document: $: missing 'created'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "results").exists()
+    with ResultsStore() as store:
+        assert store.runs() == []
+
+
 def test_bad_precision_is_usage_before_connecting(tmp_path: Path) -> None:
     (tmp_path / "tether.toml").write_text(
         '[hosts.gpu]\nssh = "nobody@127.0.0.1:1"\n[pairs.code]\nhost = "gpu"\nremote = "/x"\n'
@@ -152,6 +174,8 @@ def test_bundle_uploads_once_and_is_never_shadowed(
         async with Link(config.host("gpu")) as link:
             agent = await link.wait_agent(30)
             first = await upload_kernels(agent, remote_dir=str(cache))
+            (cache / "kernels" / "gone.py").write_text("# a module the package no longer has\n")
+            assert await ensure_kernels(agent, remote_dir=str(cache)) == f"{cache}/kernels"
             second = await upload_kernels(agent, remote_dir=str(cache))
             seen = bytearray()
             spec = RunSpec(
@@ -168,6 +192,7 @@ def test_bundle_uploads_once_and_is_never_shadowed(
     assert (first, second) == (expected, 0)
     assert remote_pkg == f"{cache}/kernels"
     assert (cache / "kernels" / "examples" / "saxpy.py").exists()
+    assert not (cache / "kernels" / "gone.py").exists()
     assert json.loads(output)["name"] == "Numba CUDA simulator"
     assert b"SHADOWED" not in output
 

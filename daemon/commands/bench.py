@@ -299,9 +299,9 @@ async def _bench(config: Config, bench: BenchPlan) -> int:
                 f"{host.name}: the suite wrote no results ({exc.message})",
                 f"see the run's log: {log_path}",
             ) from None
-        doc = load_document(data, f"{host.name}:{remote_json}")
         with contextlib.suppress(RemoteOpError):
             await agent.delete(cache, rel_json, expect=entry)
+        doc = load_document(data, f"{host.name}:{remote_json}")
     local_json = bench.results / f"bench-{bench.run_id}.tether.json"
     _write_atomic(local_json, data)
     with ResultsStore() as store:
