@@ -14,16 +14,19 @@ import collections
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from .config import Config, TunnelConfig, load_config
+from .control import serve
 from .errors import TetherError
 from .history import RunHistory
 from .link import Link
 from .pair_session import PairSession
+from .results import ingest_file
 from .runs import RunSpec, follow, start
 from .sync.state import state_dir
 from .triggers import TriggerRunner
@@ -198,10 +201,6 @@ class Project:
 
     def _fetched(self, trigger: Any, spec: RunSpec, results: list[Path]) -> None:
         if not results:
-            return
-        try:
-            from .results import ingest_file
-        except ImportError:  # the results store is optional
             return
         for path in results:
             try:
@@ -384,10 +383,6 @@ class Daemon:
 
 async def run_daemon(socket_path: Path | None = None) -> None:
     """`tether daemon`: serve the control API until asked to stop (or SIGTERM)."""
-    import signal
-
-    from .control import serve
-
     daemon = Daemon()
     async with await serve(daemon, socket_path) as server:
         loop = asyncio.get_running_loop()

@@ -18,6 +18,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from platformdirs import user_runtime_dir
+
 from .errors import EX_NOPERM, TetherError
 
 RUNTIME_ENV = "TETHER_RUNTIME_DIR"
@@ -33,8 +35,6 @@ class InsecureFolder(TetherError):
 def _platform_runtime_dir() -> Path | None:
     """platformdirs' runtime folder, or None where the platform has none (it warns and falls back
     to a shared temporary folder then; tether prefers its own ``/tmp/tether-<uid>``)."""
-    from platformdirs import user_runtime_dir
-
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         try:

@@ -48,6 +48,11 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
+# Imported here, never inside the observer thread: on CPython 3.11 a first import that compiles
+# in a thread while the loop thread compiles too can raise SystemError.
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
 log = logging.getLogger(__name__)
 
 FORCE_POLLING_ENV = "TETHER_FORCE_POLLING"
@@ -109,8 +114,6 @@ class WatchdogSource:
     def mode(self) -> str:
         if self.polling:
             return "polling"
-        from watchdog.observers import Observer
-
         names = {
             "InotifyObserver": "inotify",
             "FSEventsObserver": "fsevents",
@@ -120,14 +123,7 @@ class WatchdogSource:
         return names.get(Observer.__name__, Observer.__name__)
 
     def start(self, emit: Emit) -> None:
-        if self.polling:
-            from watchdog.observers.polling import PollingObserver
-
-            observer = PollingObserver(timeout=self.poll_interval_s)
-        else:
-            from watchdog.observers import Observer
-
-            observer = Observer()
+        observer = PollingObserver(timeout=self.poll_interval_s) if self.polling else Observer()
         observer.schedule(_Handler(emit), str(self.root), recursive=True)  # type: ignore[arg-type]
         observer.start()
         self._observer = observer
