@@ -110,7 +110,7 @@ def test_bench_user_file_is_synced_and_run(project: Path, tmp_path: Path) -> Non
 def test_bench_without_gpu_is_one_line_69(
     sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The host's python has neither a GPU nor (here) numba: its exit 69 comes through."""
+    """The host has no GPU and the run is not simulated: the suite's exit 69 comes through."""
     monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
     (tmp_path / "tether.toml").write_text(_toml(sshd, tmp_path / "remote", python=None))
     env = {k: v for k, v in env_of().items() if k != "NUMBA_ENABLE_CUDASIM"}

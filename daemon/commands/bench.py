@@ -290,7 +290,7 @@ async def _bench(config: Config, bench: BenchPlan) -> int:
             err.print(f"[yellow]stopped[/] bench {spec.run_id} on {host.name}")
             return outcome.status
         if outcome.status not in (0, 1):
-            raise _host_failure(host, outcome.status, relay.held)
+            raise _host_failure(host, outcome.status, relay.held, simulated=bench.simulate)
         agent = await link.wait_agent(60)
         try:
             data, entry = await agent.read_entry(cache, rel_json)
@@ -320,9 +320,11 @@ async def _check_synced(agent: Any, pair: PairConfig, files: list[str]) -> None:
             )
 
 
-def _host_failure(host: HostConfig, status: int, held: list[str]) -> TetherError:
+def _host_failure(
+    host: HostConfig, status: int, held: list[str], *, simulated: bool
+) -> TetherError:
     said = held[-1] if held else f"the suite exited with status {status}"
-    if status == EX_UNAVAILABLE:
+    if status == EX_UNAVAILABLE and not simulated:
         return TetherError(
             f"{host.name}: {said}",
             "or run `tether bench --simulate` to use the simulator there (not GPU figures)",
