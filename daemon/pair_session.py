@@ -72,6 +72,8 @@ class PairSession:
         self.syncs = 0
         self._local_dirty: set[str] = set()
         self._remote_dirty = False
+        self._remote_paths: set[str] = set()
+        """Paths the host reported changing since the last cycle: they came *from* the host."""
         self._full_needed = True
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -194,6 +196,7 @@ class PairSession:
                 await agent.probe(self.pair.remote, create=True)
                 async for batch in agent.watch(self.pair.remote, _rules(self.pair).to_wire()):
                     if batch.paths or batch.rescan:
+                        self._remote_paths.update(batch.paths)
                         self._remote_dirty = True
                         self._wake.set()
             except (HostUnreachable, TetherError) as exc:
@@ -235,14 +238,16 @@ class PairSession:
         self._idle.clear()
         self.state = SessionState.SYNCING
         dirty, self._local_dirty = self._local_dirty, set()
+        from_host, self._remote_paths = self._remote_paths, set()
         self._remote_dirty = self._full_needed = False
         key = pair_key(self.config.path, self.pair.name)
-        before = store.load_base(key) if self._on_landed else {}
+        before = store.load_base(key) if self._on_landed else {}  # the witness for triggers
         started = time.monotonic()
         try:
             report = await sync_pair(self.config, self.pair, client=agent, store=store)
         except HostUnreachable:
             self._local_dirty |= dirty
+            self._remote_paths |= from_host
             self._full_needed = True
             self.state = SessionState.WAITING
             return
@@ -268,8 +273,8 @@ class PairSession:
             )
         for problem in report.problems:
             self._event("problem", f"{problem.path}: {problem.message}")
-        if self._on_landed and dirty:
-            landed = landed_on_host(dirty, before, store.load_base(key))
+        if self._on_landed:
+            landed = landed_on_host(before, store.load_base(key), from_host)
             if landed:
                 await self._on_landed(self.pair, landed)
 
@@ -287,10 +292,13 @@ def _rules(pair: PairConfig) -> IgnoreRules:
     return IgnoreRules(extra=pair.ignore, gitignores=[("", text)] if text else [])
 
 
-def landed_on_host(dirty: set[str], before: Snapshot, after: Snapshot) -> list[str]:
-    """Locally changed paths whose agreed state moved in this sync: they are on the host now.
+def landed_on_host(before: Snapshot, after: Snapshot, from_host: set[str]) -> list[str]:
+    """Paths that this sync put on the host: their agreed state (the base) moved, and the host
+    did not change them itself.
 
-    A path that only echoed back (tether wrote it locally itself) has the same base before and
-    after, so it does not count; nor does one whose sync failed (its base did not move).
+    The base, not the watcher, is the witness: a save can land before its watcher event is
+    delivered (flush rescans), an echo of tether's own write moves nothing, and a path whose
+    transfer failed keeps its old base.
     """
-    return sorted(path for path in dirty if before.get(path) != after.get(path))
+    moved = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+    return sorted(moved - from_host)

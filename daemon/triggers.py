@@ -42,7 +42,7 @@ class TriggerRunner:
         self.config, self.trigger, self.link = config, trigger, link
         self.pair = config.pairs[trigger.pair]
         self.host = config.host(self.pair.host)
-        self._spec = pathspec.PathSpec.from_lines("gitwildmatch", trigger.on)
+        self._spec = pathspec.PathSpec.from_lines("gitignore", trigger.on)
         self._on_event = on_event
         self._on_fetched = on_fetched
         self._current: asyncio.Task[None] | None = None

@@ -1,0 +1,169 @@
+"""Triggers on the daemon against a real sshd: once per landed burst, on_busy, timeout, fetch."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from daemon.history import RunHistory
+from tests.sshd import SshServer
+from tests.test_daemon import eventually, running_daemon, write_project
+
+
+@pytest.fixture(autouse=True)
+def private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
+    runtime = tmp_path / "rt"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("TETHER_RUNTIME_DIR", str(runtime))
+
+
+def trigger_toml(run: str, *, on_busy: str = "restart", extra: str = "") -> str:
+    return (
+        f'ignore = ["results/"]\n[triggers.bench]\npair = "code"\non = ["src/**/*.py"]\n'
+        f'run = {run!r}\non_busy = "{on_busy}"\n{extra}'
+    )
+
+
+def runs(tmp_path: Path) -> list:
+    with RunHistory(tmp_path / "state" / "runs.sqlite3") as history:
+        return list(reversed(history.recent(50)))
+
+
+async def setup(client, local: Path) -> str:  # type: ignore[no-untyped-def]
+    config = str(local / "tether.toml")
+    (local / "src").mkdir(exist_ok=True)
+    await client.register(config)
+    await client.flush(config, 30)
+    return config
+
+
+def test_one_run_per_burst_and_only_for_matching_paths(sshd: SshServer, tmp_path: Path) -> None:
+    local, _ = write_project(tmp_path, sshd, extra=trigger_toml("ls src > listing.txt"))
+
+    async def body() -> None:
+        async with running_daemon() as (daemon, client):
+            config = await setup(client, local)
+            runner = next(iter(daemon.projects.values())).triggers[0]
+            (local / "notes.md").write_text("not a kernel")
+            await client.flush(config, 30)
+            assert runner.fired == 0
+            for i in range(5):
+                (local / "src" / f"k{i}.py").write_text(f"# kernel {i}")
+            await client.flush(config, 30)
+            await eventually(lambda: runner.fired >= 1 and not runner.busy, 20, "run ends")
+            await asyncio.sleep(0.3)
+            assert runner.fired == 1
+            record = runs(tmp_path)[-1]
+            assert record.trigger == "bench" and record.exit_code == 0
+            assert sorted(record.changed) == [f"src/k{i}.py" for i in range(5)]
+
+    asyncio.run(body())
+
+
+def test_restart_kills_the_whole_group(sshd: SshServer, tmp_path: Path) -> None:
+    marker = f"sleep {5000 + os.getpid() % 1000}"
+    local, _ = write_project(
+        tmp_path, sshd, extra=trigger_toml(f"{marker} & wait", on_busy="restart")
+    )
+
+    async def body() -> None:
+        async with running_daemon() as (daemon, client):
+            config = await setup(client, local)
+            runner = next(iter(daemon.projects.values())).triggers[0]
+            (local / "src" / "a.py").write_text("1")
+            await client.flush(config, 30)
+            await eventually(lambda: runner.busy, 10, "first run starts")
+            await eventually(
+                lambda: (
+                    subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True).returncode
+                    == 0
+                ),
+                10,
+                "child sleeping",
+            )
+            (local / "src" / "a.py").write_text("2")
+            await client.flush(config, 30)
+            await eventually(lambda: runner.fired == 2, 20, "restarted")
+            history = runs(tmp_path)
+            assert history[0].reason == "stopped" and history[0].signal in (2, 9, 15)
+            await runner.cancel()
+            await eventually(
+                lambda: (
+                    subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True).returncode
+                    != 0
+                ),
+                15,
+                "no orphan left",
+            )
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize(("policy", "expected_runs"), [("queue", 2), ("ignore", 1)])
+def test_queue_and_ignore(sshd: SshServer, tmp_path: Path, policy: str, expected_runs: int) -> None:
+    local, _ = write_project(tmp_path, sshd, extra=trigger_toml("sleep 1.5", on_busy=policy))
+
+    async def body() -> None:
+        async with running_daemon() as (daemon, client):
+            config = await setup(client, local)
+            runner = next(iter(daemon.projects.values())).triggers[0]
+            (local / "src" / "a.py").write_text("1")
+            await client.flush(config, 30)
+            await eventually(lambda: runner.busy, 10, "first run starts")
+            for value in ("2", "3"):  # two bursts while busy: queue keeps one more run
+                (local / "src" / "a.py").write_text(value)
+                await client.flush(config, 30)
+            await eventually(lambda: runner.fired == expected_runs and not runner.busy, 30, "done")
+            await asyncio.sleep(1.0)
+            assert runner.fired == expected_runs
+            assert all(r.reason == "exited" and r.exit_code == 0 for r in runs(tmp_path))
+
+    asyncio.run(body())
+
+
+def test_timeout_kills_and_is_recorded(sshd: SshServer, tmp_path: Path) -> None:
+    local, _ = write_project(
+        tmp_path, sshd, extra=trigger_toml("sleep 60", extra='timeout = "1s"\n')
+    )
+
+    async def body() -> None:
+        async with running_daemon() as (daemon, client):
+            config = await setup(client, local)
+            runner = next(iter(daemon.projects.values())).triggers[0]
+            (local / "src" / "a.py").write_text("1")
+            await client.flush(config, 30)
+            await eventually(lambda: runner.fired == 1 and not runner.busy, 20, "timed out")
+            record = runs(tmp_path)[-1]
+            assert record.reason == "timeout" and record.signal == 15
+
+    asyncio.run(body())
+
+
+def test_fetches_results_after_the_run(sshd: SshServer, tmp_path: Path) -> None:
+    script = "mkdir -p results && cp src/a.py results/copy.txt"
+    local, _ = write_project(
+        tmp_path, sshd, extra=trigger_toml(script, extra='fetch = ["results/"]\n')
+    )
+
+    async def body() -> None:
+        async with running_daemon() as (daemon, client):
+            config = await setup(client, local)
+            (local / "src" / "a.py").write_text("measured 42")
+            await client.flush(config, 30)
+            target = local / "results" / "copy.txt"
+            await eventually(
+                lambda: target.is_file() and target.read_text() == "measured 42",
+                30,
+                "artifact fetched",
+            )
+            deadline = asyncio.get_running_loop().time() + 10
+            while "trigger.fetched" not in [e["kind"] for e in await client.logs(200)]:
+                assert asyncio.get_running_loop().time() < deadline, "no trigger.fetched event"
+                await asyncio.sleep(0.05)
+
+    asyncio.run(body())
