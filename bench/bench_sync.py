@@ -25,6 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.sshd import SshServer, start_sshd  # noqa: E402
 
+REAL_PYTHON = os.path.realpath(sys.executable)
+
 
 def make_tree(root: Path, files: int, total_bytes: int) -> None:
     size = max(1, total_bytes // files)
@@ -39,9 +41,12 @@ def make_tree(root: Path, files: int, total_bytes: int) -> None:
 def write_config(work: Path, server: SshServer, local: Path, remote: Path) -> Path:
     cfg = work / f"{local.name}.d" / "tether.toml"
     cfg.parent.mkdir(exist_ok=True)
+    # The host's `python` is this interpreter itself (as the CLI runs under sys.executable): a
+    # `python3` on PATH may be a pyenv shim, a bash script costing ~0.1-0.3 s per start that is
+    # the environment's, not tether's. rsync's remote side is a C binary with no such cost.
+    host = server.toml_host() + f'python = "{REAL_PYTHON}"\n'
     cfg.write_text(
-        server.toml_host()
-        + f'\n[pairs.bench]\nhost = "test"\nlocal = "{local}"\nremote = "{remote}"\n'
+        host + f'\n[pairs.bench]\nhost = "test"\nlocal = "{local}"\nremote = "{remote}"\n'
         'mode = "push"\n'
     )
     return cfg
@@ -92,6 +97,7 @@ def main() -> int:
     ap.add_argument("--memory-files", type=int, default=100000)
     ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args()
+    print(f"host agent and CLI run with {REAL_PYTHON} (not a `python3` shim on PATH)")
     work = Path(tempfile.mkdtemp(prefix="tether-bench-"))
     server = start_sshd(work / "sshd")
     env = dict(os.environ, PYTHONPATH=str(ROOT), TETHER_STATE_DIR=str(work / "state"))

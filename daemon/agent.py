@@ -38,7 +38,10 @@ parents are opened one by one with O_NOFOLLOW and every change goes through that
         (the digest cache, ~/.cache/tether/digests/<sha256 of realpath(root)>.json, keyed by
         size, mtime_ns, ino and ctime_ns, spares the rest; entries changed within RACY_NS of the
         scan, or within racy_ms when given, are not cached). Names that are not valid UTF-8 are
-        skipped and counted.
+        skipped and counted. delta (full scans only): the reply also carries ``token``, naming
+        this snapshot (kept in ~/.cache/tether/scans/); with ``since`` equal to the token kept
+        there (same rules), the reply has ``since``, ``changed: {path: entry}`` and
+        ``removed: [path]`` instead of ``entries``.
     read {root, path}               -> files <= CHUNK: one reply {size, mtime_ns, mode, digest} with
         the content as its blob; larger: ``event: "chunk"`` frames with blobs, then the reply
         without a blob. The digest is of the bytes sent.
@@ -49,6 +52,10 @@ parents are opened one by one with O_NOFOLLOW and every change goes through that
         several writes with ``transfer`` (an id of the client's),
         ``offset`` and ``final: false``, then the last one with ``final: true`` (default) and the
         metadata. A failed chunk removes the temp; later chunks of it fail ``invalid``.
+    write_many {root, files: [{path, size, mode, mtime_ns, digest, expect, fsync?}], blob}
+        -> {results: [{entry} | {error}]}: many whole files in one frame, their bodies back to back
+        in the blob (sizes must add up to it); each is staged, checked and renamed as ``write``
+        does, and fails alone. Parent dir fds are opened once per batch.
     mkdir {root, path, mode?, expect}    -> {entry}   (expect a dir: no-op)
     symlink {root, path, target, expect} -> {entry}   (temp link + os.replace)
     delete {root, path, expect}          -> {}        (a dir only when empty: else not_empty)
@@ -320,8 +327,19 @@ def signature(st):
     return (kind, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode & 0o7777)
 
 
+REALPATHS = {}
+
+
+def real_root(root):
+    """realpath(root), memoized (a batch of writes asks for it once per file)."""
+    real = REALPATHS.get(root)
+    if real is None:
+        real = REALPATHS[root] = os.path.realpath(root)
+    return real
+
+
 def note_own(root, rel, dfd, name):
-    real = os.path.realpath(root)
+    real = real_root(root)
     sig = signature(lstat_at(dfd, name))
     with OWN_LOCK:
         OWN[(real, rel)] = (time.monotonic() + OWN_TTL_S, sig)
@@ -591,7 +609,62 @@ def op_scan(req):
             scanner.subtree(rel)
     scanner.forget_missing(paths)
     cache.save()
-    return {"exists": True, "is_dir": True, "entries": scanner.entries, "stats": scanner.stats}
+    reply = {"exists": True, "is_dir": True, "stats": scanner.stats}
+    if paths is not None or not req.get("delta"):
+        reply["entries"] = scanner.entries
+        return reply
+    reply.update(LastScan(cache.key, req.get("ignore")).answer(scanner.entries, req.get("since")))
+    return reply
+
+
+class LastScan:
+    """The snapshot this host last reported for a root (and rules), kept on disk with a token.
+
+    A client that still holds the snapshot of token T asks ``since: T`` and gets only what
+    differs from it; any other client, or a lost file, gets everything (and a new token).
+    """
+
+    def __init__(self, key, rules):
+        rules_text = json.dumps(rules, separators=(",", ":"), sort_keys=True)
+        self.rules = hashlib.sha256(rules_text.encode("utf-8")).hexdigest()
+        self.file = os.path.join(cache_dir(), "scans", key + ".json")
+
+    def load(self):
+        try:
+            with open(self.file, "rb") as fh:
+                data = json.loads(fh.read().decode("utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
+            return None
+        return data
+
+    def answer(self, entries, since):
+        last = self.load() if isinstance(since, str) and since else None
+        if last is not None and (last.get("token") != since or last.get("rules") != self.rules):
+            last = None
+        if last is None:
+            return {"token": self.save(entries), "entries": entries}
+        before = last["entries"]
+        changed = {p: e for p, e in entries.items() if before.get(p) != e}
+        removed = [p for p in before if p not in entries]
+        token = since if not changed and not removed else self.save(entries)
+        return {"token": token, "since": since, "changed": changed, "removed": removed}
+
+    def save(self, entries):
+        token = secrets.token_hex(8)
+        folder = os.path.dirname(self.file)
+        data = {"token": token, "rules": self.rules, "entries": entries}
+        try:
+            os.makedirs(folder, 0o700, exist_ok=True)
+            tmp = os.path.join(folder, temp_name(os.path.basename(self.file)))
+            with open(tmp, "wb") as fh:
+                fh.write(json.dumps(data, separators=(",", ":")).encode("utf-8"))
+            os.replace(tmp, self.file)
+        except OSError as exc:
+            log("cannot save the last scan: %s" % exc)
+            return ""
+        return token
 
 
 # ---------------------------------------------------------------- read and write
@@ -635,10 +708,14 @@ def op_read(req, emit):
 
 
 class Upload:
-    def __init__(self, root, rel):
+    def __init__(self, root, rel, parent=None):
         self.root = root
         self.rel = rel
-        self.dfd, self.name, self.created = open_parent(root, rel, True)
+        self.owns_dfd = parent is None
+        if parent is None:
+            self.dfd, self.name, self.created = open_parent(root, rel, True)
+        else:
+            self.dfd, self.name, self.created = parent
         self.tmp = temp_name(self.name)
         self.fd = None
         self.hash = hashlib.sha256()
@@ -647,7 +724,7 @@ class Upload:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW
             self.fd = os.open(self.tmp, flags, 0o600, dir_fd=self.dfd)
         except BaseException:
-            os.close(self.dfd)
+            self.close()
             raise
 
     def append(self, data):
@@ -690,9 +767,9 @@ class Upload:
         self.close()
 
     def close(self):
-        if self.dfd is not None:
+        if self.dfd is not None and self.owns_dfd:
             os.close(self.dfd)
-            self.dfd = None
+        self.dfd = None
 
 
 UPLOADS = {}
@@ -724,6 +801,68 @@ def op_write(req, blob):
             UPLOADS[str(transfer)] = upload
             return {"received": upload.size}
         return upload.finish(req)
+    except BaseException:
+        upload.abort()
+        raise
+
+
+MANY_MAX = 4096
+PARENTS_OPEN = 64
+"""write_many keeps at most this many parent dir fds open at once."""
+
+
+def op_write_many(req, blob):
+    """Many whole-file writes in one frame (their bodies back to back in the blob).
+
+    Each file is staged, checked against its own ``expect`` and renamed exactly as ``write``
+    does; one failing file does not stop the others. Parent dirs are opened once per batch.
+    """
+    root = root_of(req)
+    files = req.get("files")
+    if not isinstance(files, list) or len(files) > MANY_MAX:
+        raise AgentError("invalid", "write_many needs a list of at most %d files" % MANY_MAX)
+    data = memoryview(blob or b"")
+    sizes = [item.get("size") if isinstance(item, dict) else None for item in files]
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in sizes) or sum(
+        sizes
+    ) != len(data):
+        raise AgentError("invalid", "write_many: file sizes do not add up to the blob")
+    parents = {}
+    results = []
+    offset = 0
+    try:
+        for item, size in zip(files, sizes):  # noqa: B905  (python 3.8 has no strict=)
+            piece = data[offset : offset + size]
+            offset += size
+            try:
+                results.append(write_one(root, item, piece, parents))
+            except Exception as exc:  # one file's failure is its own answer
+                results.append({"error": error_reply(None, exc)["error"]})
+    finally:
+        for dfd, _created in parents.values():
+            os.close(dfd)
+    return {"results": results}
+
+
+def write_one(root, item, piece, parents):
+    rel = check_rel(item.get("path"))
+    if "expect" not in item:
+        raise AgentError("invalid", "write needs expect (an entry, or null for absent)", rel)
+    folder, _, name = rel.rpartition("/")
+    held = parents.get(folder)
+    if held is None:
+        if len(parents) >= PARENTS_OPEN:
+            for dfd, _created in parents.values():
+                os.close(dfd)
+            parents.clear()
+        dfd, name, created = open_parent(root, rel, True)
+        parents[folder] = (dfd, created)
+    else:
+        dfd, created = held[0], []
+    upload = Upload(root, rel, (dfd, name, created))
+    try:
+        upload.append(piece)
+        return upload.finish(item)
     except BaseException:
         upload.abort()
         raise
@@ -1552,6 +1691,8 @@ def handle(chan, req, blob):
             finish(chan, rid, PLAIN[op](req))
         elif op == "write":
             finish(chan, rid, op_write(req, blob))
+        elif op == "write_many":
+            finish(chan, rid, op_write_many(req, blob))
         elif op == "read":
             result, data = op_read(req, lambda ev, b: chan.send(dict(ev, id=rid), b))
             finish(chan, rid, result, data)

@@ -24,7 +24,7 @@ import shlex
 import struct
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,10 @@ class ScanResult:
     entries: dict[str, Entry]
     stats: dict[str, int] = field(default_factory=dict)
     """files, hashed (read to compute a digest), hashed_bytes, undecodable (names skipped)."""
+    token: str = ""
+    """With ``delta=True``: the host's name for this snapshot (pass it as ``since`` next time)."""
+    sent: int = -1
+    """How many entries the host actually sent (-1: all of them, no delta)."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,17 @@ class WatchBatch:
 
     paths: tuple[str, ...]
     rescan: bool = False
+
+
+@dataclass(frozen=True)
+class WriteItem:
+    """One file of :meth:`AgentClient.write_many`."""
+
+    path: str
+    data: bytes
+    mode: int
+    mtime_ns: int
+    expect: Entry | None
 
 
 @dataclass
@@ -167,6 +182,46 @@ def validate_snapshot(raw: object) -> dict[str, Entry]:
     """Every path safe, every entry valid, every parent a directory; escaping links untracked."""
     if not isinstance(raw, dict):
         raise BadHostData("the host sent a scan without an entries object")
+    entries = validate_entries(raw)
+    _check_parents(entries, entries)
+    return entries
+
+
+def _check_parents(entries: dict[str, Entry], paths: Iterable[str]) -> None:
+    for path in paths:
+        parent = parent_of(path)
+        if parent and (parent not in entries or entries[parent].kind is not EntryKind.DIRECTORY):
+            raise BadHostData(f"the host listed {path!r} without its parent directory")
+
+
+def apply_scan_delta(
+    previous: dict[str, Entry], changed: object, removed: object
+) -> dict[str, Entry]:
+    """``previous`` (a validated snapshot) with the host's changes: validated like a full scan."""
+    if not isinstance(changed, dict) or not isinstance(removed, list):
+        raise BadHostData("the host sent a malformed scan delta")
+    entries = dict(previous)
+    retyped = False
+    for path in removed:
+        check_relpath(path)
+        gone = entries.pop(path, None)
+        retyped = retyped or (gone is not None and gone.kind is EntryKind.DIRECTORY)
+    fresh = validate_entries(changed)
+    for path, entry in fresh.items():
+        old = entries.get(path)
+        retyped = retyped or (
+            old is not None
+            and old.kind is EntryKind.DIRECTORY
+            and entry.kind is not EntryKind.DIRECTORY
+        )
+        entries[path] = entry
+    # A dir that went away (or became something else) must take its children with it.
+    _check_parents(entries, entries if retyped else fresh)
+    return entries
+
+
+def validate_entries(raw: dict[str, object]) -> dict[str, Entry]:
+    """Safe paths, valid entries; links escaping the root become untracked."""
     entries: dict[str, Entry] = {}
     for path, value in raw.items():
         check_relpath(path)
@@ -174,10 +229,6 @@ def validate_snapshot(raw: object) -> dict[str, Entry]:
         if entry.kind is EntryKind.SYMLINK and not symlink_stays_inside(path, entry.target):
             entry = Entry(EntryKind.UNTRACKED, 0, entry.mtime_ns, entry.mode)
         entries[path] = entry
-    for path in entries:
-        parent = parent_of(path)
-        if parent and (parent not in entries or entries[parent].kind is not EntryKind.DIRECTORY):
-            raise BadHostData(f"the host listed {path!r} without its parent directory")
     return entries
 
 
@@ -563,23 +614,46 @@ class AgentClient:
         root: str,
         ignore: Sequence[tuple[str, bool]] = (),
         paths: Sequence[str] | None = None,
+        *,
+        delta: bool = False,
+        since: tuple[str, dict[str, Entry]] | None = None,
         **extra: Any,
     ) -> ScanResult:
-        """The host's snapshot of ``root`` (only ``paths``' subtrees if given), validated."""
+        """The host's snapshot of ``root`` (only ``paths``' subtrees if given), validated.
+
+        With ``delta``, the host names the snapshot (:attr:`ScanResult.token`); a later scan
+        given ``since=(token, that snapshot)`` receives only what changed since, when the host
+        still has that token (else everything, as usual). The result is the full snapshot.
+        """
         args: dict[str, Any] = {"root": root, "ignore": [[r, bool(i)] for r, i in ignore]}
         if paths is not None:
             args["paths"] = [check_relpath(p, origin="the caller") for p in paths]
+        elif delta:
+            args["delta"] = True
+            if since is not None and since[0]:
+                args["since"] = since[0]
         reply = await self.call("scan", **args, **extra)
         exists, is_dir, stats = reply.get("exists"), reply.get("is_dir"), reply.get("stats", {})
+        token, sent = reply.get("token", ""), -1
         try:
             if not isinstance(exists, bool) or not isinstance(is_dir, bool):
                 raise BadHostData(f"{self._where} sent a malformed scan reply")
-            entries = validate_snapshot(reply.get("entries"))
+            if not isinstance(token, str):
+                raise BadHostData(f"{self._where} sent a malformed scan token")
+            if "changed" in reply:
+                if since is None or reply.get("since") != since[0]:
+                    raise BadHostData(f"{self._where} sent a delta against an unknown scan")
+                changed, removed = reply.get("changed"), reply.get("removed")
+                entries = apply_scan_delta(since[1], changed, removed)
+                sent = len(changed) + len(removed)  # type: ignore[arg-type]
+            else:
+                entries = validate_snapshot(reply.get("entries"))
             if entries and not is_dir:
                 raise BadHostData(f"{self._where} listed entries under a root that is no dir")
         except BadHostData as exc:
             raise self._poison(exc) from None
-        return ScanResult(exists, is_dir, entries, stats if isinstance(stats, dict) else {})
+        stats = stats if isinstance(stats, dict) else {}
+        return ScanResult(exists, is_dir, entries, stats, token, sent)
 
     async def read_entry(self, root: str, path: str) -> tuple[bytes, Entry]:
         """The content of the file at ``path`` and the entry it was read as (digest verified)."""
@@ -645,6 +719,54 @@ class AgentClient:
         if entry.kind is not EntryKind.FILE or entry.digest != digest:
             raise BadHostData(f"{self._where} reported a different file after writing {path!r}")
         return entry
+
+    async def write_many(
+        self, root: str, files: Sequence[WriteItem], *, fsync: bool = False
+    ) -> list[Entry | RemoteOpError]:
+        """Write many small files in one request (one frame, one SSH write, one reply).
+
+        Each file lands exactly as with :meth:`write` (temp + expect check + rename), or fails
+        on its own: the list holds, per file in order, its new entry or its error.
+        """
+        meta = []
+        for item in files:
+            check_relpath(item.path, origin="the caller")
+            meta.append(
+                {
+                    "path": item.path,
+                    "size": len(item.data),
+                    "mode": item.mode,
+                    "mtime_ns": item.mtime_ns,
+                    "digest": hashlib.sha256(item.data).hexdigest(),
+                    "expect": _entry_to_wire(item.expect),
+                    "fsync": fsync,
+                }
+            )
+        blob = b"".join(item.data for item in files)
+        reply = await self.call("write_many", blob, root=root, files=meta)
+        results = reply.get("results")
+        if not isinstance(results, list) or len(results) != len(files):
+            raise self._poison(BadHostData(f"{self._where} answered write_many wrongly"))
+        out: list[Entry | RemoteOpError] = []
+        for item, sent, result in zip(files, meta, results, strict=True):
+            error = result.get("error") if isinstance(result, dict) else None
+            if isinstance(error, dict):
+                etype, text = error.get("type"), error.get("message")
+                if not isinstance(etype, str) or not isinstance(text, str):
+                    raise self._poison(BadHostData(f"{self._where} sent a malformed error"))
+                kind = ExpectationFailed if etype == "changed" else RemoteOpError
+                out.append(kind(etype, f"write: {text}", item.path))
+                continue
+            try:
+                entry = entry_from_wire(item.path, result.get("entry") if result else None)
+            except BadHostData as exc:
+                raise self._poison(exc) from None
+            if entry.kind is not EntryKind.FILE or entry.digest != sent["digest"]:
+                raise self._poison(
+                    BadHostData(f"{self._where} reported a different file after writing")
+                )
+            out.append(entry)
+        return out
 
     async def mkdir(
         self, root: str, path: str, *, mode: int | None = None, expect: Entry | None = None
@@ -808,6 +930,7 @@ __all__ = [
     "RemoteOpError",
     "ScanResult",
     "WatchBatch",
+    "WriteItem",
     "entry_from_wire",
     "validate_snapshot",
 ]

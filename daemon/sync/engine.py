@@ -228,9 +228,15 @@ class _Session:
                 # Start the host's scan with last time's rules while this side scans; if the
                 # .gitignore files changed meanwhile, scan the host again with the new ones.
                 cached = store.load_rules(self.key)
+                last = store.load_remote_scan(self.key, pair.remote)
                 early = (
                     asyncio.ensure_future(
-                        self.client.scan(pair.remote, ignore=[(r, bool(i)) for r, i in cached])
+                        self.client.scan(
+                            pair.remote,
+                            ignore=[(r, bool(i)) for r, i in cached],
+                            delta=True,
+                            since=last,
+                        )
                     )
                     if cached is not None
                     else None
@@ -243,8 +249,16 @@ class _Session:
                 if remote_early is not None and wire == cached:
                     remote = remote_early
                 else:
-                    remote = await self.client.scan(pair.remote, ignore=wire)
+                    if remote_early is not None and remote_early.token:
+                        last = (remote_early.token, remote_early.entries)
+                    remote = await self.client.scan(
+                        pair.remote, ignore=wire, delta=True, since=last
+                    )
                     store.save_rules(self.key, wire)
+                if remote.token and (last is None or last[0] != remote.token):
+                    store.save_remote_scan(self.key, pair.remote, remote.token, remote.entries)
+                elif not remote.token and last is not None:
+                    store.forget_remote_scan(self.key)
                 report.scan_s += time.monotonic() - t0
                 local = scanned.entries
                 report.local_files, report.remote_files = _files(local), _files(remote.entries)
@@ -295,7 +309,7 @@ class _Session:
                 if not remote.exists and plan.actions:
                     await self.client.probe(pair.remote, create=True)
                 outcome = await self._apply(plan)
-                base = self._save(base, local, remote.entries, plan, outcome, scanned.cache)
+                base = self._save(base, local, remote.entries, plan, outcome, cache, scanned.cache)
                 if outcome.fatal is not None:
                     raise outcome.fatal
                 report.problems.extend(outcome.problems)
@@ -333,6 +347,7 @@ class _Session:
         remote: Snapshot,
         plan: Plan,
         outcome: Outcome,
+        old_cache: dict[str, tuple[int, int, int, str]],
         cache: dict[str, tuple[int, int, int, str]],
     ) -> Snapshot:
         """The new base from what landed; validated, then written in one transaction."""
@@ -347,7 +362,6 @@ class _Session:
             except InvalidEntry as exc:
                 raise RemoteError(f"refusing to save an invalid base: {exc}") from None
         self.store.save_base(self.key, base, new)
-        old_cache = self.store.load_digests(self.key)
         self.store.save_digests(self.key, old_cache, cache)
         landed = {a.path for a in outcome.done}
         records = [

@@ -135,8 +135,17 @@ def _changed_paths(a: Snapshot, b: Snapshot, *, untracked_is_absent: bool = Fals
     not synced, so it cannot make a side "changed").
     """
     out: set[str] = set()
-    for path in a.keys() | b.keys():
+    file, folder = EntryKind.FILE, EntryKind.DIRECTORY
+    for path in _union(a, b):
         x, y = a.get(path), b.get(path)
+        if x is y:
+            continue
+        if x is not None and y is not None and x.kind is y.kind:
+            # Fast paths for what most entries are; same_content() decides everything else.
+            if x.kind is folder:
+                continue
+            if x.kind is file and x.digest == y.digest and not (x.mode ^ y.mode) & 0o111:
+                continue
         if untracked_is_absent:
             x = None if x is not None and x.kind is EntryKind.UNTRACKED else x
             y = None if y is not None and y.kind is EntryKind.UNTRACKED else y
@@ -147,12 +156,23 @@ def _changed_paths(a: Snapshot, b: Snapshot, *, untracked_is_absent: bool = Fals
     return out
 
 
-def _children(*snapshots: Snapshot) -> dict[str, list[str]]:
-    index: dict[str, set[str]] = {}
-    for snap in snapshots:
-        for path in snap:
-            index.setdefault(parent_of(path), set()).add(path)
-    return {parent: sorted(kids) for parent, kids in index.items()}
+def _union(a: Snapshot, b: Snapshot) -> list[str]:
+    """Keys of ``a``, then those of ``b`` not in ``a`` (no big set built when they agree)."""
+    return [*a, *(p for p in b if p not in a)]
+
+
+def _children(paths: set[str]) -> dict[str, list[str]]:
+    index: dict[str, list[str]] = {}
+    for path in paths:
+        parent = path.rpartition("/")[0]
+        kids = index.get(parent)
+        if kids is None:
+            index[parent] = [path]
+        else:
+            kids.append(path)
+    for kids in index.values():
+        kids.sort()
+    return index
 
 
 def _subtree(snap: Snapshot, kids: dict[str, list[str]], root: str) -> list[str]:
@@ -192,11 +212,12 @@ class _Reconciler:
             mode,
             stamp,
         )
-        self.kids = _children(base, local, remote)
+        everything = base.keys() | local.keys() | remote.keys()
+        self.kids = _children(everything)
         self.local_changed = _changed_paths(base, local, untracked_is_absent=True)
         self.remote_changed = _changed_paths(base, remote, untracked_is_absent=True)
         self.sides_differ = _changed_paths(local, remote)
-        self.taken = set(local) | set(remote) | set(base)
+        self.taken = everything
         self.plan = Plan()
         self.creates: list[Action] = []
         self.deletes: list[Action] = []
@@ -388,8 +409,16 @@ def next_base(base: Snapshot, local: Snapshot, remote: Snapshot, done: list[Acti
     sees the same difference again and nothing is forgotten.
     """
     new: Snapshot = {}
+    file, folder = EntryKind.FILE, EntryKind.DIRECTORY
     for path in base.keys() | local.keys() | remote.keys():
         loc, rem = local.get(path), remote.get(path)
+        if loc is not None and rem is not None and loc.kind is rem.kind:
+            kind = loc.kind
+            if kind is folder or (
+                kind is file and loc.digest == rem.digest and not (loc.mode ^ rem.mode) & 0o111
+            ):
+                new[path] = loc  # the common case, decided without same()
+                continue
         if loc is not None and loc.kind in SYNCABLE and same(loc, rem):
             new[path] = loc
         elif path in base and (loc is not None or rem is not None):

@@ -16,8 +16,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..agent_client import RemoteOpError
+from ..agent_client import RemoteOpError, WriteItem
 from .entry import Entry
+
+Write = tuple[str, bytes, Entry, "Entry | None"]
+"""One file for :meth:`AgentSide.write_many`: (path, content, entry to create, expected there)."""
 
 
 class OpFailed(Exception):
@@ -85,6 +88,18 @@ class AgentSide:
         result: Entry = await _guard(call, path)
         return result
 
+    async def write_many(self, files: list[Write]) -> list[Entry | OpFailed]:
+        """Many small files in one request; each lands or fails (OpFailed) on its own."""
+        items = [
+            WriteItem(path, data, entry.mode & 0o777, entry.mtime_ns, expect)
+            for path, data, entry, expect in files
+        ]
+        results = await _guard(self.client.write_many(self.root, items), files[0][0])
+        return [
+            OpFailed(r.type, r.message, item.path) if isinstance(r, RemoteOpError) else r
+            for item, r in zip(items, results, strict=True)
+        ]
+
     async def mkdir(self, path: str, entry: Entry, expect: Entry | None) -> Entry:
         call = self.client.mkdir(self.root, path, mode=entry.mode & 0o7777 or None, expect=expect)
         result: Entry = await _guard(call, path)
@@ -146,6 +161,9 @@ class LocalSide:
 
     async def write(self, path: str, data: bytes, entry: Entry, expect: Entry | None) -> Entry:
         return await (await self._writer()).write(path, data, entry, expect)
+
+    async def write_many(self, files: list[Write]) -> list[Entry | OpFailed]:
+        return await (await self._writer()).write_many(files)
 
     async def mkdir(self, path: str, entry: Entry, expect: Entry | None) -> Entry:
         return await (await self._writer()).mkdir(path, entry, expect)

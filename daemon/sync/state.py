@@ -40,6 +40,9 @@ CREATE TABLE IF NOT EXISTS conflicts (
 CREATE TABLE IF NOT EXISTS rules (
     pair TEXT PRIMARY KEY, wire TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS remote_scans (
+    pair TEXT PRIMARY KEY, root TEXT NOT NULL, token TEXT NOT NULL, entries TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pairs (
     pair TEXT PRIMARY KEY, synced REAL NOT NULL, status TEXT NOT NULL
 );
@@ -134,7 +137,7 @@ class StateStore:
 
     def forget_pair(self, pair: str) -> None:
         with self.transaction() as db:
-            for table in ("base", "digests", "conflicts", "pairs", "rules"):
+            for table in ("base", "digests", "conflicts", "pairs", "rules", "remote_scans"):
                 db.execute(f"DELETE FROM {table} WHERE pair = ?", (pair,))
 
     # -- ignore rules last sent to the host (lets the remote scan start before the local one) --
@@ -146,6 +149,39 @@ class StateStore:
     def save_rules(self, pair: str, wire: list[list[object]]) -> None:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO rules VALUES (?, ?)", (pair, json.dumps(wire)))
+
+    # -- the host's last scan, named by the host's token (lets the next scan send only changes)
+
+    def load_remote_scan(self, pair: str, root: str) -> tuple[str, Snapshot] | None:
+        row = self.db.execute(
+            "SELECT root, token, entries FROM remote_scans WHERE pair = ?", (pair,)
+        ).fetchone()
+        if row is None or row[0] != root:
+            return None
+        kinds = {k.value: k for k in EntryKind}
+        try:
+            rows = json.loads(row[2])
+            return row[1], {
+                path: Entry(kinds[kind], size, mtime_ns, mode, digest, target, problem)
+                for path, (kind, size, mtime_ns, mode, digest, target, problem) in rows.items()
+            }
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None  # unreadable: the next scan is a full one
+
+    def save_remote_scan(self, pair: str, root: str, token: str, entries: Snapshot) -> None:
+        data = {
+            p: (e.kind.value, e.size, e.mtime_ns, e.mode, e.digest, e.target, e.problem)
+            for p, e in entries.items()
+        }
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO remote_scans VALUES (?, ?, ?, ?)",
+                (pair, root, token, json.dumps(data, separators=(",", ":"))),
+            )
+
+    def forget_remote_scan(self, pair: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM remote_scans WHERE pair = ?", (pair,))
 
     # -- digest cache -----------------------------------------------------------------------------
 
