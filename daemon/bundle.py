@@ -56,10 +56,12 @@ class BundleReport:
 
 
 def local_package() -> Path:
-    """The folder of the ``kernels`` package tether ships."""
-    import kernels
+    """The folder of the ``kernels`` package tether ships: the sibling of ``daemon/``.
 
-    return Path(next(iter(kernels.__path__))).resolve()
+    Found by location, never by ``import kernels``: the current folder may hold a user's own
+    ``kernels`` that an import would pick up (``python -m`` puts it first on sys.path).
+    """
+    return (Path(__file__).resolve().parent.parent / PACKAGE).resolve()
 
 
 def package_files(root: Path | None = None) -> dict[str, Path]:

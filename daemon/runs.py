@@ -10,7 +10,9 @@ escalates to SIGKILL after a grace period, so no child is left behind.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import re
 import secrets
 import shlex
 import signal as signal_module
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .bundle import LAUNCHER, cache_dir_of, upload_kernels
 from .config import Config, HostConfig, PairConfig, PairMode
 from .errors import BadHostData, HostUnreachable, TetherError
 from .link import Link
@@ -115,9 +118,41 @@ class RunOutcome:
         return exit_status(self.exit_code, self.signal)
 
 
+_KERNELS_MODULE = re.compile(r"(?<![^\s;&|(])(?P<python>\S*python[0-9.]*)\s+-m\s+kernels(?=\s|$|;)")
+
+
+def uses_kernels(spec: RunSpec) -> bool:
+    if spec.argv is not None:
+        return any(a == "-m" and b == "kernels" for a, b in itertools.pairwise(spec.argv))
+    return bool(_KERNELS_MODULE.search(spec.shell or ""))
+
+
+def pin_kernels(spec: RunSpec, cache: str) -> RunSpec:
+    """Make ``python -m kernels`` run tether's uploaded copy even when the working folder holds a
+    ``kernels`` of the user's own (``-m`` puts the working folder first on sys.path; the
+    launcher puts tether's cache first, see :mod:`daemon.bundle`)."""
+    if spec.argv is not None:
+        argv = list(spec.argv)
+        for i in range(len(argv) - 1):
+            if argv[i] == "-m" and argv[i + 1] == "kernels":
+                argv[i : i + 2] = ["-c", LAUNCHER, cache]
+                break
+        return replace(spec, argv=argv)
+    launcher = f"-c {shlex.quote(LAUNCHER)} {shlex.quote(cache)}"
+    shell = _KERNELS_MODULE.sub(lambda m: f"{m.group('python')} {launcher}", spec.shell or "")
+    return replace(spec, shell=shell)
+
+
 async def start(link: Link, spec: RunSpec) -> dict[str, Any]:
-    """Start ``spec`` on the host (cwd = the pair's remote root, the host's venv active)."""
+    """Start ``spec`` on the host (cwd = the pair's remote root, the host's venv active).
+
+    A command that runs ``python -m kernels`` gets tether's suite uploaded first and pinned
+    ahead of any same-named folder of the user's.
+    """
     agent = await link.wait_agent(30)
+    if uses_kernels(spec):
+        await upload_kernels(agent)
+        spec = pin_kernels(spec, cache_dir_of(agent))
     return await agent.exec(
         spec.shell if spec.shell is not None else (spec.argv or []),
         cwd=spec.workdir,

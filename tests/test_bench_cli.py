@@ -197,11 +197,6 @@ def test_bundle_uploads_once_and_is_never_shadowed(
     assert b"SHADOWED" not in output
 
 
-@pytest.mark.xfail(
-    reason="`python -m` puts the working folder before PYTHONPATH: `tether run -- python -m "
-    "kernels` from a folder holding a `kernels/` runs the user's (needs a fix in runs/agent)",
-    strict=False,
-)
 def test_plain_dash_m_via_tether_run_is_not_shadowed(
     sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
