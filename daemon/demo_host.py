@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 from pathlib import Path
 
 import asyncssh
@@ -18,6 +19,13 @@ import asyncssh
 from .config import HostConfig
 
 _CHUNK = 1 << 16
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 class _KeyOnlyServer(asyncssh.SSHServer):

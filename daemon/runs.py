@@ -198,16 +198,15 @@ async def follow(
                 done, _ = await asyncio.wait(
                     [attach, *watchers], return_when=asyncio.FIRST_COMPLETED
                 )
-            finally:
-                for w in watchers:
-                    w.cancel()
-            if attach not in done:
-                reason = "stopped" if stop.is_set() else "timeout"
-                signal = "INT" if stop.is_set() else "TERM"
-                await agent.kill(spec.run_id, signal=signal, grace_s=GRACE_S)
+                if attach not in done:
+                    reason = "stopped" if stop.is_set() else "timeout"
+                    signal = "INT" if stop.is_set() else "TERM"
+                    await agent.kill(spec.run_id, signal=signal, grace_s=GRACE_S)
                 result = await attach
-            else:
-                result = attach.result()
+            finally:  # every task here has this owner, also when follow() itself is cancelled
+                for task in (*watchers, attach):
+                    task.cancel()
+                await asyncio.gather(*watchers, attach, return_exceptions=True)
         except HostUnreachable:
             if link.state.value == "failed":
                 raise
