@@ -1,0 +1,349 @@
+"""The host end of a pair over plain SFTP, for hosts without a usable python3.
+
+It offers the subset of :class:`daemon.agent_client.AgentClient` the sync engine uses (scan,
+read, write, write_many, mkdir, symlink, delete, rename, probe), so the engine runs unchanged.
+It keeps the agent's rules: every path the host names is validated, a symlink escaping the root
+becomes UNTRACKED, nothing is written except to a temporary name beside its target and renamed
+into place (``posix-rename``), and each change first checks that the target still is what the
+caller expects. What it cannot do as well: no digest cache on the host (every file is read to
+hash it on each scan), one round trip per directory, and mtimes at SFTP's one-second resolution.
+That is why it is a fallback, announced with a warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import posixpath
+import re
+import secrets
+import stat
+from collections.abc import Sequence
+from typing import Any
+
+import asyncssh
+
+from ..agent_client import ExpectationFailed, RemoteOpError, ScanResult, WriteItem
+from ..errors import BadHostData
+from .entry import Entry, EntryKind
+from .paths import check_relpath, symlink_stays_inside
+
+_READ_CHUNK = 1 << 20
+_TEMP = re.compile(r"^\.(.+)\.tether-[0-9a-f]{12}\.tmp$")
+
+
+def _error(exc: asyncssh.SFTPError, path: str) -> RemoteOpError:
+    kind = {
+        asyncssh.FX_NO_SUCH_FILE: "not_found",
+        asyncssh.FX_PERMISSION_DENIED: "permission",
+        asyncssh.FX_FILE_ALREADY_EXISTS: "exists",
+        asyncssh.FX_NO_SPACE_ON_FILESYSTEM: "no_space",
+        asyncssh.FX_WRITE_PROTECT: "read_only",
+        asyncssh.FX_DIR_NOT_EMPTY: "not_empty",
+    }.get(exc.code, "os")
+    if kind == "os" and "space" in str(exc.reason).lower():
+        kind = "no_space"
+    return RemoteOpError(kind, f"sftp: {exc.reason}", path)
+
+
+class SftpEndpoint:
+    """The agent's file operations, spoken over an SFTP session."""
+
+    remote_dir: str | None = None  # no agent install folder: runs need the agent
+
+    def __init__(self, sftp: asyncssh.SFTPClient, home: str) -> None:
+        self.sftp, self.home = sftp, home
+
+    @classmethod
+    async def start(cls, conn: asyncssh.SSHClientConnection) -> SftpEndpoint:
+        sftp = await conn.start_sftp_client()
+        return cls(sftp, await sftp.realpath("."))
+
+    async def close(self) -> None:
+        self.sftp.exit()
+        await self.sftp.wait_closed()
+
+    # -- paths -----------------------------------------------------------------------------------
+
+    def _root(self, root: str) -> str:
+        if root == "~" or root.startswith("~/"):
+            return self.home + root[1:]
+        return root if root.startswith("/") else posixpath.join(self.home, root)
+
+    def _abs(self, root: str, path: str) -> str:
+        return posixpath.join(self._root(root), check_relpath(path, origin="the caller"))
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _hash(self, full: str) -> str:
+        digest = hashlib.sha256()
+        async with self.sftp.open(full, "rb") as fh:
+            while chunk := await fh.read(_READ_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    async def _entry(self, full: str, rel: str, attrs: asyncssh.SFTPAttrs) -> Entry:
+        mode, mtime_ns = attrs.permissions or 0, int((attrs.mtime or 0) * 1_000_000_000)
+        kind = stat.S_IFMT(mode)
+        if kind == stat.S_IFREG:
+            try:
+                digest = await self._hash(full)
+            except asyncssh.SFTPError as exc:
+                return Entry(EntryKind.PROBLEM, problem=f"cannot read: {exc.reason}")
+            return Entry(EntryKind.FILE, attrs.size or 0, mtime_ns, mode & 0o7777, digest)
+        if kind == stat.S_IFDIR:
+            return Entry(EntryKind.DIRECTORY, 0, mtime_ns, mode & 0o7777)
+        if kind == stat.S_IFLNK:
+            target = await self.sftp.readlink(full)
+            if symlink_stays_inside(rel, target):
+                return Entry(EntryKind.SYMLINK, 0, mtime_ns, 0, target=target)
+        return Entry(EntryKind.UNTRACKED, 0, mtime_ns, mode & 0o7777)
+
+    async def scan(
+        self,
+        root: str,
+        ignore: Sequence[tuple[str, bool]] = (),
+        paths: Sequence[str] | None = None,
+        **_: Any,
+    ) -> ScanResult:
+        """A full, validated snapshot of ``root`` (``paths`` narrows it; deltas are not kept)."""
+        rules = [(re.compile(r), bool(i)) for r, i in ignore]
+
+        def ignored(rel: str, is_dir: bool) -> bool:
+            subject, verdict = rel + "/" if is_dir else rel, False
+            for regex, value in rules:
+                if value != verdict and regex.match(subject):
+                    verdict = value
+            return verdict
+
+        top = self._root(root)
+        try:
+            attrs = await self.sftp.stat(top)
+        except asyncssh.SFTPNoSuchFile:
+            return ScanResult(False, False, {})
+        if not stat.S_ISDIR(attrs.permissions or 0):
+            return ScanResult(True, False, {})
+        entries: dict[str, Entry] = {}
+        starts = [""] if paths is None else sorted({check_relpath(p) for p in paths})
+        for start in starts:
+            await self._walk(top, start, ignored, entries)
+        files = sum(e.kind is EntryKind.FILE for e in entries.values())
+        return ScanResult(True, True, entries, {"files": files, "hashed": files})
+
+    async def _walk(self, top: str, start: str, ignored: Any, entries: dict[str, Entry]) -> None:
+        if start:
+            try:
+                attrs = await self.sftp.lstat(posixpath.join(top, start))
+            except asyncssh.SFTPNoSuchFile:
+                return
+            parts = start.split("/")
+            for depth in range(1, len(parts)):  # ancestors too, as the agent reports them
+                entries.setdefault("/".join(parts[:depth]), Entry(EntryKind.DIRECTORY))
+            entries[start] = await self._entry(posixpath.join(top, start), start, attrs)
+            if entries[start].kind is not EntryKind.DIRECTORY:
+                return
+        pending = [start]
+        while pending:
+            folder = pending.pop()
+            for name in await self.sftp.readdir(posixpath.join(top, folder) if folder else top):
+                if name.filename in (".", "..") or _TEMP.match(name.filename):
+                    continue
+                rel = f"{folder}/{name.filename}" if folder else name.filename
+                try:
+                    check_relpath(rel)
+                except BadHostData:
+                    raise BadHostData(f"the host's folder holds an unsafe name: {rel!r}") from None
+                is_dir = stat.S_ISDIR(name.attrs.permissions or 0)
+                if ignored(rel, is_dir):
+                    continue
+                entries[rel] = await self._entry(posixpath.join(top, rel), rel, name.attrs)
+                if entries[rel].kind is EntryKind.DIRECTORY:
+                    pending.append(rel)
+
+    async def read_entry(self, root: str, path: str) -> tuple[bytes, Entry]:
+        full = self._abs(root, path)
+        try:
+            attrs = await self.sftp.lstat(full)
+            async with self.sftp.open(full, "rb") as fh:
+                data = await fh.read()
+        except asyncssh.SFTPError as exc:
+            raise _error(exc, path) from None
+        entry = Entry(
+            EntryKind.FILE,
+            len(data),
+            int((attrs.mtime or 0) * 1e9),
+            (attrs.permissions or 0) & 0o7777,
+            hashlib.sha256(data).hexdigest(),
+        )
+        return data, entry
+
+    async def read(self, root: str, path: str) -> bytes:
+        return (await self.read_entry(root, path))[0]
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def _current(self, full: str, rel: str) -> Entry | None:
+        try:
+            attrs = await self.sftp.lstat(full)
+        except asyncssh.SFTPNoSuchFile:
+            return None
+        return await self._entry(full, rel, attrs)
+
+    async def _check(self, full: str, rel: str, expect: Entry | None) -> None:
+        """Refuse (``changed``) unless the target is what the caller saw in its scan.
+
+        As the agent does: a file whose size, mode and mtime match is taken as unchanged; one
+        whose mtime alone moved is hashed; anything else has changed.
+        """
+        try:
+            attrs = await self.sftp.lstat(full)
+        except asyncssh.SFTPNoSuchFile:
+            attrs = None
+        if expect is None or attrs is None:
+            if expect is not None or attrs is not None:
+                raise ExpectationFailed(
+                    "changed", f"{rel} appeared or vanished since the scan", rel
+                )
+            return
+        mode = attrs.permissions or 0
+        if expect.kind is EntryKind.FILE and stat.S_ISREG(mode):
+            if attrs.size != expect.size or (mode & 0o111) != (expect.mode & 0o111):
+                raise ExpectationFailed("changed", f"{rel} was edited since the scan", rel)
+            if int((attrs.mtime or 0) * 1e9) // 10**9 == expect.mtime_ns // 10**9:
+                return
+        current = await self._entry(full, rel, attrs)
+        if not expect.same_content(current):
+            raise ExpectationFailed("changed", f"{rel} changed since the scan", rel)
+
+    def _temp(self, full: str) -> str:
+        folder, name = posixpath.split(full)
+        return posixpath.join(folder, f".{name}.tether-{secrets.token_hex(6)}.tmp")
+
+    async def write(
+        self,
+        root: str,
+        path: str,
+        data: bytes,
+        *,
+        mode: int,
+        mtime_ns: int,
+        expect: Entry | None,
+    ) -> Entry:
+        full = self._abs(root, path)
+        temp = self._temp(full)
+        try:
+            await self.sftp.makedirs(posixpath.dirname(full), exist_ok=True)
+            async with self.sftp.open(temp, "wb") as fh:
+                await fh.write(data)
+            await self.sftp.setstat(
+                temp,
+                asyncssh.SFTPAttrs(
+                    permissions=mode & 0o7777, atime=mtime_ns // 10**9, mtime=mtime_ns // 10**9
+                ),
+            )
+            await self._check(full, path, expect)
+            await self.sftp.posix_rename(temp, full)
+        except asyncssh.SFTPError as exc:
+            await self._discard(temp)
+            raise _error(exc, path) from None
+        except BaseException:
+            await self._discard(temp)
+            raise
+        digest = hashlib.sha256(data).hexdigest()
+        return Entry(EntryKind.FILE, len(data), (mtime_ns // 10**9) * 10**9, mode & 0o7777, digest)
+
+    async def _discard(self, temp: str) -> None:
+        with contextlib.suppress(asyncssh.SFTPError):
+            await self.sftp.remove(temp)
+
+    async def write_many(
+        self, root: str, files: Sequence[WriteItem], **_: Any
+    ) -> list[Entry | RemoteOpError]:
+        async def one(item: WriteItem) -> Entry | RemoteOpError:
+            try:
+                return await self.write(
+                    root,
+                    item.path,
+                    item.data,
+                    mode=item.mode,
+                    mtime_ns=item.mtime_ns,
+                    expect=item.expect,
+                )
+            except RemoteOpError as exc:
+                return exc
+
+        return list(await asyncio.gather(*(one(item) for item in files)))
+
+    async def mkdir(
+        self, root: str, path: str, *, mode: int | None = None, expect: Entry | None = None
+    ) -> Entry:
+        full = self._abs(root, path)
+        try:
+            current = await self._current(full, path)
+            if current is not None and current.kind is EntryKind.DIRECTORY:
+                return current
+            await self._check(full, path, expect)
+            await self.sftp.makedirs(posixpath.dirname(full), exist_ok=True)
+            await self.sftp.mkdir(full, asyncssh.SFTPAttrs(permissions=(mode or 0o755) & 0o7777))
+        except asyncssh.SFTPError as exc:
+            raise _error(exc, path) from None
+        return Entry(EntryKind.DIRECTORY, 0, 0, (mode or 0o755) & 0o7777)
+
+    async def symlink(self, root: str, path: str, target: str, *, expect: Entry | None) -> Entry:
+        if not symlink_stays_inside(path, target):
+            raise RemoteOpError("invalid", f"{path} -> {target} escapes the root", path)
+        full = self._abs(root, path)
+        temp = self._temp(full)
+        try:
+            await self._check(full, path, expect)
+            await self.sftp.symlink(target, temp)
+            await self.sftp.posix_rename(temp, full)
+        except asyncssh.SFTPError as exc:
+            await self._discard(temp)
+            raise _error(exc, path) from None
+        return Entry(EntryKind.SYMLINK, target=target)
+
+    async def delete(self, root: str, path: str, *, expect: Entry) -> None:
+        full = self._abs(root, path)
+        try:
+            await self._check(full, path, expect)
+            if expect.kind is EntryKind.DIRECTORY:
+                await self.sftp.rmdir(full)
+            else:
+                await self.sftp.remove(full)
+        except asyncssh.SFTPError as exc:
+            raise _error(exc, path) from None
+
+    async def rename(self, root: str, src: str, dst: str, *, expect: Entry) -> Entry:
+        full_src, full_dst = self._abs(root, src), self._abs(root, dst)
+        try:
+            await self._check(full_src, src, expect)
+            if await self._current(full_dst, dst) is not None:
+                raise RemoteOpError("exists", f"{dst} already exists", dst)
+            await self.sftp.posix_rename(full_src, full_dst)
+        except asyncssh.SFTPError as exc:
+            raise _error(exc, src) from None
+        return expect
+
+    async def probe(self, path: str, *, create: bool = False) -> dict[str, Any]:
+        full = self._root(path)
+        exists = await self.sftp.exists(full)
+        created = False
+        if not exists and create:
+            await self.sftp.makedirs(full, exist_ok=True)
+            exists = created = True
+        is_dir = exists and await self.sftp.isdir(full)
+        free = None
+        try:
+            vfs = await self.sftp.statvfs(full if exists else posixpath.dirname(full))
+            free = vfs.bavail * vfs.frsize
+        except asyncssh.SFTPError:
+            pass
+        return {
+            "exists": exists,
+            "created": created,
+            "is_dir": is_dir,
+            "writable": is_dir,
+            "free_bytes": free,
+        }

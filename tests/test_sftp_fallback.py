@@ -1,0 +1,89 @@
+"""The SFTP endpoint (hosts without python3) under the real sync engine and a real sshd."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from daemon.config import load_config
+from daemon.errors import BadHostData
+from daemon.ssh import open_connection
+from daemon.sync.engine import sync_pair
+from daemon.sync.sftp_endpoint import SftpEndpoint
+from tests.sshd import SshServer
+
+
+@pytest.fixture
+def project(sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "tether.toml").write_text(
+        sshd.toml_host("gpu")
+        + f'[pairs.code]\nhost = "gpu"\nremote = "{tmp_path}/remote"\nmode = "two-way"\n'
+    )
+    return local
+
+
+def sync_over_sftp(config_path: Path):  # type: ignore[no-untyped-def]
+    config = load_config(config_path)
+
+    async def body():  # type: ignore[no-untyped-def]
+        async with open_connection(config.host("gpu")) as conn:
+            endpoint = await SftpEndpoint.start(conn)
+            try:
+                return await sync_pair(config, config.pair("code"), client=endpoint)
+            finally:
+                await endpoint.close()
+
+    return asyncio.run(body())
+
+
+def test_two_way_over_sftp(project: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    (project / "src").mkdir()
+    (project / "src" / "k.py").write_text("kernel")
+    (project / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    os.chmod(project / "run.sh", 0o755)
+    os.symlink("src/k.py", project / "link.py")
+    report = sync_over_sftp(project / "tether.toml")
+    assert report.status.value == "ok", report.message
+    assert (remote / "src" / "k.py").read_text() == "kernel"
+    assert os.stat(remote / "run.sh").st_mode & 0o111
+    assert os.readlink(remote / "link.py") == "src/k.py"
+    assert not [p for p in remote.rglob("*.tmp")]  # staged files were renamed into place
+
+    (remote / "from_host.txt").write_text("host")
+    (project / "src" / "k.py").unlink()
+    sync_over_sftp(project / "tether.toml")
+    assert (project / "from_host.txt").read_text() == "host"
+    assert not (remote / "src" / "k.py").exists()
+
+    # A real conflict keeps both versions.
+    (project / "run.sh").write_text("#!/bin/sh\necho local\n")
+    (remote / "run.sh").write_text("#!/bin/sh\necho remote edit\n")
+    report = sync_over_sftp(project / "tether.toml")
+    assert len(report.conflicts) == 1
+    copies = [p.name for p in project.iterdir() if ".conflict-" in p.name]
+    assert len(copies) == 1
+
+
+def test_escaping_symlink_on_host_is_not_followed(project: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    os.symlink("/etc/passwd", remote / "escape")
+    report = sync_over_sftp(project / "tether.toml")
+    assert not (project / "escape").exists()
+    assert report.status.value == "ok"
+
+
+def test_unsafe_name_on_host_is_refused(project: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "back\\slash").write_text("x")
+    with pytest.raises(BadHostData):
+        sync_over_sftp(project / "tether.toml")
+    assert [p.name for p in project.iterdir()] == ["tether.toml"]  # nothing written
