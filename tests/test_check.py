@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,9 +26,7 @@ def write_project(root: Path, server: SshServer, extra: str = "", host_toml: str
     return path
 
 
-def run_check(
-    config: Path, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, dict]:
+def run_check(config: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
     code = main(["--config", str(config), "check", "--json", *args])
     return code, json.loads(capsys.readouterr().out)
 
@@ -58,13 +58,17 @@ def test_check_passes_against_real_sshd(
         sshd,
         f'\n[pairs.code]\nhost = "gpu"\nremote = "{remote}"\n'
         f'[tunnels.ssh]\nhost = "gpu"\nlocal = {free_port()}\nremote = "127.0.0.1:{sshd.port}"\n'
-        f'[tunnels.dead]\nhost = "gpu"\nlocal = {free_port()}\nremote = "127.0.0.1:{free_port()}"\n',
+        f'[tunnels.dead]\nhost = "gpu"\nlocal = {free_port()}\n'
+        f'remote = "127.0.0.1:{free_port()}"\n',
     )
     code, doc = run_check(config, capsys)
     assert code == 0 and doc["ok"] is True
     by_name = {s["step"]: s for s in doc["steps"]}
     assert [s["step"] for s in doc["steps"]][:4] == ["tcp", "host key", "key auth", "remote python"]
-    assert by_name["pair code"]["status"] == "OK" and "will be created" in by_name["pair code"]["detail"]
+    assert (
+        by_name["pair code"]["status"] == "OK"
+        and "will be created" in by_name["pair code"]["detail"]
+    )
     assert by_name["tunnel ssh"]["status"] == "OK"
     assert by_name["tunnel dead"]["status"] == "WARN"
     assert by_name["gpu"]["status"] in ("OK", "WARN")
@@ -250,8 +254,9 @@ Host gpu-behind-jump
     )
 
     async def hello(alias: str) -> str:
-        host = sshd.host_config(ssh=alias, identity_file=None, ssh_config=config,
-                                connect_timeout_s=None)  # fmt: skip
+        host = sshd.host_config(
+            ssh=alias, identity_file=None, ssh_config=config, connect_timeout_s=None
+        )
         async with open_connection(host) as conn:
             return str((await conn.run("echo $SSH_CONNECTION", check=True)).stdout)
 
@@ -259,9 +264,7 @@ Host gpu-behind-jump
     assert f" {sshd.port}" in asyncio.run(hello("gpu-behind-jump"))
 
 
-def test_cli_prints_one_line_and_hint(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_prints_one_line_and_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     server = SshServer(tmp_path / "s", free_port())
     server.prepare()
     config = write_project(tmp_path / "proj", server)
@@ -269,3 +272,51 @@ def test_cli_prints_one_line_and_hint(
     out = capsys.readouterr().out
     assert "FAIL" in out and "connection refused" in out and "→ is sshd running" in out
     assert "Traceback" not in out
+
+
+def test_key_held_by_a_real_ssh_agent(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An encrypted key is fine when ssh-agent holds it: tether asks the agent, never a human."""
+    import subprocess
+
+    locked = keygen(tmp_path / "id_agent", passphrase="long secret words")
+    authorized = sshd.root / "authorized_keys"
+    original = authorized.read_text()
+    authorized.write_text(original + Path(f"{locked}.pub").read_text())
+    socket_path = tmp_path / "agent.sock"
+    agent = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", str(socket_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            if socket_path.exists():
+                break
+            time.sleep(0.02)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(socket_path), "SSH_ASKPASS_REQUIRE": "never"}
+        # ssh-add reads the passphrase from a helper program, as a desktop session would.
+        askpass = tmp_path / "askpass.sh"
+        askpass.write_text("#!/bin/sh\necho 'long secret words'\n")
+        askpass.chmod(0o700)
+        env.update(SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0")
+        subprocess.run(
+            ["ssh-add", str(locked)],
+            env=env,
+            check=True,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+        )
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(socket_path))
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/id_* to fall back on
+
+        async def whoami() -> str:
+            async with open_connection(sshd.host_config(identity_file=None)) as conn:
+                return str((await conn.run("echo via-agent", check=True)).stdout).strip()
+
+        assert asyncio.run(whoami()) == "via-agent"
+    finally:
+        agent.terminate()
+        agent.wait()
+        authorized.write_text(original)
