@@ -72,7 +72,15 @@ def starter_config(
 def read_remote_config(text: str, source: Path) -> dict[str, str]:
     """Parse ``KEY=value`` lines as a shell would quote them; comments and blanks skipped."""
     values: dict[str, str] = {}
+    # As the shell does, a backslash before a newline joins the lines (long RSYNC_OPTIONS).
+    # Line numbers in errors stay those of the first line of each logical line.
+    logical: list[tuple[int, str]] = []
     for number, line in enumerate(text.splitlines(), 1):
+        if logical and logical[-1][1].endswith("\\"):
+            logical[-1] = (logical[-1][0], logical[-1][1][:-1] + line)
+        else:
+            logical.append((number, line))
+    for number, line in logical:
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue

@@ -85,7 +85,10 @@ def test_defaults() -> None:
         ("", "no [hosts.NAME] table"),
         ("[hosts.gpu]\n", "hosts.gpu.ssh is missing"),
         ("[hosts.gpu]\nssh = 3\n", 'hosts.gpu.ssh = 3 is not allowed; expected a non-empty string'),
-        (HOST + "[pairs.a]\nhost = 'gpx'\nremote = 'r'\n", "names no [hosts.gpx] (did you mean 'gpu'"),
+        (
+            HOST + "[pairs.a]\nhost = 'gpx'\nremote = 'r'\n",
+            "names no [hosts.gpx] (did you mean 'gpu'",
+        ),
         (
             HOST + "[pairs.a]\nhost = 'gpu'\nremote = 'r'\nmode = 'sideways'\n",
             'pairs.a.mode = "sideways" is not allowed; expected one of push, pull, two-way, mirror',

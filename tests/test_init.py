@@ -16,7 +16,8 @@ REMOTE_CONFIG = """\
 REMOTE_HOST=trn1-dev
 REMOTE_CODE_PATH="/home/ubuntu/nki autotune"   # spaces survive quoting
 export REMOTE_VENV_PATH='/opt/aws_neuron_venv_pytorch'
-RSYNC_OPTIONS="-av --exclude='.git' --exclude='__pycache__' --exclude='*.pyc' --exclude 'cache/' --exclude=*.log"
+RSYNC_OPTIONS="-av --exclude='.git' --exclude='__pycache__' --exclude='*.pyc' \\
+--exclude 'cache/' --exclude=*.log"
 SSH_OPTIONS="-o ConnectTimeout=10"
 """
 
