@@ -82,6 +82,9 @@ class Link:
         self.agent: AgentClient | None = None
         self.agent_problem: str | None = None
         self._agent_starting: asyncio.Task[AgentClient | None] | None = None
+        self._pinger: asyncio.Task[None] | None = None
+        self.rtt_s: float | None = None
+        self.ping_interval_s = 5.0
         self._conn: asyncssh.SSHClientConnection | None = None
         self._changed = asyncio.Condition()
         self._retry = asyncio.Event()
@@ -158,6 +161,7 @@ class Link:
             if up_for is not None and self.state is LinkState.UP
             else None,
             "connect_s": round(self.connect_seconds, 4) if self.connect_seconds else None,
+            "rtt_ms": round(self.rtt_s * 1000, 2) if self.rtt_s is not None else None,
             "reconnects": self.reconnects,
             "next_backoff_s": self.initial_backoff(),
             "last_error": self.last_error.one_line() if self.last_error else None,
@@ -294,15 +298,29 @@ class Link:
             self.agent_problem = exc.message
             self._event("warning", f"no agent: {exc.one_line()}")
             return None
+        self._pinger = asyncio.create_task(self._ping(self.agent), name="agent ping")
         return self.agent
+
+    async def _ping(self, agent: AgentClient) -> None:
+        """Measure the round trip to the agent now and then (`tether status` shows it)."""
+        while True:
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(agent.hello(), 10)
+            except (TetherError, asyncio.TimeoutError):
+                return  # the link's keepalive decides what a silent host means
+            self.rtt_s = time.monotonic() - started
+            await asyncio.sleep(self.ping_interval_s)
 
     async def _drop(self) -> None:
         async with self._changed:
-            starting, conn = self._agent_starting, self._conn
-            self._agent_starting, self._conn = None, None
-        if starting is not None:
-            starting.cancel()
-            await asyncio.gather(starting, return_exceptions=True)
+            starting, conn, pinger = self._agent_starting, self._conn, self._pinger
+            self._agent_starting, self._conn, self._pinger = None, None, None
+        self.rtt_s = None
+        for task in (starting, pinger):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         agent, self.agent = self.agent, None
         if agent is not None:
             await agent.close()

@@ -60,6 +60,9 @@ def test_link_comes_up_with_agent(private_sshd: SshServer) -> None:
             assert (await agent.hello())["version"]
             snap = link.snapshot()
             assert snap["state"] == "up" and snap["reconnects"] == 0 and snap["agent"]
+            while link.snapshot()["rtt_ms"] is None:  # the first ping follows the agent's start
+                await asyncio.sleep(0.01)
+            assert 0 < link.snapshot()["rtt_ms"] < 10_000
         assert link.state is LinkState.STOPPED
         assert any(e["kind"] == "link.up" for e in events)
 

@@ -58,11 +58,11 @@ def run(args: argparse.Namespace) -> int:
         out.print("the daemon runs, but no project is registered (`tether start` in one)")
     for project in status["projects"]:
         out.print(f"[bold]{project['project']}[/]")
-        hosts = Table("host", "link", "connect", "reconnects", "last error", box=None)
+        hosts = Table("host", "link", "round trip", "reconnects", "last error", box=None)
         for h in project["hosts"]:
-            connect = f"{h['connect_s'] * 1000:.0f} ms" if h["connect_s"] else ""
+            rtt = f"{h['rtt_ms']:.1f} ms" if h.get("rtt_ms") is not None else ""
             hosts.add_row(
-                h["host"], _state(h["state"]), connect, str(h["reconnects"]), h["last_error"] or ""
+                h["host"], _state(h["state"]), rtt, str(h["reconnects"]), h["last_error"] or ""
             )
         out.print(hosts)
         pairs = Table(
