@@ -1,0 +1,86 @@
+"""The daemon's verbs as a user runs them: `tether start` spawns the agent detached, the other
+verbs talk to it over its socket, `tether stop --all` ends it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.sshd import SshServer
+from tests.test_daemon import write_project
+
+
+def tether(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_start_status_flush_stop(sshd: SshServer, tmp_path: Path) -> None:
+    local, remote = write_project(tmp_path, sshd)
+    runtime = tmp_path / "rt"
+    runtime.mkdir(mode=0o700)
+    env = {
+        **os.environ,
+        "TETHER_STATE_DIR": str(tmp_path / "state"),
+        "TETHER_RUNTIME_DIR": str(runtime),
+    }
+    pid = None
+    try:
+        started = tether(local, env, "start")
+        assert started.returncode == 0, started.stderr
+        assert "started the daemon" in started.stdout
+        status = json.loads(tether(local, env, "status", "--json").stdout)
+        pid = status["pid"]
+        assert status["projects"][0]["project"] == str(local / "tether.toml")
+
+        (local / "k.py").write_text("x = 1\n")
+        flushed = tether(local, env, "flush", "--timeout", "30s")
+        assert flushed.returncode == 0, flushed.stderr
+        assert (remote / "k.py").read_text() == "x = 1\n"
+
+        text = tether(local, env, "status").stdout
+        assert "up" in text and "code" in text and "two-way" in text
+        logs = tether(local, env, "logs", "-n", "50").stdout
+        assert "link.up" in logs and "pair.synced" in logs
+
+        assert tether(local, env, "pause").returncode == 0
+        paused = tether(local, env, "flush", "--timeout", "5s")
+        assert paused.returncode == 1 and "paused" in paused.stderr
+        assert tether(local, env, "resume").returncode == 0
+
+        assert "already" not in tether(local, env, "start").stdout  # idempotent re-register
+        assert tether(local, env, "stop", "--all").returncode == 0
+        gone = tether(local, env, "status")
+        assert gone.returncode == 69 and "tether start" in gone.stderr
+        assert "Traceback" not in gone.stderr
+        assert pid is not None and ended(pid), "stop --all left the daemon running"
+    finally:
+        if pid is not None and not ended(pid, wait_s=0):
+            os.kill(pid, signal.SIGKILL)
+
+
+def ended(pid: int, wait_s: float = 15.0) -> bool:
+    """Gone, or a zombie nobody reaped yet (it has exited either way)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state == "Z":
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
