@@ -14,7 +14,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,11 @@ from ..config import Config, PairConfig
 from ..errors import BadHostData, RemoteError
 from ..ssh import open_connection
 from .apply import Outcome, ProgressFn, apply_plan, total_bytes
-from .entry import EntryKind, InvalidEntry, Snapshot
-from .ignore import IgnoreRules
-from .paths import case_collisions
+from .entry import Entry, EntryKind, InvalidEntry, Snapshot
+from .ignore import GITIGNORE, IgnoreRules
+from .paths import case_collisions, is_within, parent_of
 from .reconcile import ActionKind, Conflict, Plan, Problem, Side, next_base, reconcile
-from .safety import PairStatus, root_verdict
+from .safety import PairStatus, root_verdict, syncable
 from .scan import scan_local
 from .sides import AgentSide, LocalSide
 from .state import ConflictRecord, StateStore, pair_key
@@ -47,6 +47,26 @@ costs several Python-level calls (it dominated the transfer of many small files)
 
 MAX_ROUNDS = 3
 """Scan-reconcile-apply rounds when paths change under our feet."""
+MAX_DIRTY_ROOTS = 2000
+"""More dirty subtrees than this and one full (cache-assisted) scan is cheaper and simpler."""
+
+
+def dirty_roots(paths: Iterable[str]) -> list[str] | None:
+    """The smallest set of subtrees covering ``paths`` (a path below another is dropped).
+
+    None (scan everything) when a path is the root itself, is a ``.gitignore`` (the rules
+    change), or there are too many subtrees.
+    """
+    roots: list[str] = []
+    for path in sorted({p.strip("/") for p in paths}):
+        if not path or path == "." or path.rpartition("/")[2] == GITIGNORE:
+            return None
+        if roots and is_within(path, roots[-1]):
+            continue
+        roots.append(path)
+        if len(roots) > MAX_DIRTY_ROOTS:
+            return None
+    return roots
 
 
 @dataclass
@@ -69,6 +89,10 @@ class SyncReport:
     hashed_local: int = 0
     hashed_remote: int = 0
     rounds: int = 0
+    scope: list[str] | None = None
+    """The subtrees an incremental sync covered (None: a full scan)."""
+    base_moved: list[str] = field(default_factory=list)
+    """Paths whose base entry this sync changed (what landed, or where the sides caught up)."""
     scan_s: float = 0.0
     transfer_s: float = 0.0
     total_s: float = 0.0
@@ -96,6 +120,7 @@ class SyncReport:
             "remote_files": self.remote_files,
             "hashed": {"local": self.hashed_local, "remote": self.hashed_remote},
             "rounds": self.rounds,
+            "scope": self.scope,
             "seconds": {
                 "scan": round(self.scan_s, 3),
                 "transfer": round(self.transfer_s, 3),
@@ -123,6 +148,14 @@ def stamp(now: float | None = None) -> str:
 
 def _files(snap: Snapshot) -> int:
     return sum(1 for e in snap.values() if e.kind is EntryKind.FILE)
+
+
+def _inside(snap: Snapshot, roots: list[str]) -> Snapshot:
+    return {p: e for p, e in snap.items() if any(is_within(p, r) for r in roots)}
+
+
+def _is_dir(entry: Entry | None) -> bool:
+    return entry is not None and entry.kind is EntryKind.DIRECTORY
 
 
 def local_is_case_insensitive(root: Path) -> bool:
@@ -156,6 +189,8 @@ async def sync_pair(
     store: StateStore | None = None,
     accept_empty: bool = False,
     now: Callable[[], float] = time.time,
+    local_paths: Iterable[str] | None = None,
+    remote_paths: Iterable[str] | None = None,
 ) -> SyncReport:
     """Sync one pair once.
 
@@ -166,6 +201,13 @@ async def sync_pair(
         client: a running agent on the pair's host (the daemon's); else one is started here.
         store: the state database (default: the user's).
         accept_empty: go on although a root emptied (the user really deleted everything).
+        local_paths, remote_paths: root-relative paths the watchers saw change on each side;
+            when either is given, only those subtrees are scanned (on both sides), reconciled
+            and written to the base (see :func:`dirty_roots`). Both None: a full scan. The sync
+            falls back to a full scan whenever a partial one could be wrong: no base yet, a
+            ``.gitignore`` among the paths or a new rule found, a root that is gone, no folder,
+            or would be empty, an ancestor of a path that is not a folder on both sides, a
+            case-folding local filesystem, or more than :data:`MAX_DIRTY_ROOTS` subtrees.
 
     Raises:
         TetherError: unreachable host (69), refused auth (77), bad host data (65), a full disk.
@@ -181,12 +223,19 @@ async def sync_pair(
                 store=store,
                 accept_empty=accept_empty,
                 now=now,
+                local_paths=local_paths,
+                remote_paths=remote_paths,
             )
+    scope = (
+        None
+        if local_paths is None and remote_paths is None
+        else dirty_roots([*(local_paths or ()), *(remote_paths or ())])
+    )
     own_store = store is None
     store = store or StateStore()
     try:
         return await _Session(config, pair, client, store, progress or Progress()).run(
-            dry_run=dry_run, accept_empty=accept_empty, stamp_now=stamp(now())
+            dry_run=dry_run, accept_empty=accept_empty, stamp_now=stamp(now()), scope=scope
         )
     finally:
         if own_store:
@@ -207,124 +256,207 @@ class _Session:
         self.key = pair_key(config.path, pair.name)
         self.report = SyncReport(pair.name, pair.mode.value)
 
-    async def run(self, *, dry_run: bool, accept_empty: bool, stamp_now: str) -> SyncReport:
+    async def run(
+        self, *, dry_run: bool, accept_empty: bool, stamp_now: str, scope: list[str] | None
+    ) -> SyncReport:
         started = time.monotonic()
         report = self.report
         report.dry_run = dry_run
-        pair, store = self.pair, self.store
-        base = store.load_base(self.key)
-        cache = store.load_digests(self.key)
-        local_side = LocalSide(pair.local, AgentClient.spawn_local)
+        local_side = LocalSide(self.pair.local, AgentClient.spawn_local)
         self.sides = {
             Side.LOCAL: local_side,
-            Side.REMOTE: AgentSide(self.client, pair.remote, "remote"),
+            Side.REMOTE: AgentSide(self.client, self.pair.remote, "remote"),
         }
         try:
-            for round_no in range(1, MAX_ROUNDS + 1):
-                report.rounds = round_no
-                t0 = time.monotonic()
-                self.progress.phase("scan", pair.name)
-                rules = IgnoreRules(extra=pair.ignore)
-                # Start the host's scan with last time's rules while this side scans; if the
-                # .gitignore files changed meanwhile, scan the host again with the new ones.
-                cached = store.load_rules(self.key)
-                last = store.load_remote_scan(self.key, pair.remote)
-                early = (
-                    asyncio.ensure_future(
-                        self.client.scan(
-                            pair.remote,
-                            ignore=[(r, bool(i)) for r, i in cached],
-                            delta=True,
-                            since=last,
-                        )
-                    )
-                    if cached is not None
-                    else None
-                )
-                try:
-                    scanned = await asyncio.to_thread(scan_local, pair.local, rules, cache)
-                finally:
-                    remote_early = await early if early is not None else None
-                wire = [[r, i] for r, i in (scanned.rules or rules).to_wire()]
-                if remote_early is not None and wire == cached:
-                    remote = remote_early
-                else:
-                    if remote_early is not None and remote_early.token:
-                        last = (remote_early.token, remote_early.entries)
-                    remote = await self.client.scan(
-                        pair.remote, ignore=wire, delta=True, since=last
-                    )
-                    store.save_rules(self.key, wire)
-                if remote.token and (last is None or last[0] != remote.token):
-                    store.save_remote_scan(self.key, pair.remote, remote.token, remote.entries)
-                elif not remote.token and last is not None:
-                    store.forget_remote_scan(self.key)
-                report.scan_s += time.monotonic() - t0
-                local = scanned.entries
-                report.local_files, report.remote_files = _files(local), _files(remote.entries)
-                report.hashed_local += scanned.hashed
-                report.hashed_remote += int(remote.stats.get("hashed", 0))
-                if local_is_case_insensitive(pair.local):
-                    clashes = case_collisions(remote.entries)
-                    if clashes:
-                        a, b = clashes[0]
-                        raise BadHostData(
-                            f"the host has {a!r} and {b!r}, which are one name on this machine",
-                            "rename one of them on the host",
-                        )
-                for verdict in (
-                    root_verdict(
-                        "local",
-                        exists=scanned.exists,
-                        is_dir=scanned.is_dir,
-                        snapshot=local,
-                        other=remote.entries,
-                        base=base,
-                    ),
-                    root_verdict(
-                        "remote",
-                        exists=remote.exists,
-                        is_dir=remote.is_dir,
-                        snapshot=remote.entries,
-                        other=local,
-                        base=base,
-                    ),
-                ):
-                    if verdict is None:
-                        continue
-                    status, message = verdict
-                    if status is PairStatus.HALTED_ROOT_EMPTIED and accept_empty:
-                        continue
-                    report.status, report.message = status, message
-                    return report
-                plan = reconcile(base, local, remote.entries, pair.mode, now=stamp_now)
-                if round_no == 1:
-                    report.plan = [a.describe() for a in plan.actions]
-                    report.conflicts = list(plan.conflicts)
-                report.problems = list(plan.problems)
-                if dry_run:
-                    return report
-                if scanned.exists is False and plan.actions:
-                    pair.local.mkdir(parents=True, exist_ok=True)
-                if not remote.exists and plan.actions:
-                    await self.client.probe(pair.remote, create=True)
-                outcome = await self._apply(plan)
-                base = self._save(base, local, remote.entries, plan, outcome, cache, scanned.cache)
-                if outcome.fatal is not None:
-                    raise outcome.fatal
-                report.problems.extend(outcome.problems)
-                if not outcome.changed:
-                    break
-                log.info("%d paths changed during the sync; rescanning", len(outcome.changed))
-                report.problems = [p for p in report.problems if p.path not in outcome.changed]
-                cache = scanned.cache
+            finished: bool | None = None
+            if scope is not None:
+                report.scope = scope
+                finished = True if not scope else await self._incremental(scope, dry_run, stamp_now)
+            if finished is None:
+                report.scope = None
+                finished = await self._full(dry_run, accept_empty, stamp_now)
+            if not finished:
+                return report  # halted, or a dry run
         finally:
             await local_side.close()
             report.total_s = time.monotonic() - started
         if report.conflicts:
             report.status = PairStatus.CONFLICTS
-        self.progress.phase("done", pair.name)
+        self.progress.phase("done", self.pair.name)
         return report
+
+    async def _incremental(self, scope: list[str], dry_run: bool, stamp_now: str) -> bool | None:
+        """Sync only the subtrees in ``scope``: True when done, False to return the report now
+        (a dry run), None when only a full scan can decide safely (nothing was written)."""
+        report, pair, store = self.report, self.pair, self.store
+        if local_is_case_insensitive(pair.local):
+            return None  # a clash may be with a name outside the scope
+        cached = store.load_rules(self.key)
+        total = store.count_syncable(self.key)
+        if cached is None or total == 0:
+            return None  # first sync (or an empty base): the emptied checks need everything
+        wire = [(str(r), bool(i)) for r, i in cached]
+        known = set(wire)
+        rules = IgnoreRules(extra=pair.ignore)
+        for round_no in range(1, MAX_ROUNDS + 1):
+            report.rounds = round_no
+            t0 = time.monotonic()
+            self.progress.phase("scan", pair.name)
+            base = store.load_base_scope(self.key, scope)
+            cache = store.load_digests_scope(self.key, scope)
+            remote_scan = asyncio.ensure_future(
+                self.client.scan(pair.remote, ignore=wire, paths=scope)
+            )
+            try:
+                scanned = await asyncio.to_thread(scan_local, pair.local, rules, cache, paths=scope)
+            finally:
+                remote = await remote_scan
+            report.scan_s += time.monotonic() - t0
+            if not (scanned.exists and scanned.is_dir and remote.exists and remote.is_dir):
+                return None  # a root gone or retyped: the full scan halts with the right status
+            if scanned.rules_seen is not None and not scanned.rules_seen <= known:
+                return None  # a .gitignore the host has not been sent: rescan both with it
+            local, rem = scanned.entries, remote.entries
+            for root in scope:
+                parent = parent_of(root)
+                while parent:
+                    if not _is_dir(local.get(parent)) or not _is_dir(rem.get(parent)):
+                        return None  # a parent deleted or retyped: decide from its own subtree
+                    parent = parent_of(parent)
+
+            outside = total - syncable(_inside(base, scope))
+            if (
+                outside + syncable(_inside(local, scope)) == 0
+                or outside + syncable(_inside(rem, scope)) == 0
+            ):
+                return None  # this would empty a root: let the full scan's safety check judge
+            report.local_files, report.remote_files = _files(local), _files(rem)
+            report.hashed_local += scanned.hashed
+            report.hashed_remote += int(remote.stats.get("hashed", 0))
+            plan = reconcile(base, local, rem, pair.mode, now=stamp_now)
+            if round_no == 1:
+                report.plan = [a.describe() for a in plan.actions]
+                report.conflicts = list(plan.conflicts)
+            report.problems = list(plan.problems)
+            if dry_run:
+                return False
+            outcome = await self._apply(plan)
+            self._save(base, local, rem, plan, outcome, cache, scanned.cache)
+            if outcome.fatal is not None:
+                raise outcome.fatal
+            report.problems.extend(outcome.problems)
+            if not outcome.changed:
+                return True
+            log.info("%d paths changed during the sync; rescanning", len(outcome.changed))
+            report.problems = [p for p in report.problems if p.path not in outcome.changed]
+            wider = dirty_roots([*scope, *outcome.changed])
+            if wider is None:
+                return None
+            scope = report.scope = wider
+        return True
+
+    async def _full(self, dry_run: bool, accept_empty: bool, stamp_now: str) -> bool:
+        """Scan both roots whole; False when the report is to be returned as it is."""
+        report, pair, store = self.report, self.pair, self.store
+        base = store.load_base(self.key)
+        cache = store.load_digests(self.key)
+        for round_no in range(1, MAX_ROUNDS + 1):
+            report.rounds = round_no
+            t0 = time.monotonic()
+            self.progress.phase("scan", pair.name)
+            rules = IgnoreRules(extra=pair.ignore)
+            # Start the host's scan with last time's rules while this side scans; if the
+            # .gitignore files changed meanwhile, scan the host again with the new ones.
+            cached = store.load_rules(self.key)
+            last = store.load_remote_scan(self.key, pair.remote)
+            early = (
+                asyncio.ensure_future(
+                    self.client.scan(
+                        pair.remote,
+                        ignore=[(r, bool(i)) for r, i in cached],
+                        delta=True,
+                        since=last,
+                    )
+                )
+                if cached is not None
+                else None
+            )
+            try:
+                scanned = await asyncio.to_thread(scan_local, pair.local, rules, cache)
+            finally:
+                remote_early = await early if early is not None else None
+            wire = [[r, i] for r, i in (scanned.rules or rules).to_wire()]
+            if remote_early is not None and wire == cached:
+                remote = remote_early
+            else:
+                if remote_early is not None and remote_early.token:
+                    last = (remote_early.token, remote_early.entries)
+                remote = await self.client.scan(pair.remote, ignore=wire, delta=True, since=last)
+                store.save_rules(self.key, wire)
+            if remote.token and (last is None or last[0] != remote.token):
+                store.save_remote_scan(self.key, pair.remote, remote.token, remote.entries)
+            elif not remote.token and last is not None:
+                store.forget_remote_scan(self.key)
+            report.scan_s += time.monotonic() - t0
+            local = scanned.entries
+            report.local_files, report.remote_files = _files(local), _files(remote.entries)
+            report.hashed_local += scanned.hashed
+            report.hashed_remote += int(remote.stats.get("hashed", 0))
+            if local_is_case_insensitive(pair.local):
+                clashes = case_collisions(remote.entries)
+                if clashes:
+                    a, b = clashes[0]
+                    raise BadHostData(
+                        f"the host has {a!r} and {b!r}, which are one name on this machine",
+                        "rename one of them on the host",
+                    )
+            for verdict in (
+                root_verdict(
+                    "local",
+                    exists=scanned.exists,
+                    is_dir=scanned.is_dir,
+                    snapshot=local,
+                    other=remote.entries,
+                    base=base,
+                ),
+                root_verdict(
+                    "remote",
+                    exists=remote.exists,
+                    is_dir=remote.is_dir,
+                    snapshot=remote.entries,
+                    other=local,
+                    base=base,
+                ),
+            ):
+                if verdict is None:
+                    continue
+                status, message = verdict
+                if status is PairStatus.HALTED_ROOT_EMPTIED and accept_empty:
+                    continue
+                report.status, report.message = status, message
+                return False
+            plan = reconcile(base, local, remote.entries, pair.mode, now=stamp_now)
+            if round_no == 1:
+                report.plan = [a.describe() for a in plan.actions]
+                report.conflicts = list(plan.conflicts)
+            report.problems = list(plan.problems)
+            if dry_run:
+                return False
+            if scanned.exists is False and plan.actions:
+                pair.local.mkdir(parents=True, exist_ok=True)
+            if not remote.exists and plan.actions:
+                await self.client.probe(pair.remote, create=True)
+            outcome = await self._apply(plan)
+            base = self._save(base, local, remote.entries, plan, outcome, cache, scanned.cache)
+            if outcome.fatal is not None:
+                raise outcome.fatal
+            report.problems.extend(outcome.problems)
+            if not outcome.changed:
+                break
+            log.info("%d paths changed during the sync; rescanning", len(outcome.changed))
+            report.problems = [p for p in report.problems if p.path not in outcome.changed]
+            cache = scanned.cache
+        return True
 
     async def _apply(self, plan: Plan) -> Outcome:
         report = self.report
@@ -361,7 +493,7 @@ class _Session:
                 entry.check_valid(path)
             except InvalidEntry as exc:
                 raise RemoteError(f"refusing to save an invalid base: {exc}") from None
-        self.store.save_base(self.key, base, new)
+        self.report.base_moved.extend(self.store.save_base(self.key, base, new))
         self.store.save_digests(self.key, old_cache, cache)
         landed = {a.path for a in outcome.done}
         records = [

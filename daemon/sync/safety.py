@@ -31,7 +31,8 @@ class PairStatus(str, Enum):
     """The sync stopped on an error (link cut, disk full); the base is unchanged."""
 
 
-def _syncable(snap: Snapshot) -> int:
+def syncable(snap: Snapshot) -> int:
+    """How many files, folders and links ``snap`` holds."""
     return sum(
         1
         for e in snap.values()
@@ -60,7 +61,7 @@ def root_verdict(
         )
     if not is_dir:
         return PairStatus.HALTED_ROOT_TYPE_CHANGED, f"the {side} root is no longer a folder"
-    if _syncable(snapshot) == 0 and _syncable(other) > 0 and _syncable(base) > 0:
+    if syncable(snapshot) == 0 and syncable(other) > 0 and syncable(base) > 0:
         return (
             PairStatus.HALTED_ROOT_EMPTIED,
             f"the {side} root is empty but the last sync saw {len(base)} paths there",

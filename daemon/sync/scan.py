@@ -48,6 +48,9 @@ class LocalScan:
     hashed: int = 0
     """Files actually read this time (the rest came from the cache)."""
     hashed_bytes: int = 0
+    rules_seen: set[tuple[str, bool]] | None = None
+    """Partial scans: every ignore rule in force somewhere in the scanned subtrees (the root's and
+    ancestors' ``.gitignore`` included), to check against the rules the host was last sent."""
 
 
 def hash_file(path: str) -> str:
@@ -71,7 +74,9 @@ def scan_local(
         root: the pair's local folder.
         rules: the defaults and the pair's rules; ``.gitignore`` files found are added.
         cache: the digest cache from the previous scan.
-        paths: rescan only these subtrees (root-relative); entries elsewhere are not returned.
+        paths: rescan only these subtrees (root-relative); entries elsewhere are not returned,
+            except their ancestor folders (so every entry's parent is listed, as the agent does).
+            The ``.gitignore`` files of the root and those ancestors apply, as in a full walk.
     """
     cache = cache or {}
     try:
@@ -153,23 +158,60 @@ def scan_local(
     if paths is None:
         rules = visit("", rules)
     else:
+        seen_wire = set(rules.to_wire())
+        folder_rules: dict[str, IgnoreRules] = {}
+
+        def rules_at(folder: str) -> IgnoreRules:
+            """The rules in force inside ``folder``: the root's and every ancestor's
+            ``.gitignore`` applied, as the full walk would have by the time it got there."""
+            got = folder_rules.get(folder)
+            if got is None:
+                outer = rules if not folder else rules_at(folder.rpartition("/")[0])
+                got = outer
+                try:
+                    name = os.path.join(top, folder, GITIGNORE) if folder else None
+                    with open(name or os.path.join(top, GITIGNORE), encoding="utf-8",
+                              errors="replace") as fh:  # fmt: skip
+                        got = outer.with_gitignore(folder, fh.read())
+                except OSError:
+                    pass
+                folder_rules[folder] = got
+            return got
+
         for sub in sorted(set(paths)):
-            full = os.path.join(top, sub)
-            try:
-                st = os.lstat(full)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                entries[sub] = Entry(EntryKind.PROBLEM, problem=_reason(exc))
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                if not rules(sub, True):
-                    entries[sub] = Entry(
+            parts = sub.split("/")
+            for i in range(1, len(parts) + 1):
+                here = "/".join(parts[:i])
+                full = os.path.join(top, here)
+                here_rules = rules_at("/".join(parts[: i - 1]))
+                if TEMP_RE.match(parts[i - 1]):
+                    break
+                try:
+                    st = os.lstat(full)
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    entries[here] = Entry(EntryKind.PROBLEM, problem=_reason(exc))
+                    break
+                is_dir = stat.S_ISDIR(st.st_mode)
+                if here_rules(here, is_dir):
+                    break
+                if i < len(parts):  # an ancestor of the subtree: listed, so every parent is
+                    if not is_dir:
+                        break
+                    entries.setdefault(
+                        here, Entry(EntryKind.DIRECTORY, 0, st.st_mtime_ns, st.st_mode & 0o7777)
+                    )
+                    continue
+                if is_dir:
+                    entries[here] = Entry(
                         EntryKind.DIRECTORY, 0, st.st_mtime_ns, st.st_mode & 0o7777
                     )
-                    visit(sub, rules)
-            elif not rules(sub, False):
-                classify(sub, full, st)
+                    seen_wire.update(visit(here, here_rules).to_wire())
+                else:
+                    classify(here, full, st)
+        for got in folder_rules.values():
+            seen_wire.update(got.to_wire())
     hashed_bytes = 0
 
     def digest(item: tuple[str, os.stat_result]) -> tuple[str, os.stat_result, str | OSError]:
@@ -199,7 +241,16 @@ def scan_local(
         for path, row in cache.items():
             if not any(path == p or path.startswith(p + "/") for p in paths):
                 new_cache.setdefault(path, row)
-    return LocalScan(True, True, entries, rules, new_cache, len(to_hash), hashed_bytes)
+    return LocalScan(
+        True,
+        True,
+        entries,
+        rules,
+        new_cache,
+        len(to_hash),
+        hashed_bytes,
+        seen_wire if paths is not None else None,
+    )
 
 
 def _reason(exc: OSError) -> str:

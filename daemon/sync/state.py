@@ -12,10 +12,11 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .entry import Entry, EntryKind, Snapshot
 
@@ -122,8 +123,53 @@ class StateStore:
             for path, kind, size, mtime_ns, mode, digest, target in rows
         }
 
-    def save_base(self, pair: str, old: Snapshot, new: Snapshot, *, status: str = "ok") -> None:
-        """Write ``new`` as the pair's base, touching only the rows that differ from ``old``."""
+    def load_base_scope(self, pair: str, roots: Iterable[str]) -> Snapshot:
+        """The part of the base an incremental sync of ``roots`` needs: every row at or below a
+        root, and the roots' ancestors (so the snapshot is a tree)."""
+        kinds = {k.value: k for k in EntryKind}
+        out: Snapshot = {}
+        for path, kind, size, mtime_ns, mode, digest, target in self._scoped(
+            "SELECT path, kind, size, mtime_ns, mode, digest, target FROM base", pair, roots, True
+        ):
+            out[path] = Entry(kinds[kind], size, mtime_ns, mode, digest, target)
+        return out
+
+    def count_syncable(self, pair: str, roots: Iterable[str] = ()) -> int:
+        """Files, folders and links in the base (only at or below ``roots`` when given)."""
+        query = "SELECT count(*) FROM base WHERE pair = ? AND kind IN ('file', 'dir', 'symlink')"
+        roots = list(roots)
+        if not roots:
+            return int(self.db.execute(query, (pair,)).fetchone()[0])
+        return sum(
+            int(
+                self.db.execute(
+                    query + " AND (path = ? OR (path >= ? AND path < ?))",
+                    (pair, r, r + "/", r + "0"),
+                ).fetchone()[0]
+            )
+            for r in roots
+        )
+
+    def _scoped(
+        self, select: str, pair: str, roots: Iterable[str], ancestors: bool
+    ) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``select`` for ``pair`` whose path is a root or below one ('/' + 1 is '0',
+        so ``path >= 'r/' AND path < 'r0'`` is exactly the subtree, with any characters in r)."""
+        where = " WHERE pair = ? AND (path = ? OR (path >= ? AND path < ?))"
+        wanted: set[str] = set()
+        for root in roots:
+            yield from self.db.execute(select + where, (pair, root, root + "/", root + "0"))
+            if ancestors:
+                parts = root.split("/")
+                wanted.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        for path in sorted(wanted):
+            yield from self.db.execute(select + " WHERE pair = ? AND path = ?", (pair, path))
+
+    def save_base(
+        self, pair: str, old: Snapshot, new: Snapshot, *, status: str = "ok"
+    ) -> list[str]:
+        """Write ``new`` as the pair's base, touching only the rows that differ from ``old``
+        (rows of paths in neither stay as they are). Returns the paths whose base moved."""
         gone = [(pair, p) for p in old.keys() - new.keys()]
         changed = [
             (pair, p, e.kind.value, e.size, e.mtime_ns, e.mode, e.digest, e.target)
@@ -134,6 +180,7 @@ class StateStore:
             db.executemany("DELETE FROM base WHERE pair = ? AND path = ?", gone)
             db.executemany("INSERT OR REPLACE INTO base VALUES (?, ?, ?, ?, ?, ?, ?, ?)", changed)
             db.execute("INSERT OR REPLACE INTO pairs VALUES (?, ?, ?)", (pair, time.time(), status))
+        return [p for _, p in gone] + [row[1] for row in changed]
 
     def forget_pair(self, pair: str) -> None:
         with self.transaction() as db:
@@ -188,6 +235,15 @@ class StateStore:
     def load_digests(self, pair: str) -> dict[str, tuple[int, int, int, str]]:
         rows = self.db.execute(
             "SELECT path, size, mtime_ns, ino, digest FROM digests WHERE pair = ?", (pair,)
+        )
+        return {path: (size, mtime, ino, digest) for path, size, mtime, ino, digest in rows}
+
+    def load_digests_scope(
+        self, pair: str, roots: Iterable[str]
+    ) -> dict[str, tuple[int, int, int, str]]:
+        """The digest cache rows at or below ``roots``."""
+        rows = self._scoped(
+            "SELECT path, size, mtime_ns, ino, digest FROM digests", pair, roots, False
         )
         return {path: (size, mtime, ino, digest) for path, size, mtime, ino, digest in rows}
 
