@@ -12,6 +12,7 @@ DELETE /v1/projects     ``{"config_path"}``                         ``api.unregi
 POST   /v1/pause        ``{"project"?, "pair"?}``                   ``api.pause(...)``
 POST   /v1/resume       ``{"project"?, "pair"?}``                   ``api.resume(...)``
 POST   /v1/flush        ``{"project"?, "timeout_s"?}``              ``api.flush(...)``
+POST   /v1/sync         ``{"project", "pairs"?, "timeout_s"?}``     ``api.sync(...)``
 GET    /v1/runs         ``?project=&limit=``                        ``api.runs(...)``
 GET    /v1/logs         ``?limit=``                                 ``{"events": [...]}``
 GET    /v1/events                                                   NDJSON, one event per line
@@ -102,6 +103,9 @@ class DaemonAPI(Protocol):
     async def flush(self, project: str | None, timeout_s: float) -> dict[str, Any]:
         """May raise a TetherError (e.g. HostUnreachable → exit 69 at the CLI)."""
         ...
+
+    async def sync(self, project: str, pairs: list[str] | None, timeout_s: float) -> dict[str, Any]:
+        """Flush ``pairs`` of ``project`` now; ``{"registered", "pairs": [SyncReport JSON]}``."""
 
     async def runs(self, project: str | None, limit: int) -> dict[str, Any]: ...
 
@@ -463,6 +467,7 @@ class ControlServer:
         app.router.add_post("/v1/pause", self._pause)
         app.router.add_post("/v1/resume", self._resume)
         app.router.add_post("/v1/flush", self._flush)
+        app.router.add_post("/v1/sync", self._sync)
         app.router.add_get("/v1/runs", self._runs)
         app.router.add_get("/v1/logs", self._logs)
         app.router.add_get("/v1/events", self._events)
@@ -520,6 +525,18 @@ class ControlServer:
         body = await _body(request)
         timeout_s = _number(body.get("timeout_s"), "timeout_s", 60.0)
         return _json_response(await self.api.flush(_opt_str(body, "project"), timeout_s))
+
+    async def _sync(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        timeout_s = _number(body.get("timeout_s"), "timeout_s", 60.0)
+        pairs = body.get("pairs")
+        if pairs is not None and (
+            not isinstance(pairs, list) or not all(isinstance(p, str) for p in pairs)
+        ):
+            raise UsageError("pairs must be a list of pair names")
+        return _json_response(
+            await self.api.sync(_req_str(body, "project"), pairs or None, timeout_s)
+        )
 
     async def _runs(self, request: web.Request) -> web.Response:
         project = request.query.get("project") or None
@@ -718,6 +735,18 @@ class ControlClient:
             "POST",
             "/v1/flush",
             {"project": project, "timeout_s": timeout_s},
+            timeout_s=timeout_s + 10,
+        )
+
+    async def sync(
+        self, project: str | Path, pairs: list[str] | None = None, timeout_s: float = 60.0
+    ) -> dict[str, Any]:
+        """Sync pairs of a registered project now (see :meth:`DaemonAPI.sync`)."""
+        path = os.fspath(Path(project).expanduser().absolute())
+        return await self.request(
+            "POST",
+            "/v1/sync",
+            {"project": path, "pairs": pairs, "timeout_s": timeout_s},
             timeout_s=timeout_s + 10,
         )
 

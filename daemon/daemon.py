@@ -323,6 +323,17 @@ class Daemon:
             "seconds": round(time.monotonic() - started, 4),
         }
 
+    async def sync(self, project: str, pairs: list[str] | None, timeout_s: float) -> dict[str, Any]:
+        """`tether sync` through the daemon: flush these pairs (all: None) and report what
+        landed. ``{"registered": false}`` when the project or a pair is not known here (the
+        CLI then syncs on its own)."""
+        found = self.projects.get(self._resolve(project))
+        if found is None or any(name not in found.sessions for name in pairs or ()):
+            return {"registered": False}
+        sessions = [found.sessions[name] for name in pairs] if pairs else found.sessions.values()
+        reports = await asyncio.gather(*(s.sync_now(timeout_s) for s in sessions))
+        return {"registered": True, "pairs": [r.to_json() for r in reports]}
+
     async def runs(self, project: str | None, limit: int) -> dict[str, Any]:
         with RunHistory() as history:
             records = history.recent(limit, self._resolve(project) if project else None)

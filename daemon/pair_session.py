@@ -1,7 +1,12 @@
 """Live sync of one pair: watch both sides, sync what changed, over whatever link is up.
 
 A session marks the pair dirty when the local watcher (watchdog) or the host's agent (inotify
-there) reports a change, then runs the sync engine once for the whole burst. While the link is
+there) reports a change, then runs the sync engine once for the whole burst, on just the paths
+reported (an incremental sync: both sides rescan only those subtrees). A full sync (both roots
+scanned whole) runs first, after every (re)start of the host's watch (a reconnect: what changed
+during the outage was not reported), when a watcher lost track (the host's ``rescan``, the local
+root itself reported), on resume, and every :data:`FULL_EVERY_S` as a safety net; the engine
+itself falls back to a full scan whenever a partial one could decide wrongly. While the link is
 down it waits; when the link comes back it syncs in full, so edits made during the outage land
 then, with nothing lost. A sync that halts (a root emptied or deleted) stops the session until
 the user resumes it. Files tether itself just wrote come back from the watchers as an echo; the
@@ -11,25 +16,36 @@ engine finds nothing to do for them, and they do not count as landed for trigger
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import os
+import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any
 
-from .config import Config, PairConfig
+from .config import Config, PairConfig, PairMode
 from .errors import HostUnreachable, TetherError
 from .link import Link
 from .sync.engine import SyncReport, sync_pair
 from .sync.entry import Snapshot
 from .sync.ignore import IgnoreRules
-from .sync.state import StateStore, pair_key
+from .sync.safety import PairStatus
+from .sync.state import StateStore
 from .watch import LocalWatcher
 
 log = logging.getLogger(__name__)
 
 OnLanded = Callable[[PairConfig, list[str]], Awaitable[None]]
+
+FULL_EVERY_S = 600.0
+"""A full sync at least this often while changes flow (a watcher may drop events silently)."""
+BARRIER_RE = re.compile(r"^\.flush\.tether-([0-9a-f]{8})\.tmp$")
+"""The flush barrier file (a staged-file name: no scanner ever lists it, it is never synced)."""
+BARRIER_TIMEOUT_S = 2.0
 
 
 class SessionState(str, Enum):
@@ -70,11 +86,14 @@ class PairSession:
         self.last_sync: float | None = None
         self.last_report: SyncReport | None = None
         self.syncs = 0
+        self._reports: collections.deque[tuple[int, SyncReport]] = collections.deque(maxlen=64)
         self._local_dirty: set[str] = set()
         self._remote_dirty = False
         self._remote_paths: set[str] = set()
         """Paths the host reported changing since the last cycle: they came *from* the host."""
         self._full_needed = True
+        self._last_full = 0.0
+        self._barriers: dict[str, asyncio.Future[None]] = {}
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._resumed = asyncio.Event()
@@ -119,11 +138,20 @@ class PairSession:
         it cannot (host down, pair paused or halted).
 
         A watcher may not have reported a save made a millisecond ago, so flush does not trust
-        the dirty set alone: it asks for one more sync cycle, which rescans (cheaply, through
-        the digest caches) and returns when that cycle and everything after it is done.
+        the dirty set alone. With inotify (which delivers events in order) it writes a barrier
+        file in the root and waits for the watcher to report it: every save made before flush
+        was called has then been reported too, and the next incremental cycle covers it. On any
+        other backend, or in a mode where the host's changes flow too (its watch stream has no
+        such barrier), flush asks for one full cycle, which rescans (cheaply, through the
+        digest caches). Either way it returns when that cycle and everything after it is done.
         """
         deadline = time.monotonic() + timeout_s
-        self._full_needed = True
+        if not (
+            self.watch_mode == "inotify"
+            and self.pair.mode is PairMode.PUSH
+            and await self._local_barrier(min(BARRIER_TIMEOUT_S, timeout_s))
+        ):
+            self._full_needed = True
         self._idle.clear()
         self._wake.set()
         while True:
@@ -142,6 +170,45 @@ class PairSession:
             self._idle.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), min(left, 0.5))
+
+    async def sync_now(self, timeout_s: float) -> SyncReport:
+        """Flush, then one report for every cycle that ran meanwhile (`tether sync` through the
+        daemon): counts summed, the last cycle's status and problems."""
+        started = time.monotonic()
+        mark = self.syncs
+        await self.flush(timeout_s)
+        return merge_reports(
+            self.pair, [r for n, r in self._reports if n > mark], time.monotonic() - started
+        )
+
+    async def _local_barrier(self, timeout_s: float) -> bool:
+        """Write a barrier file in the local root and wait until the watcher has reported it
+        and handed over everything reported before it. False if it did not come in time."""
+        loop = asyncio.get_running_loop()
+        token = secrets.token_hex(4)
+        path = self.pair.local / f".flush.tether-{token}.tmp"
+        arrived = self._barriers[token] = loop.create_future()
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.close(fd)
+            await asyncio.wait_for(arrived, timeout_s)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        finally:
+            self._barriers.pop(token, None)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        # The events before the barrier are in the watcher's pending batch, which goes out
+        # after at most coalesce_ms (a timer on this loop, due before ours): let it reach us.
+        await asyncio.sleep(self.coalesce_ms / 1000 + 0.002)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return True
+
+    def _barrier_seen(self, token: str) -> None:
+        arrived = self._barriers.get(token)
+        if arrived is not None and not arrived.done():
+            arrived.set_result(None)
 
     async def _wait_for_link(self, deadline: float) -> None:
         """Give a link that is not up one connect timeout to come (it may be mid-handshake or
@@ -178,8 +245,17 @@ class PairSession:
     async def _watch_local(self) -> None:
         self.pair.local.mkdir(parents=True, exist_ok=True)
         rules = _rules(self.pair)
+        loop = asyncio.get_running_loop()
+
+        def ignore(path: str, is_dir: bool) -> bool:  # runs on the observer's thread
+            barrier = BARRIER_RE.match(path)
+            if barrier is not None:
+                loop.call_soon_threadsafe(self._barrier_seen, barrier.group(1))
+                return True
+            return rules(path, is_dir)
+
         async with LocalWatcher(
-            self.pair.local, ignore=rules, coalesce_ms=self.coalesce_ms
+            self.pair.local, ignore=ignore, coalesce_ms=self.coalesce_ms
         ) as watcher:
             self.watch_mode = watcher.mode
             for warning in watcher.warnings:
@@ -194,7 +270,13 @@ class PairSession:
             try:
                 agent = await self.link.wait_agent()
                 await agent.probe(self.pair.remote, create=True)
+                # What changed on the host before this watch started was never reported (a
+                # reconnect, a restarted watch): the next cycle is a full one.
+                self._full_needed = True
+                self._wake.set()
                 async for batch in agent.watch(self.pair.remote, _rules(self.pair).to_wire()):
+                    if batch.rescan:
+                        self._full_needed = True
                     if batch.paths or batch.rescan:
                         self._remote_paths.update(batch.paths)
                         self._remote_dirty = True
@@ -239,12 +321,18 @@ class PairSession:
         self.state = SessionState.SYNCING
         dirty, self._local_dirty = self._local_dirty, set()
         from_host, self._remote_paths = self._remote_paths, set()
+        full = self._full_needed or time.monotonic() - self._last_full > FULL_EVERY_S
         self._remote_dirty = self._full_needed = False
-        key = pair_key(self.config.path, self.pair.name)
-        before = store.load_base(key) if self._on_landed else {}  # the witness for triggers
         started = time.monotonic()
         try:
-            report = await sync_pair(self.config, self.pair, client=agent, store=store)
+            report = await sync_pair(
+                self.config,
+                self.pair,
+                client=agent,
+                store=store,
+                local_paths=None if full else dirty,
+                remote_paths=None if full else from_host,
+            )
         except HostUnreachable:
             self._local_dirty |= dirty
             self._remote_paths |= from_host
@@ -257,6 +345,9 @@ class PairSession:
             self._event("halted", self.message)
             return
         self.last_report, self.last_sync, self.syncs = report, time.time(), self.syncs + 1
+        self._reports.append((self.syncs, report))
+        if report.scope is None:
+            self._last_full = started
         if report.halted:
             self.state, self.message = SessionState.HALTED, report.message
             self._event("halted", report.message)
@@ -274,7 +365,8 @@ class PairSession:
         for problem in report.problems:
             self._event("problem", f"{problem.path}: {problem.message}")
         if self._on_landed:
-            landed = landed_on_host(before, store.load_base(key), from_host)
+            # The base is the witness: what moved in it is what this cycle settled.
+            landed = sorted(set(report.base_moved) - from_host)
             if landed:
                 await self._on_landed(self.pair, landed)
 
@@ -290,6 +382,34 @@ def _rules(pair: PairConfig) -> IgnoreRules:
     gitignore = pair.local / ".gitignore"
     text = gitignore.read_text(errors="replace") if gitignore.is_file() else ""
     return IgnoreRules(extra=pair.ignore, gitignores=[("", text)] if text else [])
+
+
+def merge_reports(pair: PairConfig, reports: list[SyncReport], seconds: float) -> SyncReport:
+    """Several cycles' reports as one (none: nothing was pending, an empty OK report)."""
+    merged = SyncReport(pair.name, pair.mode.value, scope=[])
+    for report in reports:
+        merged.plan += report.plan
+        merged.copied += report.copied
+        merged.deleted += report.deleted
+        merged.bytes += report.bytes
+        merged.conflicts += report.conflicts
+        merged.hashed_local += report.hashed_local
+        merged.hashed_remote += report.hashed_remote
+        merged.rounds += report.rounds
+        merged.scan_s += report.scan_s
+        merged.transfer_s += report.transfer_s
+        if report.scope is None or merged.scope is None:
+            merged.scope = None
+        else:
+            merged.scope = sorted({*merged.scope, *report.scope})
+    if reports:
+        last = reports[-1]
+        merged.status, merged.message, merged.problems = last.status, last.message, last.problems
+        merged.local_files, merged.remote_files = last.local_files, last.remote_files
+    if merged.conflicts and not merged.halted:
+        merged.status = PairStatus.CONFLICTS
+    merged.total_s = seconds
+    return merged
 
 
 def landed_on_host(before: Snapshot, after: Snapshot, from_host: set[str]) -> list[str]:

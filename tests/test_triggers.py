@@ -151,7 +151,7 @@ def test_fetches_results_after_the_run(sshd: SshServer, tmp_path: Path) -> None:
     )
 
     async def body() -> None:
-        async with running_daemon() as (daemon, client):
+        async with running_daemon() as (_daemon, client):
             config = await setup(client, local)
             (local / "src" / "a.py").write_text("measured 42")
             await client.flush(config, 30)

@@ -1,15 +1,31 @@
-"""`tether sync [PAIR...] [--dry-run] [--json]`: one two-way (or push/pull/mirror) sync, now."""
+"""`tether sync [PAIR...] [--dry-run] [--json]`: one two-way (or push/pull/mirror) sync, now.
+
+When the user daemon runs and has this project registered, the sync is the daemon's: it already
+holds the link, the agent and the watchers' dirty paths, so it flushes the pairs (an incremental
+sync of what changed) and answers with their reports. ``--dry-run``, ``--accept-empty``, a project
+the daemon does not know, or no daemon at all: the CLI connects and syncs on its own (one shot).
+The daemon is reached with a few lines of stdlib HTTP over its Unix socket, so this path imports
+neither aiohttp nor asyncssh.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import http.client
+import json
+import socket
 import sys
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..cli import config_of
-from ..console import console, print_json
-from ..sync.engine import Progress, SyncReport, sync_pair
+
+if TYPE_CHECKING:
+    from ..config import Config, PairConfig
+    from ..sync.engine import Progress, SyncReport
+
+DAEMON_TIMEOUT_S = 600.0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,8 +49,67 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-class _PlainProgress(Progress):
-    """Plain lines (not a terminal): a line per phase and one every ~2 s while transferring."""
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self.unix_path))
+        self.sock = sock
+
+
+def _via_daemon(config: Config, names: list[str]) -> list[dict[str, Any]] | None:
+    """The daemon's reports for these pairs, or None when the CLI must sync on its own."""
+    from ..dirs import runtime_dir
+
+    try:
+        path = runtime_dir() / "control.sock"
+    except Exception:  # no usable runtime folder: no daemon either
+        return None
+    if not path.exists():
+        return None
+    body = {
+        "project": str(Path(config.path).resolve()),
+        "pairs": names or None,
+        "timeout_s": DAEMON_TIMEOUT_S,
+    }
+    conn = _UnixHTTP(path, DAEMON_TIMEOUT_S + 10)
+    try:
+        conn.request("POST", "/v1/sync", json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        status, raw = response.status, response.read()
+    except OSError:  # nobody answers on the socket: a stale one, no daemon
+        return None
+    finally:
+        conn.close()
+    try:
+        data = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    if status >= 400:
+        error = data.get("error") if isinstance(data, dict) else None
+        if (
+            status in (400, 404)
+            and isinstance(error, dict)
+            and "route" in str(error.get("message"))
+        ):
+            return None  # an older daemon without /v1/sync
+        from ..control import error_from_body
+
+        raise error_from_body(data, status)
+    if not isinstance(data, dict) or not data.get("registered"):
+        return None
+    return list(data["pairs"])
+
+
+class _PlainProgress:
+    """Plain lines (not a terminal): a line per phase and one every ~2 s while transferring.
+
+    Both progress classes implement :class:`daemon.sync.engine.Progress` by shape (subclassing
+    it would import the engine, and asyncssh with it, on every `tether` start)."""
 
     def __init__(self) -> None:
         self.last = 0.0
@@ -65,7 +140,7 @@ class _PlainProgress(Progress):
             )
 
 
-class _RichProgress(Progress):
+class _RichProgress:
     """A rich progress bar on a terminal: files, bytes, rate, ETA."""
 
     def __init__(self) -> None:
@@ -77,6 +152,8 @@ class _RichProgress(Progress):
             TransferSpeedColumn,
         )
         from rich.progress import Progress as Bar
+
+        from ..console import console
 
         self.bar = Bar(
             TextColumn("{task.description}"),
@@ -113,7 +190,29 @@ class _RichProgress(Progress):
             self.bar.stop()
 
 
+def _print_json_report(report: dict[str, Any]) -> None:
+    """A report the daemon sent (its JSON form), printed like a one-shot one."""
+    from ..console import console
+
+    out = console()
+    name = f"{report['pair']} ({report['mode']})"
+    if str(report["status"]).startswith("halted"):
+        out.print(f"[bold red]HALTED[/] {name}: {report['message']}")
+        return
+    out.print(
+        f"{name}: {report['copied']} copied ({_size(report['bytes'])}), "
+        f"{report['deleted']} deleted, {report['seconds']['total']:.2f} s (through the daemon)"
+    )
+    for c in report["conflicts"]:
+        kept = f", other version kept as {c['copy']}" if c["copy"] else ""
+        out.print(f"  [yellow]conflict[/] {c['path']}: {c['winner']} version kept{kept}")
+    for p in report["problems"]:
+        out.print(f"  [red]problem[/] {p['path']}: {p['message']}")
+
+
 def _print_report(report: SyncReport) -> None:
+    from ..console import console
+
     out = console()
     name = f"{report.pair} ({report.mode})"
     if report.halted:
@@ -141,10 +240,28 @@ def run(args: argparse.Namespace) -> int:
     pairs = [config.pair(name) for name in args.pairs] or list(config.pairs.values())
     if not pairs:
         config.pair(None)  # raises the "no pairs configured" ConfigError
+    if not args.dry_run and not args.accept_empty:
+        answered = _via_daemon(config, [p.name for p in pairs] if args.pairs else [])
+        if answered is not None:
+            if args.json:
+                print(json.dumps({"pairs": answered}, indent=2))
+            else:
+                for answer in answered:
+                    _print_json_report(answer)
+            return 1 if any(str(r["status"]).startswith("halted") for r in answered) else 0
+    return _one_shot(args, config, pairs)
+
+
+def _one_shot(args: argparse.Namespace, config: Config, pairs: list[PairConfig]) -> int:
+    import asyncio
+
+    from ..console import print_json
+    from ..sync.engine import Progress, sync_pair
+
     reports: list[SyncReport] = []
     tty = sys.stderr.isatty() and not args.json
     for pair in pairs:
-        progress: Progress = _RichProgress() if tty else _PlainProgress()
+        progress: Progress = _RichProgress() if tty else _PlainProgress()  # type: ignore[assignment]
         if args.json:
             progress = Progress()
         try:
