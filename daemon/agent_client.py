@@ -80,6 +80,10 @@ os.execv(sys.executable, [sys.executable, "-u", path])
 when it differs, then become the agent. One exec channel, whatever happens."""
 
 
+class NoUsablePython(RemoteError):
+    """The host has no python3 >= 3.8 to run the agent (sync can fall back to SFTP)."""
+
+
 class RemoteOpError(RemoteError):
     """An agent operation failed on the host; ``type`` is the agent's error type."""
 
@@ -337,7 +341,7 @@ class AgentClient:
         if line.startswith(b"TETHER-RUN /"):
             return uploaded, line[len(b"TETHER-RUN ") :].decode("utf-8", "replace").rstrip("\n")
         if line.startswith(b"TETHER-OLD"):
-            raise RemoteError(
+            raise NoUsablePython(
                 f"`{python}` on the host is Python {_text(line[11:]).strip()}; tether's agent "
                 "needs 3.8 or newer",
                 "install a newer python3 on the host or set `python` for this host",
@@ -347,7 +351,7 @@ class AgentClient:
             stderr = await asyncio.wait_for(process.stderr.read(2000), 2.0)
         status = process.exit_status
         if status == 127 or b"not found" in stderr or b"No such file" in stderr:
-            raise RemoteError(
+            raise NoUsablePython(
                 f"the host has no `{python}` to run tether's agent: {_text(stderr).strip()}",
                 "install python3 (>= 3.8) on the host, or set `python` for this host",
             )

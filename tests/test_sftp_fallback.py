@@ -87,3 +87,31 @@ def test_unsafe_name_on_host_is_refused(project: Path, tmp_path: Path) -> None:
     with pytest.raises(BadHostData):
         sync_over_sftp(project / "tether.toml")
     assert [p.name for p in project.iterdir()] == ["tether.toml"]  # nothing written
+
+
+def test_tether_sync_falls_back_to_sftp_with_a_warning(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
+    local = tmp_path / "proj"
+    local.mkdir()
+    (local / "tether.toml").write_text(
+        sshd.toml_host("gpu")
+        + 'python = "/nonexistent/python3"\n'
+        + f'[pairs.code]\nhost = "gpu"\nremote = "{tmp_path}/remote"\n'
+    )
+    (local / "kernel.py").write_text("k = 1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "sync"],
+        cwd=local,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ.copy(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "syncing over SFTP instead" in result.stderr
+    assert (tmp_path / "remote" / "kernel.py").read_text() == "k = 1\n"

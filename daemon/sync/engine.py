@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..agent_client import AgentClient
+from ..agent_client import AgentClient, NoUsablePython
 from ..config import Config, PairConfig
 from ..errors import BadHostData, RemoteError
 from ..ssh import open_connection
@@ -30,6 +30,7 @@ from .paths import case_collisions, is_within, parent_of
 from .reconcile import ActionKind, Conflict, Plan, Problem, Side, next_base, reconcile
 from .safety import PairStatus, root_verdict, syncable
 from .scan import scan_local
+from .sftp_endpoint import SftpEndpoint
 from .sides import AgentSide, LocalSide
 from .state import ConflictRecord, StateStore, pair_key
 
@@ -168,11 +169,25 @@ def local_is_case_insensitive(root: Path) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def remote_agent(config: Config, pair: PairConfig) -> AsyncIterator[AgentClient]:
-    """Connect to the pair's host and start its agent; close both on exit."""
+async def remote_agent(
+    config: Config, pair: PairConfig, *, on_warning: Callable[[str], None] | None = None
+) -> AsyncIterator[AgentClient | SftpEndpoint]:
+    """Connect to the pair's host and start its agent; close both on exit.
+
+    A host without a usable python3 gets the SFTP endpoint instead (slower: it hashes every
+    file on each scan), with a warning that says so.
+    """
     host = config.host(pair.host)
     async with open_connection(host, encryption_algs=list(FAST_CIPHERS)) as conn:
-        client = await AgentClient.start(conn, python=host.python)
+        client: AgentClient | SftpEndpoint
+        try:
+            client = await AgentClient.start(conn, python=host.python)
+        except NoUsablePython as exc:
+            warning = f"{exc.message}; syncing over SFTP instead (slower: no digest cache there)"
+            log.warning("%s", warning)
+            if on_warning is not None:
+                on_warning(warning)
+            client = await SftpEndpoint.start(conn)
         try:
             yield client
         finally:
