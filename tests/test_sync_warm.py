@@ -1,0 +1,163 @@
+"""`tether sync` through a running daemon (the warm path) and on its own (one shot), and flush's
+barrier: in push mode with inotify a save made just before flush lands in an incremental cycle;
+with a polling watcher flush falls back to a full one. Real sshd, in-process daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.daemon import Daemon
+from tests.sshd import SshServer
+from tests.test_daemon import running_daemon, text, write_project
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
+    runtime = tmp_path / "rt"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("TETHER_RUNTIME_DIR", str(runtime))
+    monkeypatch.delenv("TETHER_FORCE_POLLING", raising=False)
+
+
+async def cli_sync(config: Path, *args: str) -> tuple[int, str]:
+    """`tether sync` as a user runs it (a subprocess; the daemon keeps serving meanwhile)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "daemon.cli", "--config", str(config), "sync", *args,
+        env=env, cwd=str(ROOT),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode()
+
+
+def covers(scope: list[str], path: str) -> bool:
+    return any(path == root or path.startswith(root + "/") for root in scope)
+
+
+def session_of(daemon: Daemon):  # type: ignore[no-untyped-def]
+    return next(iter(daemon.projects.values())).sessions["code"]
+
+
+def test_post_sync_and_cli_take_the_warm_path(sshd: SshServer, tmp_path: Path) -> None:
+    local, remote = write_project(tmp_path, sshd, mode="push")
+    config = local / "tether.toml"
+
+    async def body() -> None:
+        async with running_daemon() as (daemon, client):
+            await client.register(config)
+            await client.flush(str(config), 30)
+            session = session_of(daemon)
+            # POST /v1/sync: the daemon's own session syncs and reports.
+            (local / "a.py").write_text("a")
+            before = session.syncs
+            answer = await client.sync(config, None, 30)
+            assert answer["registered"] is True
+            assert [r["pair"] for r in answer["pairs"]] == ["code"]
+            assert answer["pairs"][0]["copied"] == 1
+            assert text(remote / "a.py") == "a" and session.syncs > before
+            # `tether sync --json`: the same, through the socket (stdlib HTTP).
+            (local / "b.py").write_text("b")
+            before = session.syncs
+            rc, out = await cli_sync(config, "--json")
+            assert rc == 0, out
+            assert text(remote / "b.py") == "b"
+            assert session.syncs > before  # the daemon's session ran the cycle
+            events = await client.logs(200)
+            assert any(e["kind"] == "pair.synced" for e in events)
+            # The plain form says so, and carries none of the one-shot's scan counts.
+            (local / "c.py").write_text("c")
+            rc, out = await cli_sync(config)
+            assert rc == 0, out
+            assert "through the daemon" in out and "local /" not in out
+            assert text(remote / "c.py") == "c"
+
+    asyncio.run(body())
+
+
+def test_cli_syncs_on_its_own_without_daemon_or_registration(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    local, remote = write_project(tmp_path, sshd, mode="push")
+    config = local / "tether.toml"
+    (local / "one.py").write_text("1")
+
+    async def body() -> None:
+        # No daemon at all (no socket): one shot.
+        rc, out = await cli_sync(config)
+        assert rc == 0, out
+        assert "through the daemon" not in out and "local /" in out
+        assert text(remote / "one.py") == "1"
+        # A daemon that does not know this project: it says so, and the CLI syncs itself.
+        async with running_daemon() as (daemon, client):
+            answer = await client.sync(config, None, 10)
+            assert answer == {"registered": False}
+            (local / "two.py").write_text("2")
+            rc, out = await cli_sync(config)
+            assert rc == 0, out
+            assert "through the daemon" not in out and "local /" in out
+            assert text(remote / "two.py") == "2"
+            assert daemon.projects == {}
+
+    asyncio.run(body())
+
+
+def test_flush_barrier_lands_a_fresh_save_incrementally(sshd: SshServer, tmp_path: Path) -> None:
+    local, remote = write_project(tmp_path, sshd, mode="push")
+    config = str(local / "tether.toml")
+    (local / "src").mkdir()
+
+    async def body() -> None:
+        async with running_daemon() as (daemon, client):
+            await client.register(config)
+            await client.flush(config, 30)
+            session = session_of(daemon)
+            if session.watch_mode != "inotify":
+                pytest.skip(f"no inotify here ({session.watch_mode})")
+            for i in range(3):
+                (local / "src" / "k.py").write_text(f"v{i}")  # no pause: flush at once
+                mark = session.syncs
+                await client.flush(config, 30)
+                assert text(remote / "src" / "k.py") == f"v{i}"
+                cycles = [r for n, r in session._reports if n > mark]
+                assert cycles and all(r.scope is not None for r in cycles), "a full cycle ran"
+                assert any(covers(r.scope, "src/k.py") and r.copied == 1 for r in cycles)
+            # The warm `sync` reports the same: incremental, the save landed.
+            (local / "src" / "k.py").write_text("last")
+            answer = await client.sync(config, None, 30)
+            assert text(remote / "src" / "k.py") == "last"
+            report = answer["pairs"][0]
+            assert report["scope"] is not None and covers(report["scope"], "src/k.py")
+            assert report["copied"] == 1
+
+    asyncio.run(body())
+
+
+def test_flush_falls_back_to_a_full_cycle_when_polling(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TETHER_FORCE_POLLING", "1")
+    local, remote = write_project(tmp_path, sshd, mode="push")
+    config = str(local / "tether.toml")
+
+    async def body() -> None:
+        async with running_daemon() as (daemon, client):
+            await client.register(config)
+            await client.flush(config, 30)
+            session = session_of(daemon)
+            assert session.watch_mode == "polling"
+            (local / "fresh.py").write_text("saved just now")  # the poller has not seen it
+            answer = await client.sync(config, None, 30)
+            assert text(remote / "fresh.py") == "saved just now"
+            assert answer["pairs"][0]["scope"] is None  # a full cycle
+            assert session.last_report is not None and session.last_report.scope is None
+
+    asyncio.run(body())
