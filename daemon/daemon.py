@@ -142,6 +142,8 @@ class Project:
     def __init__(self, config: Config, bus: EventBus) -> None:
         self.config, self.bus = config, bus
         self.name = str(config.path)
+        self.stamp: tuple[int, int] | None = None
+        """(mtime_ns, size) of tether.toml when loaded; the daemon reloads when it moves."""
         emit = self._emit
         used_hosts = {p.host for p in config.pairs.values()} | {
             t.host for t in config.tunnels.values()
@@ -242,6 +244,8 @@ class Daemon:
         self.started = time.time()
         self._stopped = asyncio.Event()
         self._stopping: asyncio.Task[None] | None = None
+        self._config_watch: asyncio.Task[None] | None = None
+        self.config_poll_s = 2.0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -269,9 +273,45 @@ class Daemon:
             self._stopping = asyncio.create_task(self.shutdown(), name="shutdown")
 
     async def close(self) -> None:
+        if self._config_watch is not None:
+            self._config_watch.cancel()
+            await asyncio.gather(self._config_watch, return_exceptions=True)
+            self._config_watch = None
         for project in list(self.projects.values()):
             await project.close()
         self.projects.clear()
+
+    def watch_configs(self) -> None:
+        """Reload a project when its tether.toml changes (a broken edit keeps the running one)."""
+        if self._config_watch is None:
+            self._config_watch = asyncio.create_task(self._poll_configs(), name="config watch")
+
+    async def _poll_configs(self) -> None:
+        while True:
+            await asyncio.sleep(self.config_poll_s)
+            for path, project in list(self.projects.items()):
+                if _stamp(path) == project.stamp:
+                    continue
+                try:
+                    await self._replace(path)
+                except TetherError as exc:
+                    project.stamp = _stamp(path)  # report a broken edit once, not every poll
+                    self.bus.emit(
+                        {
+                            "kind": "project.error",
+                            "level": "error",
+                            "project": path,
+                            "message": f"kept the running config: {exc.one_line()}",
+                        }
+                    )
+                else:
+                    self.bus.emit(
+                        {
+                            "kind": "project.reloaded",
+                            "project": path,
+                            "message": "tether.toml changed; reloaded",
+                        }
+                    )
 
     # -- DaemonAPI ---------------------------------------------------------------------------
 
@@ -284,9 +324,7 @@ class Daemon:
 
     async def register(self, config_path: str) -> dict[str, Any]:
         path = str(Path(config_path).resolve())
-        if path in self.projects:
-            await self.projects.pop(path).close()  # re-read the config
-        await self._add(path)
+        await self._replace(path)  # registering again re-reads the config
         self._save_registry()
         return {"registered": path, "projects": list(self.projects)}
 
@@ -353,8 +391,17 @@ class Daemon:
     # -- helpers -----------------------------------------------------------------------------
 
     async def _add(self, path: str) -> None:
+        await self._replace(path)
+
+    async def _replace(self, path: str) -> None:
+        """Load ``path``'s config, then (only if it is valid) swap it in for the running one."""
+        stamp = _stamp(path)
         config = await asyncio.get_running_loop().run_in_executor(None, load_config, Path(path))
+        old = self.projects.get(path)  # stays listed while it closes: no moment without it
+        if old is not None:
+            await old.close()
         project = Project(config, self.bus)
+        project.stamp = stamp
         self.projects[path] = project
         await project.start()
 
@@ -392,6 +439,14 @@ class Daemon:
         os.replace(tmp, self.registry)
 
 
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
+
+
 async def run_daemon(socket_path: Path | None = None) -> None:
     """`tether daemon`: serve the control API until asked to stop (or SIGTERM)."""
     daemon = Daemon()
@@ -401,6 +456,7 @@ async def run_daemon(socket_path: Path | None = None) -> None:
             loop.add_signal_handler(sig, daemon.request_stop)
         daemon.bus.emit({"kind": "daemon.started", "message": f"listening on {server.path}"})
         await daemon.restore()
+        daemon.watch_configs()
         await daemon.wait_stopped()
         if daemon._stopping is not None:
             await daemon._stopping

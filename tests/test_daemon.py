@@ -28,9 +28,13 @@ def private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def write_project(
-    tmp_path: Path, server: SshServer, *, port: int | None = None, extra: str = "",
+    tmp_path: Path,
+    server: SshServer,
+    *,
+    port: int | None = None,
+    extra: str = "",
     mode: str = "two-way",
-) -> tuple[Path, Path]:  # fmt: skip
+) -> tuple[Path, Path]:
     """A project whose host is ``server`` (reached through ``port`` when a proxy sits between)."""
     local, remote = tmp_path / "proj", tmp_path / "remote"
     local.mkdir(exist_ok=True)
@@ -201,8 +205,9 @@ def test_edits_before_during_after_a_fault_all_land(
                 assert text(remote / f"{name}.txt") == name
             await eventually(
                 lambda: text(local / "host_during.txt") == "host edit during the outage",
-                20, "host edit made during the outage comes back",
-            )  # fmt: skip
+                20,
+                "host edit made during the outage comes back",
+            )
 
     try:
         asyncio.run(body())
@@ -265,5 +270,39 @@ def test_control_socket_is_user_only(sshd: SshServer, tmp_path: Path) -> None:
             mode = os.stat(client.path).st_mode & 0o777
             folder = os.stat(client.path.parent).st_mode & 0o777
             assert (mode, folder) == (0o600, 0o700)
+
+    asyncio.run(body())
+
+
+def test_config_edits_are_reloaded_and_broken_ones_kept_out(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    local, remote = write_project(tmp_path, sshd, mode="push")
+    config = local / "tether.toml"
+
+    async def body() -> None:
+        async with running_daemon() as (daemon, client):
+            daemon.config_poll_s = 0.1
+            daemon.watch_configs()
+            await client.register(config)
+            await client.flush(str(config), 30)
+            good = config.read_text()
+            config.write_text(good + "this is not = [valid toml\n")
+            await eventually(
+                lambda: any(e["kind"] == "project.error" for e in daemon.bus.recent(100)),
+                10,
+                "the broken edit is reported",
+            )
+            (local / "still.txt").write_text("syncing")
+            await client.flush(str(config), 30)  # the running config kept working
+            assert text(remote / "still.txt") == "syncing"
+            config.write_text(good.replace('mode = "push"', 'mode = "two-way"'))
+            await eventually(
+                lambda: daemon.projects[str(config)].config.pairs["code"].mode.value == "two-way",
+                10,
+                "the good edit is reloaded",
+            )
+            (remote / "from_host.txt").write_text("pulled now")
+            await eventually(lambda: text(local / "from_host.txt") == "pulled now", 20, "pull")
 
     asyncio.run(body())
