@@ -744,7 +744,7 @@ def main() -> int:
 
 
 def print_report(out: dict[str, Any], tools: dict[str, str | None], saves: int) -> None:
-    print(f"\n{out['machine']}")
+    print(f"\n{out['machine']}; load average at the end {os.getloadavg()[0]:.2f}")
     lat = out["latency"]
     t50, t95, _ = summary(lat["tether"]["latencies_s"])
     print("\nsave -> content readable in the remote folder (polled every 0.5 ms)")

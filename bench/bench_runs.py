@@ -157,6 +157,35 @@ def import_profile(env: dict[str, str]) -> tuple[list[tuple[str, float]], float]
     return sorted(heavy.items(), key=lambda kv: -kv[1]), total
 
 
+def agent_costs(work: Path, n: int = 5) -> dict[str, list[float]]:
+    """Two costs inside every remote exec and agent start, measured here (the host is this
+    machine): compiling agent.py (it runs as a script, so no bytecode is cached), and the run
+    supervisor's start (`python agent.py supervise DIR` until it reports the child's pid)."""
+    agent = ROOT / "daemon" / "agent.py"
+    source = agent.read_text()
+    compile_s = []
+    for _ in range(n):
+        started = time.perf_counter()
+        compile(source, str(agent), "exec")
+        compile_s.append(time.perf_counter() - started)
+    supervisor_s = []
+    for i in range(n):
+        folder = work / f"supervise-{i}"
+        folder.mkdir(mode=0o700)
+        spec = {"argv": ["true"], "cwd": str(work), "env": dict(os.environ)}
+        (folder / "spec.json").write_text(json.dumps(spec))
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [REAL_PYTHON, str(agent), "supervise", str(folder)], stdout=subprocess.PIPE
+        )
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        supervisor_s.append(time.perf_counter() - started)
+        proc.stdout.close()
+        proc.wait(10)
+    return {"compile_agent": compile_s, "supervisor_start": supervisor_s}
+
+
 def inprocess_breakdown(cfg: Path, n: int, state: Path) -> dict[str, list[float]]:
     """The CLI's steps timed inside one process: connect, agent start, sync, exec + attach."""
     os.environ["TETHER_STATE_DIR"] = str(state)
@@ -221,6 +250,7 @@ def run_cli(work: Path, server: SshServer, tree: int, n: int, skip_tools: bool) 
     }
     heavy, imports_total = import_profile(env)
     steps = inprocess_breakdown(cfg, max(3, n // 2), state)
+    steps.update(agent_costs(work))
     return {
         "times_s": out,
         "python_s": py,
@@ -278,7 +308,7 @@ def line(name: str, values: list[float], width: int = 48, base: float | None = N
 
 
 def print_report(out: dict[str, Any]) -> None:
-    print(f"\n{out['machine']}")
+    print(f"\n{out['machine']}; load average at the end {os.getloadavg()[0]:.2f}")
     t = out["trigger"]
     print("\nchange landed on the host -> the triggered run's process starts (same clock)")
     print(f"{'what':<48} {'n':>4} {'p50':>8} {'p95':>8}")
@@ -324,6 +354,11 @@ def print_report(out: dict[str, Any]) -> None:
     print(f"  {'the rest (config, history, teardown) = --no-sync p50 - sum':<62} {ms(rest):>8}")
     print(f"  {'sync of the unchanged tree (in-process; the with-sync extra)':<62} "
           f"{ms(median(steps['sync'])):>8}")  # fmt: skip
+    print(
+        f"  inside those: agent.py is run as a script, so each agent start and each run's "
+        f"supervisor compiles it: {ms(median(steps['compile_agent']))}; the supervisor (a fresh "
+        f"python per run) reports its child after {ms(median(steps['supervisor_start']))}"
+    )
     heavy = ", ".join(f"{name} {s * 1000:.0f}" for name, s in r["heaviest_imports"])
     print(
         f"  -X importtime: tether's modules {r['imports_total_s'] * 1000:.0f} ms cumulative; "
