@@ -14,6 +14,9 @@ POST   /v1/resume       ``{"project"?, "pair"?}``                   ``api.resume
 POST   /v1/flush        ``{"project"?, "timeout_s"?}``              ``api.flush(...)``
 POST   /v1/sync         ``{"project", "pairs"?, "timeout_s"?}``     ``api.sync(...)``
 GET    /v1/runs         ``?project=&limit=``                        ``api.runs(...)``
+POST   /v1/run          ``{"project", "pair"?, "argv", "sync"?,     NDJSON: ``api.run(...)``'s
+                        "fetch"?}``                                 events (output base64-coded)
+POST   /v1/run/stop     ``{"run_id"}``                              ``api.stop_run(...)``
 GET    /v1/logs         ``?limit=``                                 ``{"events": [...]}``
 GET    /v1/events                                                   NDJSON, one event per line
 POST   /v1/shutdown                                                 ``{"ok": true}``, then
@@ -108,6 +111,14 @@ class DaemonAPI(Protocol):
         """Flush ``pairs`` of ``project`` now; ``{"registered", "pairs": [SyncReport JSON]}``."""
 
     async def runs(self, project: str | None, limit: int) -> dict[str, Any]: ...
+
+    def run(
+        self, project: str, pair: str | None, argv: list[str], sync: bool, fetch: list[str]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A run on the project's host over the daemon's link: events until ``exit``."""
+        ...
+
+    async def stop_run(self, run_id: str) -> dict[str, Any]: ...
 
     def events(self) -> AsyncIterator[dict[str, Any]]:
         """A live event stream, one per subscriber: ``{"ts", "level", "project", "kind",
@@ -468,6 +479,8 @@ class ControlServer:
         app.router.add_post("/v1/resume", self._resume)
         app.router.add_post("/v1/flush", self._flush)
         app.router.add_post("/v1/sync", self._sync)
+        app.router.add_post("/v1/run", self._run)
+        app.router.add_post("/v1/run/stop", self._stop_run)
         app.router.add_get("/v1/runs", self._runs)
         app.router.add_get("/v1/logs", self._logs)
         app.router.add_get("/v1/events", self._events)
@@ -537,6 +550,48 @@ class ControlServer:
         return _json_response(
             await self.api.sync(_req_str(body, "project"), pairs or None, timeout_s)
         )
+
+    async def _run(self, request: web.Request) -> web.StreamResponse:
+        """Stream a run: its first event is awaited before answering, so an error that stops it
+        from starting (unknown project, host down) is an ordinary error reply; once the stream
+        has begun, a client that goes away stops the run (the generator's cleanup does)."""
+        body = await _body(request)
+        argv = body.get("argv")
+        fetch = body.get("fetch") or []
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise UsageError("argv must be a non-empty list of strings")
+        if not isinstance(fetch, list) or not all(isinstance(f, str) for f in fetch):
+            raise UsageError("fetch must be a list of paths")
+        events = aiter(
+            self.api.run(
+                _req_str(body, "project"),
+                _opt_str(body, "pair"),
+                argv,
+                bool(body.get("sync", True)),
+                fetch,
+            )
+        )
+        try:
+            first = await anext(events)
+        except BaseException:
+            await events.aclose()
+            raise
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        try:
+            await response.write(_line(first))
+            async for event in events:
+                await response.write(_line(event))
+            await response.write_eof()
+        except ConnectionResetError:
+            log.info("run client went away; stopping its run")
+        finally:
+            await events.aclose()
+        return response
+
+    async def _stop_run(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        return _json_response(await self.api.stop_run(_req_str(body, "run_id")))
 
     async def _runs(self, request: web.Request) -> web.Response:
         project = request.query.get("project") or None

@@ -10,6 +10,7 @@ an event: kept in a ring buffer for `tether logs`, streamed to `tether logs -f` 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import json
 import logging
@@ -22,12 +23,13 @@ from typing import Any
 
 from .config import Config, TunnelConfig, load_config
 from .control import serve
-from .errors import TetherError
-from .history import RunHistory
+from .errors import NotRegistered, TetherError
+from .history import RunHistory, RunRecord
 from .link import Link
 from .pair_session import PairSession
 from .results import ingest_file
-from .runs import RunSpec, follow, start
+from .runs import RunSpec, command_argv, follow, local_log_path, start
+from .runs import fetch as fetch_paths
 from .sync.state import state_dir
 from .triggers import TriggerRunner
 from .tunnel import Tunnel
@@ -245,6 +247,7 @@ class Daemon:
         self._stopped = asyncio.Event()
         self._stopping: asyncio.Task[None] | None = None
         self._config_watch: asyncio.Task[None] | None = None
+        self._stops: dict[str, asyncio.Event] = {}
         self.config_poll_s = 2.0
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -371,6 +374,92 @@ class Daemon:
         sessions = [found.sessions[name] for name in pairs] if pairs else found.sessions.values()
         reports = await asyncio.gather(*(s.sync_now(timeout_s) for s in sessions))
         return {"registered": True, "pairs": [r.to_json() for r in reports]}
+
+    async def run(
+        self, project: str, pair: str | None, argv: list[str], sync: bool, fetch: list[str]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """`tether run` through the daemon: its open link and warm agent, no connect, no start.
+
+        Events: ``synced`` (when asked), ``started``, ``output`` (base64), ``fetched``, ``exit``.
+        Leaving early (the client went away) stops the run's process group.
+        """
+        found = self.projects.get(self._resolve(project))
+        if found is None or (pair is not None and pair not in found.sessions):
+            raise NotRegistered(f"{project} is not registered with the daemon", "`tether start`")
+        pair_cfg = found.config.pair(pair)
+        session, link = found.sessions[pair_cfg.name], found.links[pair_cfg.host]
+        if sync:
+            await session.flush(60.0)
+            yield {"event": "synced", "pair": pair_cfg.name}
+        host = found.config.host(pair_cfg.host)
+        spec = RunSpec(host=host, pair=pair_cfg, argv=command_argv(argv, host.python))
+        stop = self._stops[spec.run_id] = asyncio.Event()
+        chunks: asyncio.Queue[bytes] = asyncio.Queue()
+        log_path = local_log_path(state_dir(), spec.run_id)
+        with RunHistory() as history, open(log_path, "wb") as log_file:
+            history.begin(
+                RunRecord(
+                    id=spec.run_id,
+                    project=found.name,
+                    host=host.name,
+                    pair=pair_cfg.name,
+                    command=spec.display,
+                    log=str(log_path),
+                )
+            )
+            self.bus.emit(
+                {
+                    "kind": "run.started",
+                    "project": found.name,
+                    "run": spec.run_id,
+                    "message": f"{spec.display} (tether run)",
+                }
+            )
+            await start(link, spec)
+            yield {"event": "started", "run_id": spec.run_id}
+
+            def take(chunk: bytes) -> None:
+                log_file.write(chunk)
+                chunks.put_nowait(chunk)
+
+            task = asyncio.create_task(follow(link, spec, take, stop=stop))
+            try:
+                while not (task.done() and chunks.empty()):
+                    getter = asyncio.ensure_future(chunks.get())
+                    await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter.done():
+                        data = base64.b64encode(getter.result()).decode()
+                        yield {"event": "output", "data": data}
+                    else:
+                        getter.cancel()
+                outcome = task.result()
+            finally:  # the client left (or we were cancelled): the run must not outlive that
+                if not task.done():
+                    stop.set()
+                    await asyncio.gather(task, return_exceptions=True)
+                self._stops.pop(spec.run_id, None)
+            history.finish(
+                spec.run_id,
+                exit_code=outcome.exit_code,
+                signal=outcome.signal,
+                reason=outcome.reason,
+            )
+        if fetch:
+            reports = await fetch_paths(found.config, link, pair_cfg, fetch)
+            yield {"event": "fetched", "copied": sum(r.copied for r in reports)}
+        yield {
+            "event": "exit",
+            "run_id": spec.run_id,
+            "status": outcome.status,
+            "reason": outcome.reason,
+        }
+
+    async def stop_run(self, run_id: str) -> dict[str, Any]:
+        stop = self._stops.get(run_id)
+        if stop is None:
+            raise TetherError(f"no run {run_id} is going on here")
+        stop.set()
+        return {"stopping": run_id}
 
     async def runs(self, project: str | None, limit: int) -> dict[str, Any]:
         with RunHistory() as history:

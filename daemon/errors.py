@@ -77,3 +77,7 @@ class RemoteError(TetherError):
     """An operation on the host failed (disk full, permission denied, ...)."""
 
     exit_code = 1
+
+
+class NotRegistered(TetherError):
+    """The daemon does not watch this project (the CLI then does the work itself)."""

@@ -84,3 +84,55 @@ def ended(pid: int, wait_s: float = 15.0) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
+
+
+def test_run_goes_through_a_running_daemon(sshd: SshServer, tmp_path: Path) -> None:
+    """With the daemon watching the project, `tether run` uses its link and warm agent: the
+    run shows up in the daemon's own events, output and exit status arrive intact, Ctrl-C stops
+    the remote process group."""
+    local, _remote = write_project(tmp_path, sshd)
+    runtime = tmp_path / "rt"
+    runtime.mkdir(mode=0o700)
+    env = {
+        **os.environ,
+        "TETHER_STATE_DIR": str(tmp_path / "state"),
+        "TETHER_RUNTIME_DIR": str(runtime),
+    }
+    pid = None
+    try:
+        assert tether(local, env, "start").returncode == 0
+        pid = json.loads(tether(local, env, "status", "--json").stdout)["pid"]
+        (local / "echo_args.py").write_text("import sys\nprint(sys.argv[1:])\nsys.exit(4)\n")
+        result = tether(local, env, "run", "--", "echo_args.py", "a b", "$HOME", "ü")
+        assert result.returncode == 4, result.stderr
+        assert result.stdout.strip() == "['a b', '$HOME', 'ü']"
+        logs = tether(local, env, "logs", "-n", "100").stdout
+        assert "run.started" in logs and "echo_args.py" in logs  # the daemon ran it
+
+        marker = f"sleep {6000 + os.getpid() % 1000}"
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daemon.cli",
+                "run",
+                "--",
+                "sh",
+                "-c",
+                f"{marker} & echo started; wait",
+            ],
+            cwd=local,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stdout.readline() == b"started\n"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode in (130, 137), err
+        left = subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True, text=True)
+        assert left.stdout.strip() == ""
+        tether(local, env, "stop", "--all")
+    finally:
+        if pid is not None and not ended(pid, wait_s=5):
+            os.kill(pid, signal.SIGKILL)

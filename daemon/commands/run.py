@@ -2,25 +2,29 @@
 
 Sync, run on the host in the pair's remote folder, stream the output, exit with the remote
 command's own status (128+N for a signal N), then fetch. Ctrl-C stops the remote process group.
+
+When the user daemon watches this project, the run is the daemon's: it already holds the link and
+a warm agent, and its watchers know what changed, so nothing is connected or started here (the
+CLI speaks stdlib HTTP to it and imports neither asyncssh nor aiohttp). Otherwise the CLI connects
+and does it all itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
+import base64
 import signal
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .. import control_lite
 from ..cli import config_of
-from ..config import Config, PairConfig
-from ..console import console
-from ..errors import TetherError, UsageError
-from ..history import RunHistory, RunRecord
-from ..link import Link
-from ..runs import RunSpec, command_argv, fetch, local_log_path, run_to_end
-from ..sync.engine import sync_pair
-from ..sync.state import state_dir
+from ..errors import NotRegistered, UsageError
+
+if TYPE_CHECKING:
+    from ..config import Config, PairConfig
+    from ..runs import RunSpec
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -64,12 +68,80 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("nothing to run", "put the command after `--`: tether run -- python x.py")
     config = config_of(args)
     pair = pick_pair(config, args.pair, args.host)
+    status = _via_daemon(config, pair, words, sync=not args.no_sync, fetch=args.fetch)
+    if status is not None:
+        return status
+    import asyncio
+
+    from ..runs import RunSpec, command_argv
+
     host = config.host(pair.host)
     spec = RunSpec(host=host, pair=pair, argv=command_argv(words, host.python))
     return asyncio.run(_run(config, spec, sync=not args.no_sync, fetch_paths=args.fetch))
 
 
+def _via_daemon(
+    config: Config, pair: PairConfig, words: list[str], *, sync: bool, fetch: list[str]
+) -> int | None:
+    """Run through the daemon; its status, or None when the CLI must run on its own."""
+    path = control_lite.socket_path()
+    if path is None:
+        return None
+    body = {
+        "project": str(Path(config.path).resolve()),
+        "pair": pair.name,
+        "argv": words,
+        "sync": sync,
+        "fetch": fetch,
+    }
+    try:
+        events = control_lite.stream(path, "/v1/run", body, None)
+    except (OSError, NotRegistered):  # a stale socket, or a project the daemon does not watch
+        return None
+    if events is None:
+        return None  # an older daemon without /v1/run
+    run_id = ""
+    status = None
+    previous = signal.getsignal(signal.SIGINT)
+
+    def stop(*_: object) -> None:
+        if run_id:  # the daemon stops the run's process group; we keep reading to its end
+            control_lite.request(path, "POST", "/v1/run/stop", {"run_id": run_id}, 10)
+
+    signal.signal(signal.SIGINT, stop)
+    try:
+        for event in events:
+            kind = event.get("event")
+            if kind == "started":
+                run_id = str(event.get("run_id", ""))
+            elif kind == "output":
+                sys.stdout.buffer.write(base64.b64decode(event.get("data", "")))
+                sys.stdout.buffer.flush()
+            elif kind == "fetched":
+                print(f"fetched {event.get('copied', 0)} file(s)", file=sys.stderr)
+            elif kind == "exit":
+                status = int(event["status"])
+                if event.get("reason") == "stopped":
+                    print(f"tether: stopped run {run_id}", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if status is None:
+        raise OSError("the daemon's run stream ended without an exit status")
+    return status
+
+
 async def _run(config: Config, spec: RunSpec, *, sync: bool, fetch_paths: list[str]) -> int:
+    import asyncio
+    import contextlib
+
+    from ..console import console
+    from ..errors import TetherError
+    from ..history import RunHistory, RunRecord
+    from ..link import Link
+    from ..runs import fetch, local_log_path, run_to_end
+    from ..sync.engine import sync_pair
+    from ..sync.state import state_dir
+
     err = console(stderr=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -11,14 +11,13 @@ neither aiohttp nor asyncssh.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import control_lite
 from ..cli import config_of
 
 if TYPE_CHECKING:
@@ -49,59 +48,22 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-class _UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(str(self.unix_path))
-        self.sock = sock
-
-
 def _via_daemon(config: Config, names: list[str]) -> list[dict[str, Any]] | None:
     """The daemon's reports for these pairs, or None when the CLI must sync on its own."""
-    from ..dirs import runtime_dir
-
-    try:
-        path = runtime_dir() / "control.sock"
-    except Exception:  # no usable runtime folder: no daemon either
-        return None
-    if not path.exists():
+    path = control_lite.socket_path()
+    if path is None:
         return None
     body = {
         "project": str(Path(config.path).resolve()),
         "pairs": names or None,
         "timeout_s": DAEMON_TIMEOUT_S,
     }
-    conn = _UnixHTTP(path, DAEMON_TIMEOUT_S + 10)
     try:
-        conn.request("POST", "/v1/sync", json.dumps(body), {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        status, raw = response.status, response.read()
+        _, data = control_lite.request(path, "POST", "/v1/sync", body, DAEMON_TIMEOUT_S + 10)
     except OSError:  # nobody answers on the socket: a stale one, no daemon
         return None
-    finally:
-        conn.close()
-    try:
-        data = json.loads(raw) if raw else None
-    except ValueError:
-        return None
-    if status >= 400:
-        error = data.get("error") if isinstance(data, dict) else None
-        if (
-            status in (400, 404)
-            and isinstance(error, dict)
-            and "route" in str(error.get("message"))
-        ):
-            return None  # an older daemon without /v1/sync
-        from ..control import error_from_body
-
-        raise error_from_body(data, status)
     if not isinstance(data, dict) or not data.get("registered"):
-        return None
+        return None  # not registered here, or an older daemon without /v1/sync
     return list(data["pairs"])
 
 

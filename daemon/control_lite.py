@@ -1,0 +1,103 @@
+"""The control API from the CLI's hot paths with nothing but the standard library.
+
+`tether sync` and `tether run` ask a running daemon first; importing aiohttp (and, through the
+full client, asyncssh) for that would cost more than the work itself. Errors are turned into the
+same TetherError classes as :class:`daemon.control.ControlClient` does (that import happens only
+on the error path).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    """HTTP/1.1 over the daemon's Unix socket."""
+
+    def __init__(self, path: Path, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self.unix_path))
+        self.sock = sock
+
+
+def socket_path() -> Path | None:
+    """The daemon's socket if one exists (a daemon may be listening), else None."""
+    from .dirs import runtime_dir
+
+    try:
+        path = runtime_dir() / "control.sock"
+    except Exception:  # no usable runtime folder: no daemon either
+        return None
+    return path if path.exists() else None
+
+
+def _raise_for(status: int, raw: bytes) -> None:
+    from .control import error_from_body
+
+    try:
+        data = json.loads(raw) if raw else None
+    except ValueError:
+        data = None
+    raise error_from_body(data, status)
+
+
+def is_old_daemon(status: int, raw: bytes) -> bool:
+    """A 400/404 for an unknown route: the daemon predates this route (use the one-shot path)."""
+    return status in (400, 404) and b"route" in raw
+
+
+def request(
+    path: Path, method: str, route: str, body: dict[str, Any], timeout: float | None
+) -> tuple[int, Any]:
+    """One JSON request; (status, decoded answer). OSError when nobody answers."""
+    conn = UnixHTTP(path, timeout)
+    try:
+        conn.request(method, route, json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        status, raw = response.status, response.read()
+    finally:
+        conn.close()
+    if status >= 400:
+        if is_old_daemon(status, raw):
+            return status, None
+        _raise_for(status, raw)
+    return status, json.loads(raw) if raw else None
+
+
+def stream(
+    path: Path, route: str, body: dict[str, Any], timeout: float | None
+) -> Iterator[dict[str, Any]] | None:
+    """NDJSON events from a streaming route; None when the daemon does not know the route.
+
+    OSError when nobody answers on the socket.
+    """
+    conn = UnixHTTP(path, timeout)
+    conn.request("POST", route, json.dumps(body), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    if response.status >= 400:
+        raw = response.read()
+        conn.close()
+        if is_old_daemon(response.status, raw):
+            return None
+        _raise_for(response.status, raw)
+
+    def events() -> Iterator[dict[str, Any]]:
+        try:
+            while line := response.readline():
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    yield event
+        finally:
+            conn.close()
+
+    return events()
