@@ -50,10 +50,20 @@ from typing import Protocol
 
 # Imported here, never inside the observer thread: on CPython 3.11 a first import that compiles
 # in a thread while the loop thread compiles too can raise SystemError.
+from watchdog import events as wd
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 log = logging.getLogger(__name__)
+
+CHANGE_EVENTS: list[type[wd.FileSystemEvent]] = [
+    wd.FileCreatedEvent, wd.FileModifiedEvent, wd.FileDeletedEvent, wd.FileMovedEvent,
+    wd.FileClosedEvent, wd.FileAttribEvent, wd.DirCreatedEvent, wd.DirDeletedEvent,
+    wd.DirMovedEvent, wd.DirModifiedEvent, wd.DirAttribEvent,
+]  # fmt: skip
+"""What can mean a change. Opens and read-only closes are not asked for: the scanner reads every
+file it hashes, and two events per read could overflow the kernel's inotify queue (16384 here)
+during a large sync."""
 
 FORCE_POLLING_ENV = "TETHER_FORCE_POLLING"
 INOTIFY_LIMIT_FILE = Path("/proc/sys/fs/inotify/max_user_watches")
@@ -124,7 +134,12 @@ class WatchdogSource:
 
     def start(self, emit: Emit) -> None:
         observer = PollingObserver(timeout=self.poll_interval_s) if self.polling else Observer()
-        observer.schedule(_Handler(emit), str(self.root), recursive=True)  # type: ignore[arg-type]
+        observer.schedule(
+            _Handler(emit),  # type: ignore[arg-type]
+            str(self.root),
+            recursive=True,
+            event_filter=CHANGE_EVENTS,
+        )
         observer.start()
         self._observer = observer
 

@@ -6,6 +6,7 @@ Each :class:`SshServer` lives in its own folder with its own config, so tests ca
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -121,9 +122,17 @@ LogLevel ERROR
         return self
 
     def stop(self) -> None:
-        """Kill sshd and every session it spawned (a real outage, not a polite close)."""
+        """Kill sshd and every session it spawned (a real outage, not a polite close).
+
+        Per-connection sshd processes call setsid(), so they are outside the listener's process
+        group: find them as its children (and theirs) and kill them too.
+        """
         if self.proc is not None and self.proc.poll() is None:
+            doomed = _descendants(self.proc.pid)
             os.killpg(self.proc.pid, 9)
+            for pid in doomed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
             self.proc.wait()
         self.proc = None
 
@@ -153,6 +162,25 @@ LogLevel ERROR
             "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
             "-o", "BatchMode=yes", "-l", self.user,
         ]  # fmt: skip
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (children first found, then theirs)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def start_sshd(root: Path, *, password_only: bool = False, port: int | None = None) -> SshServer:
