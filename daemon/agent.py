@@ -65,10 +65,10 @@ parents are opened one by one with O_NOFOLLOW and every change goes through that
     tcp_check {host, port, timeout} -> {reachable, reason}
     exec {cmd | argv, cwd?, env?, venv?, pythonpath?, run_id?} -> {run_id, pid, pgid}
         The command (cmd through /bin/sh -c) runs in its own session, stdout+stderr to
-        ~/.cache/tether/runs/<run_id>/output.log, under a detached supervisor (this file run as
-        ``agent.py supervise DIR``) that writes status.json when it ends, so the outcome survives
-        the agent. venv: <venv>/bin goes first on PATH and VIRTUAL_ENV is set. pythonpath (else
-        $TETHER_PYTHONPATH) goes first on PYTHONPATH.
+        ~/.cache/tether/runs/<run_id>/output.log, under a detached supervisor (a child
+        forked off the agent, then re-parented) that writes status.json when it ends, so the
+        outcome survives the agent. venv: <venv>/bin goes first on PATH and VIRTUAL_ENV is set.
+        pythonpath (else $TETHER_PYTHONPATH) goes first on PYTHONPATH.
     attach {run_id, offset}         -> ``event: "output"`` frames (blob: log bytes from offset on),
         then {exit_code, signal, duration_s, offset, lost} once the run has ended (signal is a
         name such as "SIGTERM"; lost: the supervisor vanished without writing a status).
@@ -1092,20 +1092,7 @@ def op_exec(req):
     except FileExistsError:
         raise AgentError("exists", "run %s already exists" % run_id) from None
     write_json(os.path.join(folder, "spec.json"), {"argv": argv, "cwd": cwd, "env": env})
-    with open(os.path.join(folder, "supervisor.log"), "ab") as err:
-        sup = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "supervise", folder],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            start_new_session=True,
-            close_fds=True,
-        )
-    try:
-        line = sup.stdout.readline()
-    finally:
-        sup.stdout.close()
-        sup.wait()
+    line = start_supervisor(folder)
     info = None
     with contextlib.suppress(ValueError):
         info = json.loads(line.decode("utf-8"))
@@ -1114,6 +1101,48 @@ def op_exec(req):
     if info.get("error"):
         raise AgentError(info.get("type", "os"), info["error"])
     return {"run_id": run_id, "pid": info["pid"], "pgid": info["pgid"]}
+
+
+def start_supervisor(folder):
+    """Fork the run's supervisor off this agent and return its first line (pid or error).
+
+    A fresh interpreter would cost ~100 ms before the run could start; a fork costs ~1 ms. The
+    intermediate child first leaves everything of the agent's behind (its session, the SSH
+    channel on fds 0-1, every other descriptor), then :func:`supervise` forks the supervisor
+    proper, which is re-parented away from us. Whatever happens in the children, they end in
+    ``os._exit``: no copy of the agent ever returns into its request loop.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            log = os.open(
+                os.path.join(folder, "supervisor.log"),
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                0o600,
+            )
+            os.dup2(null, 0)
+            os.dup2(write_end, 1)
+            os.dup2(log, 2)
+            os.closerange(3, max_fd())
+            supervise(folder)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as fh:
+        line = fh.readline()
+    os.waitpid(pid, 0)
+    return line
+
+
+def max_fd():
+    try:
+        return min(os.sysconf("SC_OPEN_MAX"), 1 << 16)
+    except (ValueError, OSError):
+        return 1024
 
 
 def load_libc():
@@ -1137,7 +1166,7 @@ def set_subreaper():
 
 
 def supervise(folder):
-    """Entry point of ``agent.py supervise DIR``: run the spec, record how it ended."""
+    """In a child forked by :func:`start_supervisor`: run the spec, record how it ended."""
     if os.fork() > 0:
         os._exit(0)
     set_subreaper()
@@ -1713,9 +1742,6 @@ def handle(chan, req, blob):
 
 
 def main(argv):
-    if len(argv) >= 3 and argv[1] == "supervise":
-        supervise(argv[2])
-        return 0
     infile = open(sys.stdin.fileno(), "rb", buffering=1 << 16, closefd=False)  # noqa: SIM115
     outfile = open(sys.stdout.fileno(), "wb", buffering=1 << 16, closefd=False)  # noqa: SIM115
     sys.stdout = sys.stderr  # a stray print must never corrupt the protocol
