@@ -46,6 +46,9 @@ OnLanded = Callable[[PairConfig, list[str]], Awaitable[None]]
 
 FULL_EVERY_S = 600.0
 """A full sync at least this often while changes flow (a watcher may drop events silently)."""
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 30.0
+"""Paths that failed to land are retried after 1 s, 2 s, 4 s ... at most every 30 s."""
 BARRIER_RE = re.compile(r"^\.flush\.tether-([0-9a-f]{8})\.tmp$")
 """The flush barrier file (a staged-file name: no scanner ever lists it, it is never synced)."""
 BARRIER_TIMEOUT_S = 2.0
@@ -93,6 +96,12 @@ class PairSession:
         self._local_dirty: set[str] = set()
         self._remote_dirty = False
         self._remote_paths: set[str] = set()
+        self._failed: dict[str, str] = {}
+        """Paths whose last attempt failed (read-only or full folder, permissions) → why. They
+        stay pending: retried with backoff, and in every cycle until they land."""
+        self._retry_due = False
+        self._retry_delay_s = RETRY_FIRST_S
+        self._retry_timer: asyncio.TimerHandle | None = None
         """Paths the host reported changing since the last cycle: they came *from* the host."""
         self._full_needed = True
         self._last_full = 0.0
@@ -115,6 +124,8 @@ class PairSession:
         return self
 
     async def close(self) -> None:
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -134,11 +145,15 @@ class PairSession:
 
     @property
     def pending(self) -> int:
-        return len(self._local_dirty) + (1 if self._remote_dirty or self._full_needed else 0)
+        retry = len(self._failed) if self._retry_due else 0
+        return (
+            len(self._local_dirty) + retry + (1 if self._remote_dirty or self._full_needed else 0)
+        )
 
-    async def flush(self, timeout_s: float) -> None:
+    async def flush(self, timeout_s: float, *, require_landed: bool = True) -> None:
         """Return once everything on disk when flush was called has landed; raise promptly if
-        it cannot (host down, pair paused or halted).
+        it cannot (host down, pair paused or halted, or, with ``require_landed``, paths that
+        failed to land: a read-only or full folder, say).
 
         A watcher may not have reported a save made a millisecond ago, so flush does not trust
         the dirty set alone. With inotify (which delivers events in order) it writes a barrier
@@ -155,6 +170,7 @@ class PairSession:
             and await self._local_barrier(min(BARRIER_TIMEOUT_S, timeout_s))
         ):
             self._full_needed = True
+        self._retry_due = bool(self._failed)  # what failed before gets another try now
         self._idle.clear()
         self._wake.set()
         while True:
@@ -166,6 +182,13 @@ class PairSession:
             if self.state is SessionState.WAITING or self.link.state.value != "up":
                 await self._wait_for_link(deadline)
             if self.pending == 0 and self._idle.is_set():
+                if self._failed and require_landed:
+                    path, why = next(iter(self._failed.items()))
+                    raise TetherError(
+                        f"pair {self.pair.name}: {len(self._failed)} path(s) could not land, "
+                        f"e.g. {path}: {why}",
+                        "tether keeps them and retries; see `tether status`",
+                    )
                 return
             left = deadline - time.monotonic()
             if left <= 0:
@@ -179,7 +202,7 @@ class PairSession:
         daemon): counts summed, the last cycle's status and problems."""
         started = time.monotonic()
         mark = self.syncs
-        await self.flush(timeout_s)
+        await self.flush(timeout_s, require_landed=False)  # problems go into the report
         return merge_reports(
             self.pair, [r for n, r in self._reports if n > mark], time.monotonic() - started
         )
@@ -240,6 +263,7 @@ class PairSession:
             "syncs": self.syncs,
             "conflicts": len(report.conflicts) if report else 0,
             "problems": [f"{p.path}: {p.message}" for p in report.problems] if report else [],
+            "failing": len(self._failed),
             "watch": self.watch_mode,
         }
 
@@ -322,8 +346,9 @@ class PairSession:
             return
         self._idle.clear()
         self.state = SessionState.SYNCING
-        dirty, self._local_dirty = self._local_dirty, set()
+        dirty, self._local_dirty = self._local_dirty | set(self._failed), set()
         from_host, self._remote_paths = self._remote_paths, set()
+        self._retry_due = False
         full = self._full_needed or time.monotonic() - self._last_full > FULL_EVERY_S
         self._remote_dirty = self._full_needed = False
         started = time.monotonic()
@@ -367,12 +392,30 @@ class PairSession:
                 ms=round(took, 1),
             )
         for problem in report.problems:
-            self._event("problem", f"{problem.path}: {problem.message}")
+            self._event("problem", f"{problem.path}: {problem.message}", level="warning")
+        self._schedule_retry({p.path: p.message for p in report.problems if p.path})
         if self._on_landed:
             # The base is the witness: what moved in it is what this cycle settled.
             landed = sorted(set(report.base_moved) - from_host)
             if landed:
                 await self._on_landed(self.pair, landed)
+
+    def _schedule_retry(self, failed: dict[str, str]) -> None:
+        """Keep the paths that failed pending; try them again after a growing delay."""
+        self._failed = failed
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        if not failed:
+            self._retry_delay_s = RETRY_FIRST_S
+            return
+
+        def due() -> None:
+            self._retry_due = True
+            self._wake.set()
+
+        self._retry_timer = asyncio.get_running_loop().call_later(self._retry_delay_s, due)
+        self._retry_delay_s = min(RETRY_MAX_S, self._retry_delay_s * 2)
 
     def _event(self, kind: str, message: str, **extra: Any) -> None:
         log.info("pair %s: %s", self.pair.name, message)

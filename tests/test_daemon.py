@@ -306,3 +306,53 @@ def test_config_edits_are_reloaded_and_broken_ones_kept_out(
             await eventually(lambda: text(local / "from_host.txt") == "pulled now", 20, "pull")
 
     asyncio.run(body())
+
+
+def test_read_only_remote_folder_then_writable_again(sshd: SshServer, tmp_path: Path) -> None:
+    """The host's folder turns read-only (a real mount, remounted ro): the pair reports the
+    problem and keeps every edit; once the folder is writable again, everything lands."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    local, remote = write_project(tmp_path, sshd, mode="push")
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(remote)],
+            check=False,
+            capture_output=True,
+        ).returncode
+        != 0
+    ):
+        pytest.skip("cannot mount a tmpfs here (needs CAP_SYS_ADMIN)")
+    config = str(local / "tether.toml")
+
+    def remount(mode: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{mode}", str(remote)], check=True)
+
+    async def body() -> None:
+        async with running_daemon() as (daemon, client):
+            await client.register(config)
+            (local / "first.txt").write_text("first")
+            await client.flush(config, 30)
+            assert text(remote / "first.txt") == "first"
+            remount("ro")
+            (local / "while_ro.txt").write_text("kept")
+            (local / "first.txt").write_text("first, edited")
+            session = next(iter(daemon.projects.values())).sessions["code"]
+            await eventually(lambda: bool(session.snapshot()["problems"]), 20, "problem shown")
+            assert any("read" in p.lower() for p in session.snapshot()["problems"])
+            assert not (remote / "while_ro.txt").exists()
+            with pytest.raises(TetherError, match="could not land"):  # says so, promptly
+                await client.flush(config, 30)
+            remount("rw")
+            # No flush, no new edit: the retry (with backoff) lands them by itself.
+            await eventually(lambda: text(remote / "while_ro.txt") == "kept", 40, "retry lands")
+            await client.flush(config, 30)
+            assert text(remote / "first.txt") == "first, edited"
+            assert not [p for p in remote.iterdir() if p.name.endswith(".tmp")]
+
+    try:
+        asyncio.run(body())
+    finally:
+        subprocess.run(["umount", "-l", str(remote)], check=False)
