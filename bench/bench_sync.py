@@ -1,7 +1,7 @@
 """tether sync vs `rsync -a` over ssh, against one local sshd, in one go; prints ratios.
 
     python bench/bench_sync.py [--initial-files 5000] [--initial-mb 50] [--resync-files 20000]
-                               [--memory-files 100000] [--skip-memory]
+                               [--memory-files 100000] [--skip-memory] [--only memory]
 
 1. initial sync of N files / M MB into an empty remote folder (tether push vs rsync -a);
 2. re-sync after one changed file in a 20,000-file tree (both tools already synced once), twice:
@@ -137,6 +137,19 @@ def peak_rss_of(cmd: list[str], env: dict[str, str]) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
+def memory_case(work: Path, server: SshServer, env: dict[str, str], files: int) -> int:
+    """Peak RSS (kB) of a one-shot `tether sync` of ``files`` small files to an empty remote."""
+    src = work / "memory"
+    make_tree(src, files, files * 100)
+    cfg = write_config(work, server, src, work / "t-memory")
+    cmd = [sys.executable, "-m", "daemon.cli", "--config", str(cfg), "sync", "--json"]
+    start = time.perf_counter()
+    rss_kb = peak_rss_of(cmd, env)
+    elapsed = time.perf_counter() - start
+    print(f"peak memory, {files} files: {rss_kb / 1024:.0f} MB (limit 200 MB) in {elapsed:.1f} s")
+    return rss_kb
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--initial-files", type=int, default=5000)
@@ -144,6 +157,9 @@ def main() -> int:
     ap.add_argument("--resync-files", type=int, default=20000)
     ap.add_argument("--memory-files", type=int, default=100000)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument(
+        "--only", choices=["memory"], help="run just this case (memory: the 100k-file sync)"
+    )
     args = ap.parse_args()
     print(f"host agent and CLI run with {REAL_PYTHON} (not a `python3` shim on PATH)")
     work = Path(tempfile.mkdtemp(prefix="tether-bench-"))
@@ -151,6 +167,9 @@ def main() -> int:
     env = dict(os.environ, PYTHONPATH=str(ROOT), TETHER_STATE_DIR=str(work / "state"))
     rows: list[tuple[str, float, float, str]] = []
     try:
+        if args.only == "memory":
+            memory_case(work, server, env, args.memory_files)
+            return 0
         # 1. initial sync
         src = work / "initial"
         make_tree(src, args.initial_files, int(args.initial_mb * 1e6))
@@ -196,17 +215,7 @@ def main() -> int:
         shutil.rmtree(work / "t-initial", ignore_errors=True)
         # 3. memory at 100k files
         if not args.skip_memory:
-            src = work / "memory"
-            make_tree(src, args.memory_files, args.memory_files * 100)
-            cfg = write_config(work, server, src, work / "t-memory")
-            cmd = [sys.executable, "-m", "daemon.cli", "--config", str(cfg), "sync", "--json"]
-            start = time.perf_counter()
-            rss_kb = peak_rss_of(cmd, env)
-            elapsed = time.perf_counter() - start
-            print(
-                f"peak memory, {args.memory_files} files: {rss_kb / 1024:.0f} MB "
-                f"(limit 200 MB) in {elapsed:.1f} s"
-            )
+            memory_case(work, server, env, args.memory_files)
         print(f"\n{'case':<48} {'tether':>9} {'rsync':>9} {'ratio':>7}  target")
         for name, a, b, target in rows:
             print(f"{name:<48} {a:>8.2f}s {b:>8.2f}s {a / b:>7.2f}  {target}")

@@ -15,7 +15,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +24,16 @@ from .entry import Entry, EntryKind, Snapshot
 from .ignore import GITIGNORE, IgnoreRules
 from .paths import symlink_stays_inside
 
+_Stat = tuple[int, int, int, int, int]
+"""(size, mtime_ns, ino, st_mode, ctime_ns) of a file to hash."""
 DigestCache = dict[str, tuple[int, int, int, str]]
 """path → (size, mtime_ns, ino, sha256 hex)."""
 
 HASH_CHUNK = 1 << 20
 HASH_THREADS = 4
+HASH_BATCH = 512
+"""Files handed to the hashing pool at a time: a future per file for 100,000 files at once
+cost ~150 MB (a Future carries a Condition and its lock)."""
 RACY_NS = 2 * 10**9
 """A file modified this close to the scan may change again within the same mtime tick: hash it,
 but do not cache the digest."""
@@ -89,7 +94,7 @@ def scan_local(
         return LocalScan(True, False, rules=rules)
     entries: Snapshot = {}
     new_cache: DigestCache = {}
-    to_hash: list[tuple[str, os.stat_result]] = []
+    to_hash: list[tuple[str, _Stat]] = []
     top = str(root)
     horizon = time.time_ns() - RACY_NS
 
@@ -102,8 +107,10 @@ def scan_local(
                 entries[path] = Entry(
                     EntryKind.FILE, st.st_size, st.st_mtime_ns, mode & 0o7777, hit[3]
                 )
-            else:
-                to_hash.append((path, st))
+            else:  # the five fields hashing needs, not the whole stat_result (~4x the size)
+                to_hash.append(
+                    (path, (st.st_size, st.st_mtime_ns, st.st_ino, mode, st.st_ctime_ns))
+                )
         elif stat.S_ISLNK(mode):
             try:
                 target = os.readlink(full)
@@ -214,29 +221,30 @@ def scan_local(
             seen_wire.update(got.to_wire())
     hashed_bytes = 0
 
-    def digest(item: tuple[str, os.stat_result]) -> tuple[str, os.stat_result, str | OSError]:
+    def digest(item: tuple[str, _Stat]) -> tuple[str, _Stat, str | OSError]:
         path, st = item
         try:
             return path, st, hash_file(os.path.join(top, path))
         except OSError as exc:
             return path, st, exc
 
-    if to_hash:
-        if len(to_hash) > 8:
-            with ThreadPoolExecutor(HASH_THREADS) as pool:
-                results = list(pool.map(digest, to_hash, chunksize=16))
-        else:
-            results = [digest(item) for item in to_hash]
-        for path, st, result in results:
+    def take(results: Iterable[tuple[str, _Stat, str | OSError]]) -> None:
+        nonlocal hashed_bytes
+        for path, (size, mtime_ns, ino, mode, ctime_ns), result in results:
             if isinstance(result, OSError):
                 entries[path] = Entry(EntryKind.PROBLEM, problem=_reason(result))
                 continue
-            if max(st.st_mtime_ns, st.st_ctime_ns) < horizon:
-                new_cache[path] = (st.st_size, st.st_mtime_ns, st.st_ino, result)
-            hashed_bytes += st.st_size
-            entries[path] = Entry(
-                EntryKind.FILE, st.st_size, st.st_mtime_ns, st.st_mode & 0o7777, result
-            )
+            if max(mtime_ns, ctime_ns) < horizon:
+                new_cache[path] = (size, mtime_ns, ino, result)
+            hashed_bytes += size
+            entries[path] = Entry(EntryKind.FILE, size, mtime_ns, mode & 0o7777, result)
+
+    if len(to_hash) > 8:
+        with ThreadPoolExecutor(HASH_THREADS) as pool:
+            for start in range(0, len(to_hash), HASH_BATCH):
+                take(pool.map(digest, to_hash[start : start + HASH_BATCH]))
+    else:
+        take(digest(item) for item in to_hash)
     if paths is not None:  # keep cache rows of paths outside the rescanned subtrees
         for path, row in cache.items():
             if not any(path == p or path.startswith(p + "/") for p in paths):
