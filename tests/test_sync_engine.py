@@ -153,7 +153,7 @@ def test_push_keeps_remote_edit_as_conflict_copy(project) -> None:
     write(local / "a.txt", "local v2")
     write(remote / "a.txt", "remote v2")
     write(remote / "only-remote.txt", "stays")
-    code, report = sync(tmp)
+    code, _report = sync(tmp)
     assert code == 0
     assert (remote / "a.txt").read_text() == "local v2"
     copies = [p for p in os.listdir(remote) if ".conflict-remote-" in p]
@@ -206,7 +206,7 @@ def test_edit_between_scan_and_apply_is_not_clobbered(project, monkeypatch) -> N
         return await real(actions, sides, **kw)
 
     monkeypatch.setattr("daemon.sync.engine.apply_plan", racing)
-    code, report = sync(tmp)
+    code, _report = sync(tmp)
     assert code == 0
     # The host's edit survived as a conflict copy; local's version landed after a rescan.
     assert (remote / "a.txt").read_text() == "v2"
