@@ -157,7 +157,8 @@ def test_flush_falls_back_to_a_full_cycle_when_polling(
             (local / "fresh.py").write_text("saved just now")  # the poller has not seen it
             answer = await client.sync(config, None, 30)
             assert text(remote / "fresh.py") == "saved just now"
-            assert answer["pairs"][0]["scope"] is None  # a full cycle
-            assert session.last_report is not None and session.last_report.scope is None
+            # The merged report of the cycles this sync ran is full (scope None) when any of
+            # them was; a later no-op cycle (the poller reporting fresh.py late) may follow it.
+            assert answer["pairs"][0]["scope"] is None
 
     asyncio.run(body())
