@@ -406,6 +406,7 @@ def valid_name(name):
 
 
 DIGEST_CACHES = {}
+CACHE_SAVE_EVERY_S = 30.0
 
 
 class DigestCache:
@@ -416,6 +417,7 @@ class DigestCache:
         self.file = os.path.join(cache_dir(), "digests", self.key + ".json")
         self.data = {}
         self.dirty = False
+        self.saved_at = 0.0
 
     @classmethod
     def for_root(cls, real_root):
@@ -432,9 +434,16 @@ class DigestCache:
             DIGEST_CACHES[real_root] = cache
         return cache
 
-    def save(self):
-        if not self.dirty:
+    def save(self, force=False):
+        """Write the cache file, at most every CACHE_SAVE_EVERY_S unless forced (on exit).
+
+        A long-lived agent (the daemon's) scans after nearly every save; rewriting the whole
+        file each time (megabytes at 100k files, and a rename ext4 turns into writeback) would
+        put disk latency on every sync. Losing the unsaved tail costs a rehash, nothing more.
+        """
+        if not self.dirty or (not force and time.monotonic() - self.saved_at < CACHE_SAVE_EVERY_S):
             return
+        self.saved_at = time.monotonic()
         folder = os.path.dirname(self.file)
         try:
             os.makedirs(folder, 0o700, exist_ok=True)
@@ -1762,6 +1771,8 @@ def main(argv):
         for upload in list(UPLOADS.values()):
             upload.abort()
         UPLOADS.clear()
+        for cache in DIGEST_CACHES.values():
+            cache.save(force=True)
 
 
 if __name__ == "__main__":
