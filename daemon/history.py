@@ -7,16 +7,13 @@ leaves a record that says so ("running" with no end) rather than nothing.
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .runs import exit_status
+from .store import SqliteStore
 from .sync.state import state_dir
 
 DB_NAME = "runs.sqlite3"
@@ -60,36 +57,16 @@ class RunRecord:
         return out
 
 
-class RunHistory:
+class RunHistory(SqliteStore):
     """The runs table (file 0600 in the 0700 state folder)."""
 
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path or state_dir() / DB_NAME
-        fresh = not self.path.exists()
-        self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        if fresh:
-            os.chmod(self.path, 0o600)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+    SCHEMA = _SCHEMA
 
-    def close(self) -> None:
-        self._db.close()
+    def __init__(self, path: Path | None = None) -> None:
+        super().__init__(path or state_dir() / DB_NAME)
 
     def __enter__(self) -> RunHistory:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def begin(self, record: RunRecord) -> None:
         with self._tx() as db:

@@ -14,16 +14,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import BadHostData, TetherError, UsageError
+from .store import SqliteStore
 from .sync.state import state_dir
 
 DB_NAME = "results.sqlite3"
@@ -149,37 +147,16 @@ def _shape(value: Sequence[int]) -> str:
     return "x".join(str(int(v)) for v in value)
 
 
-class ResultsStore:
+class ResultsStore(SqliteStore):
     """The results database (file 0600 in the user's 0700 state folder)."""
 
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path or state_dir() / DB_NAME
-        fresh = not self.path.exists()
-        self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        if fresh:
-            os.chmod(self.path, 0o600)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+    SCHEMA = "PRAGMA foreign_keys=ON;\n" + _SCHEMA
 
-    def close(self) -> None:
-        self._db.close()
+    def __init__(self, path: Path | None = None) -> None:
+        super().__init__(path or state_dir() / DB_NAME)
 
     def __enter__(self) -> ResultsStore:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     # -------------------------------------------------------------- writing
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..store import open_private_db
 from .entry import Entry, EntryKind, Snapshot
 
 STATE_ENV = "TETHER_STATE_DIR"
@@ -85,16 +86,8 @@ class StateStore:
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or state_dir() / DB_NAME
-        fresh = not self.path.exists()
-        if fresh:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
-        self.db = sqlite3.connect(self.path, timeout=30.0)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db = open_private_db(self.path, _SCHEMA, autocommit=False)
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
-        os.chmod(self.path, 0o600)
 
     def __enter__(self) -> StateStore:
         return self
