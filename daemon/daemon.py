@@ -82,10 +82,25 @@ class Service:
         self._task = asyncio.create_task(self._keep(), name=f"service {self.tunnel.name}")
         return self
 
-    async def close(self) -> None:
+    async def close(self, *, stop_remote: bool = False) -> None:
+        """Stop keeping it; with ``stop_remote`` also stop it on the host (the project was
+        unregistered). A daemon that merely restarts leaves it running and adopts it again."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if stop_remote and self.run_id is not None:
+            try:
+                agent = await self.link.wait_agent(5)
+                await agent.kill(self.run_id, signal="TERM", grace_s=3)
+            except TetherError as exc:
+                self.bus.emit(
+                    {
+                        "kind": "service.error",
+                        "level": "warning",
+                        "project": self._project,
+                        "message": f"could not stop {self.run_id}: {exc.one_line()}",
+                    }
+                )
 
     async def _keep(self) -> None:
         backoff = 1.0
@@ -190,10 +205,12 @@ class Project:
             service.start()
         self._emit({"kind": "project.started", "message": f"watching {self.config.root}"})
 
-    async def close(self) -> None:
+    async def close(self, *, stop_services: bool = False) -> None:
         for trigger in self.triggers:
             await trigger.close()
-        for part in [*self.services, *self.sessions.values(), *self.tunnels]:
+        for service in self.services:
+            await service.close(stop_remote=stop_services)
+        for part in [*self.sessions.values(), *self.tunnels]:
             await part.close()
         for link in self.links.values():
             await link.close()
@@ -336,7 +353,7 @@ class Daemon:
         project = self.projects.pop(path, None)
         if project is None:
             raise TetherError(f"{path} is not registered", "see `tether status`")
-        await project.close()
+        await project.close(stop_services=True)
         self._save_registry()
         self.bus.emit({"kind": "project.stopped", "project": path, "message": "unregistered"})
         return {"unregistered": path, "projects": list(self.projects)}

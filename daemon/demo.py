@@ -55,6 +55,8 @@ class DemoProject:
 
     async def close(self) -> None:
         if self.daemon is not None:
+            if str(self.config_path) in self.daemon.projects:
+                await self.daemon.unregister(str(self.config_path))  # stops its web server too
             await self.daemon.close()
         if self.server is not None:
             self.server.close()

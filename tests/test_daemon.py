@@ -144,6 +144,10 @@ def test_pause_collects_and_resume_syncs(sshd: SshServer, tmp_path: Path) -> Non
     asyncio.run(body())
 
 
+# Known and not yet understood: now and then asyncio.run() takes ~2 minutes to shut down after
+# this body has passed (a default-executor thread still blocked); the assertions themselves
+# (flush fails within 10 s) are unaffected, so the test gets room rather than a flaky timeout.
+@pytest.mark.timeout(300)
 def test_flush_fails_fast_with_69_when_host_is_down(
     private_sshd: SshServer, tmp_path: Path
 ) -> None:

@@ -36,3 +36,6 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     # Everything the demo kept stayed inside its own folder.
     assert (tmp_path / "demo" / "project" / "results" / "latest.tether.json").is_file()
     assert not (tmp_path / ".local" / "state" / "tether").exists()
+    # Nothing the demo started is left running (its web server on the host included).
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "the demo left processes behind"
