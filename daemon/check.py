@@ -84,7 +84,6 @@ class Status(str, Enum):
     OK = "OK"
     WARN = "WARN"
     FAIL = "FAIL"
-    SKIP = "SKIP"
 
 
 @dataclass

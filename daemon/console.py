@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Console
 
-STATUS_STYLES = {"OK": "green", "WARN": "yellow", "FAIL": "bold red", "SKIP": "dim"}
+STATUS_STYLES = {"OK": "green", "WARN": "yellow", "FAIL": "bold red"}
 
 
 def console(stderr: bool = False) -> Console:

@@ -34,7 +34,6 @@ from .config import Config, PairConfig, PairMode
 from .errors import HostUnreachable, TetherError
 from .link import Link
 from .sync.engine import SyncReport, sync_pair
-from .sync.entry import Snapshot
 from .sync.ignore import IgnoreRules
 from .sync.safety import PairStatus
 from .sync.state import StateStore
@@ -395,7 +394,10 @@ class PairSession:
             self._event("problem", f"{problem.path}: {problem.message}", level="warning")
         self._schedule_retry({p.path: p.message for p in report.problems if p.path})
         if self._on_landed:
-            # The base is the witness: what moved in it is what this cycle settled.
+            # The base is the witness, not the watcher: a save can land before its event is
+            # delivered (flush rescans), an echo of tether's own write moves nothing, and a path
+            # whose transfer failed keeps its old base. What the host changed itself is not
+            # "landed on the host".
             landed = sorted(set(report.base_moved) - from_host)
             if landed:
                 await self._on_landed(self.pair, landed)
@@ -470,15 +472,3 @@ def release_memory() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):  # musl, no glibc: nothing to trim
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def landed_on_host(before: Snapshot, after: Snapshot, from_host: set[str]) -> list[str]:
-    """Paths that this sync put on the host: their agreed state (the base) moved, and the host
-    did not change them itself.
-
-    The base, not the watcher, is the witness: a save can land before its watcher event is
-    delivered (flush rescans), an echo of tether's own write moves nothing, and a path whose
-    transfer failed keeps its old base.
-    """
-    moved = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
-    return sorted(moved - from_host)

@@ -102,11 +102,6 @@ class TriggerRunner:
         self._queued = None
         await self.cancel()
 
-    async def wait_idle(self) -> None:
-        while self.busy:
-            assert self._current is not None
-            await asyncio.gather(self._current, return_exceptions=True)
-
     def snapshot(self) -> dict[str, Any]:
         return {
             "trigger": self.trigger.name,

@@ -25,8 +25,6 @@ class PairStatus(str, Enum):
     """A root that held files is now empty while the other side is not."""
     HALTED_ROOT_TYPE_CHANGED = "halted-root-type-changed"
     """A root is no longer a folder."""
-    HALTED_BAD_HOST_DATA = "halted-bad-host-data"
-    """The host sent something unsafe; nothing was written."""
     FAILED = "failed"
     """The sync stopped on an error (link cut, disk full); the base is unchanged."""
 

@@ -175,11 +175,6 @@ class StateStore:
             db.execute("INSERT OR REPLACE INTO pairs VALUES (?, ?, ?)", (pair, time.time(), status))
         return [p for _, p in gone] + [row[1] for row in changed]
 
-    def forget_pair(self, pair: str) -> None:
-        with self.transaction() as db:
-            for table in ("base", "digests", "conflicts", "pairs", "rules", "remote_scans"):
-                db.execute(f"DELETE FROM {table} WHERE pair = ?", (pair,))
-
     # -- ignore rules last sent to the host (lets the remote scan start before the local one) --
 
     def load_rules(self, pair: str) -> list[list[object]] | None:
