@@ -136,3 +136,33 @@ def test_run_goes_through_a_running_daemon(sshd: SshServer, tmp_path: Path) -> N
     finally:
         if pid is not None and not ended(pid, wait_s=5):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_run_in_a_project_the_daemon_does_not_watch_goes_one_shot(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    """The daemon runs for project A; `tether run` in project B still works, on its own."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    watched, _ = write_project(tmp_path / "a", sshd)
+    other, _ = write_project(tmp_path / "b", sshd)
+    runtime = tmp_path / "rt"
+    runtime.mkdir(mode=0o700)
+    env = {
+        **os.environ,
+        "TETHER_STATE_DIR": str(tmp_path / "state"),
+        "TETHER_RUNTIME_DIR": str(runtime),
+    }
+    pid = None
+    try:
+        assert tether(watched, env, "start").returncode == 0
+        pid = json.loads(tether(watched, env, "status", "--json").stdout)["pid"]
+        result = tether(other, env, "run", "--", "sh", "-c", "echo from-b; exit 6")
+        assert result.returncode == 6, result.stderr
+        assert result.stdout.strip() == "from-b"
+        logs = tether(watched, env, "logs", "-n", "100").stdout
+        assert "run.started" not in logs  # not the daemon's: B is not registered there
+        tether(watched, env, "stop", "--all")
+    finally:
+        if pid is not None and not ended(pid, wait_s=5):
+            os.kill(pid, signal.SIGKILL)
