@@ -45,6 +45,9 @@ OnLanded = Callable[[PairConfig, list[str]], Awaitable[None]]
 
 FULL_EVERY_S = 600.0
 """A full sync at least this often while changes flow (a watcher may drop events silently)."""
+RELEASE_AFTER_FILES = 20_000
+"""Return freed heap to the OS only after full cycles this big: a gc.collect costs tens of
+milliseconds, too much to pay on every flush of a small tree, and small scans free little."""
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
 """Paths that failed to land are retried after 1 s, 2 s, 4 s ... at most every 30 s."""
@@ -375,7 +378,8 @@ class PairSession:
         self._reports.append((self.syncs, report))
         if report.scope is None:
             self._last_full = started
-            release_memory()  # a full cycle held both trees in memory; give that back
+            if report.local_files + report.remote_files >= RELEASE_AFTER_FILES:
+                release_memory()  # a big full cycle held both trees in memory; give it back
         if report.halted:
             self.state, self.message = SessionState.HALTED, report.message
             self._event("halted", report.message)
