@@ -137,6 +137,8 @@ class WriteItem:
     mode: int
     mtime_ns: int
     expect: Entry | None
+    digest: str = ""
+    """The SHA-256 of ``data`` when the caller already has it (computed here otherwise)."""
 
 
 @dataclass
@@ -682,17 +684,19 @@ class AgentClient:
         mtime_ns: int,
         expect: Entry | None,
         fsync: bool = False,
+        digest: str = "",
     ) -> Entry:
         """Write ``data`` at ``path`` atomically if ``expect`` still describes what is there.
 
-        Big files go in pipelined chunks of :data:`CHUNK` bytes.
+        Big files go in pipelined chunks of :data:`CHUNK` bytes. ``digest``: the SHA-256 of
+        ``data`` when the caller has it (the agent checks the bytes it got against it).
 
         Raises:
             ExpectationFailed: the path changed since it was scanned; nothing was written.
             RemoteOpError: no_space, read_only, permission, ... (the temp file is removed).
         """
         check_relpath(path, origin="the caller")
-        digest = hashlib.sha256(data).hexdigest()
+        digest = digest or hashlib.sha256(data).hexdigest()
         final = {
             "root": root,
             "path": path,
@@ -741,7 +745,7 @@ class AgentClient:
                     "size": len(item.data),
                     "mode": item.mode,
                     "mtime_ns": item.mtime_ns,
-                    "digest": hashlib.sha256(item.data).hexdigest(),
+                    "digest": item.digest or hashlib.sha256(item.data).hexdigest(),
                     "expect": _entry_to_wire(item.expect),
                     "fsync": fsync,
                 }

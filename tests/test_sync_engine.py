@@ -214,6 +214,77 @@ def test_edit_between_scan_and_apply_is_not_clobbered(project, monkeypatch) -> N
     assert [(remote / k).read_text() for k in kept] == ["edited on the host meanwhile"]
 
 
+def test_a_new_local_file_is_read_once_and_its_digest_kept(project, monkeypatch) -> None:
+    """Files only this side has are hashed as they are read to be sent, not scanned twice."""
+    import hashlib
+
+    from daemon.sync import scan as scan_mod
+    from daemon.sync.state import StateStore, pair_key
+
+    tmp, local, remote, configure = project
+    configure("push")
+    monkeypatch.setattr("daemon.sync.scan.RACY_NS", 0)
+    scanner_reads: list[str] = []
+    real_hash_file = scan_mod.hash_file
+
+    def counting(path: str) -> str:
+        scanner_reads.append(path)
+        return real_hash_file(path)
+
+    monkeypatch.setattr("daemon.sync.scan.hash_file", counting)
+    texts = {f"d/f{i}.txt": f"content {i}" * (i + 1) for i in range(12)}
+    for rel, text in texts.items():
+        write(local / rel, text)
+    code, report = sync(tmp)
+    assert code == 0, report
+    assert scanner_reads == []  # nothing to compare with: no scan-time hashing
+    assert report["hashed"]["local"] == 12  # each hashed once, as it was sent
+    with StateStore() as store:
+        key = pair_key(tmp / "tether.toml", "code")
+        base, cache = store.load_base(key), store.load_digests(key)
+    for rel, text in texts.items():
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        assert base[rel].digest == digest and cache[rel][3] == digest
+        assert (remote / rel).read_text() == text
+    # Known now: the next sync reads nothing; an edit is hashed by the scan (base to compare).
+    code, report = sync(tmp)
+    assert report["plan"] == [] and report["hashed"]["local"] == 0
+    write(local / "d/f0.txt", "edited")
+    code, report = sync(tmp)
+    assert code == 0 and report["hashed"]["local"] == 1
+    assert scanner_reads == [str(local / "d/f0.txt")]
+    assert (remote / "d/f0.txt").read_text() == "edited"
+
+
+def test_a_new_file_edited_before_it_is_read_is_rescanned(project, monkeypatch) -> None:
+    """An unhashed file whose size or mtime moved since the scan is not sent as scanned."""
+    import hashlib
+
+    from daemon.sync import apply as apply_mod
+    from daemon.sync.state import StateStore, pair_key
+
+    tmp, local, remote, configure = project
+    configure("push")
+    write(local / "new.txt", "first")
+    real = apply_mod.apply_plan
+    calls = []
+
+    async def editing(actions, sides, **kw):
+        calls.append(len(actions))
+        if len(calls) == 1:
+            write(local / "new.txt", "second, longer")
+        return await real(actions, sides, **kw)
+
+    monkeypatch.setattr("daemon.sync.engine.apply_plan", editing)
+    code, report = sync(tmp)
+    assert code == 0, report
+    assert len(calls) == 2 and report["rounds"] == 2
+    assert (remote / "new.txt").read_text() == "second, longer"
+    with StateStore() as store:
+        base = store.load_base(pair_key(tmp / "tether.toml", "code"))
+    assert base["new.txt"].digest == hashlib.sha256(b"second, longer").hexdigest()
+
+
 def test_permission_denied_is_reported_and_the_rest_goes_on(project) -> None:
     if os.geteuid() == 0:
         pytest.skip("root reads everything")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import RemoteError
@@ -20,7 +20,7 @@ from .entry import EntryKind
 from .paths import is_within
 from .reconcile import Action, ActionKind, Problem
 from .reconcile import Side as Where
-from .sides import OpFailed, Side
+from .sides import Content, OpFailed, Side
 
 ProgressFn = Callable[[str, int, int], None]
 """``on_progress(path, bytes_done, bytes_total)``, called as each file lands."""
@@ -48,6 +48,9 @@ class Outcome:
     bytes: int = 0
     deleted: int = 0
     fatal: RemoteError | None = None
+    learned: dict[str, str] = field(default_factory=dict)
+    """Digests of source files the scan left unhashed, computed as they were read to be sent
+    (source path → SHA-256); the ``done`` copies carry them too."""
 
 
 def total_bytes(actions: Iterable[Action]) -> int:
@@ -106,8 +109,9 @@ async def apply_plan(
                 else:
                     assert sem is not None
                     async with sem:
-                        data = await there.read(a.source_path, new)
-                        await here.write(a.path, data, new, a.old)
+                        content = await there.read(a.source_path, new)
+                        await here.write(a.path, content, new, a.old)
+                    learn(a, content)
                     out.files += 1
                     out.bytes += new.size
                     if on_progress is not None:
@@ -117,8 +121,13 @@ async def apply_plan(
             return
         out.done.append(a)
 
-    def landed(a: Action) -> None:
+    def learn(a: Action, content: Content) -> None:
+        if a.new is not None and not a.new.digest:
+            out.learned[a.source_path] = content.digest
+
+    def landed(a: Action, content: Content) -> None:
         assert a.new is not None
+        learn(a, content)
         out.files += 1
         out.bytes += a.new.size
         out.done.append(a)
@@ -135,28 +144,28 @@ async def apply_plan(
             *(there.read(a.source_path, a.new) for a in group if a.new is not None),
             return_exceptions=True,
         )
-        ready: list[tuple[Action, bytes]] = []
-        for a, data in zip(group, read, strict=True):
-            if isinstance(data, OpFailed):
-                fail(a, data)
-            elif isinstance(data, BaseException):
-                raise data
+        ready: list[tuple[Action, Content]] = []
+        for a, content in zip(group, read, strict=True):
+            if isinstance(content, OpFailed):
+                fail(a, content)
+            elif isinstance(content, BaseException):
+                raise content
             else:
-                ready.append((a, data))
+                ready.append((a, content))
         if not ready:
             return
-        files = [(a.path, data, a.new, a.old) for a, data in ready]
+        files = [(a.path, content, a.new, a.old) for a, content in ready]
         try:
             results = await here.write_many(files)  # type: ignore[attr-defined]
         except OpFailed as exc:  # the whole request failed (not one file)
             for a, _ in ready:
                 fail(a, exc)
             return
-        for (a, _), result in zip(ready, results, strict=True):
+        for (a, content), result in zip(ready, results, strict=True):
             if isinstance(result, OpFailed):
                 fail(a, result)
             else:
-                landed(a)
+                landed(a, content)
 
     def batches(group: list[Action]) -> Iterator[list[Action]]:
         chunk: list[Action] = []
@@ -215,4 +224,14 @@ async def apply_plan(
     # Keep plan order in ``done`` (next_base replays it).
     rank = {id(a): i for i, a in enumerate(actions)}
     out.done.sort(key=lambda a: rank[id(a)])
+    if out.learned:
+        out.done = [_with_learned_digest(a, out.learned) for a in out.done]
     return out
+
+
+def _with_learned_digest(a: Action, learned: dict[str, str]) -> Action:
+    """``a`` with the digest its source turned out to have, where the scan had none."""
+    if a.kind is not ActionKind.COPY or a.new is None or a.new.kind is not EntryKind.FILE:
+        return a
+    digest = learned.get(a.source_path) if not a.new.digest else None
+    return replace(a, new=replace(a.new, digest=digest)) if digest else a

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sys
 import time
@@ -29,7 +30,7 @@ from .ignore import GITIGNORE, IgnoreRules
 from .paths import case_collisions, is_within, parent_of
 from .reconcile import ActionKind, Conflict, Plan, Problem, Side, next_base, reconcile
 from .safety import PairStatus, root_verdict, syncable
-from .scan import scan_local
+from .scan import DigestCache, LocalScan, scan_local
 from .sftp_endpoint import SftpEndpoint
 from .sides import AgentSide, LocalSide
 from .state import ConflictRecord, StateStore, pair_key
@@ -227,20 +228,6 @@ async def sync_pair(
     Raises:
         TetherError: unreachable host (69), refused auth (77), bad host data (65), a full disk.
     """
-    if client is None:
-        async with remote_agent(config, pair) as started:
-            return await sync_pair(
-                config,
-                pair,
-                dry_run=dry_run,
-                progress=progress,
-                client=started,
-                store=store,
-                accept_empty=accept_empty,
-                now=now,
-                local_paths=local_paths,
-                remote_paths=remote_paths,
-            )
     scope = (
         None
         if local_paths is None and remote_paths is None
@@ -249,31 +236,74 @@ async def sync_pair(
     own_store = store is None
     store = store or StateStore()
     try:
-        return await _Session(config, pair, client, store, progress or Progress()).run(
-            dry_run=dry_run, accept_empty=accept_empty, stamp_now=stamp(now()), scope=scope
+        session = _Session(config, pair, store, progress or Progress())
+        run = functools.partial(
+            session.run,
+            dry_run=dry_run,
+            accept_empty=accept_empty,
+            stamp_now=stamp(now()),
+            scope=scope,
         )
+        if client is not None:
+            return await run(client)
+        if scope is None:  # a one-shot full sync: scan this side while the link comes up
+            session.prescan()
+        try:
+            async with remote_agent(config, pair) as started:
+                return await run(started)
+        finally:
+            await session.drop_prescan()
     finally:
         if own_store:
             store.close()
 
 
+async def _hash_to_compare(scanned: LocalScan, base: Snapshot, remote: Snapshot) -> None:
+    """Hash the local files the scan left unhashed that something will be compared with: a
+    base entry or a remote one. The rest are new on this side only: whatever their content,
+    they are copied, and hashed as they are read to be sent."""
+    need = [p for p in scanned.unhashed if p in remote or p in base]
+    if need:
+        await asyncio.to_thread(scanned.hash, need)
+
+
 class _Session:
     def __init__(
-        self,
-        config: Config,
-        pair: PairConfig,
-        client: AgentClient,
-        store: StateStore,
-        progress: Progress,
+        self, config: Config, pair: PairConfig, store: StateStore, progress: Progress
     ) -> None:
-        self.config, self.pair, self.client, self.store = config, pair, client, store
+        self.config, self.pair, self.store = config, pair, store
         self.progress = progress
         self.key = pair_key(config.path, pair.name)
         self.report = SyncReport(pair.name, pair.mode.value)
+        self._prescan: asyncio.Future[tuple[DigestCache, LocalScan]] | None = None
+
+    def prescan(self) -> None:
+        """Start the full local scan now (in a thread), for the first round to take."""
+        cache = self.store.load_digests(self.key)
+        rules = IgnoreRules(extra=self.pair.ignore)
+        self._prescan = asyncio.ensure_future(
+            asyncio.to_thread(
+                lambda: (cache, scan_local(self.pair.local, rules, cache, defer_hashing=True))
+            )
+        )
+
+    async def drop_prescan(self) -> None:
+        """Let an untaken prescan finish (a thread cannot be stopped) and forget it."""
+        if self._prescan is not None:
+            with contextlib.suppress(Exception):
+                await self._prescan
+            self._prescan = None
 
     async def run(
-        self, *, dry_run: bool, accept_empty: bool, stamp_now: str, scope: list[str] | None
+        self,
+        client: AgentClient,
+        *,
+        dry_run: bool,
+        accept_empty: bool,
+        stamp_now: str,
+        scope: list[str] | None,
     ) -> SyncReport:
+        self.client = client
         started = time.monotonic()
         report = self.report
         report.dry_run = dry_run
@@ -323,9 +353,12 @@ class _Session:
                 self.client.scan(pair.remote, ignore=wire, paths=scope)
             )
             try:
-                scanned = await asyncio.to_thread(scan_local, pair.local, rules, cache, paths=scope)
+                scanned = await asyncio.to_thread(
+                    scan_local, pair.local, rules, cache, paths=scope, defer_hashing=True
+                )
             finally:
                 remote = await remote_scan
+            await _hash_to_compare(scanned, base, remote.entries)
             report.scan_s += time.monotonic() - t0
             if not (scanned.exists and scanned.is_dir and remote.exists and remote.is_dir):
                 return None  # a root gone or retyped: the full scan halts with the right status
@@ -346,7 +379,6 @@ class _Session:
             ):
                 return None  # this would empty a root: let the full scan's safety check judge
             report.local_files, report.remote_files = _files(local), _files(rem)
-            report.hashed_local += scanned.hashed
             report.hashed_remote += int(remote.stats.get("hashed", 0))
             plan = reconcile(base, local, rem, pair.mode, now=stamp_now)
             if round_no == 1:
@@ -355,7 +387,7 @@ class _Session:
             report.problems = list(plan.problems)
             if dry_run:
                 return False
-            outcome = await self._apply(plan)
+            outcome = await self._apply(plan, scanned)
             self._save(base, local, rem, plan, outcome, cache, scanned.cache)
             if outcome.fatal is not None:
                 raise outcome.fatal
@@ -374,7 +406,8 @@ class _Session:
         """Scan both roots whole; False when the report is to be returned as it is."""
         report, pair, store = self.report, self.pair, self.store
         base = store.load_base(self.key)
-        cache = store.load_digests(self.key)
+        prescan, self._prescan = self._prescan, None
+        cache = store.load_digests(self.key) if prescan is None else (await prescan)[0]
         for round_no in range(1, MAX_ROUNDS + 1):
             report.rounds = round_no
             t0 = time.monotonic()
@@ -397,7 +430,13 @@ class _Session:
                 else None
             )
             try:
-                scanned = await asyncio.to_thread(scan_local, pair.local, rules, cache)
+                if prescan is not None:
+                    scanned = (await prescan)[1]
+                    prescan = None
+                else:
+                    scanned = await asyncio.to_thread(
+                        scan_local, pair.local, rules, cache, defer_hashing=True
+                    )
             finally:
                 remote_early = await early if early is not None else None
             wire = [[r, i] for r, i in (scanned.rules or rules).to_wire()]
@@ -412,10 +451,10 @@ class _Session:
                 store.save_remote_scan(self.key, pair.remote, remote.token, remote.entries)
             elif not remote.token and last is not None:
                 store.forget_remote_scan(self.key)
+            await _hash_to_compare(scanned, base, remote.entries)
             report.scan_s += time.monotonic() - t0
             local = scanned.entries
             report.local_files, report.remote_files = _files(local), _files(remote.entries)
-            report.hashed_local += scanned.hashed
             report.hashed_remote += int(remote.stats.get("hashed", 0))
             if local_is_case_insensitive(pair.local):
                 clashes = case_collisions(remote.entries)
@@ -461,7 +500,7 @@ class _Session:
                 pair.local.mkdir(parents=True, exist_ok=True)
             if not remote.exists and plan.actions:
                 await self.client.probe(pair.remote, create=True)
-            outcome = await self._apply(plan)
+            outcome = await self._apply(plan, scanned)
             base = self._save(base, local, remote.entries, plan, outcome, cache, scanned.cache)
             if outcome.fatal is not None:
                 raise outcome.fatal
@@ -473,7 +512,8 @@ class _Session:
             cache = scanned.cache
         return True
 
-    async def _apply(self, plan: Plan) -> Outcome:
+    async def _apply(self, plan: Plan, scanned: LocalScan) -> Outcome:
+        """Carry out ``plan``; local files it read unhashed get their digests in ``scanned``."""
         report = self.report
         files = [a for a in plan.actions if a.kind is ActionKind.COPY]
         self.progress.phase("transfer", self.pair.name)
@@ -482,6 +522,9 @@ class _Session:
         progress: ProgressFn = self.progress.file_done
         outcome = await apply_plan(plan.actions, self.sides, on_progress=progress)  # type: ignore[arg-type]
         report.transfer_s += time.monotonic() - t0
+        for path, digest in outcome.learned.items():
+            scanned.learn(path, digest)
+        report.hashed_local += scanned.hashed
         report.copied += outcome.files
         report.deleted += outcome.deleted
         report.bytes += outcome.bytes
@@ -502,7 +545,7 @@ class _Session:
             return base  # a full disk: leave the base exactly as it was
         new = next_base(base, local, remote, outcome.done)
         for path, entry in new.items():
-            if base.get(path) is entry or local.get(path) is entry:
+            if base.get(path) is entry or (local.get(path) is entry and entry.digest):
                 continue  # already validated (scanned here, or loaded from a validated base)
             try:
                 entry.check_valid(path)

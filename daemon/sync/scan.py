@@ -1,11 +1,12 @@
 """The local scanner: one pass over the root, gitignore rules, and a digest cache.
 
 A file whose (size, mtime_ns, inode) match the cache is never re-read; the others are hashed on a
-small thread pool (hashlib releases the GIL). Unreadable paths become ``PROBLEM`` entries and
-symlinks that leave the root (or anything that is not a file, folder or link) ``UNTRACKED`` ones,
-so one bad path never fails the scan. ``.gitignore`` files are read as the walk meets them and
-their rules apply below their folder; the rules found are returned so the remote scan uses the
-same ones.
+small thread pool (hashlib releases the GIL), or, with ``defer_hashing``, only where a digest is
+needed to compare: a file new on this side is hashed as it is read to be sent, once. Unreadable
+paths become ``PROBLEM`` entries and symlinks that leave the root (or anything that is not a
+file, folder or link) ``UNTRACKED`` ones, so one bad path never fails the scan. ``.gitignore``
+files are read as the walk meets them and their rules apply below their folder; the rules found
+are returned so the remote scan uses the same ones.
 """
 
 from __future__ import annotations
@@ -56,6 +57,51 @@ class LocalScan:
     rules_seen: set[tuple[str, bool]] | None = None
     """Partial scans: every ignore rule in force somewhere in the scanned subtrees (the root's and
     ancestors' ``.gitignore`` included), to check against the rules the host was last sent."""
+    unhashed: dict[str, _Stat] = field(default_factory=dict)
+    """Files listed without a digest yet (``defer_hashing``), with what they looked like."""
+    top: str = ""
+    horizon: int = 0
+    """Files changed after this (ns) are too fresh to cache: they may change within one tick."""
+
+    def hash(self, paths: Sequence[str]) -> None:
+        """Hash these unhashed files now (blocking; on a small thread pool past a few files)."""
+        items = [(p, self.unhashed.pop(p)) for p in paths if p in self.unhashed]
+
+        def digest(item: tuple[str, _Stat]) -> tuple[str, _Stat, str | OSError]:
+            path, st = item
+            try:
+                return path, st, hash_file(os.path.join(self.top, path))
+            except OSError as exc:
+                return path, st, exc
+
+        def take(results: Iterable[tuple[str, _Stat, str | OSError]]) -> None:
+            for path, st, result in results:
+                if isinstance(result, OSError):
+                    self.entries[path] = Entry(EntryKind.PROBLEM, problem=_reason(result))
+                else:
+                    self._record(path, st, result)
+
+        if len(items) > 8:
+            with ThreadPoolExecutor(HASH_THREADS) as pool:
+                for start in range(0, len(items), HASH_BATCH):
+                    take(pool.map(digest, items[start : start + HASH_BATCH]))
+        else:
+            take(digest(item) for item in items)
+
+    def learn(self, path: str, digest: str) -> Entry | None:
+        """The digest of an unhashed file, hashed as it was read whole (its size and mtime
+        checked against the scan's); returns its entry, now complete, or None if not unhashed."""
+        st = self.unhashed.pop(path, None)
+        return None if st is None else self._record(path, st, digest)
+
+    def _record(self, path: str, st: _Stat, digest: str) -> Entry:
+        size, mtime_ns, ino, mode, ctime_ns = st
+        if max(mtime_ns, ctime_ns) < self.horizon:
+            self.cache[path] = (size, mtime_ns, ino, digest)
+        self.hashed += 1
+        self.hashed_bytes += size
+        entry = self.entries[path] = Entry(EntryKind.FILE, size, mtime_ns, mode & 0o7777, digest)
+        return entry
 
 
 def hash_file(path: str) -> str:
@@ -72,6 +118,7 @@ def scan_local(
     cache: DigestCache | None = None,
     *,
     paths: Sequence[str] | None = None,
+    defer_hashing: bool = False,
 ) -> LocalScan:
     """Scan ``root`` (blocking; run it in a thread from async code).
 
@@ -82,6 +129,10 @@ def scan_local(
         paths: rescan only these subtrees (root-relative); entries elsewhere are not returned,
             except their ancestor folders (so every entry's parent is listed, as the agent does).
             The ``.gitignore`` files of the root and those ancestors apply, as in a full walk.
+        defer_hashing: leave files the cache does not know unhashed (entries without a digest,
+            listed in ``unhashed``): the caller hashes those it must compare
+            (:meth:`LocalScan.hash`) and learns the rest as it reads them to send
+            (:meth:`LocalScan.learn`), so a new file is read once, not twice.
     """
     cache = cache or {}
     try:
@@ -219,46 +270,26 @@ def scan_local(
                     classify(here, full, st)
         for got in folder_rules.values():
             seen_wire.update(got.to_wire())
-    hashed_bytes = 0
-
-    def digest(item: tuple[str, _Stat]) -> tuple[str, _Stat, str | OSError]:
-        path, st = item
-        try:
-            return path, st, hash_file(os.path.join(top, path))
-        except OSError as exc:
-            return path, st, exc
-
-    def take(results: Iterable[tuple[str, _Stat, str | OSError]]) -> None:
-        nonlocal hashed_bytes
-        for path, (size, mtime_ns, ino, mode, ctime_ns), result in results:
-            if isinstance(result, OSError):
-                entries[path] = Entry(EntryKind.PROBLEM, problem=_reason(result))
-                continue
-            if max(mtime_ns, ctime_ns) < horizon:
-                new_cache[path] = (size, mtime_ns, ino, result)
-            hashed_bytes += size
-            entries[path] = Entry(EntryKind.FILE, size, mtime_ns, mode & 0o7777, result)
-
-    if len(to_hash) > 8:
-        with ThreadPoolExecutor(HASH_THREADS) as pool:
-            for start in range(0, len(to_hash), HASH_BATCH):
-                take(pool.map(digest, to_hash[start : start + HASH_BATCH]))
-    else:
-        take(digest(item) for item in to_hash)
     if paths is not None:  # keep cache rows of paths outside the rescanned subtrees
         for path, row in cache.items():
             if not any(path == p or path.startswith(p + "/") for p in paths):
                 new_cache.setdefault(path, row)
-    return LocalScan(
+    scanned = LocalScan(
         True,
         True,
         entries,
         rules,
         new_cache,
-        len(to_hash),
-        hashed_bytes,
-        seen_wire if paths is not None else None,
+        rules_seen=seen_wire if paths is not None else None,
+        top=top,
+        horizon=horizon,
     )
+    for path, st in to_hash:  # a placeholder until hashed: a file entry with no digest yet
+        entries[path] = Entry(EntryKind.FILE, st[0], st[1], st[3] & 0o7777)
+        scanned.unhashed[path] = st
+    if not defer_hashing:
+        scanned.hash(list(scanned.unhashed))
+    return scanned
 
 
 def _reason(exc: OSError) -> str:

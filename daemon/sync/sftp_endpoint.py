@@ -229,6 +229,7 @@ class SftpEndpoint:
         mode: int,
         mtime_ns: int,
         expect: Entry | None,
+        digest: str = "",
     ) -> Entry:
         full = self._abs(root, path)
         temp = self._temp(full)
@@ -250,7 +251,7 @@ class SftpEndpoint:
         except BaseException:
             await self._discard(temp)
             raise
-        digest = hashlib.sha256(data).hexdigest()
+        digest = digest or hashlib.sha256(data).hexdigest()
         return Entry(EntryKind.FILE, len(data), (mtime_ns // 10**9) * 10**9, mode & 0o7777, digest)
 
     async def _discard(self, temp: str) -> None:
@@ -269,6 +270,7 @@ class SftpEndpoint:
                     mode=item.mode,
                     mtime_ns=item.mtime_ns,
                     expect=item.expect,
+                    digest=item.digest,
                 )
             except RemoteOpError as exc:
                 return exc

@@ -13,13 +13,24 @@ import asyncio
 import hashlib
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..agent_client import RemoteOpError, WriteItem
 from .entry import Entry
 
-Write = tuple[str, bytes, Entry, "Entry | None"]
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """A file's bytes as read for a transfer, with their SHA-256, computed once where they were
+    read and checked again where they land."""
+
+    data: bytes
+    digest: str
+
+
+Write = tuple[str, Content, Entry, "Entry | None"]
 """One file for :meth:`AgentSide.write_many`: (path, content, entry to create, expected there)."""
 
 
@@ -36,8 +47,10 @@ class Side(Protocol):
 
     label: str
 
-    async def read(self, path: str, expect: Entry) -> bytes: ...
-    async def write(self, path: str, data: bytes, entry: Entry, expect: Entry | None) -> Entry: ...
+    async def read(self, path: str, expect: Entry) -> Content: ...
+    async def write(
+        self, path: str, content: Content, entry: Entry, expect: Entry | None
+    ) -> Entry: ...
     async def mkdir(self, path: str, entry: Entry, expect: Entry | None) -> Entry: ...
     async def symlink(self, path: str, target: str, expect: Entry | None) -> Entry: ...
     async def delete(self, path: str, expect: Entry) -> None: ...
@@ -75,15 +88,21 @@ class AgentSide:
     def __init__(self, client: Any, root: str, label: str) -> None:
         self.client, self.root, self.label = client, root, label
 
-    async def read(self, path: str, expect: Entry) -> bytes:
+    async def read(self, path: str, expect: Entry) -> Content:
         data, got = await _guard(self.client.read_entry(self.root, path), path)
         if got.digest != expect.digest:
             raise OpFailed("changed", f"{path} changed since it was scanned", path)
-        return data
+        return Content(data, got.digest)
 
-    async def write(self, path: str, data: bytes, entry: Entry, expect: Entry | None) -> Entry:
+    async def write(self, path: str, content: Content, entry: Entry, expect: Entry | None) -> Entry:
         call = self.client.write(
-            self.root, path, data, mode=entry.mode & 0o777, mtime_ns=entry.mtime_ns, expect=expect
+            self.root,
+            path,
+            content.data,
+            mode=entry.mode & 0o777,
+            mtime_ns=entry.mtime_ns,
+            expect=expect,
+            digest=content.digest,
         )
         result: Entry = await _guard(call, path)
         return result
@@ -91,8 +110,8 @@ class AgentSide:
     async def write_many(self, files: list[Write]) -> list[Entry | OpFailed]:
         """Many small files in one request; each lands or fails (OpFailed) on its own."""
         items = [
-            WriteItem(path, data, entry.mode & 0o777, entry.mtime_ns, expect)
-            for path, data, entry, expect in files
+            WriteItem(path, c.data, entry.mode & 0o777, entry.mtime_ns, expect, c.digest)
+            for path, c, entry, expect in files
         ]
         results = await _guard(self.client.write_many(self.root, items), files[0][0])
         return [
@@ -140,27 +159,36 @@ class LocalSide:
                 self._agent = AgentSide(await self._spawn(), str(self.root), "local")
             return self._agent
 
-    async def read(self, path: str, expect: Entry) -> bytes:
+    async def read(self, path: str, expect: Entry) -> Content:
+        """The file's bytes, if it is still what the scan saw: the same digest, or, for a file
+        the scan left unhashed (``expect.digest`` empty), the same size and mtime before and
+        after the read (what the digest cache trusts too)."""
         full = os.path.join(self.root, path)
 
-        def load() -> bytes:
+        def load() -> Content:
             fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
             try:
+                before = os.fstat(fd)
                 with os.fdopen(fd, "rb", closefd=False) as fh:
-                    return fh.read()
+                    data = fh.read()
+                after = os.fstat(fd)
             finally:
                 os.close(fd)
+            seen = {(st.st_size, st.st_mtime_ns) for st in (before, after)}
+            if not expect.digest and seen != {(expect.size, expect.mtime_ns)}:
+                raise OpFailed("changed", f"{path} changed since it was scanned", path)
+            return Content(data, hashlib.sha256(data).hexdigest())
 
         try:
-            data = await asyncio.to_thread(load) if expect.size > 256 * 1024 else load()
+            content = await asyncio.to_thread(load) if expect.size > 256 * 1024 else load()
         except OSError as exc:
             raise OpFailed(error_kind(exc), f"{path}: {exc.strerror or exc}", path) from exc
-        if hashlib.sha256(data).hexdigest() != expect.digest:
+        if expect.digest and content.digest != expect.digest:
             raise OpFailed("changed", f"{path} changed since it was scanned", path)
-        return data
+        return content
 
-    async def write(self, path: str, data: bytes, entry: Entry, expect: Entry | None) -> Entry:
-        return await (await self._writer()).write(path, data, entry, expect)
+    async def write(self, path: str, content: Content, entry: Entry, expect: Entry | None) -> Entry:
+        return await (await self._writer()).write(path, content, entry, expect)
 
     async def write_many(self, files: list[Write]) -> list[Entry | OpFailed]:
         return await (await self._writer()).write_many(files)
