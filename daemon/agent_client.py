@@ -74,10 +74,12 @@ if have != want:
     os.replace(tmp, path)
 out.write(b"TETHER-RUN " + path.encode("utf-8") + b"\n")
 out.flush()
-os.execv(sys.executable, [sys.executable, "-u", path])
+os.execv(sys.executable, [sys.executable, "-S", "-u", path])
 """
 """Run by the host's python: check the installed agent's digest, take a new copy on stdin only
-when it differs, then become the agent. One exec channel, whatever happens."""
+when it differs, then become the agent. One exec channel, whatever happens. Both run with ``-S``:
+they need the standard library only, and a site-packages full of ``.pth`` hooks can cost a
+start more than the rest of it."""
 
 
 class NoUsablePython(RemoteError):
@@ -301,7 +303,7 @@ class AgentClient:
         digest = hashlib.sha256(local).hexdigest()
         remote = f"{remote_dir or '~/.cache/tether/' + __version__}/agent.py"
         py = shlex.quote(python)
-        command = f"{py} -c {shlex.quote(_BOOTSTRAP)} {shlex.quote(remote)} {digest}"
+        command = f"{py} -S -c {shlex.quote(_BOOTSTRAP)} {shlex.quote(remote)} {digest}"
         try:
             process = await conn.create_process(command, encoding=None)
         except (OSError, asyncssh.Error) as exc:
@@ -370,6 +372,7 @@ class AgentClient:
         process = await asyncio.create_subprocess_exec(
             *wrapper,
             python,
+            "-S",
             "-u",
             str(AGENT_PATH),
             stdin=asyncio.subprocess.PIPE,
