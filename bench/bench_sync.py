@@ -3,8 +3,11 @@
     python bench/bench_sync.py [--initial-files 5000] [--initial-mb 50] [--resync-files 20000]
                                [--memory-files 100000] [--skip-memory] [--only memory]
 
-1. initial sync of N files / M MB into an empty remote folder (tether push vs rsync -a);
+1. initial sync of N files / M MB into an empty remote folder (tether push vs rsync -a), each
+   tool --repeat times (3), alternating, the page cache flushed (`sync`) before every run; the
+   medians are compared;
 2. re-sync after one changed file in a 20,000-file tree (both tools already synced once), twice:
+   each tool --repeat times, alternating, one more change each time, medians compared;
    cold: `tether sync` as a one-shot process (no daemon: connects, starts the agent, scans
          both sides in full, through the digest caches);
    warm: the user daemon runs with the project registered (`tether start`), so `tether sync`
@@ -20,10 +23,12 @@ import contextlib
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +47,17 @@ def make_tree(root: Path, files: int, total_bytes: int) -> None:
         if i % per_dir == 0:
             d.mkdir(parents=True, exist_ok=True)
         (d / f"f{i:06}.txt").write_bytes(os.urandom(size // 2).hex().encode()[:size])
+
+
+def settle() -> None:
+    """Flush dirty pages before a timed run, so one tool's run does not pay for the writeback
+    of the tree made (or the folder deleted) before it: on a shared disk that costs seconds."""
+    os.sync()
+    time.sleep(0.5)
+
+
+def fmt(samples: list[float]) -> str:
+    return " ".join(f"{t:.2f}s" for t in samples)
 
 
 def write_config(work: Path, server: SshServer, local: Path, remote: Path) -> Path:
@@ -67,9 +83,17 @@ def cli(cfg: Path, env: dict[str, str], *verb: str) -> None:
     )
 
 
-def warm_resync(work: Path, cfg: Path, env: dict[str, str], victim: Path) -> float:
-    """Wall time of `tether sync` through a running daemon after one change (daemon started,
-    project registered and in sync first; stopped after)."""
+def warm_resync(
+    work: Path,
+    cfg: Path,
+    env: dict[str, str],
+    victim: Path,
+    rsync_once: Callable[[], float],
+    n: int,
+) -> tuple[list[float], list[float]]:
+    """``n`` times, alternating: one change, then the wall time of `tether sync` through a
+    running daemon, then of rsync (the daemon started, the project registered and in sync
+    first; stopped after)."""
     env = dict(env, TETHER_RUNTIME_DIR=str(work / "rt"))
     (work / "rt").mkdir(mode=0o700, exist_ok=True)
     daemon = subprocess.Popen(
@@ -78,6 +102,8 @@ def warm_resync(work: Path, cfg: Path, env: dict[str, str], victim: Path) -> flo
         stdout=subprocess.DEVNULL,
         stderr=open(work / "daemon.log", "wb"),  # noqa: SIM115
     )
+    ours: list[float] = []
+    theirs: list[float] = []
     try:
         deadline = time.monotonic() + 30
         while not (work / "rt" / "control.sock").exists():
@@ -86,11 +112,15 @@ def warm_resync(work: Path, cfg: Path, env: dict[str, str], victim: Path) -> flo
             time.sleep(0.05)
         cli(cfg, env, "start")
         cli(cfg, env, "flush", "--timeout", "120s")  # the first (full) cycle is done
-        time.sleep(0.5)
-        victim.write_bytes(b"warm " + victim.read_bytes())
-        start = time.perf_counter()
-        cli(cfg, env, "sync", "--json")
-        return time.perf_counter() - start
+        for i in range(n):
+            settle()
+            victim.write_bytes(f"warm {i} ".encode() + victim.read_bytes())
+            start = time.perf_counter()
+            cli(cfg, env, "sync", "--json")
+            ours.append(time.perf_counter() - start)
+            settle()
+            theirs.append(rsync_once())
+        return ours, theirs
     finally:
         with contextlib.suppress(subprocess.CalledProcessError):
             cli(cfg, env, "stop", "--all")
@@ -158,10 +188,16 @@ def main() -> int:
     ap.add_argument("--memory-files", type=int, default=100000)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument(
+        "--repeat", type=int, default=3, help="initial-sync runs per tool, alternating (median)"
+    )
+    ap.add_argument(
         "--only", choices=["memory"], help="run just this case (memory: the 100k-file sync)"
     )
     args = ap.parse_args()
     print(f"host agent and CLI run with {REAL_PYTHON} (not a `python3` shim on PATH)")
+    # As `pip install` does: under PYTHONDONTWRITEBYTECODE=1 every CLI start would otherwise
+    # compile tether's modules from source.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "daemon"], cwd=ROOT, check=True)
     work = Path(tempfile.mkdtemp(prefix="tether-bench-"))
     server = start_sshd(work / "sshd")
     env = dict(os.environ, PYTHONPATH=str(ROOT), TETHER_STATE_DIR=str(work / "state"))
@@ -170,17 +206,25 @@ def main() -> int:
         if args.only == "memory":
             memory_case(work, server, env, args.memory_files)
             return 0
-        # 1. initial sync
+        # 1. initial sync, each tool into a fresh folder, alternating, `--repeat` times
         src = work / "initial"
         make_tree(src, args.initial_files, int(args.initial_mb * 1e6))
-        cfg = write_config(work, server, src, work / "t-initial")
-        t_tether, _ = tether(cfg, env)
-        t_rsync = rsync(server, src, work / "r-initial")
+        times: dict[str, list[float]] = {"tether": [], "rsync": []}
+        for i in range(args.repeat):
+            cfg = write_config(work, server, src, work / f"t-initial-{i}")
+            fresh = dict(env, TETHER_STATE_DIR=str(work / f"state-initial-{i}"))  # no base yet
+            settle()
+            times["tether"].append(tether(cfg, fresh)[0])
+            settle()
+            times["rsync"].append(rsync(server, src, work / f"r-initial-{i}"))
+            shutil.rmtree(work / f"t-initial-{i}", ignore_errors=True)
+            shutil.rmtree(work / f"r-initial-{i}", ignore_errors=True)
+        print(f"initial sync, each run: tether {fmt(times['tether'])}; rsync {fmt(times['rsync'])}")
         rows.append(
             (
                 f"initial {args.initial_files} files / {args.initial_mb:g} MB",
-                t_tether,
-                t_rsync,
+                statistics.median(times["tether"]),
+                statistics.median(times["rsync"]),
                 "<= 1.00",
             )
         )
@@ -193,26 +237,34 @@ def main() -> int:
         time.sleep(2.1)  # let the digest cache take the fresh files (racy window)
         tether(cfg, env)  # a no-op sync that fills the digest caches on both sides
         victim = next((src / "d0000").iterdir())
-        victim.write_bytes(b"changed " + victim.read_bytes())
-        t_tether, _ = tether(cfg, env)
-        t_rsync = rsync(server, src, work / "r-resync")
+        cold: dict[str, list[float]] = {"tether": [], "rsync": []}
+        for i in range(args.repeat):
+            victim.write_bytes(f"changed {i} ".encode() + victim.read_bytes())
+            settle()
+            cold["tether"].append(tether(cfg, env)[0])
+            settle()
+            cold["rsync"].append(rsync(server, src, work / "r-resync"))
+        print(f"re-sync cold, each run: tether {fmt(cold['tether'])}; rsync {fmt(cold['rsync'])}")
         rows.append(
             (
                 f"re-sync cold (one-shot), 1 change in {args.resync_files}",
-                t_tether,
-                t_rsync,
+                statistics.median(cold["tether"]),
+                statistics.median(cold["rsync"]),
                 "<= 0.25",
             )
         )
-        t_warm = warm_resync(work, cfg, env, victim)
-        victim.write_bytes(b"rsync " + victim.read_bytes())
-        t_rsync = rsync(server, src, work / "r-resync")
-        target = "<= 0.25"
-        rows.append(
-            (f"re-sync warm (daemon), 1 change in {args.resync_files}", t_warm, t_rsync, target)
+        ours, theirs = warm_resync(
+            work, cfg, env, victim, lambda: rsync(server, src, work / "r-resync"), args.repeat
         )
-        shutil.rmtree(work / "r-initial", ignore_errors=True)
-        shutil.rmtree(work / "t-initial", ignore_errors=True)
+        print(f"re-sync warm, each run: tether {fmt(ours)}; rsync {fmt(theirs)}")
+        rows.append(
+            (
+                f"re-sync warm (daemon), 1 change in {args.resync_files}",
+                statistics.median(ours),
+                statistics.median(theirs),
+                "<= 0.25",
+            )
+        )
         # 3. memory at 100k files
         if not args.skip_memory:
             memory_case(work, server, env, args.memory_files)
