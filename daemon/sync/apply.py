@@ -140,10 +140,13 @@ async def apply_plan(
         if not group:
             return
         here, there = sides[group[0].side], sides[group[0].side.other]
-        read = await asyncio.gather(
-            *(there.read(a.source_path, a.new) for a in group if a.new is not None),
-            return_exceptions=True,
-        )
+        if hasattr(there, "read_many"):
+            read = await there.read_many([(a.source_path, a.new) for a in group])  # type: ignore[attr-defined]
+        else:
+            read = await asyncio.gather(
+                *(there.read(a.source_path, a.new) for a in group if a.new is not None),
+                return_exceptions=True,
+            )
         ready: list[tuple[Action, Content]] = []
         for a, content in zip(group, read, strict=True):
             if isinstance(content, OpFailed):

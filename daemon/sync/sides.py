@@ -30,6 +30,10 @@ class Content:
     digest: str
 
 
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+SMALL_READ = 256 * 1024
+"""Files up to this size are read on the event loop's thread (a thread hop costs more)."""
+
 Write = tuple[str, Content, Entry, "Entry | None"]
 """One file for :meth:`AgentSide.write_many`: (path, content, entry to create, expected there)."""
 
@@ -160,13 +164,31 @@ class LocalSide:
             return self._agent
 
     async def read(self, path: str, expect: Entry) -> Content:
+        if expect.size > SMALL_READ:
+            return await asyncio.to_thread(self._load, path, expect)
+        return self._load(path, expect)
+
+    async def read_many(self, files: list[tuple[str, Entry]]) -> list[Content | OpFailed]:
+        """Small files read and hashed in one worker thread: the event loop keeps sending the
+        previous batch meanwhile (hashlib and file reads release the GIL)."""
+
+        def load_all() -> list[Content | OpFailed]:
+            out: list[Content | OpFailed] = []
+            for path, expect in files:
+                try:
+                    out.append(self._load(path, expect))
+                except OpFailed as exc:
+                    out.append(exc)
+            return out
+
+        return await asyncio.to_thread(load_all)
+
+    def _load(self, path: str, expect: Entry) -> Content:
         """The file's bytes, if it is still what the scan saw: the same digest, or, for a file
         the scan left unhashed (``expect.digest`` empty), the same size and mtime before and
         after the read (what the digest cache trusts too)."""
-        full = os.path.join(self.root, path)
-
-        def load() -> Content:
-            fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            fd = os.open(os.path.join(self.root, path), os.O_RDONLY | O_NOFOLLOW)
             try:
                 before = os.fstat(fd)
                 with os.fdopen(fd, "rb", closefd=False) as fh:
@@ -174,18 +196,18 @@ class LocalSide:
                 after = os.fstat(fd)
             finally:
                 os.close(fd)
-            seen = {(st.st_size, st.st_mtime_ns) for st in (before, after)}
-            if not expect.digest and seen != {(expect.size, expect.mtime_ns)}:
-                raise OpFailed("changed", f"{path} changed since it was scanned", path)
-            return Content(data, hashlib.sha256(data).hexdigest())
-
-        try:
-            content = await asyncio.to_thread(load) if expect.size > 256 * 1024 else load()
         except OSError as exc:
             raise OpFailed(error_kind(exc), f"{path}: {exc.strerror or exc}", path) from exc
-        if expect.digest and content.digest != expect.digest:
+        digest = hashlib.sha256(data).hexdigest()
+        if expect.digest:
+            unchanged = digest == expect.digest
+        else:
+            unchanged = {(st.st_size, st.st_mtime_ns) for st in (before, after)} == {
+                (expect.size, expect.mtime_ns)
+            }
+        if not unchanged:
             raise OpFailed("changed", f"{path} changed since it was scanned", path)
-        return content
+        return Content(data, digest)
 
     async def write(self, path: str, content: Content, entry: Entry, expect: Entry | None) -> Entry:
         return await (await self._writer()).write(path, content, entry, expect)
