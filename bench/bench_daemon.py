@@ -1,6 +1,6 @@
 """The daemon side by side with lsyncd, unison and autossh, against one local sshd, in one go.
 
-    python bench/bench_daemon.py [--quick] [--skip-tools] [--json OUT]
+    python bench/bench_daemon.py [--quick] [--skip-tools] [--json OUT] [--only PART ...]
                                  [--saves 200] [--tree-files 3000] [--idle-files 100000]
                                  [--idle-s 40] [--reconnects 3]
 
@@ -18,6 +18,9 @@
 3. idle cost: a fresh daemon watches a 100,000-file tree (1,000 folders); after the initial sync,
    its CPU (utime+stime from /proc) and memory (VmRSS, VmHWM) over --idle-s seconds; the host
    agent's too (it runs on this machine, under the test sshd).
+
+``--only idle`` (or ``latency``, ``reconnect``; repeatable) runs just those parts; latency and
+reconnect share one daemon, so either runs both for tether.
 
 Everything runs on 127.0.0.1, bounded in time; missing tools are installed with apt-get when
 running as root, else their column is skipped with the reason.
@@ -52,6 +55,7 @@ from daemon.control import ControlClient, daemon_running  # noqa: E402
 from tests.sshd import SSHD, SshServer, free_port, start_sshd  # noqa: E402
 
 REAL_PYTHON = os.path.realpath(sys.executable)
+PARTS = ("latency", "reconnect", "idle")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 POLL_S = 0.0005
 
@@ -686,23 +690,25 @@ def main() -> int:
     ap.add_argument("--idle-files", type=int, help="files in the idle tree (default 100000)")
     ap.add_argument("--idle-s", type=float, help="idle measurement window (default 40)")
     ap.add_argument("--reconnects", type=int, help="outages per tool (default 3)")
+    ap.add_argument("--only", action="append", choices=PARTS, metavar="PART",
+                    help=f"run only this part ({', '.join(PARTS)}; repeatable)")  # fmt: skip
     args = ap.parse_args()
+    parts = set(args.only or PARTS)
     q = args.quick
     saves = args.saves or (8 if q else 200)
-    tool_saves = max(3, saves // 2)
-    unison_saves = max(3, saves // 10)
     tree = args.tree_files or (200 if q else 3000)
     idle_files = args.idle_files or (2000 if q else 100_000)
     idle_s = args.idle_s or (3.0 if q else 40.0)
     reps = args.reconnects or (1 if q else 3)
-    autossh_timeout = 20.0 if q else 45.0
 
     facts = machine_facts()
     print(facts)
     precompile()
     print(f"host agent runs with {REAL_PYTHON} (not a `python3` shim on PATH)", flush=True)
-    tools = ensure_tools({"lsyncd": "lsyncd", "unison": "unison", "autossh": "autossh"},
-                         args.skip_tools)  # fmt: skip
+    wanted = {"lsyncd": "lsyncd", "unison": "unison"} if "latency" in parts else {}
+    if "reconnect" in parts:
+        wanted["autossh"] = "autossh"
+    tools = ensure_tools(wanted, args.skip_tools)
     for name, why in tools.items():
         if why:
             print(f"{name}: column skipped: {why}")
@@ -710,29 +716,11 @@ def main() -> int:
     server = start_sshd(work / "sshd")
     out: dict[str, Any] = {"machine": facts, "quick": q}
     try:
-        print(f"\n[1/3] save-to-remote latency, {tree}-file tree", flush=True)
-        t_lat, t_rec = latency_tether(work, server, tree, saves, reps)
-        out["latency"] = {"tether": t_lat}
-        if not tools["lsyncd"]:
-            out["latency"]["lsyncd"] = latency_lsyncd(work, server, tree, tool_saves, master=False)
-            out["latency"]["lsyncd+ControlMaster"] = latency_lsyncd(
-                work, server, tree, tool_saves, master=True
-            )
-        if not tools["unison"]:
-            out["latency"]["unison"] = latency_unison(work, server, tree, unison_saves)
-
-        print("[2/3] reconnect after sshd is killed and restarted ~3 s later", flush=True)
-        out["reconnect"] = {"tether": t_rec}
-        if not tools["autossh"]:
-            out["reconnect"]["autossh, recommended"] = reconnect_autossh(
-                work, server, reps, tuned=False, timeout_s=autossh_timeout
-            )
-            out["reconnect"]["autossh, tuned"] = reconnect_autossh(
-                work, server, reps, tuned=True, timeout_s=autossh_timeout
-            )
-
-        print(f"[3/3] idle cost watching {idle_files} files", flush=True)
-        out["idle"] = idle_cost(work, server, idle_files, idle_s)
+        if parts & {"latency", "reconnect"}:
+            measure_latency_and_reconnect(out, work, server, tools, parts, tree, saves, reps, q)
+        if "idle" in parts:
+            print(f"[3/3] idle cost watching {idle_files} files", flush=True)
+            out["idle"] = idle_cost(work, server, idle_files, idle_s)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -743,9 +731,47 @@ def main() -> int:
     return 0
 
 
+def measure_latency_and_reconnect(
+    out: dict[str, Any], work: Path, server: SshServer, tools: dict[str, str | None],
+    parts: set[str], tree: int, saves: int, reps: int, quick: bool,
+) -> None:  # fmt: skip
+    """Parts 1 and 2 (tether's share one daemon); the tools' columns only for the parts asked."""
+    tool_saves = max(3, saves // 2)
+    unison_saves = max(3, saves // 10)
+    autossh_timeout = 20.0 if quick else 45.0
+    print(f"\n[1/3] save-to-remote latency, {tree}-file tree", flush=True)
+    t_lat, t_rec = latency_tether(work, server, tree, saves, reps)
+    out["latency"] = {"tether": t_lat}
+    if "latency" in parts:
+        if not tools["lsyncd"]:
+            out["latency"]["lsyncd"] = latency_lsyncd(work, server, tree, tool_saves, master=False)
+            out["latency"]["lsyncd+ControlMaster"] = latency_lsyncd(
+                work, server, tree, tool_saves, master=True
+            )
+        if not tools["unison"]:
+            out["latency"]["unison"] = latency_unison(work, server, tree, unison_saves)
+
+    print("[2/3] reconnect after sshd is killed and restarted ~3 s later", flush=True)
+    out["reconnect"] = {"tether": t_rec}
+    if "reconnect" in parts and not tools["autossh"]:
+        out["reconnect"]["autossh, recommended"] = reconnect_autossh(
+            work, server, reps, tuned=False, timeout_s=autossh_timeout
+        )
+        out["reconnect"]["autossh, tuned"] = reconnect_autossh(
+            work, server, reps, tuned=True, timeout_s=autossh_timeout
+        )
+
+
 def print_report(out: dict[str, Any], tools: dict[str, str | None], saves: int) -> None:
     print(f"\n{out['machine']}; load average at the end {os.getloadavg()[0]:.2f}")
-    lat = out["latency"]
+    if "latency" in out:
+        print_latency(out["latency"], tools)
+        print_reconnect(out["reconnect"])
+    if "idle" in out:
+        print_idle(out["idle"])
+
+
+def print_latency(lat: dict[str, Any], tools: dict[str, str | None]) -> None:
     t50, t95, _ = summary(lat["tether"]["latencies_s"])
     print("\nsave -> content readable in the remote folder (polled every 0.5 ms)")
     print(f"{'tool':<34} {'saves':>6} {'p50':>8} {'p95':>8} {'max':>8} "
@@ -779,7 +805,8 @@ def print_report(out: dict[str, Any], tools: dict[str, str | None], saves: int) 
         if why:
             print(f"{name}: skipped: {why}")
 
-    rec = out["reconnect"]
+
+def print_reconnect(rec: dict[str, Any]) -> None:
     t = rec["tether"]
     print("\nreconnect: sshd and its sessions killed, back ~3 s later; from sshd listening again "
           "(median of each)")  # fmt: skip
@@ -812,7 +839,8 @@ def print_report(out: dict[str, Any], tools: dict[str, str | None], saves: int) 
               "loopback kill ssh sees the reset at once, so ServerAliveInterval plays no part: "
               "the wait is autossh's own restart backoff (capped by AUTOSSH_POLL)")  # fmt: skip
 
-    idle = out["idle"]
+
+def print_idle(idle: dict[str, Any]) -> None:
     print(f"\nidle cost: one daemon watching {idle['files']} files in {idle['folders']} folders "
           f"(push pair), over {idle['idle_s']:.0f} s after the initial sync")  # fmt: skip
     print(
