@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import logging
 import os
@@ -95,6 +96,10 @@ class PairSession:
         self.last_report: SyncReport | None = None
         self.syncs = 0
         self._reports: collections.deque[tuple[int, SyncReport]] = collections.deque(maxlen=64)
+        self._collecting = 0
+        """`sync_now` calls waiting for their cycles: while one is, reports are kept whole (their
+        per-file ``plan`` and ``base_moved`` lists); otherwise only the counts are kept."""
+        self._release_due = False
         self._local_dirty: set[str] = set()
         self._remote_dirty = False
         self._remote_paths: set[str] = set()
@@ -204,10 +209,21 @@ class PairSession:
         daemon): counts summed, the last cycle's status and problems."""
         started = time.monotonic()
         mark = self.syncs
-        await self.flush(timeout_s, require_landed=False)  # problems go into the report
-        return merge_reports(
+        self._collecting += 1
+        try:
+            await self.flush(timeout_s, require_landed=False)  # problems go into the report
+        finally:
+            self._collecting -= 1
+        merged = merge_reports(
             self.pair, [r for n, r in self._reports if n > mark], time.monotonic() - started
         )
+        if not self._collecting:  # nobody waits for the per-file lists any more
+            self._reports = collections.deque(
+                ((n, _counts_only(r)) for n, r in self._reports), maxlen=self._reports.maxlen
+            )
+            if self.last_report is not None:
+                self.last_report = _counts_only(self.last_report)
+        return merged
 
     async def _local_barrier(self, timeout_s: float) -> bool:
         """Write a barrier file in the local root and wait until the watcher has reported it
@@ -332,6 +348,9 @@ class PairSession:
                 if self.state is SessionState.HALTED and not self._full_needed:
                     continue
                 await self._cycle(store)
+                if self._release_due:  # after the cycle, when its locals are gone too
+                    self._release_due = False
+                    release_memory()
         finally:
             if self._store is None:
                 store.close()
@@ -374,12 +393,15 @@ class PairSession:
             self.state, self.message = SessionState.HALTED, exc.one_line()
             self._event("halted", self.message)
             return
-        self.last_report, self.last_sync, self.syncs = report, time.time(), self.syncs + 1
-        self._reports.append((self.syncs, report))
+        # A full cycle's plan lists every file it moved (100,000 lines after a first sync):
+        # keep it only for a `sync_now` waiting for this cycle.
+        kept = report if self._collecting else _counts_only(report)
+        self.last_report, self.last_sync, self.syncs = kept, time.time(), self.syncs + 1
+        self._reports.append((self.syncs, kept))
         if report.scope is None:
             self._last_full = started
-            if report.local_files + report.remote_files >= RELEASE_AFTER_FILES:
-                release_memory()  # a big full cycle held both trees in memory; give it back
+            # A big full cycle held both trees in memory; give it back once it is over.
+            self._release_due = report.local_files + report.remote_files >= RELEASE_AFTER_FILES
         if report.halted:
             self.state, self.message = SessionState.HALTED, report.message
             self._event("halted", report.message)
@@ -435,6 +457,13 @@ def _rules(pair: PairConfig) -> IgnoreRules:
     gitignore = pair.local / ".gitignore"
     text = gitignore.read_text(errors="replace") if gitignore.is_file() else ""
     return IgnoreRules(extra=pair.ignore, gitignores=[("", text)] if text else [])
+
+
+def _counts_only(report: SyncReport) -> SyncReport:
+    """``report`` without its per-file lists (what a cycle's caller used them for is done)."""
+    if not report.plan and not report.base_moved:
+        return report
+    return dataclasses.replace(report, plan=[], base_moved=[])
 
 
 def merge_reports(pair: PairConfig, reports: list[SyncReport], seconds: float) -> SyncReport:

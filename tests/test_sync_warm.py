@@ -5,13 +5,16 @@ with a polling watcher flush falls back to a full one. Real sshd, in-process dae
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from daemon import pair_session
 from daemon.daemon import Daemon
+from daemon.sync.engine import SyncReport
 from tests.sshd import SshServer
 from tests.test_daemon import running_daemon, text, write_project
 
@@ -64,6 +67,10 @@ def test_post_sync_and_cli_take_the_warm_path(sshd: SshServer, tmp_path: Path) -
             assert [r["pair"] for r in answer["pairs"]] == ["code"]
             assert answer["pairs"][0]["copied"] == 1
             assert text(remote / "a.py") == "a" and session.syncs > before
+            # The answer lists what moved; the session keeps no per-file lists once it is sent
+            # (after a first sync of 100,000 files they were most of an idle daemon's memory).
+            assert answer["pairs"][0]["plan"] == ["file → remote: a.py"]
+            assert all(not r.plan and not r.base_moved for _, r in session._reports)
             # `tether sync --json`: the same, through the socket (stdlib HTTP).
             (local / "b.py").write_text("b")
             before = session.syncs
@@ -81,6 +88,31 @@ def test_post_sync_and_cli_take_the_warm_path(sshd: SshServer, tmp_path: Path) -
             assert text(remote / "c.py") == "c"
 
     asyncio.run(body())
+
+
+def test_a_big_full_cycle_returns_memory_once_its_per_file_lists_are_gone(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local, remote = write_project(tmp_path, sshd, mode="push")
+    for i in range(5):
+        (local / f"f{i}.py").write_text(str(i))
+    alive: list[int] = []  # at each release: reports still holding a per-file plan
+
+    def release() -> None:
+        alive.append(sum(isinstance(o, SyncReport) and bool(o.plan) for o in gc.get_objects()))
+
+    monkeypatch.setattr(pair_session, "RELEASE_AFTER_FILES", 5)
+    monkeypatch.setattr(pair_session, "release_memory", release)
+
+    async def body() -> None:
+        async with running_daemon() as (daemon, client):
+            await client.register(local / "tether.toml")
+            await client.flush(str(local / "tether.toml"), 30)
+            assert text(remote / "f4.py") == "4"
+            assert session_of(daemon).last_report.plan == []  # what it moved is not kept
+
+    asyncio.run(body())
+    assert alive and set(alive) == {0}, alive
 
 
 def test_cli_syncs_on_its_own_without_daemon_or_registration(
