@@ -3,6 +3,7 @@ verbs talk to it over its socket, `tether stop --all` ends it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,6 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from daemon import cli
+from daemon.commands import daemon as daemon_command
 from tests.sshd import SshServer
 from tests.test_daemon import write_project
 
@@ -44,6 +49,8 @@ def test_start_status_flush_stop(sshd: SshServer, tmp_path: Path) -> None:
         status = json.loads(tether(local, env, "status", "--json").stdout)
         pid = status["pid"]
         assert status["projects"][0]["project"] == str(local / "tether.toml")
+        if glibc_linux() and "PYTHONMALLOC" not in env:  # started again on glibc's malloc
+            assert b"PYTHONMALLOC=malloc" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
 
         (local / "k.py").write_text("x = 1\n")
         flushed = tether(local, env, "flush", "--timeout", "30s")
@@ -69,6 +76,41 @@ def test_start_status_flush_stop(sshd: SshServer, tmp_path: Path) -> None:
     finally:
         if pid is not None and not ended(pid, wait_s=0):
             os.kill(pid, signal.SIGKILL)
+
+
+def glibc_linux() -> bool:
+    try:
+        return sys.platform.startswith("linux") and bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError):
+        return False
+
+
+def test_daemon_execs_itself_again_on_glibc_malloc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tether daemon` starts its own command line again with PYTHONMALLOC=malloc (glibc only),
+    once: not when PYTHONMALLOC is set, nor when called with arguments in-process."""
+    execs: list[tuple[str, list[str], dict[str, str]]] = []
+
+    def execve(path: str, argv: list[str], env: dict[str, str]) -> None:
+        execs.append((path, argv, env))
+        raise OSError("not here")  # as a failed exec: the daemon goes on as it is
+
+    ran: list[bool] = []
+    monkeypatch.setattr(os, "execve", execve)
+    monkeypatch.setattr("daemon.daemon.run_daemon", lambda: asyncio.sleep(0, ran.append(True)))
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-m", "daemon.cli", "daemon"])
+    monkeypatch.setattr(sys, "argv", ["cli.py", "daemon"])
+    monkeypatch.delenv("PYTHONMALLOC", raising=False)
+    assert cli.main(["daemon"]) == 0 and execs == []  # explicit arguments: not this process's
+    assert cli.main() == 0 and ran == [True, True]
+    if not glibc_linux():
+        assert execs == []
+        return
+    [(path, argv, env)] = execs
+    assert path == sys.executable and argv == [sys.executable, "-m", "daemon.cli", "daemon"]
+    assert env["PYTHONMALLOC"] == "malloc"
+    monkeypatch.setenv("PYTHONMALLOC", "pymalloc")  # a choice made is kept
+    daemon_command.use_system_malloc()
+    assert len(execs) == 1
 
 
 def ended(pid: int, wait_s: float = 15.0) -> bool:
