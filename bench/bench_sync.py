@@ -4,8 +4,8 @@
                                [--memory-files 100000] [--skip-memory] [--only memory]
 
 1. initial sync of N files / M MB into an empty remote folder (tether push vs rsync -a), each
-   tool --repeat times (3), alternating, the page cache flushed (`sync`) before every run; the
-   medians are compared;
+   tool --repeat times (3), alternating, before every run dirty pages flushed (`sync`) and the
+   trees read whole (warm in the page cache, as for every tool); the medians are compared;
 2. re-sync after one changed file in a 20,000-file tree (both tools already synced once), twice:
    each tool --repeat times, alternating, one more change each time, medians compared;
    cold: `tether sync` as a one-shot process (no daemon: connects, starts the agent, scans
@@ -49,10 +49,18 @@ def make_tree(root: Path, files: int, total_bytes: int) -> None:
         (d / f"f{i:06}.txt").write_bytes(os.urandom(size // 2).hex().encode()[:size])
 
 
-def settle() -> None:
-    """Flush dirty pages before a timed run, so one tool's run does not pay for the writeback
-    of the tree made (or the folder deleted) before it: on a shared disk that costs seconds."""
+def settle(*trees: Path) -> None:
+    """Put every tool's run on the same footing: flush dirty pages, so no run pays for the
+    writeback of a tree made (or a folder deleted) before it (on a shared disk that costs
+    seconds), and read ``trees`` whole, so none finds them cold in the page cache where the
+    tool before it found them warm (as a working tree one just edited is)."""
     os.sync()
+    for tree in trees:
+        for folder, _dirs, files in os.walk(tree):
+            for name in files:
+                with contextlib.suppress(OSError), open(os.path.join(folder, name), "rb") as fh:
+                    while fh.read(1 << 20):
+                        pass
     time.sleep(0.5)
 
 
@@ -90,6 +98,7 @@ def warm_resync(
     victim: Path,
     rsync_once: Callable[[], float],
     n: int,
+    trees: list[Path],
 ) -> tuple[list[float], list[float]]:
     """``n`` times, alternating: one change, then the wall time of `tether sync` through a
     running daemon, then of rsync (the daemon started, the project registered and in sync
@@ -113,12 +122,12 @@ def warm_resync(
         cli(cfg, env, "start")
         cli(cfg, env, "flush", "--timeout", "120s")  # the first (full) cycle is done
         for i in range(n):
-            settle()
+            settle(*trees)
             victim.write_bytes(f"warm {i} ".encode() + victim.read_bytes())
             start = time.perf_counter()
             cli(cfg, env, "sync", "--json")
             ours.append(time.perf_counter() - start)
-            settle()
+            settle(*trees)
             theirs.append(rsync_once())
         return ours, theirs
     finally:
@@ -213,9 +222,9 @@ def main() -> int:
         for i in range(args.repeat):
             cfg = write_config(work, server, src, work / f"t-initial-{i}")
             fresh = dict(env, TETHER_STATE_DIR=str(work / f"state-initial-{i}"))  # no base yet
-            settle()
+            settle(src)
             times["tether"].append(tether(cfg, fresh)[0])
-            settle()
+            settle(src)
             times["rsync"].append(rsync(server, src, work / f"r-initial-{i}"))
             shutil.rmtree(work / f"t-initial-{i}", ignore_errors=True)
             shutil.rmtree(work / f"r-initial-{i}", ignore_errors=True)
@@ -237,12 +246,13 @@ def main() -> int:
         time.sleep(2.1)  # let the digest cache take the fresh files (racy window)
         tether(cfg, env)  # a no-op sync that fills the digest caches on both sides
         victim = next((src / "d0000").iterdir())
+        trees = [src, work / "t-resync", work / "r-resync"]
         cold: dict[str, list[float]] = {"tether": [], "rsync": []}
         for i in range(args.repeat):
             victim.write_bytes(f"changed {i} ".encode() + victim.read_bytes())
-            settle()
+            settle(*trees)
             cold["tether"].append(tether(cfg, env)[0])
-            settle()
+            settle(*trees)
             cold["rsync"].append(rsync(server, src, work / "r-resync"))
         print(f"re-sync cold, each run: tether {fmt(cold['tether'])}; rsync {fmt(cold['rsync'])}")
         rows.append(
@@ -254,7 +264,13 @@ def main() -> int:
             )
         )
         ours, theirs = warm_resync(
-            work, cfg, env, victim, lambda: rsync(server, src, work / "r-resync"), args.repeat
+            work,
+            cfg,
+            env,
+            victim,
+            lambda: rsync(server, src, work / "r-resync"),
+            args.repeat,
+            trees,
         )
         print(f"re-sync warm, each run: tether {fmt(ours)}; rsync {fmt(theirs)}")
         rows.append(

@@ -447,6 +447,8 @@ def next_base(base: Snapshot, local: Snapshot, remote: Snapshot, done: list[Acti
 
 def prune(snap: Snapshot) -> Snapshot:
     """Drop entries whose parent is not a directory in ``snap`` (a base must be a tree)."""
+    if all(_is_dir(snap.get(parent_of(p))) for p in snap if "/" in p):
+        return snap  # already a tree (the common case): no sort by depth
     out: Snapshot = {}
     for path in sorted(snap, key=lambda p: p.count("/")):
         parent = parent_of(path)
