@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import RemoteError
@@ -24,6 +24,8 @@ from .sides import Content, OpFailed, Side
 
 ProgressFn = Callable[[str, int, int], None]
 """``on_progress(path, bytes_done, bytes_total)``, called as each file lands."""
+DigestFn = Callable[[str, str], object]
+"""``on_digest(source_path, sha256)``: a file the scan left unhashed landed with this content."""
 
 RESCAN_KINDS = frozenset({"changed", "exists", "not_empty", "not_found", "corrupt"})
 IN_FLIGHT = 64
@@ -48,9 +50,6 @@ class Outcome:
     bytes: int = 0
     deleted: int = 0
     fatal: RemoteError | None = None
-    learned: dict[str, str] = field(default_factory=dict)
-    """Digests of source files the scan left unhashed, computed as they were read to be sent
-    (source path → SHA-256); the ``done`` copies carry them too."""
 
 
 def total_bytes(actions: Iterable[Action]) -> int:
@@ -66,6 +65,7 @@ async def apply_plan(
     sides: dict[Where, Side],
     *,
     on_progress: ProgressFn | None = None,
+    on_digest: DigestFn | None = None,
     in_flight: int = IN_FLIGHT,
 ) -> Outcome:
     """Run ``actions`` (in reconcile's order) against ``sides``; never raises for one path."""
@@ -122,8 +122,8 @@ async def apply_plan(
         out.done.append(a)
 
     def learn(a: Action, content: Content) -> None:
-        if a.new is not None and not a.new.digest:
-            out.learned[a.source_path] = content.digest
+        if on_digest is not None and a.new is not None and not a.new.digest:
+            on_digest(a.source_path, content.digest)
 
     def landed(a: Action, content: Content) -> None:
         assert a.new is not None
@@ -227,14 +227,4 @@ async def apply_plan(
     # Keep plan order in ``done`` (next_base replays it).
     rank = {id(a): i for i, a in enumerate(actions)}
     out.done.sort(key=lambda a: rank[id(a)])
-    if out.learned:
-        out.done = [_with_learned_digest(a, out.learned) for a in out.done]
     return out
-
-
-def _with_learned_digest(a: Action, learned: dict[str, str]) -> Action:
-    """``a`` with the digest its source turned out to have, where the scan had none."""
-    if a.kind is not ActionKind.COPY or a.new is None or a.new.kind is not EntryKind.FILE:
-        return a
-    digest = learned.get(a.source_path) if not a.new.digest else None
-    return replace(a, new=replace(a.new, digest=digest)) if digest else a

@@ -520,10 +520,13 @@ class _Session:
         self.progress.transfer_started(len(files), total_bytes(plan.actions))
         t0 = time.monotonic()
         progress: ProgressFn = self.progress.file_done
-        outcome = await apply_plan(plan.actions, self.sides, on_progress=progress)  # type: ignore[arg-type]
+        outcome = await apply_plan(
+            plan.actions,
+            self.sides,  # type: ignore[arg-type]
+            on_progress=progress,
+            on_digest=scanned.learn,
+        )
         report.transfer_s += time.monotonic() - t0
-        for path, digest in outcome.learned.items():
-            scanned.learn(path, digest)
         report.hashed_local += scanned.hashed
         report.copied += outcome.files
         report.deleted += outcome.deleted

@@ -435,7 +435,11 @@ def next_base(base: Snapshot, local: Snapshot, remote: Snapshot, done: list[Acti
             side.pop(action.path, None)
             new.pop(action.path, None)
         elif action.new is not None:
-            side[action.path] = action.new
+            new_entry = action.new
+            if new_entry.kind is file and not new_entry.digest:
+                # Copied from a file the scan left unhashed: ``local`` has learned its digest.
+                new_entry = local.get(action.source_path, new_entry)
+            side[action.path] = new_entry
     for path in {a.path for a in done} | {a.source for a in done if a.source}:
         loc, rem = after[Side.LOCAL].get(path), after[Side.REMOTE].get(path)
         if loc is not None and loc.kind in SYNCABLE and same(loc, rem):
