@@ -94,6 +94,7 @@ import hashlib
 import json
 import os
 import platform
+import random
 import re
 import secrets
 import select
@@ -231,8 +232,12 @@ def kind_of(st):
     return "untracked"
 
 
+TEMP_RANDOM = random.Random(secrets.randbits(64))
+"""Temp-name suffixes: unique enough with O_EXCL behind them, and no getrandom() per file."""
+
+
 def temp_name(name):
-    return ".%s.tether-%s.tmp" % (name[:120], secrets.token_hex(4))
+    return ".%s.tether-%08x.tmp" % (name[:120], TEMP_RANDOM.getrandbits(32))
 
 
 def hash_fd(fd):
@@ -336,9 +341,11 @@ def real_root(root):
     return real
 
 
-def note_own(root, rel, dfd, name):
+def note_own(root, rel, dfd, name, st=None):
+    """Remember that we just wrote ``rel`` (as ``st`` shows it, else as it is now), so the
+    watcher does not report our own write back as a change."""
     real = real_root(root)
-    sig = signature(lstat_at(dfd, name))
+    sig = signature(st if st is not None else lstat_at(dfd, name))
     with OWN_LOCK:
         OWN[(real, rel)] = (time.monotonic() + OWN_TTL_S, sig)
         if len(OWN) > 50000:
@@ -749,19 +756,19 @@ class Upload:
         mode = int(req.get("mode", 0o644)) & 0o7777
         mtime_ns = int(req.get("mtime_ns"))
         os.fchmod(self.fd, mode)
+        os.utime(self.fd, ns=(mtime_ns, mtime_ns))
         if req.get("fsync"):
             os.fsync(self.fd)
+        st = os.fstat(self.fd)  # what lands: the rename keeps the inode
         os.close(self.fd)
         self.fd = None
-        os.utime(self.tmp, ns=(mtime_ns, mtime_ns), dir_fd=self.dfd)
         check_expect(self.dfd, self.name, req.get("expect"), self.rel)
         os.replace(self.tmp, self.name, src_dir_fd=self.dfd, dst_dir_fd=self.dfd)
         self.tmp = None
         note_created(self.root, self.created)
-        note_own(self.root, self.rel, self.dfd, self.name)
-        entry = entry_at(self.dfd, self.name, digest)
+        note_own(self.root, self.rel, self.dfd, self.name, st)
         self.close()
-        return {"entry": entry}
+        return {"entry": entry_of(st, digest)}
 
     def abort(self):
         if self.fd is not None:
