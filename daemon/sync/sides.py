@@ -202,9 +202,8 @@ class LocalSide:
         if expect.digest:
             unchanged = digest == expect.digest
         else:
-            unchanged = {(st.st_size, st.st_mtime_ns) for st in (before, after)} == {
-                (expect.size, expect.mtime_ns)
-            }
+            seen = {(st.st_size, st.st_mtime_ns) for st in (before, after)}
+            unchanged = len(data) == expect.size and seen == {(expect.size, expect.mtime_ns)}
         if not unchanged:
             raise OpFailed("changed", f"{path} changed since it was scanned", path)
         return Content(data, digest)
