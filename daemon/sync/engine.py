@@ -337,8 +337,7 @@ class _Session:
         if local_is_case_insensitive(pair.local):
             return None  # a clash may be with a name outside the scope
         cached = store.load_rules(self.key)
-        total = store.count_syncable(self.key)
-        if cached is None or total == 0:
+        if cached is None or not store.has_base(self.key):
             return None  # first sync (or an empty base): the emptied checks need everything
         wire = [(str(r), bool(i)) for r, i in cached]
         known = set(wire)
@@ -372,12 +371,15 @@ class _Session:
                         return None  # a parent deleted or retyped: decide from its own subtree
                     parent = parent_of(parent)
 
-            outside = total - syncable(_inside(base, scope))
-            if (
-                outside + syncable(_inside(local, scope)) == 0
-                or outside + syncable(_inside(rem, scope)) == 0
-            ):
-                return None  # this would empty a root: let the full scan's safety check judge
+            if not (syncable(_inside(local, scope)) and syncable(_inside(rem, scope))):
+                # A side keeps nothing here: would the whole root be empty? (Counting the base
+                # scans all its rows, so only now.)
+                outside = store.count_syncable(self.key) - syncable(_inside(base, scope))
+                if (
+                    outside + syncable(_inside(local, scope)) == 0
+                    or outside + syncable(_inside(rem, scope)) == 0
+                ):
+                    return None  # this would empty a root: let the full scan's safety check judge
             report.local_files, report.remote_files = _files(local), _files(rem)
             report.hashed_remote += int(remote.stats.get("hashed", 0))
             plan = reconcile(base, local, rem, pair.mode, now=stamp_now)

@@ -22,6 +22,7 @@ from ..store import open_private_db
 from .entry import Entry, EntryKind, Snapshot
 
 STATE_ENV = "TETHER_STATE_DIR"
+_SYNCABLE = "kind IN ('file', 'dir', 'symlink')"
 DB_NAME = "sync.sqlite3"
 
 _SCHEMA = """
@@ -127,31 +128,31 @@ class StateStore:
             out[path] = Entry(kinds[kind], size, mtime_ns, mode, digest, target)
         return out
 
-    def count_syncable(self, pair: str, roots: Iterable[str] = ()) -> int:
-        """Files, folders and links in the base (only at or below ``roots`` when given)."""
-        query = "SELECT count(*) FROM base WHERE pair = ? AND kind IN ('file', 'dir', 'symlink')"
-        roots = list(roots)
-        if not roots:
-            return int(self.db.execute(query, (pair,)).fetchone()[0])
-        return sum(
-            int(
-                self.db.execute(
-                    query + " AND (path = ? OR (path >= ? AND path < ?))",
-                    (pair, r, r + "/", r + "0"),
-                ).fetchone()[0]
-            )
-            for r in roots
-        )
+    def count_syncable(self, pair: str) -> int:
+        """Files, folders and links in the base (a scan of the pair's rows: call it rarely)."""
+        query = f"SELECT count(*) FROM base WHERE pair = ? AND {_SYNCABLE}"
+        return int(self.db.execute(query, (pair,)).fetchone()[0])
+
+    def has_base(self, pair: str) -> bool:
+        """Is there any file, folder or link in the base? (Stops at the first one.)"""
+        query = f"SELECT 1 FROM base WHERE pair = ? AND {_SYNCABLE} LIMIT 1"
+        return self.db.execute(query, (pair,)).fetchone() is not None
 
     def _scoped(
         self, select: str, pair: str, roots: Iterable[str], ancestors: bool
     ) -> Iterator[tuple[Any, ...]]:
         """Rows of ``select`` for ``pair`` whose path is a root or below one ('/' + 1 is '0',
-        so ``path >= 'r/' AND path < 'r0'`` is exactly the subtree, with any characters in r)."""
-        where = " WHERE pair = ? AND (path = ? OR (path >= ? AND path < ?))"
+        so ``path >= 'r/' AND path < 'r0'`` is exactly the subtree, with any characters in r).
+
+        The root and its subtree are two queries: SQLite plans ``path = ? OR (range)`` as a
+        scan of all the pair's rows (~9 ms at 20,000), each half alone as a primary-key search.
+        """
+        exact = " WHERE pair = ? AND path = ?"
+        below = " WHERE pair = ? AND path >= ? AND path < ?"
         wanted: set[str] = set()
         for root in roots:
-            yield from self.db.execute(select + where, (pair, root, root + "/", root + "0"))
+            yield from self.db.execute(select + exact, (pair, root))
+            yield from self.db.execute(select + below, (pair, root + "/", root + "0"))
             if ancestors:
                 parts = root.split("/")
                 wanted.update("/".join(parts[:i]) for i in range(1, len(parts)))
