@@ -113,6 +113,7 @@ class PairSession:
         self._full_needed = True
         self._last_full = 0.0
         self._barriers: dict[str, asyncio.Future[None]] = {}
+        self._watcher: LocalWatcher | None = None
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._resumed = asyncio.Event()
@@ -242,9 +243,11 @@ class PairSession:
             self._barriers.pop(token, None)
             with contextlib.suppress(OSError):
                 os.unlink(path)
-        # The events before the barrier are in the watcher's pending batch, which goes out
-        # after at most coalesce_ms (a timer on this loop, due before ours): let it reach us.
-        await asyncio.sleep(self.coalesce_ms / 1000 + 0.002)
+        # The events before the barrier were handed to the loop before it (one observer
+        # thread, in order), so they are in the watcher's pending batch: send it now and let
+        # it reach _watch_local.
+        if self._watcher is not None:
+            self._watcher.flush_now()
         for _ in range(3):
             await asyncio.sleep(0)
         return True
@@ -303,11 +306,15 @@ class PairSession:
             self.pair.local, ignore=ignore, coalesce_ms=self.coalesce_ms
         ) as watcher:
             self.watch_mode = watcher.mode
-            for warning in watcher.warnings:
-                self._event("warning", warning)
-            async for batch in watcher:
-                self._local_dirty |= batch
-                self._wake.set()
+            self._watcher = watcher
+            try:
+                for warning in watcher.warnings:
+                    self._event("warning", warning)
+                async for batch in watcher:
+                    self._local_dirty |= batch
+                    self._wake.set()
+            finally:
+                self._watcher = None
 
     async def _watch_remote(self) -> None:
         """Follow the host's watch stream on each connection; a change marks the pair dirty."""

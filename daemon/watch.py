@@ -476,6 +476,13 @@ class LocalWatcher:
             self._timer.cancel()
         self._timer = self._loop.call_at(deadline, self._flush)
 
+    def flush_now(self) -> None:
+        """Hand over the batch being coalesced now, without waiting out its quiet time (a caller
+        that knows no event it cares about is still on the way, as after a flush barrier)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._flush()
+
     def _flush(self) -> None:
         self._timer = None
         if self._pending and not self._closed:
