@@ -226,6 +226,7 @@ def main() -> int:
             times["tether"].append(tether(cfg, fresh)[0])
             settle(src)
             times["rsync"].append(rsync(server, src, work / f"r-initial-{i}"))
+        for i in range(args.repeat):  # not between runs: a deletion slows the next run's creates
             shutil.rmtree(work / f"t-initial-{i}", ignore_errors=True)
             shutil.rmtree(work / f"r-initial-{i}", ignore_errors=True)
         print(f"initial sync, each run: tether {fmt(times['tether'])}; rsync {fmt(times['rsync'])}")
