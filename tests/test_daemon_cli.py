@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -32,8 +34,23 @@ def tether(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedPr
     )
 
 
-def test_start_status_flush_stop(sshd: SshServer, tmp_path: Path) -> None:
-    local, remote = write_project(tmp_path, sshd)
+@dataclass
+class DaemonHome:
+    """A private state and runtime folder for one test's daemon, and the daemon's pid once
+    `tether start` has spawned it (the fixture kills a daemon the test left running)."""
+
+    env: dict[str, str]
+    pid: int | None = None
+
+    def start(self, cwd: Path) -> subprocess.CompletedProcess[str]:
+        started = tether(cwd, self.env, "start")
+        assert started.returncode == 0, started.stderr
+        self.pid = json.loads(tether(cwd, self.env, "status", "--json").stdout)["pid"]
+        return started
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[DaemonHome]:
     runtime = tmp_path / "rt"
     runtime.mkdir(mode=0o700)
     env = {
@@ -41,41 +58,43 @@ def test_start_status_flush_stop(sshd: SshServer, tmp_path: Path) -> None:
         "TETHER_STATE_DIR": str(tmp_path / "state"),
         "TETHER_RUNTIME_DIR": str(runtime),
     }
-    pid = None
-    try:
-        started = tether(local, env, "start")
-        assert started.returncode == 0, started.stderr
-        assert "started the daemon" in started.stdout
-        status = json.loads(tether(local, env, "status", "--json").stdout)
-        pid = status["pid"]
-        assert status["projects"][0]["project"] == str(local / "tether.toml")
-        if glibc_linux() and "PYTHONMALLOC" not in env:  # started again on glibc's malloc
-            assert b"PYTHONMALLOC=malloc" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    daemon_home = DaemonHome(env)
+    yield daemon_home
+    if daemon_home.pid is not None and not ended(daemon_home.pid, wait_s=5):
+        os.kill(daemon_home.pid, signal.SIGKILL)
 
-        (local / "k.py").write_text("x = 1\n")
-        flushed = tether(local, env, "flush", "--timeout", "30s")
-        assert flushed.returncode == 0, flushed.stderr
-        assert (remote / "k.py").read_text() == "x = 1\n"
 
-        text = tether(local, env, "status").stdout
-        assert "up" in text and "code" in text and "two-way" in text
-        logs = tether(local, env, "logs", "-n", "50").stdout
-        assert "link.up" in logs and "pair.synced" in logs
+def test_start_status_flush_stop(sshd: SshServer, tmp_path: Path, home: DaemonHome) -> None:
+    local, remote = write_project(tmp_path, sshd)
+    env = home.env
+    assert "started the daemon" in home.start(local).stdout
+    status = json.loads(tether(local, env, "status", "--json").stdout)
+    assert status["projects"][0]["project"] == str(local / "tether.toml")
+    pid = home.pid
+    if glibc_linux() and "PYTHONMALLOC" not in env:  # started again on glibc's malloc
+        assert b"PYTHONMALLOC=malloc" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
 
-        assert tether(local, env, "pause").returncode == 0
-        paused = tether(local, env, "flush", "--timeout", "5s")
-        assert paused.returncode == 1 and "paused" in paused.stderr
-        assert tether(local, env, "resume").returncode == 0
+    (local / "k.py").write_text("x = 1\n")
+    flushed = tether(local, env, "flush", "--timeout", "30s")
+    assert flushed.returncode == 0, flushed.stderr
+    assert (remote / "k.py").read_text() == "x = 1\n"
 
-        assert "already" not in tether(local, env, "start").stdout  # idempotent re-register
-        assert tether(local, env, "stop", "--all").returncode == 0
-        gone = tether(local, env, "status")
-        assert gone.returncode == 69 and "tether start" in gone.stderr
-        assert "Traceback" not in gone.stderr
-        assert pid is not None and ended(pid), "stop --all left the daemon running"
-    finally:
-        if pid is not None and not ended(pid, wait_s=0):
-            os.kill(pid, signal.SIGKILL)
+    text = tether(local, env, "status").stdout
+    assert "up" in text and "code" in text and "two-way" in text
+    logs = tether(local, env, "logs", "-n", "50").stdout
+    assert "link.up" in logs and "pair.synced" in logs
+
+    assert tether(local, env, "pause").returncode == 0
+    paused = tether(local, env, "flush", "--timeout", "5s")
+    assert paused.returncode == 1 and "paused" in paused.stderr
+    assert tether(local, env, "resume").returncode == 0
+
+    assert "already" not in tether(local, env, "start").stdout  # idempotent re-register
+    assert tether(local, env, "stop", "--all").returncode == 0
+    gone = tether(local, env, "status")
+    assert gone.returncode == 69 and "tether start" in gone.stderr
+    assert "Traceback" not in gone.stderr
+    assert pid is not None and ended(pid), "stop --all left the daemon running"
 
 
 def glibc_linux() -> bool:
@@ -128,83 +147,61 @@ def ended(pid: int, wait_s: float = 15.0) -> bool:
         time.sleep(0.05)
 
 
-def test_run_goes_through_a_running_daemon(sshd: SshServer, tmp_path: Path) -> None:
+def test_run_goes_through_a_running_daemon(
+    sshd: SshServer, tmp_path: Path, home: DaemonHome
+) -> None:
     """With the daemon watching the project, `tether run` uses its link and warm agent: the
     run shows up in the daemon's own events, output and exit status arrive intact, Ctrl-C stops
     the remote process group."""
     local, _remote = write_project(tmp_path, sshd)
-    runtime = tmp_path / "rt"
-    runtime.mkdir(mode=0o700)
-    env = {
-        **os.environ,
-        "TETHER_STATE_DIR": str(tmp_path / "state"),
-        "TETHER_RUNTIME_DIR": str(runtime),
-    }
-    pid = None
-    try:
-        assert tether(local, env, "start").returncode == 0
-        pid = json.loads(tether(local, env, "status", "--json").stdout)["pid"]
-        (local / "echo_args.py").write_text("import sys\nprint(sys.argv[1:])\nsys.exit(4)\n")
-        result = tether(local, env, "run", "--", "echo_args.py", "a b", "$HOME", "ü")
-        assert result.returncode == 4, result.stderr
-        assert result.stdout.strip() == "['a b', '$HOME', 'ü']"
-        logs = tether(local, env, "logs", "-n", "100").stdout
-        assert "run.started" in logs and "echo_args.py" in logs  # the daemon ran it
+    env = home.env
+    home.start(local)
+    (local / "echo_args.py").write_text("import sys\nprint(sys.argv[1:])\nsys.exit(4)\n")
+    result = tether(local, env, "run", "--", "echo_args.py", "a b", "$HOME", "ü")
+    assert result.returncode == 4, result.stderr
+    assert result.stdout.strip() == "['a b', '$HOME', 'ü']"
+    logs = tether(local, env, "logs", "-n", "100").stdout
+    assert "run.started" in logs and "echo_args.py" in logs  # the daemon ran it
 
-        marker = f"sleep {6000 + os.getpid() % 1000}"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daemon.cli",
-                "run",
-                "--",
-                "sh",
-                "-c",
-                f"{marker} & echo started; wait",
-            ],
-            cwd=local,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        assert proc.stdout is not None and proc.stdout.readline() == b"started\n"
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-        assert proc.returncode in (130, 137), err
-        left = subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True, text=True)
-        assert left.stdout.strip() == ""
-        tether(local, env, "stop", "--all")
-    finally:
-        if pid is not None and not ended(pid, wait_s=5):
-            os.kill(pid, signal.SIGKILL)
+    marker = f"sleep {6000 + os.getpid() % 1000}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daemon.cli",
+            "run",
+            "--",
+            "sh",
+            "-c",
+            f"{marker} & echo started; wait",
+        ],
+        cwd=local,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == b"started\n"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode in (130, 137), err
+    left = subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True, text=True)
+    assert left.stdout.strip() == ""
+    tether(local, env, "stop", "--all")
 
 
 def test_run_in_a_project_the_daemon_does_not_watch_goes_one_shot(
-    sshd: SshServer, tmp_path: Path
+    sshd: SshServer, tmp_path: Path, home: DaemonHome
 ) -> None:
     """The daemon runs for project A; `tether run` in project B still works, on its own."""
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
     watched, _ = write_project(tmp_path / "a", sshd)
     other, _ = write_project(tmp_path / "b", sshd)
-    runtime = tmp_path / "rt"
-    runtime.mkdir(mode=0o700)
-    env = {
-        **os.environ,
-        "TETHER_STATE_DIR": str(tmp_path / "state"),
-        "TETHER_RUNTIME_DIR": str(runtime),
-    }
-    pid = None
-    try:
-        assert tether(watched, env, "start").returncode == 0
-        pid = json.loads(tether(watched, env, "status", "--json").stdout)["pid"]
-        result = tether(other, env, "run", "--", "sh", "-c", "echo from-b; exit 6")
-        assert result.returncode == 6, result.stderr
-        assert result.stdout.strip() == "from-b"
-        logs = tether(watched, env, "logs", "-n", "100").stdout
-        assert "run.started" not in logs  # not the daemon's: B is not registered there
-        tether(watched, env, "stop", "--all")
-    finally:
-        if pid is not None and not ended(pid, wait_s=5):
-            os.kill(pid, signal.SIGKILL)
+    env = home.env
+    home.start(watched)
+    result = tether(other, env, "run", "--", "sh", "-c", "echo from-b; exit 6")
+    assert result.returncode == 6, result.stderr
+    assert result.stdout.strip() == "from-b"
+    logs = tether(watched, env, "logs", "-n", "100").stdout
+    assert "run.started" not in logs  # not the daemon's: B is not registered there
+    tether(watched, env, "stop", "--all")
