@@ -63,6 +63,21 @@ def tree(root: Path) -> dict[str, str]:
     return out
 
 
+def count_scanner_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files the local scanner hashes from now on (it keeps hashing them)."""
+    from daemon.sync import scan as scan_mod
+
+    reads: list[str] = []
+    real_hash_file = scan_mod.hash_file
+
+    def counting(path: str) -> str:
+        reads.append(path)
+        return real_hash_file(path)
+
+    monkeypatch.setattr("daemon.sync.scan.hash_file", counting)
+    return reads
+
+
 def write(path: Path, text: str, *, mtime: float | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -218,20 +233,12 @@ def test_a_new_local_file_is_read_once_and_its_digest_kept(project, monkeypatch)
     """Files only this side has are hashed as they are read to be sent, not scanned twice."""
     import hashlib
 
-    from daemon.sync import scan as scan_mod
     from daemon.sync.state import StateStore, pair_key
 
     tmp, local, remote, configure = project
     configure("push")
     monkeypatch.setattr("daemon.sync.scan.RACY_NS", 0)
-    scanner_reads: list[str] = []
-    real_hash_file = scan_mod.hash_file
-
-    def counting(path: str) -> str:
-        scanner_reads.append(path)
-        return real_hash_file(path)
-
-    monkeypatch.setattr("daemon.sync.scan.hash_file", counting)
+    scanner_reads = count_scanner_reads(monkeypatch)
     texts = {f"d/f{i}.txt": f"content {i}" * (i + 1) for i in range(12)}
     for rel, text in texts.items():
         write(local / rel, text)
@@ -283,6 +290,54 @@ def test_a_new_file_edited_before_it_is_read_is_rescanned(project, monkeypatch) 
     with StateStore() as store:
         base = store.load_base(pair_key(tmp / "tether.toml", "code"))
     assert base["new.txt"].digest == hashlib.sha256(b"second, longer").hexdigest()
+
+
+def test_a_big_new_file_travels_in_chunks_hashed_once(project, monkeypatch) -> None:
+    """A new file past the batch size and the chunk size: read off the event loop, sent in
+    pipelined chunks with the digest computed as it was read, and that digest kept."""
+    import hashlib
+
+    from daemon.agent_client import CHUNK
+    from daemon.sync.state import StateStore, pair_key
+
+    tmp, local, remote, configure = project
+    configure("push")
+    scanner_reads = count_scanner_reads(monkeypatch)
+    data = os.urandom(2 * CHUNK + 12345)
+    (local / "big.bin").write_bytes(data)
+    code, report = sync(tmp)
+    assert code == 0, report
+    assert scanner_reads == [] and report["hashed"]["local"] == 1
+    assert (remote / "big.bin").read_bytes() == data
+    with StateStore() as store:
+        base = store.load_base(pair_key(tmp / "tether.toml", "code"))
+    assert base["big.bin"].digest == hashlib.sha256(data).hexdigest()
+
+
+def test_one_shot_sync_to_a_host_that_is_down_exits_69(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The local scan starts before the link is up; a refused connection still ends the sync
+    promptly with exit 69 and one line, and nothing is written on either side."""
+    from daemon.sync.state import StateStore, pair_key
+    from tests.sshd import free_port
+
+    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
+    down = SshServer(tmp_path / "s", free_port())
+    down.prepare()  # keys and config, but no sshd listening
+    local = tmp_path / "local"
+    write(local / "a.txt", "kept")
+    (tmp_path / "tether.toml").write_text(
+        down.toml_host() + f'\n[pairs.code]\nhost = "test"\nlocal = "local"\n'
+        f'remote = "{tmp_path / "remote"}"\nmode = "push"\n'
+    )
+    started = time.monotonic()
+    code = main(["--config", str(tmp_path / "tether.toml"), "sync"])
+    assert code == 69
+    assert time.monotonic() - started < 30
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip()
+    assert tree(local) == {"a.txt": "kept"} and not (tmp_path / "remote").exists()
+    with StateStore() as store:
+        assert store.load_base(pair_key(tmp_path / "tether.toml", "code")) == {}
 
 
 def test_permission_denied_is_reported_and_the_rest_goes_on(project) -> None:
