@@ -29,7 +29,7 @@ Entries
 Ops (``root`` may start with ``~``; every relative path is validated: no absolute, ``..``,
 ``.``, empty part, NUL or backslash; nothing is followed through a symlink in a parent component:
 parents are opened one by one with O_NOFOLLOW and every change goes through that dir fd)
-    hello {}                        -> {version, python, platform, home, pid, inotify}
+    hello {}                        -> {version, python, platform, home, pid}
     scan {root, ignore, paths?, racy_ms?} -> {exists, is_dir, entries: {path: entry}, stats}
         ignore: [[regex, ignored], ...], last match wins; dirs tested as "path/" (an ignored dir
         is pruned), other kinds as "path". paths: only these subtrees (their ancestor dirs are
@@ -88,24 +88,19 @@ parents are opened one by one with O_NOFOLLOW and every change goes through that
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
+import itertools
 import json
 import os
-import platform
-import random
 import re
-import secrets
 import select
 import signal
-import socket
 import stat
 import struct
 import sys
 import threading
 import time
-import traceback
 
 VERSION = 1
 CHUNK = 1 << 20
@@ -232,12 +227,17 @@ def kind_of(st):
     return "untracked"
 
 
-TEMP_RANDOM = random.Random(secrets.randbits(64))
-"""Temp-name suffixes: unique enough with O_EXCL behind them, and no getrandom() per file."""
+TEMP_SUFFIXES = itertools.count(int.from_bytes(os.urandom(4), "big"))
+"""Temp-name suffixes: a random start, then one more per file. O_EXCL stands behind them; they
+only need to be unlikely to meet another process's (no getrandom() per file)."""
 
 
 def temp_name(name):
-    return ".%s.tether-%08x.tmp" % (name[:120], TEMP_RANDOM.getrandbits(32))
+    return ".%s.tether-%08x.tmp" % (name[:120], next(TEMP_SUFFIXES) & 0xFFFFFFFF)
+
+
+def random_hex(nbytes):
+    return os.urandom(nbytes).hex()
 
 
 def hash_fd(fd):
@@ -666,7 +666,7 @@ class LastScan:
         return {"token": token, "since": since, "changed": changed, "removed": removed}
 
     def save(self, entries):
-        token = secrets.token_hex(8)
+        token = random_hex(8)
         folder = os.path.dirname(self.file)
         data = {"token": token, "rules": self.rules, "entries": entries}
         try:
@@ -989,11 +989,10 @@ def op_chmod(req):
 def op_hello(req):
     return {
         "version": VERSION,
-        "python": platform.python_version(),
+        "python": "%d.%d.%d" % sys.version_info[:3],
         "platform": sys.platform,
         "home": os.path.expanduser("~"),
         "pid": os.getpid(),
-        "inotify": inotify_lib() is not None,
     }
 
 
@@ -1039,6 +1038,8 @@ def op_tcp_check(req):
     port = req.get("port")
     if not isinstance(host, str) or not isinstance(port, int):
         raise AgentError("invalid", "tcp_check needs host and port")
+    import socket  # here, not at the top: like ctypes and traceback, off the start's path
+
     try:
         with socket.create_connection((host, port), timeout=float(req.get("timeout", 3.0))):
             return {"reachable": True, "reason": None}
@@ -1080,7 +1081,7 @@ def op_exec(req):
         argv = ["/bin/sh", "-c", cmd]
     elif not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
         raise AgentError("invalid", "exec needs cmd (a string) or argv (a list of strings)")
-    run_id = req.get("run_id") or "%d-%s" % (time.time_ns(), secrets.token_hex(3))
+    run_id = req.get("run_id") or "%d-%s" % (time.time_ns(), random_hex(3))
     folder = run_dir(run_id)
     env = dict(os.environ)
     for key, value in (req.get("env") or {}).items():
@@ -1161,6 +1162,8 @@ def max_fd():
 
 def load_libc():
     """The C library, without ctypes.util.find_library (it spawns ldconfig: slow)."""
+    import ctypes  # only runs and watches need it: every start would pay for it at the top
+
     try:
         lib = ctypes.CDLL(None, use_errno=True)
         lib.inotify_init1  # noqa: B018 - probe that the symbols are reachable this way
@@ -1396,6 +1399,8 @@ def inotify_lib():
     if not sys.platform.startswith("linux"):
         return None
     if not _LIBC:
+        import ctypes
+
         lib = None
         try:
             lib = load_libc()
@@ -1406,6 +1411,12 @@ def inotify_lib():
             lib = None
         _LIBC.append(lib)
     return _LIBC[0]
+
+
+def last_errno():
+    import ctypes
+
+    return ctypes.get_errno()
 
 
 class InotifyWatcher:
@@ -1419,7 +1430,7 @@ class InotifyWatcher:
         self.ignore = ignore
         self.fd = self.lib.inotify_init1(os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+            raise OSError(last_errno(), "inotify_init1 failed")
         self.wds = {}
         self.buffer = b""
         try:
@@ -1432,7 +1443,7 @@ class InotifyWatcher:
         full = os.path.join(self.root, rel) if rel else self.root
         wd = self.lib.inotify_add_watch(self.fd, os.fsencode(full), WATCH_MASK)
         if wd < 0:
-            err = ctypes.get_errno()
+            err = last_errno()
             if err in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES):
                 return
             raise OSError(err, "inotify_add_watch failed for %s" % full)
@@ -1688,6 +1699,8 @@ def error_reply(rid, exc):
     elif isinstance(exc, (KeyError, ValueError, TypeError)):
         err = {"type": "invalid", "message": "bad request: %r" % (exc,), "path": None}
     else:
+        import traceback  # a bug's report only
+
         err = {"type": "internal", "message": traceback.format_exc(limit=5), "path": None}
     return {"id": rid, "ok": False, "error": err}
 

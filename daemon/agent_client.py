@@ -2,7 +2,7 @@
 
 :meth:`AgentClient.start` opens one SSH exec channel running a tiny bootstrap with the host's
 ``python3``: it compares the digest of ``~/.cache/tether/<version>/agent.py`` with ours, takes a
-new copy over the same channel only when they differ, then execs the agent; we say hello.
+new copy over the same channel only when they differ, then runs the agent; we say hello.
 :meth:`AgentClient.spawn_local` runs the same agent as a local subprocess (tests, the demo).
 
 Requests are multiplexed by id: callers may ``asyncio.gather`` many writes and they go out
@@ -59,6 +59,7 @@ try:
 except OSError:
     have = ""
 out, inp = sys.stdout.buffer, sys.stdin.buffer
+folder = os.path.dirname(path)
 if have != want:
     out.write(b"TETHER-SEND\n")
     out.flush()
@@ -66,20 +67,27 @@ if have != want:
     data = inp.read(size)
     if len(data) != size or hashlib.sha256(data).hexdigest() != want:
         sys.exit(4)
-    folder = os.path.dirname(path)
     os.makedirs(folder, 0o700, exist_ok=True)
     tmp = os.path.join(folder, ".agent.%d.tmp" % os.getpid())
     with open(tmp, "wb") as fh:
         fh.write(data)
+    cached = os.path.join(folder, "__pycache__")
+    for name in os.listdir(cached) if os.path.isdir(cached) else ():
+        os.unlink(os.path.join(cached, name))
     os.replace(tmp, path)
 out.write(b"TETHER-RUN " + path.encode("utf-8") + b"\n")
 out.flush()
-os.execv(sys.executable, [sys.executable, "-S", "-u", path])
+sys.path.insert(0, folder)
+import agent
+sys.exit(agent.main(sys.argv))
 """
 """Run by the host's python: check the installed agent's digest, take a new copy on stdin only
-when it differs, then become the agent. One exec channel, whatever happens. Both run with ``-S``:
-they need the standard library only, and a site-packages full of ``.pth`` hooks can cost a
-start more than the rest of it."""
+when it differs, then import it and run it in this same process. Imported, not run as a script,
+so its bytecode is cached beside it and a start does not compile 1,800 lines again; a new copy
+clears that cache first, so no bytecode of an older agent can outlive it (its timestamps are
+only to the second). ``-S``: the agent needs the standard library only, and a site-packages
+full of ``.pth`` hooks can cost a start more than the rest of it. ``-u``: its log lines on
+stderr go out at once (Python 3.8 buffers a piped stderr)."""
 
 
 class NoUsablePython(RemoteError):
@@ -303,7 +311,7 @@ class AgentClient:
         digest = hashlib.sha256(local).hexdigest()
         remote = f"{remote_dir or '~/.cache/tether/' + __version__}/agent.py"
         py = shlex.quote(python)
-        command = f"{py} -S -c {shlex.quote(_BOOTSTRAP)} {shlex.quote(remote)} {digest}"
+        command = f"{py} -S -u -c {shlex.quote(_BOOTSTRAP)} {shlex.quote(remote)} {digest}"
         try:
             process = await conn.create_process(command, encoding=None)
         except (OSError, asyncssh.Error) as exc:

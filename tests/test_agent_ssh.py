@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +43,7 @@ def test_start_uploads_once(sshd: SshServer, tmp_path: Path) -> None:
             assert client.info["version"] == 1 and client.remote_dir == str(remote_dir)
             await client.close()
         installed.write_bytes(b"# an older agent\n")
+        (remote_dir / "__pycache__" / "agent.older.pyc").write_bytes(b"an older agent's bytecode")
         client = await AgentClient.start(conn, remote_dir=str(remote_dir))
         uploads.append(client.uploaded)
         await client.close()
@@ -49,7 +51,11 @@ def test_start_uploads_once(sshd: SshServer, tmp_path: Path) -> None:
 
     assert over_ssh(sshd, body) == [True, False, True]
     assert installed.read_bytes() == AGENT_PATH.read_bytes()
-    assert [p.name for p in remote_dir.iterdir()] == ["agent.py"]
+    # The agent, and its bytecode: cleared with each new copy, so never an older agent's.
+    assert sorted(p.name for p in remote_dir.iterdir()) == ["__pycache__", "agent.py"]
+    assert [p.name for p in (remote_dir / "__pycache__").iterdir()] == [
+        f"agent.{sys.implementation.cache_tag}.pyc"
+    ]
 
 
 def test_no_python_on_the_host_is_a_remote_error(sshd: SshServer) -> None:
