@@ -42,6 +42,28 @@ async def cli_sync(config: Path, *args: str) -> tuple[int, str]:
     return proc.returncode or 0, out.decode()
 
 
+HEAVY = ("asyncssh", "aiohttp", "rich")
+PROBE = (
+    "import sys; from daemon.cli import main; rc = main(sys.argv[1:]); "
+    f"print('loaded:', *[m for m in {HEAVY!r} if m in sys.modules]); sys.exit(rc)"
+)
+
+
+async def cli_sync_modules(config: Path, *args: str) -> tuple[int, str, list[str]]:
+    """`tether sync` as :func:`cli_sync`, and which of :data:`HEAVY` it imported."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PROBE, "--config", str(config), "sync", *args,
+        env=env, cwd=str(ROOT),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode()
+    loaded = text.rstrip("\n").rpartition("\n")[2]
+    assert loaded.startswith("loaded:"), text
+    return proc.returncode or 0, text, loaded.split()[1:]
+
+
 def covers(scope: list[str], path: str) -> bool:
     return any(path == root or path.startswith(root + "/") for root in scope)
 
@@ -71,11 +93,13 @@ def test_post_sync_and_cli_take_the_warm_path(sshd: SshServer, tmp_path: Path) -
             # (after a first sync of 100,000 files they were most of an idle daemon's memory).
             assert answer["pairs"][0]["plan"] == ["file → remote: a.py"]
             assert all(not r.plan and not r.base_moved for _, r in session._reports)
-            # `tether sync --json`: the same, through the socket (stdlib HTTP).
+            # `tether sync --json`: the same, through the socket (stdlib HTTP), and a script
+            # calling it pays for none of the heavy imports (SSH, the daemon's HTTP, rich).
             (local / "b.py").write_text("b")
             before = session.syncs
-            rc, out = await cli_sync(config, "--json")
+            rc, out, loaded = await cli_sync_modules(config, "--json")
             assert rc == 0, out
+            assert loaded == []
             assert text(remote / "b.py") == "b"
             assert session.syncs > before  # the daemon's session ran the cycle
             events = await client.logs(200)
@@ -138,6 +162,12 @@ def test_cli_syncs_on_its_own_without_daemon_or_registration(
             assert "through the daemon" not in out and "local /" in out
             assert text(remote / "two.py") == "2"
             assert daemon.projects == {}
+        # A script's one shot (`--json`) needs SSH, and not rich.
+        (local / "three.py").write_text("3")
+        rc, out, loaded = await cli_sync_modules(config, "--json")
+        assert rc == 0, out
+        assert loaded == ["asyncssh"]
+        assert text(remote / "three.py") == "3"
 
     asyncio.run(body())
 
