@@ -84,7 +84,7 @@ def test_defaults() -> None:
         ("[host.gpu]\nssh = 'x'\n", "unknown table [host] (did you mean 'hosts'?"),
         ("", "no [hosts.NAME] table"),
         ("[hosts.gpu]\n", "hosts.gpu.ssh is missing"),
-        ("[hosts.gpu]\nssh = 3\n", 'hosts.gpu.ssh = 3 is not allowed; expected a non-empty string'),
+        ("[hosts.gpu]\nssh = 3\n", "hosts.gpu.ssh = 3 is not allowed; expected a non-empty string"),
         (
             HOST + "[pairs.a]\nhost = 'gpx'\nremote = 'r'\n",
             "names no [hosts.gpx] (did you mean 'gpu'",
