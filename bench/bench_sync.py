@@ -1,7 +1,7 @@
 """tether sync vs `rsync -a` over ssh, against one local sshd, in one go; prints ratios.
 
     python bench/bench_sync.py [--initial-files 5000] [--initial-mb 50] [--resync-files 20000]
-                               [--memory-files 100000] [--skip-memory] [--only memory]
+                               [--memory-files 100000] [--skip-memory] [--only initial|memory]
 
 1. initial sync of N files / M MB into an empty remote folder (tether push vs rsync -a), each
    tool --repeat times (3), alternating, before every run dirty pages flushed (`sync`) and the
@@ -189,6 +189,12 @@ def memory_case(work: Path, server: SshServer, env: dict[str, str], files: int) 
     return rss_kb
 
 
+def print_rows(rows: list[tuple[str, float, float, str]]) -> None:
+    print(f"\n{'case':<48} {'tether':>9} {'rsync':>9} {'ratio':>7}  target")
+    for name, a, b, target in rows:
+        print(f"{name:<48} {a:>8.2f}s {b:>8.2f}s {a / b:>7.2f}  {target}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--initial-files", type=int, default=5000)
@@ -200,7 +206,9 @@ def main() -> int:
         "--repeat", type=int, default=3, help="initial-sync runs per tool, alternating (median)"
     )
     ap.add_argument(
-        "--only", choices=["memory"], help="run just this case (memory: the 100k-file sync)"
+        "--only",
+        choices=["initial", "memory"],
+        help="run just this case (initial: the first sync; memory: the 100k-file sync)",
     )
     args = ap.parse_args()
     print(f"host agent and CLI run with {REAL_PYTHON} (not a `python3` shim on PATH)")
@@ -238,6 +246,9 @@ def main() -> int:
                 "<= 1.00",
             )
         )
+        if args.only == "initial":
+            print_rows(rows)
+            return 0
         # 2. re-sync after one change
         src = work / "resync"
         make_tree(src, args.resync_files, args.resync_files * 1000)
@@ -285,9 +296,7 @@ def main() -> int:
         # 3. memory at 100k files
         if not args.skip_memory:
             memory_case(work, server, env, args.memory_files)
-        print(f"\n{'case':<48} {'tether':>9} {'rsync':>9} {'ratio':>7}  target")
-        for name, a, b, target in rows:
-            print(f"{name:<48} {a:>8.2f}s {b:>8.2f}s {a / b:>7.2f}  {target}")
+        print_rows(rows)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
