@@ -69,6 +69,24 @@ def test_link_comes_up_with_agent(private_sshd: SshServer) -> None:
     asyncio.run(body())
 
 
+def test_link_prefers_aes_gcm_unless_ssh_config_names_ciphers(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    """asyncssh's default, chacha20-poly1305, costs Python calls per packet; a user's own
+    ``Ciphers`` line still wins."""
+    own = tmp_path / "ssh_config"
+    own.write_text("Host *\n    Ciphers aes256-ctr\n")
+
+    async def body() -> tuple[str, str]:
+        async with Link(sshd.host_config(), start_agent=False) as link:
+            ours = (await link.wait_up(10)).get_extra_info("send_cipher")
+        async with Link(sshd.host_config(ssh_config=own), start_agent=False) as link:
+            theirs = (await link.wait_up(10)).get_extra_info("send_cipher")
+        return ours, theirs
+
+    assert asyncio.run(body()) == ("aes128-gcm@openssh.com", "aes256-ctr")
+
+
 def test_cut_connection_reconnects(private_sshd: SshServer, proxy: FaultProxy) -> None:
     async def body() -> None:
         async with Link(via(private_sshd, proxy.port)) as link:

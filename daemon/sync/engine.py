@@ -37,16 +37,6 @@ from .state import ConflictRecord, StateStore, pair_key
 
 log = logging.getLogger(__name__)
 
-FAST_CIPHERS = (
-    "aes128-gcm@openssh.com",
-    "aes256-gcm@openssh.com",
-    "chacha20-poly1305@openssh.com",
-    "aes128-ctr",
-    "aes256-ctr",
-)
-"""AES-GCM first: one hardware-accelerated call per packet, where asyncssh's chacha20-poly1305
-costs several Python-level calls (it dominated the transfer of many small files)."""
-
 MAX_ROUNDS = 3
 """Scan-reconcile-apply rounds when paths change under our feet."""
 MAX_DIRTY_ROOTS = 2000
@@ -179,7 +169,7 @@ async def remote_agent(
     file on each scan), with a warning that says so.
     """
     host = config.host(pair.host)
-    async with open_connection(host, encryption_algs=list(FAST_CIPHERS)) as conn:
+    async with open_connection(host) as conn:
         client: AgentClient | SftpEndpoint
         try:
             client = await AgentClient.start(conn, python=host.python)
