@@ -55,6 +55,8 @@ RETRY_MAX_S = 30.0
 BARRIER_RE = re.compile(r"^\.flush\.tether-([0-9a-f]{8})\.tmp$")
 """The flush barrier file (a staged-file name: no scanner ever lists it, it is never synced)."""
 BARRIER_TIMEOUT_S = 2.0
+HOST_WATCH_WAIT_S = 5.0
+"""How long a full cycle waits for the host's watch to be up (see ``_host_watching``)."""
 
 
 class SessionState(str, Enum):
@@ -112,6 +114,11 @@ class PairSession:
         """Paths the host reported changing since the last cycle: they came *from* the host."""
         self._full_needed = True
         self._last_full = 0.0
+        self._host_watching = asyncio.Event()
+        """Set while the host's watch stream is up. Its start asks for a full cycle (what changed
+        before it was never reported); a full cycle waits for it, so that the first one, which
+        starts with the session, also covers the time before the watch, instead of a second
+        full cycle of the whole tree right after the first."""
         self._barriers: dict[str, asyncio.Future[None]] = {}
         self._watcher: LocalWatcher | None = None
         self._wake = asyncio.Event()
@@ -322,11 +329,13 @@ class PairSession:
             try:
                 agent = await self.link.wait_agent()
                 await agent.probe(self.pair.remote, create=True)
-                # What changed on the host before this watch started was never reported (a
-                # reconnect, a restarted watch): the next cycle is a full one.
-                self._full_needed = True
-                self._wake.set()
                 async for batch in agent.watch(self.pair.remote, _rules(self.pair).to_wire()):
+                    if not self._host_watching.is_set():  # the first batch: watching now
+                        # What changed on the host before this watch started was never
+                        # reported (a first start, a reconnect): the next cycle is a full one.
+                        self._host_watching.set()
+                        self._full_needed = True
+                        self._wake.set()
                     if batch.rescan:
                         self._full_needed = True
                     if batch.paths or batch.rescan:
@@ -337,6 +346,8 @@ class PairSession:
                 if self.link.state.value == "up":
                     self._event("warning", f"remote watch stopped: {exc}; retrying")
                     await asyncio.sleep(1.0)
+            finally:
+                self._host_watching.clear()
             await asyncio.sleep(0.05)
 
     # -- the sync loop -----------------------------------------------------------------------
@@ -374,6 +385,9 @@ class PairSession:
             return
         self._idle.clear()
         self.state = SessionState.SYNCING
+        if self._full_needed and not self._host_watching.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._host_watching.wait(), HOST_WATCH_WAIT_S)
         dirty, self._local_dirty = self._local_dirty | set(self._failed), set()
         from_host, self._remote_paths = self._remote_paths, set()
         self._retry_due = False

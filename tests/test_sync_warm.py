@@ -203,6 +203,28 @@ def test_flush_barrier_lands_a_fresh_save_incrementally(sshd: SshServer, tmp_pat
     asyncio.run(body())
 
 
+def test_a_new_project_gets_one_full_cycle(sshd: SshServer, tmp_path: Path) -> None:
+    """The session's first cycle waits for the host's watch to be up, so it also covers what
+    changed before the watch began: no second full scan of the whole tree follows it."""
+    local, remote = write_project(tmp_path, sshd, mode="push")
+    config = str(local / "tether.toml")
+    for i in range(20):
+        (local / f"k{i}.py").write_text(f"v{i}")
+
+    async def body() -> None:
+        async with running_daemon() as (daemon, client):
+            await client.register(config)
+            await client.flush(config, 30)
+            session = session_of(daemon)
+            if session.watch_mode != "inotify":
+                pytest.skip(f"no inotify here ({session.watch_mode})")
+            assert [text(remote / f"k{i}.py") for i in range(20)] == [f"v{i}" for i in range(20)]
+            full = [r.copied for _, r in session._reports if r.scope is None]
+            assert full == [21]  # 20 files and tether.toml, in one full cycle
+
+    asyncio.run(body())
+
+
 def test_flush_falls_back_to_a_full_cycle_when_polling(
     sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
