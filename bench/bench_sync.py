@@ -6,6 +6,9 @@
 1. initial sync of N files / M MB into an empty remote folder (tether push vs rsync -a), each
    tool --repeat times (3), alternating, before every run dirty pages flushed (`sync`) and the
    trees read whole (warm in the page cache, as for every tool); the medians are compared;
+   one-shot: `tether sync` on its own (starts, connects, starts the agent, syncs);
+   daemon: a new project handed to a running `tether daemon`: `tether start` (it connects,
+           starts the agent and the watchers, syncs in full) until `tether flush` returns;
 2. re-sync after one changed file in a 20,000-file tree (both tools already synced once), twice:
    each tool --repeat times, alternating, one more change each time, medians compared;
    cold: `tether sync` as a one-shot process (no daemon: connects, starts the agent, scans
@@ -28,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,8 +71,11 @@ def fmt(samples: list[float]) -> str:
     return " ".join(f"{t:.2f}s" for t in samples)
 
 
-def write_config(work: Path, server: SshServer, local: Path, remote: Path) -> Path:
-    cfg = work / f"{local.name}.d" / "tether.toml"
+def write_config(
+    work: Path, server: SshServer, local: Path, remote: Path, *, name: str = ""
+) -> Path:
+    """A project (one push pair, ``local`` -> ``remote``); ``name`` makes it a new one."""
+    cfg = work / f"{name or local.name}.d" / "tether.toml"
     cfg.parent.mkdir(exist_ok=True)
     # The host's `python` is this interpreter itself (as the CLI runs under sys.executable): a
     # `python3` on PATH may be a pyenv shim, a bash script costing ~0.1-0.3 s per start that is
@@ -91,6 +97,60 @@ def cli(cfg: Path, env: dict[str, str], *verb: str) -> None:
     )
 
 
+@contextlib.contextmanager
+def user_daemon(work: Path, env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A `tether daemon` with its own runtime folder; yields the env that reaches it."""
+    env = dict(env, TETHER_RUNTIME_DIR=str(work / "rt"))
+    (work / "rt").mkdir(mode=0o700, exist_ok=True)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "daemon.cli", "daemon"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "daemon.log", "ab"),  # noqa: SIM115
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (work / "rt" / "control.sock").exists():
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                raise RuntimeError(f"the daemon did not start; see {work / 'daemon.log'}")
+            time.sleep(0.05)
+        yield env
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            subprocess.run(
+                [sys.executable, "-m", "daemon.cli", "stop", "--all"],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        try:
+            daemon.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+
+
+def daemon_initial(
+    work: Path, server: SshServer, env: dict[str, str], src: Path, n: int
+) -> tuple[list[float], list[float]]:
+    """``n`` times, alternating: a new project (its own config, an empty remote folder) handed
+    to a running daemon, timed from `tether start` until `tether flush` returns (the daemon
+    connects, starts the host's agent and syncs everything); then rsync into a fresh folder."""
+    ours: list[float] = []
+    theirs: list[float] = []
+    with user_daemon(work, env) as env:
+        for i in range(n):
+            cfg = write_config(work, server, src, work / f"t-daemon-{i}", name=f"daemon-{i}")
+            settle(src)
+            start = time.perf_counter()
+            cli(cfg, env, "start")
+            cli(cfg, env, "flush", "--timeout", "120s")
+            ours.append(time.perf_counter() - start)
+            cli(cfg, env, "stop")
+            settle(src)
+            theirs.append(rsync(server, src, work / f"r-daemon-{i}"))
+    return ours, theirs
+
+
 def warm_resync(
     work: Path,
     cfg: Path,
@@ -103,22 +163,9 @@ def warm_resync(
     """``n`` times, alternating: one change, then the wall time of `tether sync` through a
     running daemon, then of rsync (the daemon started, the project registered and in sync
     first; stopped after)."""
-    env = dict(env, TETHER_RUNTIME_DIR=str(work / "rt"))
-    (work / "rt").mkdir(mode=0o700, exist_ok=True)
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "daemon"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(work / "daemon.log", "wb"),  # noqa: SIM115
-    )
     ours: list[float] = []
     theirs: list[float] = []
-    try:
-        deadline = time.monotonic() + 30
-        while not (work / "rt" / "control.sock").exists():
-            if time.monotonic() > deadline or daemon.poll() is not None:
-                raise RuntimeError(f"the daemon did not start; see {work / 'daemon.log'}")
-            time.sleep(0.05)
+    with user_daemon(work, env) as env:
         cli(cfg, env, "start")
         cli(cfg, env, "flush", "--timeout", "120s")  # the first (full) cycle is done
         for i in range(n):
@@ -129,14 +176,7 @@ def warm_resync(
             ours.append(time.perf_counter() - start)
             settle(*trees)
             theirs.append(rsync_once())
-        return ours, theirs
-    finally:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            cli(cfg, env, "stop", "--all")
-        try:
-            daemon.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+    return ours, theirs
 
 
 def tether(cfg: Path, env: dict[str, str]) -> tuple[float, int]:
@@ -234,18 +274,27 @@ def main() -> int:
             times["tether"].append(tether(cfg, fresh)[0])
             settle(src)
             times["rsync"].append(rsync(server, src, work / f"r-initial-{i}"))
-        for i in range(args.repeat):  # not between runs: a deletion slows the next run's creates
-            shutil.rmtree(work / f"t-initial-{i}", ignore_errors=True)
-            shutil.rmtree(work / f"r-initial-{i}", ignore_errors=True)
         print(f"initial sync, each run: tether {fmt(times['tether'])}; rsync {fmt(times['rsync'])}")
         rows.append(
             (
-                f"initial {args.initial_files} files / {args.initial_mb:g} MB",
+                f"initial {args.initial_files} files / {args.initial_mb:g} MB, one-shot",
                 statistics.median(times["tether"]),
                 statistics.median(times["rsync"]),
                 "<= 1.00",
             )
         )
+        ours, theirs = daemon_initial(work, server, env, src, args.repeat)
+        print(f"initial sync through the daemon, each run: tether {fmt(ours)}; rsync {fmt(theirs)}")
+        rows.append(
+            (
+                f"initial {args.initial_files} files / {args.initial_mb:g} MB, daemon",
+                statistics.median(ours),
+                statistics.median(theirs),
+                "<= 1.00",
+            )
+        )
+        for folder in work.glob("[tr]-*"):  # not between runs: a deletion slows later creates
+            shutil.rmtree(folder, ignore_errors=True)
         if args.only == "initial":
             print_rows(rows)
             return 0
