@@ -72,6 +72,16 @@ def session_of(daemon: Daemon):  # type: ignore[no-untyped-def]
     return next(iter(daemon.projects.values())).sessions["code"]
 
 
+async def synced_with_inotify(daemon: Daemon, client, config: str):  # type: ignore[no-untyped-def]
+    """Register ``config``, flush its first sync; its session (skip the test without inotify)."""
+    await client.register(config)
+    await client.flush(config, 30)
+    session = session_of(daemon)
+    if session.watch_mode != "inotify":
+        pytest.skip(f"no inotify here ({session.watch_mode})")
+    return session
+
+
 def test_post_sync_and_cli_take_the_warm_path(sshd: SshServer, tmp_path: Path) -> None:
     local, remote = write_project(tmp_path, sshd, mode="push")
     config = local / "tether.toml"
@@ -179,11 +189,7 @@ def test_flush_barrier_lands_a_fresh_save_incrementally(sshd: SshServer, tmp_pat
 
     async def body() -> None:
         async with running_daemon() as (daemon, client):
-            await client.register(config)
-            await client.flush(config, 30)
-            session = session_of(daemon)
-            if session.watch_mode != "inotify":
-                pytest.skip(f"no inotify here ({session.watch_mode})")
+            session = await synced_with_inotify(daemon, client, config)
             for i in range(3):
                 (local / "src" / "k.py").write_text(f"v{i}")  # no pause: flush at once
                 mark = session.syncs
@@ -213,11 +219,7 @@ def test_a_new_project_gets_one_full_cycle(sshd: SshServer, tmp_path: Path) -> N
 
     async def body() -> None:
         async with running_daemon() as (daemon, client):
-            await client.register(config)
-            await client.flush(config, 30)
-            session = session_of(daemon)
-            if session.watch_mode != "inotify":
-                pytest.skip(f"no inotify here ({session.watch_mode})")
+            session = await synced_with_inotify(daemon, client, config)
             assert [text(remote / f"k{i}.py") for i in range(20)] == [f"v{i}" for i in range(20)]
             full = [r.copied for _, r in session._reports if r.scope is None]
             assert full == [21]  # 20 files and tether.toml, in one full cycle
