@@ -64,6 +64,7 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
+from . import control_lite
 from .dirs import RUNTIME_ENV, ensure_private_dir, runtime_dir
 from .errors import (
     EX_CONFIG,
@@ -77,7 +78,7 @@ from .errors import (
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = "control.sock"
+SOCKET_NAME = control_lite.SOCKET_NAME
 EX_SOFTWARE = 70
 HEARTBEAT_S = 5.0
 """How often an idle event stream sends a heartbeat line; clients give up after three missed."""
@@ -674,6 +675,17 @@ def _not_running(path: Path, why: str) -> DaemonNotRunning:
     return DaemonNotRunning(f"no tether daemon is running ({why}: {path})", _START_HINT)
 
 
+def not_running(path: Path, exc: BaseException) -> DaemonNotRunning:
+    """What a failed connection to the socket at ``path`` means, as DaemonNotRunning."""
+    if isinstance(exc, FileNotFoundError):
+        return _not_running(path, "no control socket at")
+    if isinstance(exc, ConnectionRefusedError):
+        return _not_running(path, "nothing answers on")
+    return DaemonNotRunning(
+        f"the tether daemon on {path} went away ({exc})", f"see `tether logs`; {_START_HINT}"
+    )
+
+
 @contextlib.contextmanager
 def _connection_errors(path: Path) -> Iterator[None]:
     """aiohttp's connection failures → DaemonNotRunning."""
@@ -882,11 +894,4 @@ def call(
 
 def daemon_running(socket_path: Path | None = None, timeout_s: float = 1.0) -> bool:
     """Whether something accepts connections on the control socket (blocking, cheap)."""
-    path = socket_path if socket_path is not None else default_socket_path()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout_s)
-        try:
-            sock.connect(os.fspath(path))
-        except OSError:
-            return False
-    return True
+    return control_lite.daemon_running(socket_path or default_socket_path(), timeout_s)

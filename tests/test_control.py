@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
+from daemon import control_lite
 from daemon.control import (
     EX_SOFTWARE,
     SOCKET_NAME,
@@ -212,6 +213,8 @@ def test_stale_socket_is_replaced(runtime: Path) -> None:
     assert path.exists() and not daemon_running()
     with pytest.raises(DaemonNotRunning, match="nothing answers"):
         call("GET", "/v1/status")
+    with pytest.raises(DaemonNotRunning, match="nothing answers"):
+        control_lite.call("GET", "/v1/status")
 
     async def main() -> None:
         async with await started(FakeAPI(), runtime), ControlClient() as client:
@@ -264,6 +267,9 @@ def test_no_daemon_is_daemon_not_running_with_a_start_hint(runtime: Path) -> Non
     assert caught.value.exit_code == 69
     assert "tether start" in caught.value.hint
     assert "no control socket" in caught.value.message
+    with pytest.raises(DaemonNotRunning) as lite:
+        control_lite.call("POST", "/v1/flush")
+    assert (lite.value.message, lite.value.hint) == (caught.value.message, caught.value.hint)
 
     async def follow() -> None:
         async with ControlClient() as client:
@@ -326,14 +332,26 @@ def test_register_sends_an_absolute_path(runtime: Path, monkeypatch: pytest.Monk
     assert run(main()).calls == [("register", str(runtime.parent / "proj" / "tether.toml"))]
 
 
-def test_sync_facade(runtime: Path) -> None:
+def test_sync_facades(runtime: Path) -> None:
+    """`call` (aiohttp) and the stdlib one the CLI's hot verbs use: same answers, same errors."""
+
     async def main() -> None:
         api = FakeAPI()
+        loop = asyncio.get_running_loop()
         async with await started(api, runtime):
-            answer = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: call("POST", "/v1/pause", {"pair": "code"})
-            )
-            assert answer == {"paused": ["code"]}
+            for facade in (call, control_lite.call):
+                answer = await loop.run_in_executor(
+                    None, lambda f=facade: f("POST", "/v1/pause", {"pair": "code"})
+                )
+                assert answer == {"paused": ["code"]}
+            api.flush_error = GpuGone("gb10")
+            with pytest.raises(GpuGone, match="gb10 stopped answering") as gone:
+                await loop.run_in_executor(
+                    None, lambda: control_lite.call("POST", "/v1/flush", {"timeout_s": 1})
+                )
+            assert gone.value.exit_code == 69
+            with pytest.raises(TetherError, match="older than this tether"):
+                await loop.run_in_executor(None, lambda: control_lite.call("POST", "/v1/nope"))
 
     run(main())
 

@@ -49,11 +49,11 @@ PROBE = (
 )
 
 
-async def cli_sync_modules(config: Path, *args: str) -> tuple[int, str, list[str]]:
-    """`tether sync` as :func:`cli_sync`, and which of :data:`HEAVY` it imported."""
+async def cli_modules(config: Path, *args: str) -> tuple[int, str, list[str]]:
+    """`tether ARGS` as a user runs it, and which of :data:`HEAVY` it imported."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", PROBE, "--config", str(config), "sync", *args,
+        sys.executable, "-c", PROBE, "--config", str(config), *args,
         env=env, cwd=str(ROOT),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
@@ -107,8 +107,11 @@ def test_post_sync_and_cli_take_the_warm_path(sshd: SshServer, tmp_path: Path) -
             # calling it pays for none of the heavy imports (SSH, the daemon's HTTP, rich).
             (local / "b.py").write_text("b")
             before = session.syncs
-            rc, out, loaded = await cli_sync_modules(config, "--json")
+            rc, out, loaded = await cli_modules(config, "sync", "--json")
             assert rc == 0, out
+            assert loaded == []
+            rc, out, loaded = await cli_modules(config, "flush", "--json")  # as `start`, `pause`
+            assert rc == 0 and '"flushed": [' in out, out
             assert loaded == []
             assert text(remote / "b.py") == "b"
             assert session.syncs > before  # the daemon's session ran the cycle
@@ -174,7 +177,7 @@ def test_cli_syncs_on_its_own_without_daemon_or_registration(
             assert daemon.projects == {}
         # A script's one shot (`--json`) needs SSH, and not rich.
         (local / "three.py").write_text("3")
-        rc, out, loaded = await cli_sync_modules(config, "--json")
+        rc, out, loaded = await cli_modules(config, "sync", "--json")
         assert rc == 0, out
         assert loaded == ["asyncssh"]
         assert text(remote / "three.py") == "3"

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from ..cli import config_of
 from ..config import parse_duration
 from ..console import console, print_json
-from ..control import ControlClient
+from ..control_lite import call
 from ..errors import UsageError
 
 
@@ -28,13 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_toggle(args: argparse.Namespace) -> int:
     config = config_of(args)
-
-    async def go() -> dict:
-        async with ControlClient() as client:
-            method = client.pause if args.verb == "pause" else client.resume
-            return await method(str(config.path), args.pair)
-
-    answer = asyncio.run(go())
+    answer = call("POST", f"/v1/{args.verb}", {"project": str(config.path), "pair": args.pair})
     names = answer.get("paused") or answer.get("resumed") or []
     console().print(f"{args.verb}d: {', '.join(names) or '(nothing)'}")
     return 0
@@ -45,12 +38,8 @@ def run_flush(args: argparse.Namespace) -> int:
     if timeout is None:
         raise UsageError(f"--timeout {args.timeout!r} is not a duration", 'use e.g. "30s", "2m"')
     config = config_of(args)
-
-    async def go() -> dict:
-        async with ControlClient() as client:
-            return await client.flush(str(config.path), timeout)
-
-    answer = asyncio.run(go())
+    body = {"project": str(config.path), "timeout_s": timeout}
+    answer = call("POST", "/v1/flush", body, timeout + 10)
     if args.json:
         print_json(answer)
     else:

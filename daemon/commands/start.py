@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import subprocess
 import sys
 import time
-from typing import Any
+from pathlib import Path
 
 from ..cli import config_of
 from ..console import console
-from ..control import ControlClient, daemon_running
+from ..control_lite import call, daemon_running
 from ..errors import TetherError
 from ..sync.state import state_dir
 
@@ -50,15 +49,15 @@ def ensure_daemon() -> bool:
     raise TetherError(f"the daemon did not start within {START_TIMEOUT_S:g}s", f"see {log_path}")
 
 
-async def _with_client(method: str, *args: Any) -> Any:
-    async with ControlClient() as client:
-        return await getattr(client, method)(*args)
+def _project(config_path: Path) -> dict[str, str]:
+    """The request body naming a project (absolute: the daemon's cwd is not ours)."""
+    return {"config_path": os.fspath(Path(config_path).expanduser().absolute())}
 
 
 def run_start(args: argparse.Namespace) -> int:
     config = config_of(args)
     started = ensure_daemon()
-    asyncio.run(_with_client("register", config.path))
+    call("POST", "/v1/projects", _project(config.path))
     out = console()
     out.print(("started the daemon; " if started else "") + f"watching {config.root}")
     out.print("see `tether status`; `tether logs -f` follows what happens")
@@ -71,10 +70,10 @@ def run_stop(args: argparse.Namespace) -> int:
         if not daemon_running():
             out.print("the daemon is not running")
             return 0
-        asyncio.run(_with_client("shutdown"))
+        call("POST", "/v1/shutdown")
         out.print("stopped the daemon")
         return 0
     config = config_of(args)
-    asyncio.run(_with_client("unregister", config.path))
+    call("DELETE", "/v1/projects", _project(config.path))
     out.print(f"no longer watching {config.root}")
     return 0
