@@ -1126,7 +1126,14 @@ def start_supervisor(folder):
     channel on fds 0-1, every other descriptor), then :func:`supervise` forks the supervisor
     proper, which is re-parented away from us. Whatever happens in the children, they end in
     ``os._exit``: no copy of the agent ever returns into its request loop.
+
+    What the children need is imported here, before the fork: a forked child must import
+    nothing, since a module lock another thread held at that instant (a watch's thread importing
+    ctypes, say) stays held in the child for ever, and the run would never start.
     """
+    import ctypes.util  # noqa: F401 - for set_subreaper (load_libc) in the child
+    import subprocess  # noqa: F401 - for supervise in the child
+
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -1186,7 +1193,7 @@ def set_subreaper():
 
 def supervise(folder):
     """In a child forked by :func:`start_supervisor`: run the spec, record how it ended."""
-    import subprocess  # only a run's supervisor needs it: the agent itself starts faster
+    import subprocess  # imported by start_supervisor before the fork: only looked up here
 
     if os.fork() > 0:
         os._exit(0)

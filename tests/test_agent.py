@@ -513,6 +513,30 @@ def test_exec_exit_codes_and_output(tmp_path: Path) -> None:
     assert all(s["signal"] is None and s["duration_s"] >= 0 for s in statuses)
 
 
+@pytest.mark.timeout(120)
+def test_a_run_starts_while_a_watch_starts(root: Path) -> None:
+    """The watch's thread imports what inotify needs just as the run's supervisor is forked. The
+    forked child must import nothing: a module lock another thread held at the fork is never
+    released in the child, whose run would then never start (the agent waits for it forever)."""
+
+    async def body(c: AgentClient) -> int:
+        async def watch() -> None:
+            async for _ in c.watch(str(root)):
+                pass
+
+        watching = asyncio.create_task(watch())
+        await asyncio.sleep(0)  # the watch request goes out first
+        try:
+            run = await asyncio.wait_for(c.exec("true"), 10)
+            status = await asyncio.wait_for(c.attach(run["run_id"]), 10)
+        finally:
+            watching.cancel()
+        return int(status["exit_code"])
+
+    for _ in range(5):  # a fresh agent each time: nothing imported yet
+        assert arun(body) == 0
+
+
 def test_exec_environment_venv_pythonpath_cwd(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
