@@ -292,6 +292,35 @@ def test_a_new_file_edited_before_it_is_read_is_rescanned(project, monkeypatch) 
     assert base["new.txt"].digest == hashlib.sha256(b"second, longer").hexdigest()
 
 
+def test_pull_rescans_a_host_file_edited_before_it_is_read(project, monkeypatch) -> None:
+    """The host's small files are read in batches too; one edited since the host's scan fails
+    on its own (``changed``), its neighbours land, and the next round brings the new version."""
+    from daemon.sync import apply as apply_mod
+
+    tmp, local, remote, configure = project
+    configure("pull")
+    write(remote / "edited.txt", "first")
+    write(remote / "steady.txt", "steady")
+    real = apply_mod.apply_plan
+    calls = []
+
+    async def editing(actions, sides, **kw):
+        calls.append(len(actions))
+        if len(calls) == 1:
+            write(remote / "edited.txt", "second, longer")
+        outcome = await real(actions, sides, **kw)
+        if len(calls) == 1:
+            assert outcome.changed == ["edited.txt"]
+            assert (local / "steady.txt").read_text() == "steady"
+        return outcome
+
+    monkeypatch.setattr("daemon.sync.engine.apply_plan", editing)
+    code, report = sync(tmp)
+    assert code == 0, report
+    assert len(calls) == 2 and report["rounds"] == 2
+    assert (local / "edited.txt").read_text() == "second, longer"
+
+
 def test_a_big_new_file_travels_in_chunks_hashed_once(project, monkeypatch) -> None:
     """A new file past the batch size and the chunk size: read off the event loop, sent in
     pipelined chunks with the digest computed as it was read, and that digest kept."""

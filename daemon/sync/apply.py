@@ -31,7 +31,7 @@ RESCAN_KINDS = frozenset({"changed", "exists", "not_empty", "not_found", "corrup
 IN_FLIGHT = 64
 """Files read and written concurrently (bounds memory to about IN_FLIGHT file bodies)."""
 SMALL_FILE = 256 * 1024
-"""Files up to this size travel in batches (``write_many``) where the side can take them."""
+"""Files up to this size travel in batches (``read_many``, then one ``write_many``)."""
 BATCH_BYTES = 1 << 20
 BATCH_FILES = 512
 BATCHES_IN_FLIGHT = 4
@@ -140,26 +140,18 @@ async def apply_plan(
         if not group:
             return
         here, there = sides[group[0].side], sides[group[0].side.other]
-        if hasattr(there, "read_many"):
-            read = await there.read_many([(a.source_path, a.new) for a in group])  # type: ignore[attr-defined]
-        else:
-            read = await asyncio.gather(
-                *(there.read(a.source_path, a.new) for a in group if a.new is not None),
-                return_exceptions=True,
-            )
+        read = await there.read_many([(a.source_path, a.new) for a in group])  # type: ignore[arg-type]
         ready: list[tuple[Action, Content]] = []
         for a, content in zip(group, read, strict=True):
             if isinstance(content, OpFailed):
                 fail(a, content)
-            elif isinstance(content, BaseException):
-                raise content
             else:
                 ready.append((a, content))
         if not ready:
             return
         files = [(a.path, content, a.new, a.old) for a, content in ready]
         try:
-            results = await here.write_many(files)  # type: ignore[attr-defined]
+            results = await here.write_many(files)  # type: ignore[arg-type]
         except OpFailed as exc:  # the whole request failed (not one file)
             for a, _ in ready:
                 fail(a, exc)
@@ -210,12 +202,7 @@ async def apply_plan(
         await batch([a for a in dirs if a.path.count("/") == depth])
 
     def batchable(a: Action) -> bool:
-        return (
-            a.new is not None
-            and a.new.kind is EntryKind.FILE
-            and a.new.size <= SMALL_FILE
-            and hasattr(sides[a.side], "write_many")
-        )
+        return a.new is not None and a.new.kind is EntryKind.FILE and a.new.size <= SMALL_FILE
 
     small = [a for a in leaves if batchable(a)]
     rest = [a for a in leaves if not batchable(a)]

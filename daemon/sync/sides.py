@@ -64,9 +64,11 @@ class Side(Protocol):
     label: str
 
     async def read(self, path: str, expect: Entry) -> Content: ...
+    async def read_many(self, files: list[tuple[str, Entry]]) -> list[Content | OpFailed]: ...
     async def write(
         self, path: str, content: Content, entry: Entry, expect: Entry | None
     ) -> Entry: ...
+    async def write_many(self, files: list[Write]) -> list[Entry | OpFailed]: ...
     async def mkdir(self, path: str, entry: Entry, expect: Entry | None) -> Entry: ...
     async def symlink(self, path: str, target: str, expect: Entry | None) -> Entry: ...
     async def delete(self, path: str, expect: Entry) -> None: ...
@@ -109,6 +111,17 @@ class AgentSide:
         if got.digest != expect.digest:
             raise OpFailed("changed", f"{path} changed since it was scanned", path)
         return Content(data, got.digest)
+
+    async def read_many(self, files: list[tuple[str, Entry]]) -> list[Content | OpFailed]:
+        """Each file read on its own, all in flight at once over the agent's stream; a file
+        that cannot be read is its OpFailed, anything else (a lost link) raises."""
+        read = await asyncio.gather(
+            *(self.read(path, expect) for path, expect in files), return_exceptions=True
+        )
+        for result in read:
+            if isinstance(result, BaseException) and not isinstance(result, OpFailed):
+                raise result
+        return read  # type: ignore[return-value]
 
     async def write(self, path: str, content: Content, entry: Entry, expect: Entry | None) -> Entry:
         call = self.client.write(
