@@ -85,6 +85,25 @@ def write(path: Path, text: str, *, mtime: float | None = None) -> None:
         os.utime(path, (mtime, mtime))
 
 
+def edit_before_first_apply(monkeypatch, path: Path, text: str) -> list:
+    """Write ``text`` to ``path`` between the sync's first scan and its first apply (as a user
+    saving at that instant); returns the Outcome of every apply, as they happen."""
+    from daemon.sync import apply as apply_mod
+
+    real = apply_mod.apply_plan
+    applies: list = []
+
+    async def editing(actions, sides, **kw):
+        if not applies:
+            write(path, text)
+        outcome = await real(actions, sides, **kw)
+        applies.append(outcome)
+        return outcome
+
+    monkeypatch.setattr("daemon.sync.engine.apply_plan", editing)
+    return applies
+
+
 def test_two_way_round_trip(project, monkeypatch) -> None:
     tmp, local, remote, _ = project
     monkeypatch.setattr("daemon.sync.scan.RACY_NS", 0)  # cache digests of just-written files
@@ -267,25 +286,15 @@ def test_a_new_file_edited_before_it_is_read_is_rescanned(project, monkeypatch) 
     """An unhashed file whose size or mtime moved since the scan is not sent as scanned."""
     import hashlib
 
-    from daemon.sync import apply as apply_mod
     from daemon.sync.state import StateStore, pair_key
 
     tmp, local, remote, configure = project
     configure("push")
     write(local / "new.txt", "first")
-    real = apply_mod.apply_plan
-    calls = []
-
-    async def editing(actions, sides, **kw):
-        calls.append(len(actions))
-        if len(calls) == 1:
-            write(local / "new.txt", "second, longer")
-        return await real(actions, sides, **kw)
-
-    monkeypatch.setattr("daemon.sync.engine.apply_plan", editing)
+    applies = edit_before_first_apply(monkeypatch, local / "new.txt", "second, longer")
     code, report = sync(tmp)
     assert code == 0, report
-    assert len(calls) == 2 and report["rounds"] == 2
+    assert len(applies) == 2 and report["rounds"] == 2
     assert (remote / "new.txt").read_text() == "second, longer"
     with StateStore() as store:
         base = store.load_base(pair_key(tmp / "tether.toml", "code"))
@@ -295,29 +304,16 @@ def test_a_new_file_edited_before_it_is_read_is_rescanned(project, monkeypatch) 
 def test_pull_rescans_a_host_file_edited_before_it_is_read(project, monkeypatch) -> None:
     """The host's small files are read in batches too; one edited since the host's scan fails
     on its own (``changed``), its neighbours land, and the next round brings the new version."""
-    from daemon.sync import apply as apply_mod
-
     tmp, local, remote, configure = project
     configure("pull")
     write(remote / "edited.txt", "first")
     write(remote / "steady.txt", "steady")
-    real = apply_mod.apply_plan
-    calls = []
-
-    async def editing(actions, sides, **kw):
-        calls.append(len(actions))
-        if len(calls) == 1:
-            write(remote / "edited.txt", "second, longer")
-        outcome = await real(actions, sides, **kw)
-        if len(calls) == 1:
-            assert outcome.changed == ["edited.txt"]
-            assert (local / "steady.txt").read_text() == "steady"
-        return outcome
-
-    monkeypatch.setattr("daemon.sync.engine.apply_plan", editing)
+    applies = edit_before_first_apply(monkeypatch, remote / "edited.txt", "second, longer")
     code, report = sync(tmp)
     assert code == 0, report
-    assert len(calls) == 2 and report["rounds"] == 2
+    assert len(applies) == 2 and report["rounds"] == 2
+    assert applies[0].changed == ["edited.txt"] and applies[0].files == 1  # steady.txt landed
+    assert (local / "steady.txt").read_text() == "steady"
     assert (local / "edited.txt").read_text() == "second, longer"
 
 
