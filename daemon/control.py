@@ -65,7 +65,8 @@ import aiohttp
 from aiohttp import web
 
 from . import control_lite
-from .dirs import RUNTIME_ENV, ensure_private_dir, runtime_dir
+from .control_lite import default_socket_path
+from .dirs import RUNTIME_ENV, ensure_private_dir
 from .errors import (
     EX_CONFIG,
     EX_DATAERR,
@@ -146,11 +147,6 @@ class DaemonAlreadyRunning(TetherError):
     """Another daemon already serves this runtime folder (exit 1)."""
 
     exit_code = 1
-
-
-def default_socket_path() -> Path:
-    """``control.sock`` in the runtime folder (``$TETHER_RUNTIME_DIR`` overrides)."""
-    return runtime_dir() / SOCKET_NAME
 
 
 # -- JSON and errors -----------------------------------------------------------------------------
@@ -890,8 +886,3 @@ def call(
             return await client.request(method, path, body, params=params, timeout_s=timeout_s)
 
     return asyncio.run(once())
-
-
-def daemon_running(socket_path: Path | None = None, timeout_s: float = 1.0) -> bool:
-    """Whether something accepts connections on the control socket (blocking, cheap)."""
-    return control_lite.daemon_running(socket_path or default_socket_path(), timeout_s)

@@ -33,12 +33,17 @@ class UnixHTTP(http.client.HTTPConnection):
 SOCKET_NAME = "control.sock"
 
 
-def socket_path() -> Path | None:
-    """The daemon's socket if one exists (a daemon may be listening), else None."""
+def default_socket_path() -> Path:
+    """``control.sock`` in the runtime folder (``$TETHER_RUNTIME_DIR`` overrides)."""
     from .dirs import runtime_dir
 
+    return runtime_dir() / SOCKET_NAME
+
+
+def socket_path() -> Path | None:
+    """The daemon's socket if one exists (a daemon may be listening), else None."""
     try:
-        path = runtime_dir() / SOCKET_NAME
+        path = default_socket_path()
     except Exception:  # no usable runtime folder: no daemon either
         return None
     return path if path.exists() else None
@@ -46,10 +51,7 @@ def socket_path() -> Path | None:
 
 def daemon_running(path: Path | None = None, timeout_s: float = 1.0) -> bool:
     """Whether something accepts connections on the control socket (blocking, cheap)."""
-    if path is None:
-        from .dirs import runtime_dir
-
-        path = runtime_dir() / SOCKET_NAME
+    path = path or default_socket_path()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)
         try:
@@ -67,9 +69,7 @@ def call(method: str, route: str, body: dict[str, Any] | None = None, timeout: f
             ``timeout``.
         TetherError: the daemon's error answer, as the class it was raised as.
     """
-    from .dirs import runtime_dir
-
-    path = runtime_dir() / SOCKET_NAME
+    path = default_socket_path()
     try:
         status, answer = request(path, method, route, body or {}, timeout)
     except TimeoutError:

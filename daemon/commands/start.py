@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from ..cli import config_of
 from ..console import console
@@ -49,15 +48,10 @@ def ensure_daemon() -> bool:
     raise TetherError(f"the daemon did not start within {START_TIMEOUT_S:g}s", f"see {log_path}")
 
 
-def _project(config_path: Path) -> dict[str, str]:
-    """The request body naming a project (absolute: the daemon's cwd is not ours)."""
-    return {"config_path": os.fspath(Path(config_path).expanduser().absolute())}
-
-
 def run_start(args: argparse.Namespace) -> int:
     config = config_of(args)
     started = ensure_daemon()
-    call("POST", "/v1/projects", _project(config.path))
+    call("POST", "/v1/projects", {"config_path": str(config.path)})  # already absolute
     out = console()
     out.print(("started the daemon; " if started else "") + f"watching {config.root}")
     out.print("see `tether status`; `tether logs -f` follows what happens")
@@ -74,6 +68,6 @@ def run_stop(args: argparse.Namespace) -> int:
         out.print("stopped the daemon")
         return 0
     config = config_of(args)
-    call("DELETE", "/v1/projects", _project(config.path))
+    call("DELETE", "/v1/projects", {"config_path": str(config.path)})
     out.print(f"no longer watching {config.root}")
     return 0
