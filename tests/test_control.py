@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
@@ -28,10 +29,10 @@ from daemon.control import (
     DaemonAlreadyRunning,
     DaemonNotRunning,
     call,
-    daemon_running,
     default_socket_path,
     serve,
 )
+from daemon.control_lite import daemon_running
 from daemon.dirs import RUNTIME_ENV, InsecureFolder, runtime_dir
 from daemon.errors import HostUnreachable, TetherError, UsageError
 
@@ -259,6 +260,32 @@ def test_a_file_in_the_sockets_place_is_refused(runtime: Path) -> None:
     (runtime / SOCKET_NAME).write_text("not a socket")
     with pytest.raises(TetherError, match="not a socket"):
         run(serve(FakeAPI()))
+
+
+def test_lite_call_says_when_the_daemon_hangs_or_hangs_up(runtime: Path) -> None:
+    """A socket that takes the connection but never answers, then one that hangs up: the CLI's
+    stdlib client ends with DaemonNotRunning (exit 69) either way, never a traceback or a hang."""
+    runtime.mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(runtime / SOCKET_NAME))
+        server.listen()
+        with pytest.raises(DaemonNotRunning, match=r"did not answer POST /v1/flush within 0\.3 s"):
+            control_lite.call("POST", "/v1/flush", {}, timeout=0.3)  # queued, never answered
+        server.accept()[0].close()
+
+        def hang_up() -> None:
+            conn, _ = server.accept()
+            conn.recv(65536)
+            conn.close()
+
+        peer = threading.Thread(target=hang_up)
+        peer.start()
+        try:
+            with pytest.raises(DaemonNotRunning, match="went away") as gone:
+                control_lite.call("POST", "/v1/pause", {}, timeout=5)
+        finally:
+            peer.join()
+    assert gone.value.exit_code == 69
 
 
 def test_no_daemon_is_daemon_not_running_with_a_start_hint(runtime: Path) -> None:
