@@ -123,6 +123,37 @@ def test_registry_survives_restart_and_unregister(sshd: SshServer, tmp_path: Pat
     asyncio.run(body())
 
 
+def test_a_host_watch_that_cannot_start_delays_the_first_sync_only_briefly(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first full cycle waits for the host's watch, but not for ever: here the remote root
+    is a file (the watch fails, and keeps failing), and the cycle still runs and halts the pair
+    with the reason, instead of waiting in silence."""
+    monkeypatch.setattr("daemon.pair_session.HOST_WATCH_WAIT_S", 0.5)
+    local, remote = write_project(tmp_path, sshd)
+    remote.rmdir()
+    remote.write_text("a file where the remote folder should be")
+    (local / "k.py").write_text("k")
+
+    async def body() -> None:
+        async with running_daemon() as (_daemon, client):
+            await client.register(local / "tether.toml")
+
+            async def pair() -> dict:
+                return (await client.status())["projects"][0]["pairs"][0]
+
+            deadline = time.monotonic() + 20
+            while (await pair())["state"] != "halted":
+                assert time.monotonic() < deadline, f"never halted: {await pair()}"
+                await asyncio.sleep(0.1)
+            assert "remote" in (await pair())["message"]
+            kinds = [e["kind"] for e in await client.logs(200)]
+            assert "pair.warning" in kinds  # the watch said why it keeps failing
+        assert remote.read_text() == "a file where the remote folder should be"
+
+    asyncio.run(body())
+
+
 def test_pause_collects_and_resume_syncs(sshd: SshServer, tmp_path: Path) -> None:
     local, remote = write_project(tmp_path, sshd)
     config = str(local / "tether.toml")
