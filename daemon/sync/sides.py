@@ -31,8 +31,6 @@ class Content:
 
 
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-SMALL_READ = 256 * 1024
-"""Files up to this size are read on the event loop's thread (a thread hop costs more)."""
 
 Write = tuple[str, Content, Entry, "Entry | None"]
 """One file for :meth:`AgentSide.write_many`: (path, content, entry to create, expected there)."""
@@ -189,9 +187,9 @@ class LocalSide:
             return self._agent
 
     async def read(self, path: str, expect: Entry) -> Content:
-        if expect.size > SMALL_READ:
-            return await asyncio.to_thread(self._load, path, expect)
-        return self._load(path, expect)
+        """One file (apply reads a big one so; small ones come in batches, :meth:`read_many`),
+        off the event loop."""
+        return await asyncio.to_thread(self._load, path, expect)
 
     async def read_many(self, files: list[tuple[str, Entry]]) -> list[Content | OpFailed]:
         """Small files read and hashed in one worker thread: the event loop keeps sending the
