@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncssh
 
@@ -44,6 +44,8 @@ CHUNK = 1 << 20
 """Files larger than this are written in several pipelined chunks."""
 MAX_FRAME = 256 << 20
 HELLO_TIMEOUT_S = 30.0
+Blob: TypeAlias = bytes | Sequence[bytes]
+"""A request's bytes after its header: whole, or in parts sent back to back."""
 STDERR_TAIL = 20
 
 _BOOTSTRAP = r"""
@@ -524,15 +526,17 @@ class AgentClient:
                 self._stderr_tail.append(text)
                 log.debug("agent: %s", text)
 
-    def _send(self, request: dict[str, Any], blob: bytes | None) -> None:
+    def _send(self, request: dict[str, Any], blob: Blob | None) -> None:
+        """Write one frame: header, then the blob's parts back to back, joined once (a
+        write_many's files are copied into the frame and nowhere else)."""
         if self._failure is not None:
             raise self._failure
+        parts = [blob] if isinstance(blob, bytes) else list(blob or ())
         if blob is not None:
-            request["blob"] = len(blob)
+            request["blob"] = sum(len(part) for part in parts)
         data = json.dumps(request, separators=(",", ":")).encode("utf-8")
-        frame = struct.pack(">I", len(data)) + data
         try:
-            self._writer.write(frame + blob if blob else frame)
+            self._writer.write(b"".join([struct.pack(">I", len(data)), data, *parts]))
         except (ConnectionError, OSError, asyncssh.Error) as exc:
             raise HostUnreachable(f"lost {self._where}'s agent: {exc}") from None
 
@@ -553,8 +557,9 @@ class AgentClient:
 
     # ------------------------------------------------------------ generic calls
 
-    async def call(self, op: str, blob: bytes | None = None, **args: Any) -> dict[str, Any]:
-        """Send one request and return its final reply (``blob``: its bytes, if any).
+    async def call(self, op: str, blob: Blob | None = None, **args: Any) -> dict[str, Any]:
+        """Send one request and return its final reply (``blob``: its bytes, if any, whole or
+        as parts sent back to back).
 
         Chunk events (``read`` of a big file) are joined into the reply's ``blob``.
 
@@ -761,7 +766,7 @@ class AgentClient:
                     "fsync": fsync,
                 }
             )
-        blob = b"".join(item.data for item in files)
+        blob = [item.data for item in files]
         reply = await self.call("write_many", blob, root=root, files=meta)
         results = reply.get("results")
         if not isinstance(results, list) or len(results) != len(files):
