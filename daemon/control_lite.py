@@ -8,26 +8,40 @@ import happens only on the error path).
 
 from __future__ import annotations
 
-import http.client
+import functools
 import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import http.client
 
 
-class UnixHTTP(http.client.HTTPConnection):
-    """HTTP/1.1 over the daemon's Unix socket."""
+@functools.cache
+def _unix_http() -> type[http.client.HTTPConnection]:
+    """HTTP/1.1 over the daemon's Unix socket. http.client is imported on the first request,
+    not with this module: it brings email and ssl (~25 ms), and most one-shot `tether sync`
+    runs find no daemon to ask."""
+    import http.client
 
-    def __init__(self, path: Path, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
+    class UnixHTTP(http.client.HTTPConnection):
+        def __init__(self, path: Path, timeout: float | None) -> None:
+            super().__init__("localhost", timeout=timeout)
+            self.unix_path = path
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(str(self.unix_path))
-        self.sock = sock
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            sock.connect(str(self.unix_path))
+            self.sock = sock
+
+    return UnixHTTP
+
+
+def _not_http(exc: Exception) -> ConnectionError:
+    return ConnectionError(f"the daemon's answer is not HTTP: {exc}")
 
 
 SOCKET_NAME = "control.sock"
@@ -79,7 +93,7 @@ def call(method: str, route: str, body: dict[str, Any] | None = None, timeout: f
             f"the tether daemon did not answer {method} {route} within {timeout:g} s",
             "it may be busy or hung; see `tether logs`",
         ) from None
-    except (OSError, http.client.HTTPException) as exc:
+    except OSError as exc:
         from .control import not_running
 
         raise not_running(path, exc) from None
@@ -111,12 +125,17 @@ def is_old_daemon(status: int, raw: bytes) -> bool:
 def request(
     path: Path, method: str, route: str, body: dict[str, Any], timeout: float | None
 ) -> tuple[int, Any]:
-    """One JSON request; (status, decoded answer). OSError when nobody answers."""
-    conn = UnixHTTP(path, timeout)
+    """One JSON request; (status, decoded answer). OSError when nobody answers (or the answer
+    is not HTTP)."""
+    import http.client
+
+    conn = _unix_http()(path, timeout)
     try:
         conn.request(method, route, json.dumps(body), {"Content-Type": "application/json"})
         response = conn.getresponse()
         status, raw = response.status, response.read()
+    except http.client.HTTPException as exc:
+        raise _not_http(exc) from None
     finally:
         conn.close()
     if status >= 400:
@@ -131,11 +150,20 @@ def stream(
 ) -> Iterator[dict[str, Any]] | None:
     """NDJSON events from a streaming route; None when the daemon does not know the route.
 
-    OSError when nobody answers on the socket.
+    OSError when nobody answers on the socket (or the answer is not HTTP).
     """
-    conn = UnixHTTP(path, timeout)
-    conn.request("POST", route, json.dumps(body), {"Content-Type": "application/json"})
-    response = conn.getresponse()
+    import http.client
+
+    conn = _unix_http()(path, timeout)
+    try:
+        conn.request("POST", route, json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+    except http.client.HTTPException as exc:
+        conn.close()
+        raise _not_http(exc) from None
+    except BaseException:
+        conn.close()
+        raise
     if response.status >= 400:
         raw = response.read()
         conn.close()
@@ -149,6 +177,8 @@ def stream(
                 event = json.loads(line)
                 if isinstance(event, dict):
                     yield event
+        except http.client.HTTPException as exc:  # the daemon went away mid-stream
+            raise _not_http(exc) from None
         finally:
             conn.close()
 

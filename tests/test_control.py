@@ -288,6 +288,72 @@ def test_lite_call_says_when_the_daemon_hangs_or_hangs_up(runtime: Path) -> None
     assert gone.value.exit_code == 69
 
 
+def answering(path: Path, *answers: bytes) -> threading.Thread:
+    """A peer on ``path`` that reads each request and sends one canned answer per connection,
+    then hangs up."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+
+    def serve_all() -> None:
+        with server:
+            for answer in answers:
+                conn, _ = server.accept()
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(answer)
+
+    peer = threading.Thread(target=serve_all, daemon=True)
+    peer.start()
+    return peer
+
+
+def test_lite_client_turns_a_garbled_or_cut_answer_into_daemon_not_running(
+    runtime: Path,
+) -> None:
+    """Something that is not HTTP on the socket, or a run's event stream cut off mid-chunk: an
+    OSError from the stdlib client (what its callers fall back or report on), and `tether run`
+    through the daemon says which run it lost, in one line (exit 69), never a traceback."""
+    from daemon.commands import run as run_command
+
+    runtime.mkdir(mode=0o700)
+    started = b'{"event": "started", "run_id": "r-42"}\n'
+    cut_stream = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n" % len(started)
+        + started
+        + b'\r\n40\r\n{"event": "out'  # a chunk promised 64 bytes; the daemon died
+    )
+    peer = answering(runtime / SOCKET_NAME, b"hello, not http\r\n", cut_stream, cut_stream)
+    with pytest.raises(OSError, match="not HTTP"):
+        control_lite.request(runtime / SOCKET_NAME, "POST", "/v1/sync", {}, 5)
+    events = control_lite.stream(runtime / SOCKET_NAME, "/v1/run", {}, 5)
+    assert events is not None and next(events)["run_id"] == "r-42"
+    with pytest.raises(OSError, match="not HTTP"):
+        next(events)
+
+    project = type("Project", (), {"path": runtime / "tether.toml"})()
+    pair = type("Pair", (), {"name": "code"})()
+    with pytest.raises(DaemonNotRunning, match=r"went away .* during run r-42") as lost:
+        run_command._via_daemon(project, pair, ["true"], sync=False, fetch=[])  # type: ignore[arg-type]
+    assert lost.value.exit_code == 69 and "tether runs" in lost.value.hint
+    peer.join(timeout=5)
+
+
+def test_lite_client_imports_http_only_to_make_a_request() -> None:
+    """`tether sync` with no daemon running asks the socket's path and stops there: the HTTP
+    client (email, ssl: ~25 ms of every start) is never imported."""
+    probe = (
+        "import sys; from daemon import control_lite; control_lite.socket_path(); "
+        "print('http.client' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "False", out.stderr
+
+
 def test_no_daemon_is_daemon_not_running_with_a_start_hint(runtime: Path) -> None:
     with pytest.raises(DaemonNotRunning) as caught:
         call("GET", "/v1/status")

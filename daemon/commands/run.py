@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from .. import control_lite
 from ..cli import config_of
-from ..errors import NotRegistered, UsageError
+from ..errors import NotRegistered, TetherError, UsageError
 
 if TYPE_CHECKING:
     from ..config import Config, PairConfig
@@ -123,11 +123,24 @@ def _via_daemon(
                 status = int(event["status"])
                 if event.get("reason") == "stopped":
                     print(f"tether: stopped run {run_id}", file=sys.stderr)
+    except OSError as exc:  # the daemon went away: the run goes on, or ends, on the host
+        from ..control import not_running
+
+        raise _lost(f"{not_running(path, exc).message} during run", run_id) from None
     finally:
         signal.signal(signal.SIGINT, previous)
     if status is None:
-        raise OSError("the daemon's run stream ended without an exit status")
+        raise _lost("the tether daemon ended the stream without the exit status of run", run_id)
     return status
+
+
+def _lost(what: str, run_id: str) -> TetherError:
+    from ..control import DaemonNotRunning
+
+    return DaemonNotRunning(
+        f"{what} {run_id or '(not started yet)'}",
+        "`tether runs` tells how it ended; `tether logs` what happened to the daemon",
+    )
 
 
 async def _run(config: Config, spec: RunSpec, *, sync: bool, fetch_paths: list[str]) -> int:
@@ -135,7 +148,6 @@ async def _run(config: Config, spec: RunSpec, *, sync: bool, fetch_paths: list[s
     import contextlib
 
     from ..console import console
-    from ..errors import TetherError
     from ..history import RunHistory, RunRecord
     from ..link import Link
     from ..runs import fetch, local_log_path, run_to_end
