@@ -9,6 +9,9 @@
    one-shot: `tether sync` on its own (starts, connects, starts the agent, syncs);
    daemon: a new project handed to a running `tether daemon`: `tether start` (it connects,
            starts the agent and the watchers, syncs in full) until `tether flush` returns;
+   floor: what no asyncssh-based tool can go under, taken in the same loop: a fresh python
+          imports asyncssh, connects as tether does and streams M MB into `cat >/dev/null`
+          on the host (no files read, hashed, created or recorded on either side);
 2. re-sync after one changed file in a 20,000-file tree (both tools already synced once), twice:
    each tool --repeat times, alternating, one more change each time, medians compared;
    cold: `tether sync` as a one-shot process (no daemon: connects, starts the agent, scans
@@ -193,6 +196,42 @@ def tether(cfg: Path, env: dict[str, str]) -> tuple[float, int]:
     return time.perf_counter() - start, max(rss, before)
 
 
+FLOOR = r"""
+import asyncio, os, sys
+import asyncssh
+port, user, key, known, ciphers, total = sys.argv[1:]
+async def main() -> None:
+    async with asyncssh.connect(
+        "127.0.0.1", int(port), username=user, client_keys=[key], known_hosts=known,
+        config=[], encryption_algs=ciphers.split(","),
+    ) as conn:
+        proc = await conn.create_process("cat >/dev/null", encoding=None)
+        block, left = os.urandom(1 << 20), int(total)
+        while left > 0:
+            proc.stdin.write(block[:left])
+            left -= len(block)
+            await proc.stdin.drain()
+        proc.stdin.write_eof()
+        await proc.wait(check=True)
+asyncio.run(main())
+"""
+"""The asyncssh floor: import, connect (tether's cipher choice), stream bytes into `cat`."""
+
+
+def floor(server: SshServer, total_bytes: int) -> float:
+    """Wall time of :data:`FLOOR` in a fresh interpreter, as the CLI starts."""
+    from daemon.ssh import PREFERRED_CIPHERS
+
+    argv = [
+        *(str(server.port), server.user, str(server.client_key), str(server.known_hosts)),
+        ",".join(PREFERRED_CIPHERS),
+        str(total_bytes),
+    ]
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", FLOOR, *argv], check=True)
+    return time.perf_counter() - start
+
+
 def rsync(server: SshServer, src: Path, dst: Path) -> float:
     ssh = " ".join(server.ssh_command())
     start = time.perf_counter()
@@ -266,7 +305,7 @@ def main() -> int:
         # 1. initial sync, each tool into a fresh folder, alternating, `--repeat` times
         src = work / "initial"
         make_tree(src, args.initial_files, int(args.initial_mb * 1e6))
-        times: dict[str, list[float]] = {"tether": [], "rsync": []}
+        times: dict[str, list[float]] = {"tether": [], "rsync": [], "floor": []}
         for i in range(args.repeat):
             cfg = write_config(work, server, src, work / f"t-initial-{i}")
             fresh = dict(env, TETHER_STATE_DIR=str(work / f"state-initial-{i}"))  # no base yet
@@ -274,13 +313,26 @@ def main() -> int:
             times["tether"].append(tether(cfg, fresh)[0])
             settle(src)
             times["rsync"].append(rsync(server, src, work / f"r-initial-{i}"))
-        print(f"initial sync, each run: tether {fmt(times['tether'])}; rsync {fmt(times['rsync'])}")
+            settle(src)
+            times["floor"].append(floor(server, int(args.initial_mb * 1e6)))
+        print(
+            f"initial sync, each run: tether {fmt(times['tether'])}; rsync {fmt(times['rsync'])}"
+            f"; asyncssh floor {fmt(times['floor'])}"
+        )
         rows.append(
             (
                 f"initial {args.initial_files} files / {args.initial_mb:g} MB, one-shot",
                 statistics.median(times["tether"]),
                 statistics.median(times["rsync"]),
                 "<= 1.00",
+            )
+        )
+        rows.append(
+            (
+                f"  asyncssh floor: connect, {args.initial_mb:g} MB into cat",
+                statistics.median(times["floor"]),
+                statistics.median(times["rsync"]),
+                "-",
             )
         )
         ours, theirs = daemon_initial(work, server, env, src, args.repeat)
