@@ -1509,6 +1509,8 @@ class InotifyWatcher:
                 text = name.decode("utf-8")
             except UnicodeDecodeError:
                 continue
+            if text.endswith(".tmp") and TEMP_RE.match(text):
+                continue  # a staged file: five of the six events of every file a sync writes
             rel = base + "/" + text if base else text
             is_dir = bool(mask & IN_ISDIR)
             if is_dir and mask & IN_MOVED_FROM:
