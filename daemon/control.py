@@ -65,7 +65,12 @@ import aiohttp
 from aiohttp import web
 
 from . import control_lite
-from .control_lite import default_socket_path
+from .control_lite import (
+    START_HINT,
+    DaemonNotRunning,
+    default_socket_path,
+    not_running_because,
+)
 from .dirs import RUNTIME_ENV, ensure_private_dir
 from .errors import (
     EX_CONFIG,
@@ -88,7 +93,6 @@ SHUTDOWN_GRACE_S = 2.0
 DEFAULT_TIMEOUT_S = 30.0
 _MAX_SOCKET_PATH = 104  # sun_path is 108 bytes on Linux, 104 on macOS (NUL included)
 _BASE_URL = "http://tether"
-_START_HINT = "start it with `tether start` (or run `tether daemon` in the foreground)"
 
 
 class DaemonAPI(Protocol):
@@ -133,14 +137,6 @@ class DaemonAPI(Protocol):
         """Stop the daemon; called after the /v1/shutdown answer is sent, in a task of its own,
         so it may close the control server itself."""
         ...
-
-
-class DaemonNotRunning(TetherError):
-    """No daemon answers on the control socket (missing, refused, or it went away or hung).
-
-    Exit 69 (``EX_UNAVAILABLE``, "service unavailable"), as for an unreachable host."""
-
-    exit_code = EX_UNAVAILABLE
 
 
 class DaemonAlreadyRunning(TetherError):
@@ -667,21 +663,6 @@ async def serve(
 # -- client --------------------------------------------------------------------------------------
 
 
-def _not_running(path: Path, why: str) -> DaemonNotRunning:
-    return DaemonNotRunning(f"no tether daemon is running ({why}: {path})", _START_HINT)
-
-
-def not_running(path: Path, exc: BaseException) -> DaemonNotRunning:
-    """What a failed connection to the socket at ``path`` means, as DaemonNotRunning."""
-    if isinstance(exc, FileNotFoundError):
-        return _not_running(path, "no control socket at")
-    if isinstance(exc, ConnectionRefusedError):
-        return _not_running(path, "nothing answers on")
-    return DaemonNotRunning(
-        f"the tether daemon on {path} went away ({exc})", f"see `tether logs`; {_START_HINT}"
-    )
-
-
 @contextlib.contextmanager
 def _connection_errors(path: Path) -> Iterator[None]:
     """aiohttp's connection failures → DaemonNotRunning."""
@@ -691,14 +672,14 @@ def _connection_errors(path: Path) -> Iterator[None]:
         why = "nothing answers on" if isinstance(exc.os_error, ConnectionRefusedError) else None
         if isinstance(exc.os_error, FileNotFoundError):
             why = "no control socket at"
-        raise _not_running(path, why or f"cannot connect ({exc.os_error})") from None
+        raise not_running_because(path, why or f"cannot connect ({exc.os_error})") from None
     except aiohttp.ServerTimeoutError:
         raise DaemonNotRunning(
             f"the tether daemon on {path} stopped answering", "see `tether logs`"
         ) from None
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError):
         raise DaemonNotRunning(
-            f"the tether daemon on {path} went away", f"see `tether logs`; {_START_HINT}"
+            f"the tether daemon on {path} went away", f"see `tether logs`; {START_HINT}"
         ) from None
 
 
@@ -747,7 +728,7 @@ class ControlClient:
             TetherError: the daemon's error answer, as the class it was raised as.
         """
         if not self.path.exists():
-            raise _not_running(self.path, "no control socket at")
+            raise not_running_because(self.path, "no control socket at")
         query = {k: str(v) for k, v in (params or {}).items() if v is not None}
         timeout = aiohttp.ClientTimeout(total=timeout_s or self.timeout_s)
         with _connection_errors(self.path):
@@ -836,7 +817,7 @@ class ControlClient:
                 not even a heartbeat, for ``idle_timeout_s``).
         """
         if not self.path.exists():
-            raise _not_running(self.path, "no control socket at")
+            raise not_running_because(self.path, "no control socket at")
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.timeout_s, sock_read=idle_timeout_s
         )
@@ -851,7 +832,7 @@ class ControlClient:
                 if not line:
                     raise DaemonNotRunning(
                         f"the tether daemon on {self.path} went away (its event stream broke off)",
-                        f"see `tether logs`; {_START_HINT}",
+                        f"see `tether logs`; {START_HINT}",
                     )
                 try:
                     event = json.loads(line)

@@ -15,8 +15,36 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import EX_UNAVAILABLE, TetherError
+
 if TYPE_CHECKING:
     import http.client
+
+START_HINT = "start it with `tether start` (or run `tether daemon` in the foreground)"
+
+
+class DaemonNotRunning(TetherError):
+    """No daemon answers on the control socket (missing, refused, or it went away or hung).
+
+    Exit 69 (``EX_UNAVAILABLE``, "service unavailable"), as for an unreachable host. Defined
+    here, not with the aiohttp client: "no daemon" must not cost the CLI aiohttp's import."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+def not_running_because(path: Path, why: str) -> DaemonNotRunning:
+    return DaemonNotRunning(f"no tether daemon is running ({why}: {path})", START_HINT)
+
+
+def not_running(path: Path, exc: BaseException) -> DaemonNotRunning:
+    """What a failed connection to the socket at ``path`` means, as DaemonNotRunning."""
+    if isinstance(exc, FileNotFoundError):
+        return not_running_because(path, "no control socket at")
+    if isinstance(exc, ConnectionRefusedError):
+        return not_running_because(path, "nothing answers on")
+    return DaemonNotRunning(
+        f"the tether daemon on {path} went away ({exc})", f"see `tether logs`; {START_HINT}"
+    )
 
 
 @functools.cache
@@ -87,19 +115,13 @@ def call(method: str, route: str, body: dict[str, Any] | None = None, timeout: f
     try:
         status, answer = request(path, method, route, body or {}, timeout)
     except TimeoutError:
-        from .control import DaemonNotRunning
-
         raise DaemonNotRunning(
             f"the tether daemon did not answer {method} {route} within {timeout:g} s",
             "it may be busy or hung; see `tether logs`",
         ) from None
     except OSError as exc:
-        from .control import not_running
-
         raise not_running(path, exc) from None
     if status >= 400:  # a route the daemon does not know
-        from .errors import TetherError
-
         raise TetherError(
             f"the running daemon is older than this tether (it does not know {route})",
             "restart it: `tether stop --all`, then `tether start`",

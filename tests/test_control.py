@@ -341,17 +341,20 @@ def test_lite_client_turns_a_garbled_or_cut_answer_into_daemon_not_running(
     peer.join(timeout=5)
 
 
-def test_lite_client_imports_http_only_to_make_a_request() -> None:
+def test_lite_client_imports_http_only_to_make_a_request(runtime: Path) -> None:
     """`tether sync` with no daemon running asks the socket's path and stops there: the HTTP
-    client (email, ssl: ~25 ms of every start) is never imported."""
+    client (email, ssl: ~25 ms of every start) is never imported; `tether status` with no
+    daemon says so (exit 69) without importing aiohttp (~0.3 s) for the error."""
     probe = (
-        "import sys; from daemon import control_lite; control_lite.socket_path(); "
-        "print('http.client' in sys.modules)"
+        "import sys; from daemon import cli, control_lite; control_lite.socket_path(); "
+        "print('http.client' in sys.modules); code = cli.main(['status']); "
+        "print(code, 'aiohttp' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
-    assert out.stdout.strip() == "False", out.stderr
+    assert out.stdout.split() == ["False", "69", "False"], out.stderr
+    assert "no control socket" in out.stderr
 
 
 def test_no_daemon_is_daemon_not_running_with_a_start_hint(runtime: Path) -> None:

@@ -70,6 +70,20 @@ def test_start_status_flush_stop(sshd: SshServer, tmp_path: Path, home: DaemonHo
     assert "started the daemon" in home.start(local).stdout
     status = json.loads(tether(local, env, "status", "--json").stdout)
     assert status["projects"][0]["project"] == str(local / "tether.toml")
+    heavy = "print(sorted(m for m in ('aiohttp', 'asyncssh', 'rich') if m in sys.modules))"
+    probe = subprocess.run(  # the verbs run most often stay on the stdlib client: no 0.3 s import
+        [
+            sys.executable,
+            "-c",
+            f"import sys; from daemon import cli; cli.main(['status', '--json']); {heavy}",
+        ],
+        cwd=local,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.stdout.splitlines()[-1] == "[]", probe.stderr
     pid = home.pid
     if glibc_linux() and "PYTHONMALLOC" not in env:  # started again on glibc's malloc
         assert b"PYTHONMALLOC=malloc" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")

@@ -124,9 +124,7 @@ def _via_daemon(
                 if event.get("reason") == "stopped":
                     print(f"tether: stopped run {run_id}", file=sys.stderr)
     except OSError as exc:  # the daemon went away: the run goes on, or ends, on the host
-        from ..control import not_running
-
-        raise _lost(f"{not_running(path, exc).message} during run", run_id) from None
+        raise _lost(f"{control_lite.not_running(path, exc).message} during run", run_id) from None
     finally:
         signal.signal(signal.SIGINT, previous)
     if status is None:
@@ -135,9 +133,7 @@ def _via_daemon(
 
 
 def _lost(what: str, run_id: str) -> TetherError:
-    from ..control import DaemonNotRunning
-
-    return DaemonNotRunning(
+    return control_lite.DaemonNotRunning(
         f"{what} {run_id or '(not started yet)'}",
         "`tether runs` tells how it ended; `tether logs` what happened to the daemon",
     )
