@@ -215,6 +215,7 @@ def test_edits_before_during_after_a_fault_all_land(
             (local / "before.txt").write_text("before")
             await client.flush(config, 30)
             link = next(iter(daemon.projects.values())).links["gpu"]
+            generation = link.generation
             if fault == "cut":
                 proxy.cut()
             elif fault == "blackhole":
@@ -225,7 +226,11 @@ def test_edits_before_during_after_a_fault_all_land(
             else:
                 private_sshd.stop()
                 proxy.cut()
-            await eventually(lambda: link.state.value != "up", 15, "link notices the fault")
+            await eventually(  # a cut link may be up again between two looks: count connects
+                lambda: link.state.value != "up" or link.generation > generation,
+                15,
+                "link notices the fault",
+            )
             (local / "during.txt").write_text("during")
             (remote / "host_during.txt").write_text("host edit during the outage")
             await asyncio.sleep(0.5)
