@@ -9,7 +9,9 @@ Wire format
     ``{"id", "ok": false, "error": {"type", "message", "path"}}``. Streaming ops send
     ``{"id", "event": str, ...}`` frames before their final reply.
     Plain ops run one after another on the main thread, in the order they arrive (the client may
-    pipeline). ``watch``, ``attach``, ``kill`` and ``tcp_check`` run in threads. stdout is locked.
+    pipeline). ``watch``, ``attach``, ``kill`` and ``tcp_check`` run in threads, and so do up to
+    four ``write_many`` at once: their replies may pass later requests' (a client that needs a
+    batch landed before its next op waits for its reply). stdout is locked.
     stdin EOF ends the agent; runs it started keep going (their supervisor is detached).
 
 Error types
@@ -1750,6 +1752,38 @@ def run_streaming(chan, rid, func, req):
     threading.Thread(target=body, daemon=True).start()
 
 
+WRITERS_AT_ONCE = 4
+WRITERS = threading.BoundedSemaphore(WRITERS_AT_ONCE)
+"""write_many batches land in threads of their own, at most this many at once: the next batch
+is read off the channel while one is written, and where creating a file waits on the disk (a
+network home directory, a busy ext4) several batches wait together. The client keeps this many
+in flight; a further one waits for a free writer before the loop reads on."""
+
+
+def run_write_many(chan, rid, req, blob):
+    WRITERS.acquire()
+
+    def body():
+        try:
+            with contextlib.suppress(OSError, ValueError):  # the channel is gone: nobody to tell
+                try:
+                    finish(chan, rid, op_write_many(req, blob))
+                except Exception as exc:  # a request handler's boundary: answer, keep serving
+                    chan.send(error_reply(rid, exc))
+        finally:
+            WRITERS.release()
+
+    threading.Thread(target=body, daemon=True).start()
+
+
+def wait_for_writers():
+    """Let the write_many batches under way land (or fail and remove their staged files)."""
+    for _ in range(WRITERS_AT_ONCE):
+        WRITERS.acquire()
+    for _ in range(WRITERS_AT_ONCE):
+        WRITERS.release()
+
+
 def handle(chan, req, blob):
     rid = req.get("id")
     op = req.get("op")
@@ -1761,7 +1795,7 @@ def handle(chan, req, blob):
         elif op == "write":
             finish(chan, rid, op_write(req, blob))
         elif op == "write_many":
-            finish(chan, rid, op_write_many(req, blob))
+            run_write_many(chan, rid, req, blob)
         elif op == "read":
             result, data = op_read(req, lambda ev, b: chan.send(dict(ev, id=rid), b))
             finish(chan, rid, result, data)
@@ -1799,6 +1833,7 @@ def main(argv):
     except (BrokenPipeError, KeyboardInterrupt):
         return 0
     finally:
+        wait_for_writers()
         for upload in list(UPLOADS.values()):
             upload.abort()
         UPLOADS.clear()

@@ -573,14 +573,17 @@ class AgentClient:
         rid, call = self._register(op, False)
         try:
             self._send({"id": rid, "op": op, **args}, blob)
+        except Exception:  # nothing went out (unserializable args, a lost channel): forget it
+            self._pending.pop(rid, None)
+            raise
+        try:
             await self._drain()
             reply = await call.future
-        except asyncio.CancelledError:
+        except BaseException:
+            # Cancelled, or the channel failed (or was closed) after the frame went out: the
+            # agent may still answer, and that answer is dropped, not taken for a stray one.
             if self._pending.pop(rid, None) is not None:
                 self._abandoned.add(rid)
-            raise
-        except Exception:  # a failed send (unserializable args, lost channel): forget the call
-            self._pending.pop(rid, None)
             raise
         if call.chunks:
             call.chunks.append(reply.get("blob", b""))

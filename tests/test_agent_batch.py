@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -15,7 +17,7 @@ from daemon.agent_client import (
     WriteItem,
     apply_scan_delta,
 )
-from daemon.errors import BadHostData
+from daemon.errors import BadHostData, HostUnreachable
 from daemon.sync.entry import Entry, EntryKind
 from tests.test_agent import OLD_NS, arun, leftovers, sha
 from tests.test_agent import home as home
@@ -44,6 +46,33 @@ def test_write_many_lands_each_file_or_fails_it_alone(root: Path) -> None:
     assert isinstance(empty, Entry) and empty.size == 0
     assert (root / "sub" / "deep" / "b.sh").read_bytes() == b"#!/bin/sh\n"
     assert leftovers(root) == []
+
+
+def test_batches_under_way_land_before_the_agent_exits(root: Path) -> None:
+    """write_many batches are written in threads; the client hanging up right after sending
+    them (its end of the channel closed, the replies unread) still leaves every file landed and
+    no staged file behind: the agent waits for its writers before it exits."""
+    items = [
+        [
+            WriteItem(f"d{b}/f{i:04}.txt", b"%d-%d " % (b, i) * 100, 0o644, OLD_NS, None)
+            for i in range(1000)
+        ]
+        for b in range(3)
+    ]
+
+    async def body(c: AgentClient) -> None:
+        sent = [asyncio.ensure_future(c.write_many(str(root), batch)) for batch in items]
+        await asyncio.sleep(0)  # the frames are written; nobody waits for the answers
+        await c.close()
+        for task in sent:
+            with contextlib.suppress(HostUnreachable):
+                await task
+
+    arun(body)
+    assert leftovers(root) == []
+    for batch in items:
+        for item in batch:
+            assert (root / item.path).read_bytes() == item.data
 
 
 def test_write_many_refuses_a_blob_that_does_not_add_up(root: Path) -> None:
