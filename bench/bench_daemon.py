@@ -51,7 +51,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from daemon.control import ControlClient, daemon_running  # noqa: E402
+from daemon.control import ControlClient  # noqa: E402
+from daemon.control_lite import daemon_running  # noqa: E402
 from tests.sshd import SSHD, SshServer, free_port, start_sshd  # noqa: E402
 
 REAL_PYTHON = os.path.realpath(sys.executable)
