@@ -535,14 +535,21 @@ def reconnect_tether(
             lambda: wait_until(landed, 30),  # noqa: B023 - called before the loop moves on
             lambda: wait_until(lambda: banner_at(tunnel_port), 30, 0.002),
         )
-        events = daemon.call("logs", 500)
+        # The file is readable on the host at its rename, a few ms before the cycle that wrote
+        # it ends and says so: wait for that `pair.synced`, or it reads as "never".
+        deadline = time.monotonic() + 5
+        while True:
+            events = daemon.call("logs", 500)
+            cycles = sorted(
+                e["ts"] - e["ms"] / 1000
+                for e in events
+                if e["kind"] == "pair.synced" and e.get("copied") and e["ts"] >= back
+            )
+            if cycles or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         ups = [e["ts"] for e in events if e["kind"] == "link.up" and e["ts"] >= back]
         link_up.append(min(ups) - back if ups else math.nan)
-        cycles = sorted(
-            e["ts"] - e["ms"] / 1000
-            for e in events
-            if e["kind"] == "pair.synced" and e.get("copied") and e["ts"] >= back
-        )
         up_to_cycle.append(cycles[0] - min(ups) if ups and cycles else math.nan)
         synced.append(got_file - back)
         tunnel.append(got_tunnel - back)
