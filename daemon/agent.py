@@ -39,8 +39,8 @@ parents are opened one by one with O_NOFOLLOW and every change goes through that
         stats: {files, hashed, hashed_bytes, undecodable}: hashed counts files actually read
         (the digest cache, ~/.cache/tether/digests/<sha256 of realpath(root)>.json, keyed by
         size, mtime_ns, ino and ctime_ns, spares the rest; entries changed within RACY_NS of the
-        scan, or within racy_ms when given, are not cached). Names that are not valid UTF-8 are
-        skipped and counted. delta (full scans only): the reply also carries ``token``, naming
+        scan, or within racy_ms when given, are not cached; caches and last scans no agent used
+        for 30 days are removed). Names that are not valid UTF-8 are skipped and counted. delta (full scans only): the reply also carries ``token``, naming
         this snapshot (kept in ~/.cache/tether/scans/); with ``since`` equal to the token kept
         there (same rules), the reply has ``since``, ``changed: {path: entry}`` and
         ``removed: [path]`` instead of ``entries``.
@@ -414,6 +414,36 @@ def valid_name(name):
 
 DIGEST_CACHES = {}
 CACHE_SAVE_EVERY_S = 30.0
+CACHE_KEEP_S = 30 * 86400
+"""A root's digest cache and last scan that no agent used for this long are removed: a root
+deleted or moved on the host leaves them behind (~10 MB each at 100,000 files). Losing one costs
+a full hash of that root once, nothing more."""
+PRUNED = []
+
+
+def mark_used(path):
+    """A cache file's mtime says when it was last used, read or written (see prune_caches)."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def prune_caches():
+    """Once per agent: remove digest caches and last scans unused for CACHE_KEEP_S."""
+    if PRUNED:
+        return
+    PRUNED.append(True)
+    now = time.time()
+    for sub in ("digests", "scans"):
+        folder = os.path.join(cache_dir(), sub)
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                if now - os.lstat(path).st_mtime > CACHE_KEEP_S:
+                    os.unlink(path)
 
 
 class DigestCache:
@@ -436,9 +466,11 @@ class DigestCache:
                     data = json.loads(fh.read().decode("utf-8"))
                 if isinstance(data, dict):
                     cache.data = data
+                mark_used(cache.file)
             except (OSError, ValueError):
                 pass
             DIGEST_CACHES[real_root] = cache
+            prune_caches()  # after marking this root's: a cache in use is never the oldest
         return cache
 
     def save(self, force=False):
@@ -653,6 +685,7 @@ class LastScan:
             return None
         if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
             return None
+        mark_used(self.file)
         return data
 
     def answer(self, entries, since):

@@ -145,6 +145,36 @@ def test_scan_expands_tilde(home: Path) -> None:
     assert set(result.entries) == {"a"}
 
 
+def test_caches_unused_for_30_days_are_removed_the_one_in_use_is_kept(
+    home: Path, root: Path
+) -> None:
+    """A root deleted or moved on the host leaves its digest cache and last scan behind (~10 MB
+    each at 100,000 files): the agent removes those no agent used for 30 days, and a scan marks
+    its own root's as used before that, however old they were."""
+    (root / "a").write_text("a")
+    cache = home / ".cache" / "tether"
+    key = hashlib.sha256(os.path.realpath(root).encode()).hexdigest()
+    (cache / "digests").mkdir(parents=True)
+    (cache / "scans").mkdir()
+    month_ago = time.time() - 31 * 86400
+    files = {
+        "gone-root digests": cache / "digests" / ("0" * 64 + ".json"),
+        "gone-root scan": cache / "scans" / ("0" * 64 + ".json"),
+        "stale staged file": cache / "digests" / ".x.json.tether-0000abcd.tmp",
+        "recent": cache / "digests" / ("1" * 64 + ".json"),
+        "this root's, old": cache / "digests" / f"{key}.json",
+    }
+    for name, path in files.items():
+        path.write_text("{}")
+        if name != "recent":
+            os.utime(path, (month_ago, month_ago))
+    result = arun(lambda c: c.scan(str(root)))
+    assert set(result.entries) == {"a"}
+    left = {name for name, path in files.items() if path.exists()}
+    assert left == {"recent", "this root's, old"}
+    assert time.time() - files["this root's, old"].stat().st_mtime < 3600
+
+
 @pytest.mark.skipif(IS_ROOT and not shutil.which("setpriv"), reason="root without setpriv")
 def test_unreadable_file_is_a_problem_not_a_failed_scan(root: Path) -> None:
     (root / "ok").write_text("fine")
