@@ -40,7 +40,8 @@ parents are opened one by one with O_NOFOLLOW and every change goes through that
         (the digest cache, ~/.cache/tether/digests/<sha256 of realpath(root)>.json, keyed by
         size, mtime_ns, ino and ctime_ns, spares the rest; entries changed within RACY_NS of the
         scan, or within racy_ms when given, are not cached; caches and last scans no agent used
-        for 30 days are removed). Names that are not valid UTF-8 are skipped and counted. delta (full scans only): the reply also carries ``token``, naming
+        for 30 days are removed). Names that are not valid UTF-8 are skipped and counted.
+        delta (full scans only): the reply also carries ``token``, naming
         this snapshot (kept in ~/.cache/tether/scans/); with ``since`` equal to the token kept
         there (same rules), the reply has ``since``, ``changed: {path: entry}`` and
         ``removed: [path]`` instead of ``entries``.
