@@ -1,9 +1,10 @@
 """The control API from the CLI's hot paths with nothing but the standard library.
 
-`tether sync`, `run`, `start`, `stop`, `flush`, `pause` and `resume` talk to a running daemon;
-importing aiohttp for one request (~0.3 s here) would cost more than the request itself. Errors
-are turned into the same TetherError classes as :class:`daemon.control.ControlClient` does (that
-import happens only on the error path).
+`tether sync`, `run`, `status`, `start`, `stop`, `flush`, `pause` and `resume` talk to a running
+daemon; importing aiohttp for one request (~0.3 s here) would cost more than the request itself.
+"No daemon" (:class:`DaemonNotRunning`) is decided here; an error the daemon answers with is
+rebuilt as the TetherError class :class:`daemon.control.ControlClient` would raise (that import
+happens only then).
 """
 
 from __future__ import annotations
