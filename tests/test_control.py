@@ -289,8 +289,9 @@ def test_lite_call_says_when_the_daemon_hangs_or_hangs_up(runtime: Path) -> None
 
 
 def answering(path: Path, *answers: bytes) -> threading.Thread:
-    """A peer on ``path`` that reads each request and sends one canned answer per connection,
-    then hangs up."""
+    """A peer on ``path`` that sends one canned answer per connection as the request starts,
+    then stops writing and reads on until the client hangs up (closing at once could cut the
+    client off while it still sends the request's body: a broken pipe, not the answer)."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen()
@@ -302,6 +303,9 @@ def answering(path: Path, *answers: bytes) -> threading.Thread:
                 with conn:
                     conn.recv(65536)
                     conn.sendall(answer)
+                    conn.shutdown(socket.SHUT_WR)
+                    while conn.recv(65536):
+                        pass
 
     peer = threading.Thread(target=serve_all, daemon=True)
     peer.start()
