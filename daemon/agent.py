@@ -419,7 +419,7 @@ CACHE_KEEP_S = 30 * 86400
 """A root's digest cache and last scan that no agent used for this long are removed: a root
 deleted or moved on the host leaves them behind (~10 MB each at 100,000 files). Losing one costs
 a full hash of that root once, nothing more."""
-PRUNED = []
+caches_pruned = False
 
 
 def mark_used(path):
@@ -430,9 +430,10 @@ def mark_used(path):
 
 def prune_caches():
     """Once per agent: remove digest caches and last scans unused for CACHE_KEEP_S."""
-    if PRUNED:
+    global caches_pruned
+    if caches_pruned:
         return
-    PRUNED.append(True)
+    caches_pruned = True
     now = time.time()
     for sub in ("digests", "scans"):
         folder = os.path.join(cache_dir(), sub)
