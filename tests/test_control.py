@@ -317,7 +317,8 @@ def test_lite_client_turns_a_garbled_or_cut_answer_into_daemon_not_running(
 ) -> None:
     """Something that is not HTTP on the socket, or a run's event stream cut off mid-chunk: an
     OSError from the stdlib client (what its callers fall back or report on), and `tether run`
-    through the daemon says which run it lost, in one line (exit 69), never a traceback."""
+    through the daemon says which run it lost, in one line (exit 69), never a traceback; so it
+    does when the stream ends cleanly but without the run's exit status."""
     from daemon.commands import run as run_command
 
     runtime.mkdir(mode=0o700)
@@ -329,7 +330,10 @@ def test_lite_client_turns_a_garbled_or_cut_answer_into_daemon_not_running(
         + started
         + b'\r\n40\r\n{"event": "out'  # a chunk promised 64 bytes; the daemon died
     )
-    peer = answering(runtime / SOCKET_NAME, b"hello, not http\r\n", cut_stream, cut_stream)
+    unfinished_run = cut_stream.rpartition(b"\r\n40\r\n")[0] + b"\r\n0\r\n\r\n"
+    peer = answering(
+        runtime / SOCKET_NAME, b"hello, not http\r\n", cut_stream, cut_stream, unfinished_run
+    )
     with pytest.raises(OSError, match="not HTTP"):
         control_lite.request(runtime / SOCKET_NAME, "POST", "/v1/sync", {}, 5)
     events = control_lite.stream(runtime / SOCKET_NAME, "/v1/run", {}, 5)
@@ -342,6 +346,8 @@ def test_lite_client_turns_a_garbled_or_cut_answer_into_daemon_not_running(
     with pytest.raises(DaemonNotRunning, match=r"went away .* during run r-42") as lost:
         run_command._via_daemon(project, pair, ["true"], sync=False, fetch=[])  # type: ignore[arg-type]
     assert lost.value.exit_code == 69 and "tether runs" in lost.value.hint
+    with pytest.raises(DaemonNotRunning, match="without the exit status of run r-42"):
+        run_command._via_daemon(project, pair, ["true"], sync=False, fetch=[])  # type: ignore[arg-type]
     peer.join(timeout=5)
 
 
