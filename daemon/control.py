@@ -1,7 +1,8 @@
 """The control API: HTTP + JSON over a Unix socket only this user can reach, and its client.
 
-The daemon serves an object implementing :class:`DaemonAPI`; the CLI and the tray talk to it with
-:class:`ControlClient` (or the blocking :func:`call`). Routes, all JSON in and out:
+The daemon serves an object implementing :class:`DaemonAPI`; the tray and `tether logs -f` talk
+to it with :class:`ControlClient`, the CLI's one-request verbs with the stdlib client in
+:mod:`daemon.control_lite` (same routes, same error classes). Routes, all JSON in and out:
 
 ====== ================ =========================================== ==============================
 method path             body / query                                answer
@@ -846,24 +847,3 @@ class ControlClient:
                     return
                 if control is None:
                     yield event
-
-
-def call(
-    method: str,
-    path: str,
-    body: Mapping[str, Any] | None = None,
-    *,
-    params: Mapping[str, Any] | None = None,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    socket_path: Path | None = None,
-) -> Any:
-    """Blocking :meth:`ControlClient.request` for the CLI (runs its own event loop).
-
-    ``tether status`` is ``call("GET", "/v1/status")``; errors as :meth:`ControlClient.request`.
-    """
-
-    async def once() -> Any:
-        async with ControlClient(socket_path, timeout_s=timeout_s) as client:
-            return await client.request(method, path, body, params=params, timeout_s=timeout_s)
-
-    return asyncio.run(once())

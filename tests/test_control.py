@@ -28,7 +28,6 @@ from daemon.control import (
     ControlServer,
     DaemonAlreadyRunning,
     DaemonNotRunning,
-    call,
     default_socket_path,
     serve,
 )
@@ -42,6 +41,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(asyncio.wait_for(coro, 15))
+
+
+def call(method: str, route: str, body: dict[str, Any] | None = None) -> Any:
+    """One request through the aiohttp client, blocking: the twin of ``control_lite.call``."""
+
+    async def once() -> Any:
+        async with ControlClient() as client:
+            return await client.request(method, route, body)
+
+    return asyncio.run(once())
 
 
 class GpuGone(HostUnreachable):
@@ -439,7 +448,8 @@ def test_register_sends_an_absolute_path(runtime: Path, monkeypatch: pytest.Monk
 
 
 def test_sync_facades(runtime: Path) -> None:
-    """`call` (aiohttp) and the stdlib one the CLI's hot verbs use: same answers, same errors."""
+    """ControlClient (aiohttp) and the stdlib client the CLI's verbs use: same answers, same
+    errors."""
 
     async def main() -> None:
         api = FakeAPI()
