@@ -428,8 +428,9 @@ def mark_used(path):
         os.utime(path)
 
 
-def prune_caches():
-    """Once per agent: remove digest caches and last scans unused for CACHE_KEEP_S."""
+def prune_caches(keep):
+    """Once per agent: remove digest caches and last scans unused for CACHE_KEEP_S, except the
+    root ``keep`` (a key) whose scan asked: its last scan is read only after the prune."""
     global caches_pruned
     if caches_pruned:
         return
@@ -444,7 +445,7 @@ def prune_caches():
         for name in names:
             path = os.path.join(folder, name)
             with contextlib.suppress(OSError):
-                if now - os.lstat(path).st_mtime > CACHE_KEEP_S:
+                if name != keep + ".json" and now - os.lstat(path).st_mtime > CACHE_KEEP_S:
                     os.unlink(path)
 
 
@@ -472,7 +473,7 @@ class DigestCache:
             except (OSError, ValueError):
                 pass
             DIGEST_CACHES[real_root] = cache
-            prune_caches()  # after marking this root's: a cache in use is never the oldest
+            prune_caches(cache.key)
         return cache
 
     def save(self, force=False):

@@ -149,8 +149,8 @@ def test_caches_unused_for_30_days_are_removed_the_one_in_use_is_kept(
     home: Path, root: Path
 ) -> None:
     """A root deleted or moved on the host leaves its digest cache and last scan behind (~10 MB
-    each at 100,000 files): the agent removes those no agent used for 30 days, and a scan marks
-    its own root's as used before that, however old they were."""
+    each at 100,000 files): the agent removes those no agent used for 30 days, and keeps (and
+    marks as used) the scanning root's own, however old they were."""
     (root / "a").write_text("a")
     cache = home / ".cache" / "tether"
     key = hashlib.sha256(os.path.realpath(root).encode()).hexdigest()
@@ -163,6 +163,7 @@ def test_caches_unused_for_30_days_are_removed_the_one_in_use_is_kept(
         "stale staged file": cache / "digests" / ".x.json.tether-0000abcd.tmp",
         "recent": cache / "digests" / ("1" * 64 + ".json"),
         "this root's, old": cache / "digests" / f"{key}.json",
+        "this root's last scan, old": cache / "scans" / f"{key}.json",
     }
     for name, path in files.items():
         path.write_text("{}")
@@ -171,7 +172,7 @@ def test_caches_unused_for_30_days_are_removed_the_one_in_use_is_kept(
     result = arun(lambda c: c.scan(str(root)))
     assert set(result.entries) == {"a"}
     left = {name for name, path in files.items() if path.exists()}
-    assert left == {"recent", "this root's, old"}
+    assert left == {"recent", "this root's, old", "this root's last scan, old"}
     assert time.time() - files["this root's, old"].stat().st_mtime < 3600
 
 
