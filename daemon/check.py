@@ -18,6 +18,8 @@ from typing import Any
 
 import asyncssh
 
+from kernels.compat import diagnose
+
 from .config import Config, HostConfig
 from .errors import BadHostData, HostKeyUnknown, HostUnreachable, TetherError
 from .ssh import (
@@ -57,7 +59,13 @@ print(json.dumps(out))
 
 _PROBE_GPU = r"""
 import json
-out = {"numba_cuda": None, "gpu": None, "driver": None, "error": None}
+from importlib import metadata
+out = {"numba_cuda": None, "gpu": None, "driver": None, "error": None, "versions": {}}
+for dist in ("numpy", "numba", "numba-cuda"):
+    try:
+        out["versions"][dist] = metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        out["versions"][dist] = None
 try:
     import numba.cuda
     out["numba_cuda"] = getattr(numba.cuda, "__version__", None) or "present"
@@ -249,13 +257,19 @@ async def _remote_steps(
 
     async def gpu() -> tuple[Status, str]:
         info = await _remote_json(conn, host.python, _PROBE_GPU)
+        stack, problem = gpu_stack(info)
+        if problem:
+            stack += f"; known problem: {problem}"
         if info.get("gpu"):
             cuda = (
                 "numba-cuda present" if info.get("numba_cuda") else f"no numba-cuda: {GPU_PIP_HINT}"
             )
-            status = Status.OK if info.get("numba_cuda") else Status.WARN
-            return status, f"{info['gpu']} (driver {info['driver']}); {cuda}"
-        return Status.WARN, f"no GPU visible ({info.get('error')}); for the suite: {GPU_PIP_HINT}"
+            status = Status.OK if info.get("numba_cuda") and not problem else Status.WARN
+            return status, f"{info['gpu']} (driver {info['driver']}); {cuda}; {stack}"
+        return (
+            Status.WARN,
+            f"no GPU visible ({info.get('error')}); {stack}; for the suite: {GPU_PIP_HINT}",
+        )
 
     await rec.run("gpu", gpu)
 
@@ -273,6 +287,19 @@ async def _remote_steps(
             return Status.OK, f"127.0.0.1:{t.local} → {where} accepts connections"
 
         await rec.run(f"tunnel {tunnel.name}", tunnel_target)
+
+
+def gpu_stack(info: dict[str, Any]) -> tuple[str, str | None]:
+    """The GPU probe's versions as ``numpy 2.5.2, numba 0.68.0, numba-cuda 0.30.4`` and the
+    one-line diagnosis of a known-bad combination (``None`` if none). Values that are not
+    strings are the host's nonsense and count as missing."""
+    raw = info.get("versions")
+    raw = raw if isinstance(raw, dict) else {}
+    versions = {k: v if isinstance(v, str) else None for k, v in raw.items()}
+    driver = info.get("driver")
+    versions["driver"] = driver if isinstance(driver, str) else None
+    text = ", ".join(f"{k} {versions.get(k) or '-'}" for k in ("numpy", "numba", "numba-cuda"))
+    return text, diagnose(versions)
 
 
 def _folder_verdict(folder: dict[str, Any]) -> tuple[Status, str]:

@@ -89,8 +89,15 @@ def device_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
         ("peak fp16 (half2)", _fmt(fl.get("fp16"), " TFLOP/s", 1e12)),
         ("peak DRAM", _fmt(pk.get("dram_bytes_per_s"), " TB/s", 1e12)),
         ("peaks from", _fmt(d.get("peaks_source"))),
+        ("versions", versions_line(d.get("versions") or {})),
     ]
     return rows
+
+
+def versions_line(versions: dict[str, Any]) -> str:
+    """``numpy 2.5.2, numba 0.68.0, numba-cuda 0.30.4, driver 580.159.04`` (missing: ``-``)."""
+    names = ("numpy", "numba", "numba-cuda", "driver")
+    return ", ".join(f"{n} {_fmt(versions.get(n))}" for n in names)
 
 
 def cmd_device(args: argparse.Namespace) -> int:
@@ -114,18 +121,20 @@ def cmd_device(args: argparse.Namespace) -> int:
         w = max(len(k) for k, _ in rows)
         for k, v in rows:
             print(f"{k.ljust(w)}  {v}")
-        return EXIT_OK
-    table = Table(title="GPU", show_header=False)
-    table.add_column("field")
-    table.add_column("value")
-    for k, v in rows:
-        table.add_row(k, v)
-    Console().print(table)
+    else:
+        table = Table(title="GPU", show_header=False)
+        table.add_column("field")
+        table.add_column("value")
+        for k, v in rows:
+            table.add_row(k, v)
+        Console().print(table)
+    if d.get("diagnosis"):
+        print(f"known problem: {d['diagnosis']}")  # one unwrapped line, whatever the width
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import device, roofline, suite
+    from . import compat, device, roofline, suite
 
     try:
         precisions = suite.parse_list(args.precisions, roofline.PRECISIONS, "precision")
@@ -138,6 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     except suite.SuiteError as exc:
         return _fail(str(exc), EXIT_USAGE)
+    compat.apply()  # before anything imports numba.cuda's lowering
     try:
         info = device.detect(args.index, assume=args.assume_gpu)
     except device.NoGPU as exc:

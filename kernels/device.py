@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import gpus, roofline
+from . import compat, gpus, roofline
 
 SIMULATOR_NAME = "Numba CUDA simulator"
 
@@ -54,6 +54,10 @@ class DeviceInfo:
     peaks: dict[str, Any] = field(default_factory=dict)
     peaks_source: str | None = None
     sources: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str | None] = field(default_factory=dict)
+    """numpy, numba, numba-cuda (installed) and the NVIDIA driver."""
+    diagnosis: str | None = None
+    """One line naming a known-bad combination of ``versions`` and its fix (kernels.compat)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""
@@ -214,6 +218,14 @@ def finish_peaks(info: DeviceInfo, assume: gpus.GpuSpec | None = None) -> Device
     return info
 
 
+def add_versions(info: DeviceInfo) -> DeviceInfo:
+    """Record the installed numpy/numba/numba-cuda and the driver, and diagnose the combination:
+    a run on a known-bad one fails on every kernel, so the device report says so up front."""
+    info.versions = {**compat.installed_versions(), "driver": info.driver_version}
+    info.diagnosis = compat.diagnose(info.versions)
+    return info
+
+
 def detect(
     index: int = 0,
     *,
@@ -244,7 +256,7 @@ def detect(
     sim = simulator_enabled() if simulator is None else simulator
     if sim:
         info = DeviceInfo(name=SIMULATOR_NAME, index=index, simulator=True)
-        return finish_peaks(info, spec) if spec else info
+        return add_versions(finish_peaks(info, spec) if spec else info)
     nvml_module = _load_nvml() if nvml == "auto" else nvml
     nv = query_nvml(nvml_module, index) if nvml_module is not None else None
     cu = query_cuda(index) if cuda_attrs == "auto" else cuda_attrs
@@ -270,4 +282,4 @@ def detect(
             },
             f"table:{spec_fill.name}",
         )
-    return finish_peaks(info, spec)
+    return add_versions(finish_peaks(info, spec))

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -320,3 +321,39 @@ def test_key_held_by_a_real_ssh_agent(
         agent.terminate()
         agent.wait()
         authorized.write_text(original)
+
+
+def _dist_info(site: Path, name: str, version: str) -> None:
+    """An installed distribution's metadata (what pip leaves), with no package beside it."""
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+
+
+def test_gpu_step_reports_versions_and_known_bad_combination(
+    sshd: SshServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The H200's stack: numpy 2.5.2 (metadata first on the host's path; numpy 2.5 needs Python
+    3.12), numba 0.68.0, numba-cuda 0.30.4, and an NVML stand-in for the GPU this machine lacks.
+    The gpu step names every version and the combination's problem and fix on its one line."""
+    site = tmp_path / "host-site"
+    for name, version in (("numpy", "2.5.2"), ("numba", "0.68.0"), ("numba-cuda", "0.30.4")):
+        _dist_info(site, name, version)
+    (site / "pynvml.py").write_text(
+        "def nvmlInit(): pass\n"
+        "def nvmlDeviceGetHandleByIndex(i): return i\n"
+        "def nvmlDeviceGetName(h): return b'NVIDIA H200'\n"
+        "def nvmlSystemGetDriverVersion(): return '580.159.04'\n"
+    )
+    host_python = f"env PYTHONPATH={site} {sys.executable}"
+    config = write_project(tmp_path / "proj", sshd, f'python = "{host_python}"\n')
+    code, doc = run_check(config, capsys)
+    assert code == 0
+    step = next(s for s in doc["steps"] if s["step"] == "gpu")
+    assert step["status"] == "WARN"
+    detail = step["detail"]
+    assert "\n" not in detail
+    assert detail.startswith("NVIDIA H200 (driver 580.159.04); numba-cuda present; ")
+    assert "numpy 2.5.2, numba 0.68.0, numba-cuda 0.30.4" in detail
+    assert "known problem: numba-cuda 0.30.4 registers np.row_stack" in detail
+    assert "pip install 'numpy<2.5'" in detail

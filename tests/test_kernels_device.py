@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from kernels import cli, device
+from kernels import cli, compat, device
 
 
 class FakeNVMLError(Exception):
@@ -165,3 +165,39 @@ def test_cli_device_json_with_fake_nvml(
 def test_cli_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(argv) == 2
     assert capsys.readouterr().err.startswith("kernels: ")
+
+
+H200_VERSIONS = {"numpy": "2.5.2", "numba": "0.68.0", "numba-cuda": "0.30.4"}
+
+
+def test_cli_device_reports_versions_and_known_bad_combination(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The H200's stack (numpy 2.5.2 with numba-cuda 0.30.4): the versions with the driver's, and
+    the combination named with its fix on one line."""
+    monkeypatch.setattr(device, "simulator_enabled", lambda: False)
+    monkeypatch.setattr(device, "_load_nvml", fake_nvml)
+    monkeypatch.setattr(device, "query_cuda", lambda index=0: CUDA_ATTRS)
+    monkeypatch.setattr(compat, "installed_versions", lambda: dict(H200_VERSIONS))
+    assert cli.main(["device", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["versions"] == {**H200_VERSIONS, "driver": "550.54.15"}
+    assert d["diagnosis"] == compat.diagnose(d["versions"])
+    assert "row_stack" in d["diagnosis"]
+    assert cli.main(["device"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"known problem: {d['diagnosis']}" in lines
+    assert "numba-cuda 0.30.4" in cli.versions_line(d["versions"])
+
+
+def test_cli_device_without_known_problem_prints_none(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(device, "simulator_enabled", lambda: True)
+    monkeypatch.setattr(compat, "installed_versions", lambda: {**H200_VERSIONS, "numpy": "2.4.6"})
+    info = device.detect()
+    assert info.versions == {**H200_VERSIONS, "numpy": "2.4.6", "driver": None}
+    assert info.diagnosis is None
+    assert cli.main(["device"]) == 0
+    out = capsys.readouterr().out
+    assert "known problem" not in out and "numpy 2.4.6" in out
