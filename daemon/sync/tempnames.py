@@ -86,11 +86,17 @@ def is_stale(name: str, age_s: float, machine: str, alive: Callable[[int], bool]
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine (another user's counts: it may write)."""
+    """Whether process ``pid`` exists on this machine and may still write: another user's
+    counts; a zombie (killed, not yet reaped by its parent) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except (PermissionError, OverflowError, ValueError):
         return True
-    return True
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as fh:
+            state = fh.read().rpartition(b")")[2].split()[:1]
+    except OSError:
+        return True  # no /proc (macOS): it exists
+    return state not in ([b"Z"], [b"X"])
