@@ -49,7 +49,7 @@ parents are opened one by one with O_NOFOLLOW and every change goes through that
         the content as its blob; larger: ``event: "chunk"`` frames with blobs, then the reply
         without a blob. The digest is of the bytes sent.
     write {root, path, mode, mtime_ns, digest, expect, blob, fsync?}  -> {entry}
-        Content goes to ``.<name>.tether-<hex>.tmp`` beside the target, its sha256 is checked
+        Content goes to a temporary (:mod:`tempnames`) beside the target, its sha256 is checked
         against digest, expect is checked, mode and mtime are set, then os.replace. Missing parent
         dirs are created (never the root itself: a missing root is ``not_found``). Big files:
         several writes with ``transfer`` (an id of the client's),
@@ -93,7 +93,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -105,12 +104,13 @@ import sys
 import threading
 import time
 
+import tempnames  # daemon/sync/tempnames.py, registered by the bootstrap from verified source
+
 VERSION = 1
 CHUNK = 1 << 20
 MAX_FRAME = 256 << 20
 RACY_NS = 2 * 10**9
 OWN_TTL_S = 10.0
-TEMP_RE = re.compile(r"^\..*\.tether-[0-9a-f]{8}\.tmp$")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
 SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL, "INT": signal.SIGINT}
 if hasattr(signal, "SIGHUP"):
@@ -230,13 +230,22 @@ def kind_of(st):
     return "untracked"
 
 
-TEMP_SUFFIXES = itertools.count(int.from_bytes(os.urandom(4), "big"))
-"""Temp-name suffixes: a random start, then one more per file. O_EXCL stands behind them; they
-only need to be unlikely to meet another process's (no getrandom() per file)."""
+temp_name = tempnames.temp_name
+is_temp = tempnames.is_temp
 
 
-def temp_name(name):
-    return ".%s.tether-%08x.tmp" % (name[:120], next(TEMP_SUFFIXES) & 0xFFFFFFFF)
+def drop_if_stale(full, name, st):
+    """Remove ``full``, a temporary of ours, if its writer is gone (:mod:`tempnames` says how
+    that is known): a transfer killed midway leaves nothing behind past the next scan."""
+    age_s = time.time() - st.st_mtime
+    if stat.S_ISDIR(st.st_mode) or not tempnames.is_stale(
+        name, age_s, tempnames.machine_id(), tempnames.pid_alive
+    ):
+        return
+    try:
+        os.unlink(full)
+    except OSError as exc:
+        log("cannot remove the stale temporary %s: %s" % (full, exc.strerror))
 
 
 def random_hex(nbytes):
@@ -584,12 +593,13 @@ class Scanner:
                 if not valid_name(name):
                     self.stats["undecodable"] += 1
                     continue
-                if TEMP_RE.match(name):
-                    continue
                 child = rel + "/" + name if rel else name
                 try:
                     st = d.stat(follow_symlinks=False)
                 except OSError:
+                    continue
+                if is_temp(name):
+                    drop_if_stale(d.path, name, st)
                     continue
                 is_dir = stat.S_ISDIR(st.st_mode)
                 if self.ignore(child, is_dir):
@@ -606,7 +616,7 @@ class Scanner:
         for i, part in enumerate(parts):
             here = "/".join(parts[: i + 1])
             full = os.path.join(full, part)
-            if TEMP_RE.match(part):
+            if is_temp(part):
                 return
             try:
                 st = os.lstat(full)
@@ -1547,7 +1557,7 @@ class InotifyWatcher:
                 text = name.decode("utf-8")
             except UnicodeDecodeError:
                 continue
-            if text.endswith(".tmp") and TEMP_RE.match(text):
+            if is_temp(text):
                 continue  # a staged file: five of the six events of every file a sync writes
             rel = base + "/" + text if base else text
             is_dir = bool(mask & IN_ISDIR)
@@ -1650,7 +1660,7 @@ def op_watch(req, emit, stop):
             paths = sorted(
                 rel
                 for rel, is_dir in pending.items()
-                if not TEMP_RE.match(rel.rpartition("/")[2])
+                if not is_temp(rel.rpartition("/")[2])
                 and not ignore(rel, is_dir)
                 and not is_own(real, rel)
             )

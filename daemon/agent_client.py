@@ -39,6 +39,9 @@ from .sync.paths import check_relpath, parent_of, symlink_stays_inside
 log = logging.getLogger(__name__)
 
 AGENT_PATH = Path(__file__).with_name("agent.py")
+BUNDLE = ("sync/tempnames.py", "agent.py")
+"""The agent's modules, relative to ``daemon/``, in load order: the agent imports the first by
+its bare name (``import tempnames``), registered by the bootstrap from verified source."""
 PROTOCOL_VERSION = 1
 CHUNK = 1 << 20
 """Files larger than this are written in several pipelined chunks."""
@@ -49,47 +52,85 @@ Blob: TypeAlias = bytes | Sequence[bytes]
 STDERR_TAIL = 20
 
 _BOOTSTRAP = r"""
-import hashlib, os, sys
+import sys
 if sys.version_info < (3, 8):
     sys.stdout.write("TETHER-OLD %d.%d.%d\n" % tuple(sys.version_info[:3]))
     sys.stdout.flush()
     sys.exit(3)
-path, want = os.path.expanduser(sys.argv[1]), sys.argv[2]
-try:
-    with open(path, "rb") as fh:
-        have = hashlib.sha256(fh.read()).hexdigest()
-except OSError:
-    have = ""
+import hashlib, os
+folder, want, names = os.path.expanduser(sys.argv[1]), sys.argv[2], sys.argv[3:]
+def digest(files):
+    h = hashlib.sha256()
+    for name, data in files:
+        h.update(b"%s\n%d\n" % (name.encode("utf-8"), len(data)))
+        h.update(data)
+    return h.hexdigest()
+def installed():
+    files = []
+    for name in names:
+        try:
+            with open(os.path.join(folder, name), "rb") as fh:
+                files.append((name, fh.read()))
+        except OSError:
+            return []
+    return files
 out, inp = sys.stdout.buffer, sys.stdin.buffer
-folder = os.path.dirname(path)
-if have != want:
+files = installed()
+if digest(files) != want:
     out.write(b"TETHER-SEND\n")
     out.flush()
-    size = int(inp.readline())
-    data = inp.read(size)
-    if len(data) != size or hashlib.sha256(data).hexdigest() != want:
+    files = []
+    for name in names:
+        size = int(inp.readline())
+        files.append((name, inp.read(size)))
+    if digest(files) != want:
         sys.exit(4)
-    os.makedirs(folder, 0o700, exist_ok=True)
-    tmp = os.path.join(folder, ".agent.%d.tmp" % os.getpid())
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    cached = os.path.join(folder, "__pycache__")
-    for name in os.listdir(cached) if os.path.isdir(cached) else ():
-        os.unlink(os.path.join(cached, name))
-    os.replace(tmp, path)
-out.write(b"TETHER-RUN " + path.encode("utf-8") + b"\n")
+    for name, data in files:
+        path = os.path.join(folder, name)
+        os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+        tmp = "%s.%d.tmp" % (path, os.getpid())
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+out.write(b"TETHER-RUN " + os.path.join(folder, names[-1]).encode("utf-8") + b"\n")
 out.flush()
-sys.path.insert(0, folder)
-import agent
-sys.exit(agent.main(sys.argv))
+for name, data in files:
+    module = type(sys)(os.path.basename(name)[:-3])
+    module.__file__ = os.path.join(folder, name)
+    sys.modules[module.__name__] = module
+    exec(compile(data, module.__file__, "exec", dont_inherit=True), module.__dict__)
+sys.exit(module.main(sys.argv))
 """
-"""Run by the host's python: check the installed agent's digest, take a new copy on stdin only
-when it differs, then import it and run it in this same process. Imported, not run as a script,
-so its bytecode is cached beside it and a start does not compile 1,800 lines again; a new copy
-clears that cache first, so no bytecode of an older agent can outlive it (its timestamps are
-only to the second). ``-S``: the agent needs the standard library only, and a site-packages
-full of ``.pth`` hooks can cost a start more than the rest of it. ``-u``: its log lines on
-stderr go out at once (Python 3.8 buffers a piped stderr)."""
+"""Run by the host's python: read the installed agent's modules once, check their digest, take
+new copies on stdin only when it differs, then run exactly the bytes it checked: compiled here
+from that source, never imported, so no bytecode cache beside them (tampered or stale) and no
+module found on a path is ever run in their place, and nothing is read twice. ``-I``: isolated,
+so neither the login folder (``-c`` puts it first on sys.path) nor ``PYTHON*`` variables nor the
+user's site-packages can plant a ``hashlib`` or ``os`` for the check itself; ``-S``: no site
+either (a site-packages full of ``.pth`` hooks can cost a start more than the rest of it);
+``-B``: the standard modules it imports write no bytecode; ``-u``: its log lines on stderr go
+out at once (Python 3.8 buffers a piped stderr)."""
+PYTHON_FLAGS = ("-I", "-S", "-B", "-u")
+
+
+def bundle_files() -> list[tuple[str, bytes]]:
+    """The agent's modules as shipped: (path relative to its folder, source)."""
+    return [(name, (AGENT_PATH.parent / name).read_bytes()) for name in BUNDLE]
+
+
+def bundle_digest(files: Sequence[tuple[str, bytes]]) -> str:
+    """The bootstrap's ``digest()``: SHA-256 over each module's name, size and bytes."""
+    h = hashlib.sha256()
+    for name, data in files:
+        h.update(b"%s\n%d\n" % (name.encode("utf-8"), len(data)))
+        h.update(data)
+    return h.hexdigest()
+
+
+def bootstrap_argv(folder: str, files: Sequence[tuple[str, bytes]]) -> list[str]:
+    """The bootstrap's arguments after the interpreter: flags, script, folder, digest, modules."""
+    names = [name for name, _ in files]
+    return [*PYTHON_FLAGS, "-c", _BOOTSTRAP, folder, bundle_digest(files), *names]
 
 
 class NoUsablePython(RemoteError):
@@ -309,18 +350,16 @@ class AgentClient:
             RemoteError: the host has no usable ``python`` (>= 3.8).
             HostUnreachable: the connection failed meanwhile.
         """
-        local = await asyncio.get_running_loop().run_in_executor(None, AGENT_PATH.read_bytes)
-        digest = hashlib.sha256(local).hexdigest()
-        remote = f"{remote_dir or '~/.cache/tether/' + __version__}/agent.py"
-        py = shlex.quote(python)
-        command = f"{py} -S -u -c {shlex.quote(_BOOTSTRAP)} {shlex.quote(remote)} {digest}"
+        files = await asyncio.get_running_loop().run_in_executor(None, bundle_files)
+        folder = remote_dir or "~/.cache/tether/" + __version__
+        command = f"{shlex.quote(python)} {shlex.join(bootstrap_argv(folder, files))}"
         try:
             process = await conn.create_process(command, encoding=None)
         except (OSError, asyncssh.Error) as exc:
             raise HostUnreachable(f"cannot start tether's agent on the host: {exc}") from None
         try:
             uploaded, path = await asyncio.wait_for(
-                cls._bootstrap(process, python, local), HELLO_TIMEOUT_S
+                cls._bootstrap(process, python, files), HELLO_TIMEOUT_S
             )
         except BaseException:
             process.close()
@@ -340,14 +379,17 @@ class AgentClient:
         return client
 
     @staticmethod
-    async def _bootstrap(process: Any, python: str, local: bytes) -> tuple[bool, str]:
+    async def _bootstrap(
+        process: Any, python: str, files: Sequence[tuple[str, bytes]]
+    ) -> tuple[bool, str]:
         """Follow the bootstrap script: (whether it took a new agent, where the agent is)."""
         uploaded = False
         try:
             line = await process.stdout.readline()
             if line == b"TETHER-SEND\n":
                 uploaded = True
-                process.stdin.write(b"%d\n" % len(local) + local)
+                for _, data in files:
+                    process.stdin.write(b"%d\n" % len(data) + data)
                 await process.stdin.drain()
                 line = await process.stdout.readline()
         except (OSError, asyncssh.Error) as exc:
@@ -379,18 +421,26 @@ class AgentClient:
         cls, python: str = sys.executable, *, wrapper: Sequence[str] = ()
     ) -> AgentClient:
         """Run the agent as a local subprocess (``wrapper``: a command prefix such as setpriv)."""
+        files = await asyncio.get_running_loop().run_in_executor(None, bundle_files)
         process = await asyncio.create_subprocess_exec(
             *wrapper,
             python,
-            "-S",
-            "-u",
-            str(AGENT_PATH),
+            *bootstrap_argv(str(AGENT_PATH.parent), files),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             limit=MAX_FRAME,
         )
         assert process.stdin is not None and process.stdout is not None
+        try:
+            line = await asyncio.wait_for(process.stdout.readline(), HELLO_TIMEOUT_S)
+        except BaseException:
+            process.kill()
+            raise
+        if not line.startswith(b"TETHER-RUN "):  # its own files, read as it ran: never sent
+            process.kill()
+            await process.wait()
+            raise RemoteError(f"the local agent did not start: {_text(line).strip()!r}")
 
         def close_stdin() -> None:
             assert process.stdin is not None

@@ -746,6 +746,7 @@ def fake_agent(tmp_path: Path, reply_to_second: str) -> list[str]:
             """
             import json, struct, sys
             inp, out = sys.stdin.buffer, sys.stdout.buffer
+            out.write(b"TETHER-RUN /fake/agent.py\\n")
             def receive():
                 (n,) = struct.unpack(">I", inp.read(4))
                 return json.loads(inp.read(n))

@@ -43,19 +43,73 @@ def test_start_uploads_once(sshd: SshServer, tmp_path: Path) -> None:
             assert client.info["version"] == 1 and client.remote_dir == str(remote_dir)
             await client.close()
         installed.write_bytes(b"# an older agent\n")
-        (remote_dir / "__pycache__" / "agent.older.pyc").write_bytes(b"an older agent's bytecode")
+        client = await AgentClient.start(conn, remote_dir=str(remote_dir))
+        uploads.append(client.uploaded)
+        await client.close()
+        (remote_dir / "sync" / "tempnames.py").write_bytes(b"# a tampered module\n")
         client = await AgentClient.start(conn, remote_dir=str(remote_dir))
         uploads.append(client.uploaded)
         await client.close()
         return uploads
 
-    assert over_ssh(sshd, body) == [True, False, True]
+    assert over_ssh(sshd, body) == [True, False, True, True]
     assert installed.read_bytes() == AGENT_PATH.read_bytes()
-    # The agent, and its bytecode: cleared with each new copy, so never an older agent's.
-    assert sorted(p.name for p in remote_dir.iterdir()) == ["__pycache__", "agent.py"]
-    assert [p.name for p in (remote_dir / "__pycache__").iterdir()] == [
-        f"agent.{sys.implementation.cache_tag}.pyc"
+    shipped = AGENT_PATH.parent / "sync" / "tempnames.py"
+    assert (remote_dir / "sync" / "tempnames.py").read_bytes() == shipped.read_bytes()
+    # The verified sources only: run from the bytes checked, so no bytecode is written.
+    assert sorted(p.relative_to(remote_dir).as_posix() for p in remote_dir.rglob("*")) == [
+        "agent.py",
+        "sync",
+        "sync/tempnames.py",
     ]
+
+
+MARKER_CODE = "open({marker!r}, 'a').write({label!r} + chr(10))\n"
+
+
+def plant_pyc(source: Path, marker: Path) -> None:
+    """Beside ``source``, bytecode that Python's import would take for it (same mtime and
+    size in its header) but that only writes ``marker``: a tampered cache."""
+    import importlib._bootstrap_external as external  # the one place pyc headers are built
+    import importlib.util
+
+    st = source.stat()
+    code = compile(MARKER_CODE.format(marker=str(marker), label=f"pyc {source.name}"), "x", "exec")
+    data = external._code_to_timestamp_pyc(code, int(st.st_mtime), st.st_size)
+    cached = Path(importlib.util.cache_from_source(str(source)))
+    cached.parent.mkdir(exist_ok=True)
+    cached.write_bytes(bytes(data))
+
+
+def test_the_agent_runs_only_its_verified_source(sshd: SshServer, tmp_path: Path) -> None:
+    """A tampered ``__pycache__`` beside the installed agent and modules planted in the login
+    folder (``-c`` puts it first on sys.path) or on PYTHONPATH never run: the bootstrap checks
+    the digest with the real hashlib and runs the checked bytes themselves."""
+    remote_dir, marker, planted = tmp_path / "cache", tmp_path / "marker", tmp_path / "home"
+    planted.mkdir()
+    for name in ("hashlib", "json", "os", "re", "struct", "tempnames", "agent", "types"):
+        (planted / f"{name}.py").write_text(MARKER_CODE.format(marker=str(marker), label=name))
+    # The host's python as a user's login would start it: in that folder, with it on PYTHONPATH.
+    python = tmp_path / "python3"
+    python.write_text(
+        f'#!/bin/sh\ncd {planted}\nexport PYTHONPATH={planted}\nexec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o755)
+
+    async def body(conn: Any) -> None:
+        for _ in range(2):  # installing, then with its files in place and a tampered cache
+            client = await AgentClient.start(conn, python=str(python), remote_dir=str(remote_dir))
+            try:
+                assert (await client.hello())["version"] == 1
+                scan = await client.scan(str(planted))
+                assert "hashlib.py" in scan.entries
+            finally:
+                await client.close()
+            for source in (remote_dir / "agent.py", remote_dir / "sync" / "tempnames.py"):
+                plant_pyc(source, marker)
+
+    over_ssh(sshd, body)
+    assert not marker.exists(), marker.read_text()
 
 
 def test_no_python_on_the_host_is_a_remote_error(sshd: SshServer) -> None:

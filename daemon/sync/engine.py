@@ -27,6 +27,7 @@ from ..ssh import open_connection
 from .apply import Outcome, ProgressFn, apply_plan, total_bytes
 from .entry import Entry, EntryKind, InvalidEntry, Snapshot
 from .ignore import GITIGNORE, IgnoreRules
+from .links import makes_link, refuse_escaping_links
 from .paths import case_collisions, is_within, parent_of
 from .reconcile import ActionKind, Conflict, Plan, Problem, Side, next_base, reconcile
 from .safety import PairStatus, root_verdict, syncable
@@ -373,6 +374,8 @@ class _Session:
             report.local_files, report.remote_files = _files(local), _files(rem)
             report.hashed_remote += int(remote.stats.get("hashed", 0))
             plan = reconcile(base, local, rem, pair.mode, now=stamp_now)
+            if any(makes_link(a) for a in plan.actions):
+                return None  # a link's chain may pass outside the scope: judge the whole tree
             if round_no == 1:
                 report.plan = [a.describe() for a in plan.actions]
                 report.conflicts = list(plan.conflicts)
@@ -482,6 +485,7 @@ class _Session:
                 report.status, report.message = status, message
                 return False
             plan = reconcile(base, local, remote.entries, pair.mode, now=stamp_now)
+            plan = refuse_escaping_links(plan, local, remote.entries)
             if round_no == 1:
                 report.plan = [a.describe() for a in plan.actions]
                 report.conflicts = list(plan.conflicts)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import stat
 import time
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 from .entry import Entry, EntryKind, Snapshot
 from .ignore import GITIGNORE, IgnoreRules
 from .paths import symlink_stays_inside
+from .tempnames import is_stale, is_temp, machine_id, pid_alive
 
 _Stat = tuple[int, int, int, int, int]
 """(size, mtime_ns, ino, st_mode, ctime_ns) of a file to hash."""
@@ -38,8 +38,6 @@ cost ~150 MB (a Future carries a Condition and its lock)."""
 RACY_NS = 2 * 10**9
 """A file modified this close to the scan may change again within the same mtime tick: hash it,
 but do not cache the digest."""
-TEMP_RE = re.compile(r"^\..*\.tether-[0-9a-f]{8}\.tmp$")
-"""Staged files (ours, or the agent's) are never listed."""
 
 
 @dataclass
@@ -193,7 +191,8 @@ def scan_local(
             except OSError:
                 pass
         for d in items:
-            if TEMP_RE.match(d.name):
+            if is_temp(d.name):  # staged by a writer (ours, or the agent's): never listed
+                drop_if_stale(d)
                 continue
             path = f"{rel}/{d.name}" if rel else d.name
             try:
@@ -242,7 +241,7 @@ def scan_local(
                 here = "/".join(parts[:i])
                 full = os.path.join(top, here)
                 here_rules = rules_at("/".join(parts[: i - 1]))
-                if TEMP_RE.match(parts[i - 1]):
+                if is_temp(parts[i - 1]):
                     break
                 try:
                     st = os.lstat(full)
@@ -290,6 +289,19 @@ def scan_local(
     if not defer_hashing:
         scanned.hash(list(scanned.unhashed))
     return scanned
+
+
+def drop_if_stale(d: os.DirEntry[str]) -> None:
+    """Remove ``d``, a temporary, if its writer is gone (see :mod:`.tempnames`): a transfer
+    killed midway leaves nothing behind past the next scan of its folder."""
+    try:
+        st = d.stat(follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode) and is_stale(
+            d.name, time.time() - st.st_mtime, machine_id(), pid_alive
+        ):
+            os.unlink(d.path)
+    except OSError:
+        pass  # gone already, or not ours to remove: the next scan looks again
 
 
 def _reason(exc: OSError) -> str:

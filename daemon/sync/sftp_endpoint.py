@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import posixpath
 import re
-import secrets
 import stat
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,9 +29,17 @@ from ..agent_client import ExpectationFailed, RemoteOpError, ScanResult, WriteIt
 from ..errors import BadHostData
 from .entry import Entry, EntryKind
 from .paths import check_relpath, symlink_stays_inside
+from .tempnames import is_stale, is_temp, machine_id, pid_alive, temp_name
 
 _READ_CHUNK = 1 << 20
-_TEMP = re.compile(r"^\.(.+)\.tether-[0-9a-f]{12}\.tmp$")
+_WRITING: set[str] = set()
+"""The host paths of the temporaries this process is writing now, over any SFTP session. One of
+this process's that is not here was left by a write the link cut: stale."""
+
+
+def _writer_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine may still write a temporary it named."""
+    return pid_alive(pid) if pid != os.getpid() else False
 
 
 def _error(exc: asyncssh.SFTPError, path: str) -> RemoteOpError:
@@ -147,7 +156,10 @@ class SftpEndpoint:
         while pending:
             folder = pending.pop()
             for name in await self.sftp.readdir(posixpath.join(top, folder) if folder else top):
-                if name.filename in (".", "..") or _TEMP.match(name.filename):
+                if name.filename in (".", ".."):
+                    continue
+                if is_temp(name.filename):
+                    await self._drop_if_stale(posixpath.join(top, folder, name.filename), name)
                     continue
                 rel = f"{folder}/{name.filename}" if folder else name.filename
                 try:
@@ -218,7 +230,16 @@ class SftpEndpoint:
 
     def _temp(self, full: str) -> str:
         folder, name = posixpath.split(full)
-        return posixpath.join(folder, f".{name}.tether-{secrets.token_hex(6)}.tmp")
+        return posixpath.join(folder, temp_name(name))
+
+    async def _drop_if_stale(self, full: str, name: asyncssh.SFTPName) -> None:
+        """Remove ``full``, a temporary, if its writer is gone (see :mod:`.tempnames`)."""
+        if full in _WRITING or stat.S_ISDIR(name.attrs.permissions or 0):
+            return
+        age_s = time.time() - (name.attrs.mtime or 0)
+        if is_stale(name.filename, age_s, machine_id(), _writer_alive):
+            with contextlib.suppress(asyncssh.SFTPError):
+                await self.sftp.remove(full)
 
     async def write(
         self,
@@ -233,6 +254,7 @@ class SftpEndpoint:
     ) -> Entry:
         full = self._abs(root, path)
         temp = self._temp(full)
+        _WRITING.add(temp)
         try:
             await self.sftp.makedirs(posixpath.dirname(full), exist_ok=True)
             async with self.sftp.open(temp, "wb") as fh:
@@ -251,6 +273,8 @@ class SftpEndpoint:
         except BaseException:
             await self._discard(temp)
             raise
+        finally:
+            _WRITING.discard(temp)
         digest = digest or hashlib.sha256(data).hexdigest()
         return Entry(EntryKind.FILE, len(data), (mtime_ns // 10**9) * 10**9, mode & 0o7777, digest)
 
@@ -297,6 +321,7 @@ class SftpEndpoint:
             raise RemoteOpError("invalid", f"{path} -> {target} escapes the root", path)
         full = self._abs(root, path)
         temp = self._temp(full)
+        _WRITING.add(temp)
         try:
             await self._check(full, path, expect)
             await self.sftp.symlink(target, temp)
@@ -304,6 +329,8 @@ class SftpEndpoint:
         except asyncssh.SFTPError as exc:
             await self._discard(temp)
             raise _error(exc, path) from None
+        finally:
+            _WRITING.discard(temp)
         return Entry(EntryKind.SYMLINK, target=target)
 
     async def delete(self, root: str, path: str, *, expect: Entry) -> None:
