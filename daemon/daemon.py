@@ -127,7 +127,8 @@ class Service:
             self.run_id = spec.run_id
             began = time.monotonic()
             try:
-                outcome = await follow(self.link, spec, lambda _chunk: None)
+                # not its owner: a daemon that restarts adopts it again (see close)
+                outcome = await follow(self.link, spec, lambda _chunk: None, owner=False)
             except TetherError as exc:
                 self.bus.emit(
                     {
