@@ -37,9 +37,8 @@ def host_pids(*args: str) -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
-        if state != "Z" and len(argv) == 2 and argv[0].endswith(b"sleep"):
-            if argv[1].decode() in args:
-                found.append(int(entry.name))
+        if state != "Z" and argv[:1] == [b"sleep"] and argv[1:] and argv[1].decode() in args:
+            found.append(int(entry.name))
     return found
 
 
@@ -145,8 +144,36 @@ def test_a_run_reattached_within_orphan_timeout_goes_on(sshd: SshServer, tmp_pat
     stopped = tether(local, env, "runs", "stop", record["id"][:12])
     assert stopped.returncode == 0, stopped.stderr
     assert f"stopped run {record['id']}" in stopped.stdout
-    out, err = follower.communicate(timeout=30)
+    _out, err = follower.communicate(timeout=30)
     assert follower.returncode == 128 + signal.SIGINT, err
     assert not host_pids(mark)
     [record] = runs(local, env)
     assert record["reason"] == "stopped" and record["status"] == 128 + signal.SIGINT, record
+
+
+def test_stop_all_stops_keep_running_services(sshd: SshServer, tmp_path: Path) -> None:
+    """`tether stop --all` ends the daemon and the keep_running service it kept on the host
+    (a daemon that is merely restarted would adopt it again)."""
+    from tests.sshd import free_port
+    from tests.test_daemon_cli import ended
+
+    mark = marker()
+    local, env = project(tmp_path, sshd, orphan_timeout="10m")
+    (tmp_path / "rt").mkdir(mode=0o700)
+    with (local / "tether.toml").open("a") as toml:
+        toml.write(
+            f'[tunnels.svc]\nhost = "gpu"\nlocal = {free_port()}\n'
+            f'remote = "localhost:{free_port()}"\nkeep_running = "sleep {mark}"\n'
+        )
+    started = tether(local, env, "start")
+    assert started.returncode == 0, started.stderr
+    pid = json.loads(tether(local, env, "status", "--json").stdout)["pid"]
+    try:
+        assert wait_until(lambda: bool(host_pids(mark))), "the service never started"
+        stopped = tether(local, env, "stop", "--all")
+        assert stopped.returncode == 0, stopped.stderr
+        assert ended(pid)
+        assert wait_until(lambda: not host_pids(mark)), "the service outlived stop --all"
+    finally:
+        if not ended(pid, wait_s=0):
+            os.kill(pid, signal.SIGKILL)
