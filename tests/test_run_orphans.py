@@ -120,16 +120,14 @@ def test_a_killed_tether_run_leaves_nothing_on_the_host(
 
 
 def test_a_run_reattached_within_orphan_timeout_goes_on(sshd: SshServer, tmp_path: Path) -> None:
-    """The orphan rule spares a run someone follows: `tether logs -f RUN` reattaches to a run
-    whose `tether run` was killed, streams its host log from the start and exits with its
-    status; `tether runs stop RUN` then stops it (whoever started it)."""
+    """The orphan rule spares a run someone follows: `tether logs -f RUN` reattaches to a live
+    run, streams its host log from the start and keeps it going after its `tether run` was
+    killed; `tether runs stop RUN` then stops it (whoever started it) and the follower exits
+    with the run's status."""
     local, env = project(tmp_path, sshd, orphan_timeout="3s")
     mark = marker()
     proc = start_run(local, env, mark)
-    proc.kill()
-    proc.communicate(timeout=30)
     [record] = runs(local, env)
-    assert record["ended"] is None  # the host says it goes on
     follower = subprocess.Popen(
         [sys.executable, "-m", "daemon.cli", "logs", "-f", record["id"]],
         cwd=local,
@@ -139,8 +137,11 @@ def test_a_run_reattached_within_orphan_timeout_goes_on(sshd: SshServer, tmp_pat
         stdin=subprocess.DEVNULL,
     )
     assert follower.stdout is not None and follower.stdout.readline() == b"started\n"
-    time.sleep(5)  # longer than orphan_timeout: only the follower keeps the run alive
+    proc.kill()
+    proc.communicate(timeout=30)
+    time.sleep(6)  # twice orphan_timeout: only the follower keeps the run alive now
     assert host_pids(mark), "the run was stopped while someone followed it"
+    assert runs(local, env)[0]["ended"] is None  # the host says it goes on
     stopped = tether(local, env, "runs", "stop", record["id"][:12])
     assert stopped.returncode == 0, stopped.stderr
     assert f"stopped run {record['id']}" in stopped.stdout
