@@ -12,7 +12,8 @@ Wire format
     pipeline). ``watch``, ``attach``, ``kill`` and ``tcp_check`` run in threads, and so do up to
     two ``write_many`` at once: their replies may pass later requests' (a client that needs a
     batch landed before its next op waits for its reply). stdout is locked.
-    stdin EOF ends the agent; runs it started keep going (their supervisor is detached).
+    stdin EOF ends the agent; runs it started keep going (their supervisor is detached) for as
+    long as the client that started them said they may go on with no one attached (see exec).
 
 Error types
     ``not_found`` ``permission`` ``no_space`` ``read_only`` ``exists`` ``not_empty``
@@ -66,18 +67,25 @@ parents are opened one by one with O_NOFOLLOW and every change goes through that
     chmod {root, path, mode, expect}     -> {entry}
     probe {path, create}            -> {exists, created, is_dir, writable, free_bytes}
     tcp_check {host, port, timeout} -> {reachable, reason}
-    exec {cmd | argv, cwd?, env?, venv?, pythonpath?, run_id?} -> {run_id, pid, pgid}
+    exec {cmd | argv, cwd?, env?, venv?, pythonpath?, run_id?, orphan_s?} -> {run_id, pid, pgid}
         The command (cmd through /bin/sh -c) runs in its own session, stdout+stderr to
         ~/.cache/tether/runs/<run_id>/output.log, under a detached supervisor (a child
         forked off the agent, then re-parented) that writes status.json when it ends, so the
         outcome survives the agent. venv: <venv>/bin goes first on PATH and VIRTUAL_ENV is set.
         pythonpath (else $TETHER_PYTHONPATH) goes first on PYTHONPATH.
+        No run is orphaned: an ``attach`` holds a shared lock on the run's ``attached`` file for
+        as long as it streams, and the kernel drops it when that agent ends (its client killed,
+        the link gone). Once nobody has held it for orphan_s seconds (default ORPHAN_S), the
+        supervisor stops the process group (SIGTERM, SIGKILL after STOP_GRACE_S) and the run
+        ends with reason "orphaned". A client that reattaches within orphan_s keeps it alive.
     attach {run_id, offset}         -> ``event: "output"`` frames (blob: log bytes from offset on),
-        then {exit_code, signal, duration_s, offset, lost} once the run has ended (signal is a
-        name such as "SIGTERM"; lost: the supervisor vanished without writing a status).
+        then {exit_code, signal, duration_s, reason, offset, lost} once the run has ended
+        (signal is a name such as "SIGTERM"; reason: "exited", "stopped" (a kill asked for it)
+        or "orphaned"; lost: the supervisor vanished without writing a status).
     kill {run_id, signal, grace_s}  -> {signalled, escalated, gone}: the whole process group gets
         the signal (TERM, INT, HUP or KILL); if it is still there after grace_s, SIGKILL.
-    runs {}                         -> {runs: [{run_id, pid, pgid, started_ns, running, ...}]}
+    runs {}                         -> {runs: [{run_id, pid, pgid, started_ns, running, reason,
+        ...}]}: running while no status was written and the supervisor or the group is alive.
     watch {root, ignore, coalesce_ms?, poll_ms?} -> ``event: "ready" {backend}`` once watching,
         then ``event: "changes" {paths, rescan}`` batches (rescan: the watcher lost track, rescan
         everything). A new directory is reported as itself: rescan its subtree. inotify (via
@@ -92,6 +100,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -112,6 +121,9 @@ MAX_FRAME = 256 << 20
 RACY_NS = 2 * 10**9
 OWN_TTL_S = 10.0
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
+ORPHAN_S = 120.0
+STOP_GRACE_S = 5.0
+SUPERVISE_POLL_S = 0.2
 SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL, "INT": signal.SIGINT}
 if hasattr(signal, "SIGHUP"):
     SIGNALS["HUP"] = signal.SIGHUP
@@ -1154,7 +1166,9 @@ def op_exec(req):
         os.mkdir(folder, 0o700)
     except FileExistsError:
         raise AgentError("exists", "run %s already exists" % run_id) from None
-    write_json(os.path.join(folder, "spec.json"), {"argv": argv, "cwd": cwd, "env": env})
+    orphan_s = float(req.get("orphan_s") or ORPHAN_S)
+    spec = {"argv": argv, "cwd": cwd, "env": env, "orphan_s": orphan_s}
+    write_json(os.path.join(folder, "spec.json"), spec)
     line = start_supervisor(folder)
     info = None
     with contextlib.suppress(ValueError):
@@ -1279,13 +1293,18 @@ def supervise(folder):
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
+    watch = Attendance(folder, float(spec.get("orphan_s") or ORPHAN_S), child.pid)
     main_done = False
     while True:
         try:
-            pid, status = os.waitpid(-1, 0)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             break
         except InterruptedError:
+            continue
+        if pid == 0:
+            watch.check()
+            time.sleep(SUPERVISE_POLL_S)
             continue
         if pid == child.pid and not main_done:
             main_done = True
@@ -1299,9 +1318,59 @@ def supervise(folder):
                     sig = str(num)
             ended = time.time_ns()
             result = {"exit_code": code, "signal": sig, "duration_s": (ended - started) / 1e9}
-            result.update({"started_ns": started, "ended_ns": ended})
+            result.update({"started_ns": started, "ended_ns": ended, "reason": watch.reason()})
             write_json(os.path.join(folder, "status.json"), result)
     os._exit(0)
+
+
+class Attendance:
+    """The supervisor's side of the orphan rule (see exec): is any agent attached to the run?
+
+    Asked of the kernel, not guessed: every attach holds a shared flock on the run's
+    ``attached`` file, and a lock dies with the process that held it, so a client killed with
+    SIGKILL or a link lost for good frees it at once. Nobody attached for ``orphan_s``: the
+    process group gets SIGTERM, then SIGKILL after STOP_GRACE_S.
+    """
+
+    def __init__(self, folder, orphan_s, pgid):
+        self.folder, self.orphan_s, self.pgid = folder, orphan_s, pgid
+        self.fd = os.open(attached_path(folder), os.O_RDONLY | os.O_CREAT, 0o600)
+        self.last_seen = time.monotonic()
+        self.kill_at = None
+        self.orphaned = False
+
+    def attended(self):
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # EWOULDBLOCK: an attach holds it
+            return True
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        return False
+
+    def check(self):
+        now = time.monotonic()
+        if not self.orphaned and self.attended():
+            self.last_seen = now
+        elif not self.orphaned and now - self.last_seen >= self.orphan_s:
+            self.orphaned = True
+            self.kill_at = now + STOP_GRACE_S
+            self.signal(signal.SIGTERM)
+        elif self.kill_at is not None and now >= self.kill_at:
+            self.kill_at = None
+            self.signal(signal.SIGKILL)
+
+    def signal(self, num):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pgid, num)
+
+    def reason(self):
+        if os.path.exists(os.path.join(self.folder, "stop.json")):
+            return "stopped"
+        return "orphaned" if self.orphaned else "exited"
+
+
+def attached_path(folder):
+    return os.path.join(folder, "attached")
 
 
 def alive(pid):
@@ -1334,6 +1403,7 @@ def op_kill(req):
         raise AgentError("invalid", "unknown signal %r" % name)
     grace_s = float(req.get("grace_s", 5.0))
     pgid = int(info["pgid"])
+    write_json(os.path.join(folder, "stop.json"), {"signal": name})  # the run's end says why
     sent = []
     try:
         os.killpg(pgid, SIGNALS[name])
@@ -1364,7 +1434,9 @@ def run_summary(run_id):
     summary = {"run_id": run_id, "pid": info.get("pid"), "pgid": info.get("pgid")}
     summary["started_ns"] = info.get("started_ns")
     supervisor = info.get("supervisor")
-    summary["running"] = status is None and bool(supervisor) and alive(int(supervisor))
+    supervised = bool(supervisor) and alive(int(supervisor))
+    grouped = bool(info.get("pgid")) and group_alive(int(info["pgid"]))
+    summary["running"] = status is None and (supervised or grouped)
     if status:
         summary.update(status)
     return summary
@@ -1383,6 +1455,16 @@ def op_attach(req, emit, stop):
     if not os.path.isdir(folder):
         raise AgentError("not_found", "no such run: %s" % req.get("run_id"))
     offset = int(req.get("offset", 0))
+    flags = os.O_RDONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    lock = os.open(attached_path(folder), flags, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # held while attached: the run is not an orphan
+        return follow_run(folder, offset, emit, stop)
+    finally:
+        os.close(lock)
+
+
+def follow_run(folder, offset, emit, stop):
     logfile = os.path.join(folder, "output.log")
     while True:
         status = read_json(os.path.join(folder, "status.json"))
@@ -1410,6 +1492,7 @@ def op_attach(req, emit, stop):
                 "exit_code": status.get("exit_code"),
                 "signal": status.get("signal"),
                 "duration_s": status.get("duration_s"),
+                "reason": status.get("reason"),
                 "error": status.get("error"),
                 "offset": offset,
                 "lost": lost,

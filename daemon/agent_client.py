@@ -891,13 +891,17 @@ class AgentClient:
         venv: str | None = None,
         run_id: str | None = None,
         pythonpath: str | None = None,
+        orphan_s: float | None = None,
     ) -> dict[str, Any]:
         """Start a run on the host (a string goes through /bin/sh -c); {run_id, pid, pgid}.
 
         ``pythonpath`` defaults to the agent's cache folder when the agent was installed by
-        :meth:`start` (so tether's ``kernels`` go first on sys.path).
+        :meth:`start` (so tether's ``kernels`` go first on sys.path). ``orphan_s``: the host
+        stops the run once nobody has been attached to it that long (None: the agent's default).
         """
         args: dict[str, Any] = {"cwd": cwd, "env": env or {}, "venv": venv, "run_id": run_id}
+        if orphan_s is not None:
+            args["orphan_s"] = orphan_s
         if isinstance(cmd, str):
             args["cmd"] = cmd
         else:
@@ -914,7 +918,7 @@ class AgentClient:
     ) -> dict[str, Any]:
         """Follow a run's output from ``offset`` until it ends; returns its final status.
 
-        Returns ``{exit_code, signal, duration_s, offset, lost, error}``.
+        Returns ``{exit_code, signal, duration_s, reason, offset, lost, error}``.
         """
         async for item in self.stream("attach", run_id=run_id, offset=offset):
             if item.get("event") == "output" and on_output is not None:

@@ -20,8 +20,8 @@ POST   /v1/run          ``{"project", "pair"?, "argv", "sync"?,     NDJSON: ``ap
 POST   /v1/run/stop     ``{"run_id"}``                              ``api.stop_run(...)``
 GET    /v1/logs         ``?limit=``                                 ``{"events": [...]}``
 GET    /v1/events                                                   NDJSON, one event per line
-POST   /v1/shutdown                                                 ``{"ok": true}``, then
-                                                                    ``api.shutdown()``
+POST   /v1/shutdown     ``{"stop_services"?}``                      ``{"ok": true}``, then
+                                                                    ``api.shutdown(...)``
 ====== ================ =========================================== ==============================
 
 Errors: a :class:`~daemon.errors.TetherError` raised by the API is answered as
@@ -134,9 +134,10 @@ class DaemonAPI(Protocol):
 
     def recent_events(self, limit: int) -> list[dict[str, Any]]: ...
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, stop_services: bool = False) -> None:
         """Stop the daemon; called after the /v1/shutdown answer is sent, in a task of its own,
-        so it may close the control server itself."""
+        so it may close the control server itself. ``stop_services``: also stop the
+        ``keep_running`` services on their hosts (else a daemon started again adopts them)."""
         ...
 
 
@@ -638,10 +639,11 @@ class ControlServer:
         return response
 
     async def _shutdown(self, request: web.Request) -> web.StreamResponse:
+        stop_services = bool((await _body(request)).get("stop_services", False))
         response = _json_response({"ok": True, "message": "the daemon is stopping"})
         await response.prepare(request)
         await response.write_eof()
-        task = asyncio.ensure_future(self.api.shutdown())
+        task = asyncio.ensure_future(self.api.shutdown(stop_services))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return response

@@ -127,7 +127,8 @@ class Service:
             self.run_id = spec.run_id
             began = time.monotonic()
             try:
-                outcome = await follow(self.link, spec, lambda _chunk: None)
+                # not its owner: a daemon that restarts adopts it again (see close)
+                outcome = await follow(self.link, spec, lambda _chunk: None, owner=False)
             except TetherError as exc:
                 self.bus.emit(
                     {
@@ -292,13 +293,13 @@ class Daemon:
         if self._stopping is None:
             self._stopping = asyncio.create_task(self.shutdown(), name="shutdown")
 
-    async def close(self) -> None:
+    async def close(self, *, stop_services: bool = False) -> None:
         if self._config_watch is not None:
             self._config_watch.cancel()
             await asyncio.gather(self._config_watch, return_exceptions=True)
             self._config_watch = None
         for project in list(self.projects.values()):
-            await project.close()
+            await project.close(stop_services=stop_services)
         self.projects.clear()
 
     def watch_configs(self) -> None:
@@ -489,9 +490,12 @@ class Daemon:
     def recent_events(self, limit: int) -> list[dict[str, Any]]:
         return self.bus.recent(limit)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, stop_services: bool = False) -> None:
+        """Stop every project; its links close, so their host agents end. ``stop_services``
+        (`tether stop --all`) stops the keep_running services too; a SIGTERM (a service manager
+        restarting the daemon) leaves them for the next daemon to adopt."""
         self.bus.emit({"kind": "daemon.stopping", "message": "stopping"})
-        await self.close()
+        await self.close(stop_services=stop_services)
         self._stopped.set()
 
     # -- helpers -----------------------------------------------------------------------------

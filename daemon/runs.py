@@ -3,8 +3,14 @@
 A run is started by the agent in its own session with its output going to a log *on the host*,
 so it outlives the link: when the connection drops mid-run, :func:`follow` waits for the link to
 come back and reattaches at the byte offset it had reached, so no output is lost or repeated.
-Stopping a run (Ctrl-C, a timeout, ``on_busy = "restart"``) signals its whole process group and
-escalates to SIGKILL after a grace period, so no child is left behind.
+Stopping a run (Ctrl-C, a signal, a timeout, ``on_busy = "restart"``, its follower leaving early)
+signals its whole process group and escalates to SIGKILL after a grace period, so no child is
+left behind.
+
+No run is orphaned on the host either: a run nobody is attached to for the host's
+``orphan_timeout`` (its client killed with SIGKILL, the link lost for good) is stopped there by its
+supervisor and ends with reason "orphaned" (see the agent's ``exec``). Reattaching sooner, as
+:func:`follow` does after a drop and ``tether logs -f RUN`` does, keeps it going.
 """
 
 from __future__ import annotations
@@ -75,6 +81,18 @@ def exit_code_of(value: object) -> int | None:
     raise BadHostData(f"the host reported an impossible exit code: {value!r}")
 
 
+HOST_REASONS = frozenset({"exited", "stopped", "orphaned"})
+
+
+def host_reason(value: object) -> str:
+    """Why the host says a run ended; validated (older agents say nothing: "exited")."""
+    if value is None:
+        return "exited"
+    if isinstance(value, str) and value in HOST_REASONS:
+        return value
+    raise BadHostData(f"the host reported an unknown reason for a run's end: {value!r}")
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
@@ -110,7 +128,8 @@ class RunOutcome:
     signal: int | None
     duration_s: float
     reason: str = "exited"
-    """exited, timeout, stopped (Ctrl-C or a restart), lost (the host forgot the run)."""
+    """exited, timeout, stopped (Ctrl-C, a signal, a restart, ``tether runs stop``), orphaned
+    (nobody followed it for the host's orphan_timeout), lost (the host forgot the run)."""
     reattached: int = 0
 
     @property
@@ -159,6 +178,7 @@ async def start(link: Link, spec: RunSpec) -> dict[str, Any]:
         env=dict(spec.env),
         venv=spec.host.venv,
         run_id=spec.run_id,
+        orphan_s=spec.host.orphan_timeout_s,
     )
 
 
@@ -168,16 +188,42 @@ async def follow(
     on_output: Callable[[bytes], Any],
     *,
     stop: asyncio.Event | None = None,
-    reconnect_timeout_s: float = 300.0,
+    owner: bool = True,
 ) -> RunOutcome:
     """Stream a started run's output until it ends; reattach across link drops.
 
     ``stop`` set → the process group gets SIGINT, then SIGKILL after a grace period; the
-    outcome's reason says "stopped". A timeout does the same with SIGTERM.
+    outcome's reason says "stopped". A timeout does the same with SIGTERM. The ``owner`` of a
+    run (what started it) also stops it when it leaves early: cancelled, or its output could not
+    be delivered; an onlooker (``tether logs -f RUN``) just detaches. A link that stays away
+    longer than the host's orphan_timeout finds the run stopped there: waiting longer is moot.
     """
+    try:
+        return await _follow(link, spec, on_output, stop or asyncio.Event())
+    except BaseException:
+        if owner:
+            await asyncio.shield(_abandon(link, spec))
+        raise
+
+
+async def _abandon(link: Link, spec: RunSpec) -> None:
+    """Stop the process group of a run its owner leaves early, if the link lets us now; the
+    host's orphan rule stops it otherwise."""
+    try:
+        agent = await link.wait_agent(2)
+        await agent.kill(spec.run_id, signal="TERM", grace_s=GRACE_S)
+    except (TetherError, OSError) as exc:
+        log.warning(
+            "run %s: not stopped now (%s); the host stops it when orphaned", spec.run_id, exc
+        )
+
+
+async def _follow(
+    link: Link, spec: RunSpec, on_output: Callable[[bytes], Any], stop: asyncio.Event
+) -> RunOutcome:
+    reconnect_timeout_s = spec.host.orphan_timeout_s
     started = time.monotonic()
     offset, reattached, reason = 0, 0, "exited"
-    stop = stop or asyncio.Event()
     deadline = started + spec.timeout_s if spec.timeout_s else None
 
     def count(chunk: bytes) -> Any:
@@ -215,6 +261,8 @@ async def follow(
             continue
         if result.get("lost"):
             reason = "lost"
+        elif reason == "exited":
+            reason = host_reason(result.get("reason"))
         return RunOutcome(
             spec.run_id,
             exit_code_of(result.get("exit_code")),

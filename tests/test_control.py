@@ -116,7 +116,7 @@ class FakeAPI:
         self.calls.append(("recent_events", limit))
         return self.history[-limit:] if limit else []
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, stop_services: bool = False) -> None:
         self.calls.append(("shutdown",))
         assert self.server is not None
         self.server.close()

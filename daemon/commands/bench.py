@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import os
 import shlex
-import signal
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from ..results import ResultsStore, load_document
 from ..runs import RunSpec, local_log_path, new_run_id, run_to_end
 from ..sync.engine import sync_pair
 from ..sync.state import state_dir
+from .run import STOP_SIGNALS
 
 SUITES = ("stream", "fma", "gemm", "reduce")
 """kernels.suite.SUITES (not imported: kernels.suite pulls in numpy and the harness)."""
@@ -229,8 +229,9 @@ async def _bench(config: Config, bench: BenchPlan) -> int:
     err = console(stderr=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGINT, stop.set)
+    for sig in STOP_SIGNALS:  # `timeout`'s SIGTERM, a closed terminal: stop it as Ctrl-C does
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
     host = bench.host
     async with Link(host) as link:
         await link.wait_up(host.connect_timeout_s or 15.0)

@@ -1,4 +1,6 @@
-"""`tether logs [-f] [-n N]` (the daemon's events) or `tether logs RUN` (one run's output)."""
+"""`tether logs [-f] [-n N]` (the daemon's events), `tether logs RUN` (one run's output as kept
+here) or `tether logs -f RUN` (reattach: the run's log on the host from its start, followed to its
+end; exits with the run's status; Ctrl-C detaches and leaves the run going)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from rich.markup import escape
 from ..console import console
 from ..control import ControlClient
 from ..errors import TetherError
-from ..history import RunHistory
+from ..history import RunHistory, RunRecord
 
 LEVEL_STYLES = {"error": "bold red", "warning": "yellow", "info": ""}
 
@@ -44,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
             record = history.get(args.run)
         if record is None:
             raise TetherError(f"no run {args.run!r}", "see `tether runs` for ids")
+        if args.follow:
+            return follow_run(record)
         path = Path(record.log)
         if not path.is_file():
             raise TetherError(f"run {record.id}: its log {path} is gone")
@@ -63,3 +67,22 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(go())
     return 0
+
+
+def follow_run(record: RunRecord) -> int:
+    from .. import host_runs  # connects to the host: asyncssh only when needed
+
+    def write(chunk: bytes) -> None:
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+
+    try:
+        outcome = asyncio.run(host_runs.tail(record, write))
+    except KeyboardInterrupt:
+        return 130
+    if record.ended is None:
+        with RunHistory() as history:
+            history.finish(
+                record.id, exit_code=outcome.exit_code, signal=outcome.signal, reason=outcome.reason
+            )
+    return outcome.status

@@ -1,7 +1,9 @@
 """`tether run [--host H] [--pair P] [--no-sync] [--fetch PATH]... -- CMD ARGS...`
 
 Sync, run on the host in the pair's remote folder, stream the output, exit with the remote
-command's own status (128+N for a signal N), then fetch. Ctrl-C stops the remote process group.
+command's own status (128+N for a signal N), then fetch. Ctrl-C, SIGTERM and SIGHUP (a closed
+terminal) all stop the remote process group; a CLI killed outright leaves a run that the host
+stops after its ``orphan_timeout``.
 
 When the user daemon watches this project, the run is the daemon's: it already holds the link and
 a warm agent, and its watchers know what changed, so nothing is connected or started here (the
@@ -25,6 +27,10 @@ from ..errors import NotRegistered, TetherError, UsageError
 if TYPE_CHECKING:
     from ..config import Config, PairConfig
     from ..runs import RunSpec
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Each ends tether's side of a run, so each stops the run on the host as Ctrl-C does."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -102,13 +108,14 @@ def _via_daemon(
         return None  # an older daemon without /v1/run
     run_id = ""
     status = None
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
     def stop(*_: object) -> None:
         if run_id:  # the daemon stops the run's process group; we keep reading to its end
             control_lite.request(path, "POST", "/v1/run/stop", {"run_id": run_id}, 10)
 
-    signal.signal(signal.SIGINT, stop)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, stop)
     try:
         for event in events:
             kind = event.get("event")
@@ -126,7 +133,8 @@ def _via_daemon(
     except OSError as exc:  # the daemon went away: the run goes on, or ends, on the host
         raise _lost(f"{control_lite.not_running(path, exc).message} during run", run_id) from None
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if status is None:
         raise _lost("the tether daemon ended the stream without the exit status of run", run_id)
     return status
@@ -153,8 +161,9 @@ async def _run(config: Config, spec: RunSpec, *, sync: bool, fetch_paths: list[s
     err = console(stderr=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGINT, stop.set)
+    for sig in STOP_SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
     log_path = local_log_path(state_dir(), spec.run_id)
     async with Link(spec.host) as link:
         await link.wait_up(spec.host.connect_timeout_s or 15.0)

@@ -21,7 +21,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("start", help="register this project with the daemon (start it)")
     p.set_defaults(handler=run_start)
     q = subparsers.add_parser("stop", help="unregister this project; --all stops the daemon")
-    q.add_argument("--all", action="store_true", help="stop the daemon and every project")
+    q.add_argument(
+        "--all",
+        action="store_true",
+        help="stop the daemon, every project, keep_running services and host agents",
+    )
     q.set_defaults(handler=run_stop)
 
 
@@ -64,8 +68,8 @@ def run_stop(args: argparse.Namespace) -> int:
         if not daemon_running():
             out.print("the daemon is not running")
             return 0
-        call("POST", "/v1/shutdown")
-        out.print("stopped the daemon")
+        call("POST", "/v1/shutdown", {"stop_services": True})
+        out.print("stopped the daemon, its keep_running services and host agents")
         return 0
     config = config_of(args)
     call("DELETE", "/v1/projects", {"config_path": str(config.path)})
