@@ -23,6 +23,7 @@ from typing import Any
 
 from .config import Config, TunnelConfig, load_config
 from .control import serve
+from .dirs import open_private
 from .errors import NotRegistered, TetherError
 from .history import RunHistory, RunRecord
 from .link import Link
@@ -413,7 +414,7 @@ class Daemon:
         stop = self._stops[spec.run_id] = asyncio.Event()
         chunks: asyncio.Queue[bytes] = asyncio.Queue()
         log_path = local_log_path(state_dir(), spec.run_id)
-        with RunHistory() as history, open(log_path, "wb") as log_file:
+        with RunHistory() as history, open_private(log_path, "wb") as log_file:
             history.begin(
                 RunRecord(
                     id=spec.run_id,
