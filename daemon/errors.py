@@ -67,6 +67,10 @@ class HostKeyChanged(AuthRefused):
     """The host's key differs from the one in known_hosts: possibly an attack, never trusted."""
 
 
+class HostKeyRevoked(AuthRefused):
+    """known_hosts marks the host's key ``@revoked``: refused, and never trusted by ``--trust``."""
+
+
 class BadHostData(TetherError):
     """The host sent something invalid: an unsafe path, a malformed message, a bad result."""
 

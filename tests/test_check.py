@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from daemon.cli import main
-from daemon.errors import EX_NOPERM, EX_UNAVAILABLE, AuthRefused, HostUnreachable
+from daemon.errors import EX_NOPERM, EX_UNAVAILABLE, AuthRefused, HostKeyRevoked, HostUnreachable
 from daemon.ssh import connect, open_connection, parse_destination
 from tests.sshd import SshServer, free_port, keygen, start_sshd
 
@@ -320,3 +320,22 @@ def test_key_held_by_a_real_ssh_agent(
         agent.terminate()
         agent.wait()
         authorized.write_text(original)
+
+
+def test_revoked_host_key_is_refused_with_77_and_never_trusted(
+    private_sshd: SshServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ``@revoked`` line for the server's own key: `check --trust` refuses it (nothing is
+    appended), and a connection says revoked with exit 77, not "try again" (69)."""
+    kind, blob = Path(f"{private_sshd.host_key}.pub").read_text().split()[:2]
+    line = f"@revoked [127.0.0.1]:{private_sshd.port} {kind} {blob}\n"
+    private_sshd.known_hosts.write_text(line)
+    config = write_project(tmp_path / "proj", private_sshd)
+    for extra in ((), ("--trust",)):
+        code, doc = run_check(config, capsys, *extra)
+        assert code == EX_NOPERM
+        assert "@revoked" in failed_step(doc)["detail"]
+    assert private_sshd.known_hosts.read_text() == line
+    with pytest.raises(HostKeyRevoked) as caught:
+        asyncio.run(connect(private_sshd.host_config("gpu")))
+    assert caught.value.exit_code == EX_NOPERM and "@revoked" in caught.value.message
