@@ -83,5 +83,9 @@ class RemoteError(TetherError):
     exit_code = 1
 
 
-class NotRegistered(TetherError):
+class NotFound(TetherError):
+    """A request names a project, pair or run this daemon does not have (HTTP 404)."""
+
+
+class NotRegistered(NotFound):
     """The daemon does not watch this project (the CLI then does the work itself)."""

@@ -4,17 +4,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
-from daemon.control import ControlClient, serve
+from daemon.config import MAX_CONFIG_BYTES, load_config
+from daemon.control import ControlClient, default_socket_path, serve
 from daemon.daemon import Daemon
-from daemon.errors import HostUnreachable, TetherError
+from daemon.errors import ConfigError, HostUnreachable, TetherError
 from tests.faultproxy import FaultProxy
 from tests.sshd import SshServer, free_port
 
@@ -396,3 +401,73 @@ def test_read_only_remote_folder_then_writable_again(sshd: SshServer, tmp_path: 
         asyncio.run(body())
     finally:
         subprocess.run(["umount", "-l", str(remote)], check=False)
+
+
+def test_bad_requests_are_400_and_unknown_names_404_not_500(tmp_path: Path) -> None:
+    """The real daemon behind the socket: a request it cannot act on is the client's fault (400)
+    or names something it does not have (404); neither is an internal error (500)."""
+    deep = "[" * 100_000 + "]" * 100_000
+    bad: list[tuple[str, str, dict[str, Any] | str]] = [
+        ("POST", "/v1/flush", '{"project": ' + deep + "}"),
+        ("GET", "/v1/runs?limit=" + "9" * 30, {}),
+        ("GET", "/v1/logs?limit=" + "9" * 30, {}),
+        ("POST", "/v1/flush", {"timeout_s": 1e308}),
+        ("POST", "/v1/flush", '{"timeout_s": NaN}'),
+        ("POST", "/v1/projects", {"config_path": f"{tmp_path}/a\0b/tether.toml"}),
+        ("POST", "/v1/pause", {"project": "a\0b"}),
+        ("POST", "/v1/run", {"project": "p", "argv": ["x\0y"]}),
+    ]
+    unknown: list[tuple[str, str, dict[str, Any]]] = [
+        ("POST", "/v1/pause", {"project": str(tmp_path / "router" / "tether.toml")}),
+        ("POST", "/v1/flush", {"project": str(tmp_path / "nowhere")}),
+        ("DELETE", "/v1/projects", {"config_path": str(tmp_path / "nowhere")}),
+        ("POST", "/v1/run/stop", {"run_id": "no-such-run"}),
+        ("POST", "/v1/run", {"project": str(tmp_path / "nowhere"), "argv": ["true"]}),
+    ]
+
+    async def main() -> None:
+        async with running_daemon():
+            connector = aiohttp.UnixConnector(path=str(default_socket_path()))
+            async with aiohttp.ClientSession(connector=connector) as raw:
+                for cases, want in ((bad, 400), (unknown, 404)):
+                    for method, route, body in cases:
+                        data = body if isinstance(body, str) else json.dumps(body)
+                        async with raw.request(
+                            method, "http://tether" + route, data=data
+                        ) as response:
+                            answer = await response.json()
+                        assert response.status == want, (route, body, answer)
+                        assert answer["error"]["message"]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_registering_a_fifo_or_device_is_a_config_error_at_once(tmp_path: Path, kind: str) -> None:
+    """A config_path that is a FIFO would hold a worker until someone wrote to it, and
+    /dev/zero would be read until memory ran out: only regular files are read, boundedly."""
+    if kind == "fifo":
+        path = tmp_path / "tether.toml"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+
+    async def main() -> None:
+        async with running_daemon() as (daemon, client):
+            with pytest.raises(ConfigError, match="not a regular file"):
+                await asyncio.wait_for(client.register(path), 20)
+            assert daemon.projects == {}
+
+    try:
+        asyncio.run(main())
+    finally:
+        if kind == "fifo":  # free a reader the old code left blocked, so the test can end
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_a_config_file_past_the_size_bound_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tether.toml"
+    path.write_bytes(b"#" * (MAX_CONFIG_BYTES + 1))
+    with pytest.raises(ConfigError, match="bigger than"):
+        load_config(path)
