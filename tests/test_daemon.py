@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from daemon.cli import main
 from daemon.config import MAX_CONFIG_BYTES, load_config
 from daemon.control import ControlClient, default_socket_path, serve
 from daemon.daemon import Daemon
@@ -471,3 +473,38 @@ def test_a_config_file_past_the_size_bound_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"#" * (MAX_CONFIG_BYTES + 1))
     with pytest.raises(ConfigError, match="bigger than"):
         load_config(path)
+
+
+def test_a_busy_tunnel_port_shows_in_status(
+    sshd: SshServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A tunnel whose local port another program holds is not listening, and `tether status`
+    says so with the reason, not only the daemon's log."""
+    monkeypatch.setenv("COLUMNS", "300")
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    busy = holder.getsockname()[1]
+    local, _ = write_project(
+        tmp_path,
+        sshd,
+        extra=f'[tunnels.web]\nhost = "gpu"\nlocal = {busy}\nremote = "127.0.0.1:9"\n',
+    )
+
+    async def body() -> None:
+        async with running_daemon() as (_daemon, client):
+            await client.register(local / "tether.toml")
+            [tunnel] = (await client.status())["projects"][0]["tunnels"]
+            assert not tunnel["listening"]
+            assert "cannot listen" in (tunnel["last_error"] or "")
+            assert await asyncio.to_thread(main, ["status"]) == 0
+
+    try:
+        asyncio.run(body())
+    finally:
+        holder.close()
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.strip()[:3] == "web")
+    assert "failed" in row and "cannot listen" in row
