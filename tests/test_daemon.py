@@ -22,6 +22,7 @@ from daemon.config import MAX_CONFIG_BYTES, load_config
 from daemon.control import ControlClient, default_socket_path, serve
 from daemon.daemon import Daemon
 from daemon.errors import ConfigError, HostUnreachable, TetherError
+from daemon.sync.state import StateStore
 from tests.faultproxy import FaultProxy
 from tests.sshd import SshServer, free_port
 
@@ -508,3 +509,32 @@ def test_a_busy_tunnel_port_shows_in_status(
         holder.close()
     row = next(line for line in capsys.readouterr().out.splitlines() if line.strip()[:3] == "web")
     assert "failed" in row and "cannot listen" in row
+
+
+def test_status_counts_unresolved_conflicts_not_the_last_syncs(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    """A conflict stays counted in status until it is resolved, however many quiet syncs follow."""
+    local, remote = write_project(tmp_path, sshd)
+    (local / "a.txt").write_text("mine")
+    (remote / "a.txt").write_text("theirs")
+    config = str(local / "tether.toml")
+
+    async def conflicts(client: ControlClient) -> int:
+        return int((await client.status())["projects"][0]["pairs"][0]["conflicts"])
+
+    async def body() -> None:
+        async with running_daemon() as (_daemon, client):
+            await client.register(config)
+            await client.flush(config, 30)
+            assert await conflicts(client) == 1
+            (local / "b.txt").write_text("later")
+            await client.flush(config, 30)
+            assert text(remote / "b.txt") == "later"
+            assert await conflicts(client) == 1
+            with StateStore() as store:
+                [record] = store.conflicts()
+                store.drop_conflict(record.pair, record.path)  # as `tether conflicts` resolves
+            assert await conflicts(client) == 0
+
+    asyncio.run(body())
