@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -339,3 +340,22 @@ def test_revoked_host_key_is_refused_with_77_and_never_trusted(
     with pytest.raises(HostKeyRevoked) as caught:
         asyncio.run(connect(private_sshd.host_config("gpu")))
     assert caught.value.exit_code == EX_NOPERM and "@revoked" in caught.value.message
+
+
+def test_check_probes_python_inside_the_venv_and_names_a_missing_one(
+    sshd: SshServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With hosts.X.venv set, python (and numba) are probed inside it; a missing one is named."""
+    venv = tmp_path / "venv"
+    subprocess.run(["python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+    config = write_project(tmp_path / "proj", sshd, host_toml=sshd.toml_host("gpu"))
+    config.write_text(config.read_text() + f'venv = "{venv}"\n')
+    code, doc = run_check(config, capsys)
+    steps = {s["step"]: s for s in doc["steps"]}
+    assert steps["venv"]["status"] == "OK", doc
+    assert f"{venv}/bin/python3" in steps["remote python"]["detail"]
+
+    config.write_text(config.read_text().replace(f'venv = "{venv}"', f'venv = "{tmp_path}/nope"'))
+    code, doc = run_check(config, capsys)
+    assert code == 1
+    assert f"venv {tmp_path}/nope does not exist" in failed_step(doc)["detail"]
