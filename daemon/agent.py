@@ -1152,6 +1152,8 @@ def op_exec(req):
     venv = req.get("venv")
     if venv:
         venv = os.path.expanduser(venv)
+        if not os.path.isdir(os.path.join(venv, "bin")):  # else the run silently used no venv
+            raise AgentError("no_venv", "the venv %s does not exist on the host" % venv, venv)
         env["VIRTUAL_ENV"] = venv
         env["PATH"] = os.path.join(venv, "bin") + os.pathsep + env.get("PATH", os.defpath)
         env.pop("PYTHONHOME", None)

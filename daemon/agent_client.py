@@ -155,6 +155,7 @@ _HINTS = {
     "read_only": "the remote folder is on a read-only filesystem",
     "permission": "check the remote folder's owner and permissions",
     "changed": "the path changed on the host; it will be rescanned",
+    "no_venv": "create it there, or fix the host's venv in tether.toml",
 }
 
 

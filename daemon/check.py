@@ -139,6 +139,16 @@ class _Recorder:
         return self.add(name, status, detail, time.perf_counter() - started)
 
 
+def in_venv(python: str, venv: str | None) -> str:
+    """The shell command that runs ``python`` as `tether run` does: inside ``venv`` (its bin first
+    on PATH, VIRTUAL_ENV set) when the host has one, so check probes the interpreter and numba
+    the runs will really use. ``~/`` is left to the remote shell as ``$HOME``."""
+    if not venv:
+        return python
+    where = f'"$HOME"/{shlex.quote(venv[2:])}' if venv.startswith("~/") else shlex.quote(venv)
+    return f'env VIRTUAL_ENV={where} PATH={where}/bin:"$PATH" {python}'
+
+
 async def _remote_json(
     conn: asyncssh.SSHClientConnection, python: str, code: str, stdin: str = ""
 ) -> Any:
@@ -224,10 +234,30 @@ async def check_host(
 async def _remote_steps(
     rec: _Recorder, config: Config, host: HostConfig, conn: asyncssh.SSHClientConnection
 ) -> None:
+    python_cmd = in_venv(host.python, host.venv)
+
+    async def venv() -> tuple[Status, str]:
+        found = await _remote_json(
+            conn,
+            host.python,
+            "import json,os,sys;print(json.dumps(os.path.isdir(os.path.join("
+            "os.path.expanduser(sys.stdin.read()),'bin'))))",
+            host.venv or "",
+        )
+        if not found:
+            raise TetherError(
+                f"the venv {host.venv} does not exist on {host.name}",
+                f"create it there, or fix hosts.{host.name}.venv in tether.toml",
+            )
+        return Status.OK, f"{host.venv} exists; python and numba are probed inside it"
+
+    if host.venv and (await rec.run("venv", venv)).status is Status.FAIL:
+        return
+
     async def python() -> tuple[Status, str]:
         info = await _remote_json(
             conn,
-            host.python,
+            python_cmd,
             "import json,sys,platform;print(json.dumps([list(sys.version_info[:3]),"
             "sys.executable,platform.platform()]))",
         )
@@ -256,7 +286,7 @@ async def _remote_steps(
             )
 
     async def gpu() -> tuple[Status, str]:
-        info = await _remote_json(conn, host.python, _PROBE_GPU)
+        info = await _remote_json(conn, python_cmd, _PROBE_GPU)
         stack, problem = gpu_stack(info)
         if problem:
             stack += f"; known problem: {problem}"

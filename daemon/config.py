@@ -8,7 +8,9 @@ one file, so every rule is testable on strings (:func:`parse_config`).
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +26,8 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 CONFIG_NAME = "tether.toml"
+MAX_CONFIG_BYTES = 1 << 20
+"""A tether.toml is a few kilobytes; anything past a MiB is not one (and is not read whole)."""
 
 DEFAULT_IGNORES = (".git/", "__pycache__/", "*.pyc", ".tether/", "*.swp", "*.swo", "*~", ".#*")
 
@@ -171,12 +175,42 @@ def load_config(path: Path | None = None) -> Config:
     """Find (unless given), read and validate a tether.toml."""
     path = (path or find_config()).expanduser().resolve()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_config_bytes(path).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file", "run `tether init` or fix --config") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read it: {exc}") from None
     return parse_config(text, path)
+
+
+def read_config_bytes(path: Path) -> bytes:
+    """A config file's bytes: a regular file only, and at most :data:`MAX_CONFIG_BYTES`.
+
+    The daemon loads whatever path a client registers: opened plainly, a FIFO would hold a worker
+    until someone writes to it, and ``/dev/zero`` would be read until memory ran out. The file is
+    opened non-blocking (a FIFO returns at once) and its kind checked on the open descriptor.
+
+    Raises:
+        ConfigError: not a regular file, or too big.
+        OSError: it cannot be opened or read (FileNotFoundError when missing).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{path}: not a regular file", "point --config at a tether.toml")
+        parts: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES and (chunk := os.read(fd, MAX_CONFIG_BYTES + 1 - size)):
+            parts.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: bigger than {MAX_CONFIG_BYTES >> 20} MiB, not a tether.toml",
+            "point --config at a tether.toml",
+        )
+    return b"".join(parts)
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")

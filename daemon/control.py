@@ -28,9 +28,10 @@ Errors: a :class:`~daemon.errors.TetherError` raised by the API is answered as
 ``{"error": {"message", "hint", "exit_code", "types"}}`` with a 4xx/5xx status chosen from its exit
 code; the client raises it again as the same class (the first of ``types``, its class and bases,
 known to the client), so the CLI prints one line and exits with the daemon's code. An unknown
-route, a body that is not a JSON object or a field of the wrong type is a 400 (``UsageError``, exit
-2). Anything else raised while handling a request is logged with its traceback and answered 500
-(exit 70, ``EX_SOFTWARE``).
+route, a body that is not a JSON object (or nested too deeply), a field of the wrong type, a string
+with a NUL byte or a number out of range is a 400 (``UsageError``, exit 2); a project, pair or run
+not known here is a 404 (:class:`~daemon.errors.NotFound`). Anything else raised while handling
+a request is logged with its traceback and answered 500 (exit 70, ``EX_SOFTWARE``).
 
 The event stream sends each event as one JSON line. Lines with a ``"_control"`` key are the
 stream's own: ``heartbeat`` every ``heartbeat_s`` while no event flows (so a client notices a daemon
@@ -54,6 +55,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import socket
 import stat
@@ -79,6 +81,7 @@ from .errors import (
     EX_NOPERM,
     EX_UNAVAILABLE,
     EX_USAGE,
+    NotFound,
     TetherError,
     UsageError,
 )
@@ -92,6 +95,10 @@ HEARTBEAT_S = 5.0
 SHUTDOWN_GRACE_S = 2.0
 """How long closing the server waits for requests in flight before cancelling them."""
 DEFAULT_TIMEOUT_S = 30.0
+MAX_LIMIT = 10_000
+"""The most runs or events one request lists (SQLite takes no integer past 2**63)."""
+MAX_TIMEOUT_S = 86_400.0
+"""The longest a request may ask to wait (asyncio's timers take no infinite or huge delay)."""
 _MAX_SOCKET_PATH = 104  # sun_path is 108 bytes on Linux, 104 on macOS (NUL included)
 _BASE_URL = "http://tether"
 
@@ -179,7 +186,10 @@ _HTTP_STATUS = {
 
 
 def http_status(exc: TetherError) -> int:
-    """The HTTP status a TetherError is answered with (500 when its exit code has no mapping)."""
+    """The HTTP status a TetherError is answered with: 404 for a name not known here, else by its
+    exit code (500 when that has no mapping)."""
+    if isinstance(exc, NotFound):
+        return 404
     return _HTTP_STATUS.get(exc.exit_code, 500)
 
 
@@ -254,16 +264,35 @@ async def _body(request: web.Request) -> dict[str, Any]:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"request body is not JSON: {exc}") from None
+    except RecursionError:  # the parser recurses per nesting level
+        raise UsageError("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise UsageError("request body must be a JSON object")
     return body
 
 
+def _no_nul(value: str, key: str) -> str:
+    """``value``, refused when it holds a NUL: no path or name has one, and the OS calls made
+    with it would fail deep inside the daemon instead of at the door."""
+    if "\0" in value:
+        raise UsageError(f"{key!r} contains a NUL byte")
+    return value
+
+
 def _opt_str(body: Mapping[str, Any], key: str) -> str | None:
     value = body.get(key)
-    if value is None or isinstance(value, str):
+    if value is None:
         return value
+    if isinstance(value, str):
+        return _no_nul(value, key)
     raise UsageError(f"{key!r} must be a string or null, not {type(value).__name__}")
+
+
+def _str_list(value: Any, key: str, what: str) -> list[str]:
+    """A JSON list of strings without NULs (``what`` names it in the error)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UsageError(f"{key} must be {what}")
+    return [_no_nul(v, key) for v in value]
 
 
 def _req_str(body: Mapping[str, Any], key: str) -> str:
@@ -273,18 +302,19 @@ def _req_str(body: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def _number(value: Any, key: str, default: float, *, integer: bool = False) -> Any:
+def _number(value: Any, key: str, default: float, maximum: float, *, integer: bool = False) -> Any:
+    """A non-negative finite number up to ``maximum`` (``default`` when absent)."""
     if value is None or value == "":
         return default
     if isinstance(value, bool):
         raise UsageError(f"{key!r} must be a number, not {value!r}")
     try:
         number = int(value) if integer else float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         kind = "an integer" if integer else "a number"
         raise UsageError(f"{key!r} must be {kind}, not {value!r}") from None
-    if number < 0:
-        raise UsageError(f"{key!r} must be a non-negative number, not {value!r}")
+    if not (math.isfinite(number) and 0 <= number <= maximum):
+        raise UsageError(f"{key!r} must be between 0 and {maximum:g}, not {value!r}")
     return number
 
 
@@ -531,17 +561,15 @@ class ControlServer:
 
     async def _flush(self, request: web.Request) -> web.Response:
         body = await _body(request)
-        timeout_s = _number(body.get("timeout_s"), "timeout_s", 60.0)
+        timeout_s = _number(body.get("timeout_s"), "timeout_s", 60.0, MAX_TIMEOUT_S)
         return _json_response(await self.api.flush(_opt_str(body, "project"), timeout_s))
 
     async def _sync(self, request: web.Request) -> web.Response:
         body = await _body(request)
-        timeout_s = _number(body.get("timeout_s"), "timeout_s", 60.0)
+        timeout_s = _number(body.get("timeout_s"), "timeout_s", 60.0, MAX_TIMEOUT_S)
         pairs = body.get("pairs")
-        if pairs is not None and (
-            not isinstance(pairs, list) or not all(isinstance(p, str) for p in pairs)
-        ):
-            raise UsageError("pairs must be a list of pair names")
+        if pairs is not None:
+            pairs = _str_list(pairs, "pairs", "a list of pair names")
         return _json_response(
             await self.api.sync(_req_str(body, "project"), pairs or None, timeout_s)
         )
@@ -551,12 +579,10 @@ class ControlServer:
         from starting (unknown project, host down) is an ordinary error reply; once the stream
         has begun, a client that goes away stops the run (the generator's cleanup does)."""
         body = await _body(request)
-        argv = body.get("argv")
-        fetch = body.get("fetch") or []
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        argv = _str_list(body.get("argv"), "argv", "a non-empty list of strings")
+        if not argv:
             raise UsageError("argv must be a non-empty list of strings")
-        if not isinstance(fetch, list) or not all(isinstance(f, str) for f in fetch):
-            raise UsageError("fetch must be a list of paths")
+        fetch = _str_list(body.get("fetch") or [], "fetch", "a list of paths")
         events = aiter(
             self.api.run(
                 _req_str(body, "project"),
@@ -589,12 +615,12 @@ class ControlServer:
         return _json_response(await self.api.stop_run(_req_str(body, "run_id")))
 
     async def _runs(self, request: web.Request) -> web.Response:
-        project = request.query.get("project") or None
-        limit = _number(request.query.get("limit"), "limit", 20, integer=True)
+        project = _opt_str(request.query, "project") or None
+        limit = _number(request.query.get("limit"), "limit", 20, MAX_LIMIT, integer=True)
         return _json_response(await self.api.runs(project, limit))
 
     async def _logs(self, request: web.Request) -> web.Response:
-        limit = _number(request.query.get("limit"), "limit", 100, integer=True)
+        limit = _number(request.query.get("limit"), "limit", 100, MAX_LIMIT, integer=True)
         return _json_response({"events": self.api.recent_events(limit)})
 
     async def _events(self, request: web.Request) -> web.StreamResponse:

@@ -141,8 +141,11 @@ def _raise_for(status: int, raw: bytes) -> None:
 
 
 def is_old_daemon(status: int, raw: bytes) -> bool:
-    """A 400/404 for an unknown route: the daemon predates this route (use the one-shot path)."""
-    return status in (400, 404) and b"route" in raw
+    """A 400/404 for an unknown route: the daemon predates this route (use the one-shot path).
+
+    Told apart by the message's start: a 404 for an unknown project whose path holds "route"
+    is an answer, not an old daemon."""
+    return status in (400, 404) and b'"message": "no such route: ' in raw
 
 
 def request(

@@ -23,7 +23,8 @@ from typing import Any
 
 from .config import Config, TunnelConfig, load_config
 from .control import serve
-from .errors import NotRegistered, TetherError
+from .dirs import open_private
+from .errors import NotFound, NotRegistered, TetherError
 from .history import RunHistory, RunRecord
 from .link import Link
 from .pair_session import PairSession
@@ -237,7 +238,7 @@ class Project:
         if pair is None:
             return list(self.sessions.values())
         if pair not in self.sessions:
-            raise TetherError(f"no pair named {pair!r} in {self.name}")
+            raise NotFound(f"no pair named {pair!r} in {self.name}", "see `tether status`")
         return [self.sessions[pair]]
 
     def snapshot(self) -> dict[str, Any]:
@@ -353,7 +354,7 @@ class Daemon:
         path = str(Path(config_path).resolve())
         project = self.projects.pop(path, None)
         if project is None:
-            raise TetherError(f"{path} is not registered", "see `tether status`")
+            raise NotFound(f"{path} is not registered", "see `tether status`")
         await project.close(stop_services=True)
         self._save_registry()
         self.bus.emit({"kind": "project.stopped", "project": path, "message": "unregistered"})
@@ -414,7 +415,7 @@ class Daemon:
         stop = self._stops[spec.run_id] = asyncio.Event()
         chunks: asyncio.Queue[bytes] = asyncio.Queue()
         log_path = local_log_path(state_dir(), spec.run_id)
-        with RunHistory() as history, open(log_path, "wb") as log_file:
+        with RunHistory() as history, open_private(log_path, "wb") as log_file:
             history.begin(
                 RunRecord(
                     id=spec.run_id,
@@ -475,7 +476,7 @@ class Daemon:
     async def stop_run(self, run_id: str) -> dict[str, Any]:
         stop = self._stops.get(run_id)
         if stop is None:
-            raise TetherError(f"no run {run_id} is going on here")
+            raise NotFound(f"no run {run_id} is going on here", "see `tether runs`")
         stop.set()
         return {"stopping": run_id}
 
@@ -523,7 +524,7 @@ class Daemon:
             return list(self.projects.values())
         path = self._resolve(project)
         if path not in self.projects:
-            raise TetherError(f"{path} is not registered with the daemon", "run `tether start`")
+            raise NotFound(f"{path} is not registered with the daemon", "run `tether start`")
         return [self.projects[path]]
 
     def _load_registry(self) -> list[str]:

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import BinaryIO, Literal
 
 from platformdirs import user_runtime_dir
 
@@ -87,3 +88,33 @@ def ensure_private_dir(path: Path) -> Path:
             f"run `chmod 700 {path}`, or set {RUNTIME_ENV} to a private folder",
         )
     return path
+
+
+def private_folder(path: Path) -> Path:
+    """Create ``path`` (and its parents) 0700, or tighten an existing folder of this user's to 0700.
+
+    The state folder holds the run logs, the daemon's log and the sync state: a folder made 0755
+    by hand or by an older version would leave them listable by anyone, so it is narrowed, not
+    merely accepted. A folder that is not this user's is left as it is (chmod would fail anyway).
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+    return path
+
+
+def open_private(path: Path, mode: Literal["ab", "wb"]) -> BinaryIO:
+    """Open a log file for writing, readable by this user alone whatever the umask.
+
+    ``open()`` would create it 0644 under the usual umask 022, and a log holds a run's output;
+    an existing file (an older tether made it 0644) is narrowed to 0600 as well.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "ab" else os.O_TRUNC)
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        return os.fdopen(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise

@@ -67,6 +67,10 @@ class HostKeyChanged(AuthRefused):
     """The host's key differs from the one in known_hosts: possibly an attack, never trusted."""
 
 
+class HostKeyRevoked(AuthRefused):
+    """known_hosts marks the host's key ``@revoked``: refused, and never trusted by ``--trust``."""
+
+
 class BadHostData(TetherError):
     """The host sent something invalid: an unsafe path, a malformed message, a bad result."""
 
@@ -79,5 +83,9 @@ class RemoteError(TetherError):
     exit_code = 1
 
 
-class NotRegistered(TetherError):
+class NotFound(TetherError):
+    """A request names a project, pair or run this daemon does not have (HTTP 404)."""
+
+
+class NotRegistered(NotFound):
     """The daemon does not watch this project (the CLI then does the work itself)."""

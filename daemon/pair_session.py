@@ -37,7 +37,7 @@ from .link import Link
 from .sync.engine import SyncReport, sync_pair
 from .sync.ignore import IgnoreRules
 from .sync.safety import PairStatus
-from .sync.state import StateStore
+from .sync.state import StateStore, pair_key
 from .watch import LocalWatcher
 
 log = logging.getLogger(__name__)
@@ -289,11 +289,20 @@ class PairSession:
             "pending": self.pending,
             "last_sync": self.last_sync,
             "syncs": self.syncs,
-            "conflicts": len(report.conflicts) if report else 0,
+            "conflicts": self._unresolved_conflicts(),
             "problems": [f"{p.path}: {p.message}" for p in report.problems] if report else [],
             "failing": len(self._failed),
             "watch": self.watch_mode,
         }
+
+    def _unresolved_conflicts(self) -> int:
+        """How many conflicts of this pair `tether conflicts` still lists: the last sync's own
+        count would hide those earlier syncs left unresolved (and count ones already resolved)."""
+        key = pair_key(self.config.path, self.pair.name)
+        if self._store is not None:
+            return len(self._store.conflicts(key))
+        with StateStore() as store:
+            return len(store.conflicts(key))
 
     # -- watchers ----------------------------------------------------------------------------
 

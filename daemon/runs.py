@@ -30,6 +30,7 @@ from typing import Any
 
 from .bundle import LAUNCHER, cache_dir_of, upload_kernels
 from .config import Config, HostConfig, PairConfig, PairMode
+from .dirs import private_folder
 from .errors import BadHostData, HostUnreachable, TetherError
 from .link import Link
 from .sync.engine import SyncReport, sync_pair
@@ -329,6 +330,4 @@ async def fetch(
 
 
 def local_log_path(state: Path, run_id: str) -> Path:
-    folder = state / "runs"
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return folder / f"{run_id}.log"
+    return private_folder(state / "runs") / f"{run_id}.log"

@@ -23,7 +23,14 @@ import asyncssh
 from asyncssh.config import SSHClientConfig
 
 from .config import HostConfig
-from .errors import AuthRefused, HostKeyChanged, HostKeyUnknown, HostUnreachable, TetherError
+from .errors import (
+    AuthRefused,
+    HostKeyChanged,
+    HostKeyRevoked,
+    HostKeyUnknown,
+    HostUnreachable,
+    TetherError,
+)
 
 DEFAULT_CONNECT_TIMEOUT_S = 15.0
 DEFAULT_KEY_NAMES = ("id_ed25519", "id_ecdsa", "id_rsa", "id_ed25519_sk", "id_ecdsa_sk")
@@ -335,28 +342,55 @@ async def fetch_host_key(host: HostConfig, target: Target) -> asyncssh.SSHKey:
     return key
 
 
-def _recorded_keys(host: HostConfig, target: Target) -> list[asyncssh.SSHKey]:
+def _recorded_keys(
+    host: HostConfig, target: Target
+) -> tuple[list[asyncssh.SSHKey], list[asyncssh.SSHKey]]:
+    """The keys known_hosts records for the target: (trusted, ``@revoked``).
+
+    The revoked ones are matched as plain lines with the marker taken off: asyncssh's ``match``
+    drops what it found for ``[host]:port`` when no trusted key is there and it retries without
+    the port, so a revoked key on a non-default port would go unseen.
+    """
+    port = target.port if target.port != 22 else None
     recorded: list[asyncssh.SSHKey] = []
+    revoked: list[asyncssh.SSHKey] = []
     for path in known_hosts_files(host):
         if path.is_file():
             try:
-                matched = asyncssh.read_known_hosts(str(path)).match(
-                    target.hostname, "", target.port if target.port != 22 else None
+                text = path.read_text(encoding="utf-8", errors="replace")
+                recorded.extend(
+                    asyncssh.import_known_hosts(text).match(target.hostname, "", port)[0]
+                )
+                marked = [
+                    line.split(None, 1)[1]
+                    for line in text.splitlines()
+                    if line.startswith("@revoked") and len(line.split(None, 1)) == 2
+                ]
+                found = asyncssh.import_known_hosts("\n".join(marked)).match(
+                    target.hostname, "", port
                 )
             except (OSError, ValueError):
                 continue
-            recorded.extend(matched[0])
-    return recorded
+            revoked.extend(found[0])
+    return recorded, revoked
 
 
 def host_key_verdict(
     host: HostConfig, target: Target, key: asyncssh.SSHKey
-) -> HostKeyUnknown | HostKeyChanged | None:
-    """None when known_hosts vouches for ``key``; else the error that says unknown or changed."""
-    recorded = _recorded_keys(host, target)
+) -> HostKeyUnknown | HostKeyChanged | HostKeyRevoked | None:
+    """None when known_hosts vouches for ``key``; else the error that says unknown, changed or
+    revoked. A revoked key is checked first: it is not "unknown" (``--trust`` would record it
+    beside its ``@revoked`` line, and the handshake would still refuse it)."""
+    recorded, revoked = _recorded_keys(host, target)
+    shown = f"{key.get_algorithm()} {key.get_fingerprint('sha256')}"
+    if any(r.public_data == key.public_data for r in revoked):
+        return HostKeyRevoked(
+            f"{host.name}: the host key of {target.known_hosts_name} ({shown}) is marked "
+            "@revoked in known_hosts; refusing to connect",
+            "ask the host's admin for its new key; remove the @revoked line only if it is wrong",
+        )
     if any(r.public_data == key.public_data for r in recorded):
         return None
-    shown = f"{key.get_algorithm()} {key.get_fingerprint('sha256')}"
     if recorded:
         file = known_hosts_files(host)[0]
         return HostKeyChanged(

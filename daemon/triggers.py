@@ -20,6 +20,7 @@ from typing import Any
 import pathspec
 
 from .config import Config, OnBusy, TriggerConfig
+from .dirs import open_private
 from .errors import TetherError
 from .history import RunHistory, RunRecord
 from .link import Link
@@ -117,7 +118,7 @@ class TriggerRunner:
         log_path = local_log_path(state_dir(), spec.run_id)
         started = time.monotonic()
         outcome: RunOutcome | None = None
-        with RunHistory() as history, open(log_path, "wb") as log_file:
+        with RunHistory() as history, open_private(log_path, "wb") as log_file:
             history.begin(
                 RunRecord(
                     id=spec.run_id,

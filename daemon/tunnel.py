@@ -64,11 +64,14 @@ class Tunnel:
         try:
             self._server = await asyncio.start_server(self._serve, LOOPBACK, self.cfg.local)
         except OSError as exc:
-            raise TetherError(
+            error = TetherError(
                 f"tunnel {self.cfg.name}: cannot listen on {LOOPBACK}:{self.cfg.local}: "
                 f"{exc.strerror}",
                 f"free the port or change tunnels.{self.cfg.name}.local",
-            ) from None
+            )
+            self.last_error = error.one_line()  # `tether status` shows why it is not listening
+            raise error from None
+        self.last_error = None
         self._event("listening", f"{LOOPBACK}:{self.port} → {self._remote}")
         return self
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from daemon.cli import main
-from daemon.errors import EX_NOPERM, EX_UNAVAILABLE, AuthRefused, HostUnreachable
+from daemon.errors import EX_NOPERM, EX_UNAVAILABLE, AuthRefused, HostKeyRevoked, HostUnreachable
 from daemon.ssh import connect, open_connection, parse_destination
 from tests.sshd import SshServer, free_port, keygen, start_sshd
 
@@ -357,3 +358,41 @@ def test_gpu_step_reports_versions_and_known_bad_combination(
     assert "numpy 2.5.2, numba 0.68.0, numba-cuda 0.30.4" in detail
     assert "known problem: numba-cuda 0.30.4 registers np.row_stack" in detail
     assert "pip install 'numpy<2.5'" in detail
+
+
+def test_revoked_host_key_is_refused_with_77_and_never_trusted(
+    private_sshd: SshServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ``@revoked`` line for the server's own key: `check --trust` refuses it (nothing is
+    appended), and a connection says revoked with exit 77, not "try again" (69)."""
+    kind, blob = Path(f"{private_sshd.host_key}.pub").read_text().split()[:2]
+    line = f"@revoked [127.0.0.1]:{private_sshd.port} {kind} {blob}\n"
+    private_sshd.known_hosts.write_text(line)
+    config = write_project(tmp_path / "proj", private_sshd)
+    for extra in ((), ("--trust",)):
+        code, doc = run_check(config, capsys, *extra)
+        assert code == EX_NOPERM
+        assert "@revoked" in failed_step(doc)["detail"]
+    assert private_sshd.known_hosts.read_text() == line
+    with pytest.raises(HostKeyRevoked) as caught:
+        asyncio.run(connect(private_sshd.host_config("gpu")))
+    assert caught.value.exit_code == EX_NOPERM and "@revoked" in caught.value.message
+
+
+def test_check_probes_python_inside_the_venv_and_names_a_missing_one(
+    sshd: SshServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With hosts.X.venv set, python (and numba) are probed inside it; a missing one is named."""
+    venv = tmp_path / "venv"
+    subprocess.run(["python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+    config = write_project(tmp_path / "proj", sshd, host_toml=sshd.toml_host("gpu"))
+    config.write_text(config.read_text() + f'venv = "{venv}"\n')
+    code, doc = run_check(config, capsys)
+    steps = {s["step"]: s for s in doc["steps"]}
+    assert steps["venv"]["status"] == "OK", doc
+    assert f"{venv}/bin/python3" in steps["remote python"]["detail"]
+
+    config.write_text(config.read_text().replace(f'venv = "{venv}"', f'venv = "{tmp_path}/nope"'))
+    code, doc = run_check(config, capsys)
+    assert code == 1
+    assert f"venv {tmp_path}/nope does not exist" in failed_step(doc)["detail"]

@@ -4,17 +4,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
-from daemon.control import ControlClient, serve
+from daemon.cli import main
+from daemon.config import MAX_CONFIG_BYTES, load_config
+from daemon.control import ControlClient, default_socket_path, serve
 from daemon.daemon import Daemon
-from daemon.errors import HostUnreachable, TetherError
+from daemon.errors import ConfigError, HostUnreachable, TetherError
+from daemon.sync.state import StateStore
 from tests.faultproxy import FaultProxy
 from tests.sshd import SshServer, free_port
 
@@ -396,3 +404,137 @@ def test_read_only_remote_folder_then_writable_again(sshd: SshServer, tmp_path: 
         asyncio.run(body())
     finally:
         subprocess.run(["umount", "-l", str(remote)], check=False)
+
+
+def test_bad_requests_are_400_and_unknown_names_404_not_500(tmp_path: Path) -> None:
+    """The real daemon behind the socket: a request it cannot act on is the client's fault (400)
+    or names something it does not have (404); neither is an internal error (500)."""
+    deep = "[" * 100_000 + "]" * 100_000
+    bad: list[tuple[str, str, dict[str, Any] | str]] = [
+        ("POST", "/v1/flush", '{"project": ' + deep + "}"),
+        ("GET", "/v1/runs?limit=" + "9" * 30, {}),
+        ("GET", "/v1/logs?limit=" + "9" * 30, {}),
+        ("POST", "/v1/flush", {"timeout_s": 1e308}),
+        ("POST", "/v1/flush", '{"timeout_s": NaN}'),
+        ("POST", "/v1/projects", {"config_path": f"{tmp_path}/a\0b/tether.toml"}),
+        ("POST", "/v1/pause", {"project": "a\0b"}),
+        ("POST", "/v1/run", {"project": "p", "argv": ["x\0y"]}),
+    ]
+    unknown: list[tuple[str, str, dict[str, Any]]] = [
+        ("POST", "/v1/pause", {"project": str(tmp_path / "router" / "tether.toml")}),
+        ("POST", "/v1/flush", {"project": str(tmp_path / "nowhere")}),
+        ("DELETE", "/v1/projects", {"config_path": str(tmp_path / "nowhere")}),
+        ("POST", "/v1/run/stop", {"run_id": "no-such-run"}),
+        ("POST", "/v1/run", {"project": str(tmp_path / "nowhere"), "argv": ["true"]}),
+    ]
+
+    async def main() -> None:
+        async with running_daemon():
+            connector = aiohttp.UnixConnector(path=str(default_socket_path()))
+            async with aiohttp.ClientSession(connector=connector) as raw:
+                for cases, want in ((bad, 400), (unknown, 404)):
+                    for method, route, body in cases:
+                        data = body if isinstance(body, str) else json.dumps(body)
+                        async with raw.request(
+                            method, "http://tether" + route, data=data
+                        ) as response:
+                            answer = await response.json()
+                        assert response.status == want, (route, body, answer)
+                        assert answer["error"]["message"]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_registering_a_fifo_or_device_is_a_config_error_at_once(tmp_path: Path, kind: str) -> None:
+    """A config_path that is a FIFO would hold a worker until someone wrote to it, and
+    /dev/zero would be read until memory ran out: only regular files are read, boundedly."""
+    if kind == "fifo":
+        path = tmp_path / "tether.toml"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+
+    async def main() -> None:
+        async with running_daemon() as (daemon, client):
+            with pytest.raises(ConfigError, match="not a regular file"):
+                await asyncio.wait_for(client.register(path), 20)
+            assert daemon.projects == {}
+
+    try:
+        asyncio.run(main())
+    finally:
+        if kind == "fifo":  # free a reader the old code left blocked, so the test can end
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_a_config_file_past_the_size_bound_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tether.toml"
+    path.write_bytes(b"#" * (MAX_CONFIG_BYTES + 1))
+    with pytest.raises(ConfigError, match="bigger than"):
+        load_config(path)
+
+
+def test_a_busy_tunnel_port_shows_in_status(
+    sshd: SshServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A tunnel whose local port another program holds is not listening, and `tether status`
+    says so with the reason, not only the daemon's log."""
+    monkeypatch.setenv("COLUMNS", "300")
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    busy = holder.getsockname()[1]
+    local, _ = write_project(
+        tmp_path,
+        sshd,
+        extra=f'[tunnels.web]\nhost = "gpu"\nlocal = {busy}\nremote = "127.0.0.1:9"\n',
+    )
+
+    async def body() -> None:
+        async with running_daemon() as (_daemon, client):
+            await client.register(local / "tether.toml")
+            [tunnel] = (await client.status())["projects"][0]["tunnels"]
+            assert not tunnel["listening"]
+            assert "cannot listen" in (tunnel["last_error"] or "")
+            assert await asyncio.to_thread(main, ["status"]) == 0
+
+    try:
+        asyncio.run(body())
+    finally:
+        holder.close()
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.strip()[:3] == "web")
+    assert "failed" in row and "cannot listen" in row
+
+
+def test_status_counts_unresolved_conflicts_not_the_last_syncs(
+    sshd: SshServer, tmp_path: Path
+) -> None:
+    """A conflict stays counted in status until it is resolved, however many quiet syncs follow."""
+    local, remote = write_project(tmp_path, sshd)
+    (local / "a.txt").write_text("mine")
+    (remote / "a.txt").write_text("theirs")
+    config = str(local / "tether.toml")
+
+    async def conflicts(client: ControlClient) -> int:
+        return int((await client.status())["projects"][0]["pairs"][0]["conflicts"])
+
+    async def body() -> None:
+        async with running_daemon() as (_daemon, client):
+            await client.register(config)
+            await client.flush(config, 30)
+            assert await conflicts(client) == 1
+            (local / "b.txt").write_text("later")
+            await client.flush(config, 30)
+            assert text(remote / "b.txt") == "later"
+            assert await conflicts(client) == 1
+            with StateStore() as store:
+                [record] = store.conflicts()
+                store.drop_conflict(record.pair, record.path)  # as `tether conflicts` resolves
+            assert await conflicts(client) == 0
+
+    asyncio.run(body())

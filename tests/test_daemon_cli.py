@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -219,3 +220,37 @@ def test_run_in_a_project_the_daemon_does_not_watch_goes_one_shot(
     logs = tether(watched, env, "logs", "-n", "100").stdout
     assert "run.started" not in logs  # not the daemon's: B is not registered there
     tether(watched, env, "stop", "--all")
+
+
+def test_logs_and_state_folder_are_private_under_a_loose_umask(
+    sshd: SshServer, tmp_path: Path, home: DaemonHome
+) -> None:
+    """Under umask 022 the daemon's log, a run's log and the folders holding them are the user's
+    alone; a state folder made 0755 before tether ran is narrowed to 0700."""
+    local, _remote = write_project(tmp_path, sshd)
+    state = Path(home.env["TETHER_STATE_DIR"])
+    (state / "runs").mkdir(mode=0o755, parents=True)
+    os.chmod(state, 0o755)
+    os.chmod(state / "runs", 0o755)
+
+    def loose(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "daemon.cli", *args],
+            cwd=local,
+            env=home.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            umask=0o022,
+        )
+
+    assert loose("start").returncode == 0
+    home.pid = json.loads(loose("status", "--json").stdout)["pid"]
+    result = loose("run", "--", "sh", "-c", "echo secret")
+    assert result.returncode == 0, result.stderr
+    [run_log] = (state / "runs").glob("*.log")
+    modes = {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in (state, state / "runs", run_log)}
+    modes["daemon.log"] = stat.S_IMODE(os.stat(state / "daemon.log").st_mode)
+    assert modes == {"state": 0o700, "runs": 0o700, run_log.name: 0o600, "daemon.log": 0o600}
+    loose("stop", "--all")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -183,3 +184,42 @@ def test_history_records_start_and_end(project: Path, tmp_path: Path) -> None:
         record = history.recent(1)[0]
     assert record.exit_code == 5 and record.reason == "exited" and record.started >= started - 1
     assert record.ended is not None and Path(record.log).exists()
+
+
+def test_run_log_is_private_under_a_loose_umask(project: Path, tmp_path: Path) -> None:
+    """A one-shot run's log holds its output: 0600 in a 0700 folder whatever the umask, and a
+    state folder left 0755 is narrowed."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    os.chmod(state, 0o755)
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "run", "--", "sh", "-c", "echo secret"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        umask=0o022,
+    )
+    assert result.returncode == 0, result.stderr
+    [run_log] = (state / "runs").glob("*.log")
+    assert run_log.read_text() == "secret\n"
+    modes = [stat.S_IMODE(os.stat(p).st_mode) for p in (state, state / "runs", run_log)]
+    assert modes == [0o700, 0o700, 0o600]
+
+
+def test_a_venv_missing_on_the_host_is_a_one_line_error(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hosts.X.venv names a folder the host lacks: the run does not start without it."""
+    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
+    root = tmp_path / "proj"
+    root.mkdir()
+    (tmp_path / "remote" / "code").mkdir(parents=True)
+    (root / "tether.toml").write_text(
+        sshd.toml_host("gpu") + f'venv = "{tmp_path}/no-venv"\n'
+        f'[pairs.code]\nhost = "gpu"\nremote = "{tmp_path}/remote/code"\n'
+    )
+    result = tether(root, "run", "--no-sync", "--", "sh", "-c", "echo ran")
+    assert result.returncode == 1 and "ran" not in result.stdout
+    assert f"venv {tmp_path}/no-venv does not exist" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

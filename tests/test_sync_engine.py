@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -418,3 +419,25 @@ def test_killed_sync_leaves_no_partial_file_and_rerun_finishes(project) -> None:
     assert tree(remote) == tree(local)
     code, report = sync(tmp)
     assert report["plan"] == []
+
+
+def test_host_modes_are_masked_with_the_local_umask(project) -> None:
+    """A folder the host made 0777 and files it made 0666/0777 land locally under the local
+    umask (022 here): nobody else can write them, and the executable bit still travels."""
+    tmp, local, remote, _configure = project
+    write(remote / "shared" / "data.txt", "d")
+    write(remote / "shared" / "run.sh", "#!/bin/sh\n")
+    os.chmod(remote / "shared" / "data.txt", 0o666)
+    os.chmod(remote / "shared" / "run.sh", 0o777)
+    os.chmod(remote / "shared", 0o777)
+    old = os.umask(0o022)
+    try:
+        assert sync(tmp)[0] == 0
+    finally:
+        os.umask(old)
+    modes = {
+        name: stat.S_IMODE(os.stat(local / name).st_mode)
+        for name in ("shared", "shared/data.txt", "shared/run.sh")
+    }
+    assert modes == {"shared": 0o755, "shared/data.txt": 0o644, "shared/run.sh": 0o755}
+    assert sync(tmp)[1]["copied"] == 0  # the masked modes are not a change to send back

@@ -29,6 +29,7 @@ from ..bundle import QUIET_TABLE_ENV, cache_dir_of, kernels_argv, upload_kernels
 from ..cli import config_of
 from ..config import Config, HostConfig, PairConfig
 from ..console import console, print_json
+from ..dirs import open_private
 from ..errors import EX_UNAVAILABLE, TetherError, UsageError
 from ..history import RunHistory, RunRecord
 from ..link import Link
@@ -267,7 +268,7 @@ async def _bench(config: Config, bench: BenchPlan) -> int:
         if bench.simulate:
             display = "NUMBA_ENABLE_CUDASIM=1 " + display
         log_path = local_log_path(state_dir(), spec.run_id)
-        with RunHistory() as history, open(log_path, "wb") as log_file:
+        with RunHistory() as history, open_private(log_path, "wb") as log_file:
             history.begin(
                 RunRecord(
                     id=spec.run_id,

@@ -152,6 +152,7 @@ async def _run(config: Config, spec: RunSpec, *, sync: bool, fetch_paths: list[s
     import contextlib
 
     from ..console import console
+    from ..dirs import open_private
     from ..history import RunHistory, RunRecord
     from ..link import Link
     from ..runs import fetch, local_log_path, run_to_end
@@ -173,7 +174,7 @@ async def _run(config: Config, spec: RunSpec, *, sync: bool, fetch_paths: list[s
                 raise TetherError(f"sync halted: {report.message}", "fix it, or use --no-sync")
             if report.copied or report.deleted:
                 err.print(f"[dim]synced {report.copied} file(s) to {spec.host.name}[/]")
-        with RunHistory() as history, open(log_path, "wb") as log_file:
+        with RunHistory() as history, open_private(log_path, "wb") as log_file:
             history.begin(
                 RunRecord(
                     id=spec.run_id,

@@ -11,6 +11,7 @@ import time
 from ..cli import config_of
 from ..console import console
 from ..control_lite import call, daemon_running
+from ..dirs import open_private
 from ..errors import TetherError
 from ..sync.state import state_dir
 
@@ -34,7 +35,7 @@ def ensure_daemon() -> bool:
     if daemon_running():
         return False
     log_path = state_dir() / "daemon.log"
-    with open(log_path, "ab") as log_file:
+    with open_private(log_path, "ab") as log_file:
         subprocess.Popen(
             [sys.executable, "-m", "daemon.cli", "daemon"],
             stdin=subprocess.DEVNULL,

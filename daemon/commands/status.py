@@ -74,15 +74,27 @@ def run(args: argparse.Namespace) -> int:
             )
         out.print(pairs)
         if project["tunnels"]:
-            tunnels = Table("tunnel", "local", "remote", "open", "total", "in/out", box=None)
+            tunnels = Table(
+                "tunnel",
+                "state",
+                "local",
+                "remote",
+                "open",
+                "total",
+                "in/out",
+                "last error",
+                box=None,
+            )
             for t in project["tunnels"]:
                 tunnels.add_row(
                     t["name"],
+                    _state("listening" if t["listening"] else "failed"),
                     t["local"],
                     t["remote"],
                     str(t["open_connections"]),
                     str(t["total_connections"]),
                     f"{t['bytes_in']}/{t['bytes_out']} B",
+                    t["last_error"] or "",
                 )
             out.print(tunnels)
         for trig in project["triggers"]:

@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,6 +46,21 @@ def read_to_end(fd: int, size: int) -> bytes:
     while chunk := os.read(fd, max(size, 1 << 16)):
         parts.append(chunk)
     return b"".join(parts)
+
+
+def process_umask() -> int:
+    """This process's umask, read without changing it where the system says it
+    (``/proc/self/status``, Linux 4.7+); elsewhere set and put back at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o077)
+    os.umask(old)
+    return old
 
 
 class OpFailed(Exception):
@@ -178,6 +193,13 @@ class LocalSide:
         self._spawn = spawn
         self._agent: AgentSide | None = None
         self._lock = asyncio.Lock()
+        self._umask = process_umask()
+
+    def _masked(self, entry: Entry) -> Entry:
+        """``entry`` with the local umask taken off its mode: a host's 0777 folder or 0666 file
+        must not come out writable by every local user (only the executable bits are synced,
+        and a umask keeps the owner's)."""
+        return replace(entry, mode=entry.mode & ~self._umask)
 
     async def _writer(self) -> AgentSide:
         async with self._lock:
@@ -231,13 +253,14 @@ class LocalSide:
         return Content(data, digest)
 
     async def write(self, path: str, content: Content, entry: Entry, expect: Entry | None) -> Entry:
-        return await (await self._writer()).write(path, content, entry, expect)
+        return await (await self._writer()).write(path, content, self._masked(entry), expect)
 
     async def write_many(self, files: list[Write]) -> list[Entry | OpFailed]:
-        return await (await self._writer()).write_many(files)
+        masked = [(path, c, self._masked(entry), expect) for path, c, entry, expect in files]
+        return await (await self._writer()).write_many(masked)
 
     async def mkdir(self, path: str, entry: Entry, expect: Entry | None) -> Entry:
-        return await (await self._writer()).mkdir(path, entry, expect)
+        return await (await self._writer()).mkdir(path, self._masked(entry), expect)
 
     async def symlink(self, path: str, target: str, expect: Entry | None) -> Entry:
         return await (await self._writer()).symlink(path, target, expect)

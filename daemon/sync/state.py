@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..dirs import private_folder
 from ..store import open_private_db
 from .entry import Entry, EntryKind, Snapshot
 
@@ -53,7 +54,7 @@ CREATE TABLE IF NOT EXISTS pairs (
 
 
 def state_dir() -> Path:
-    """Where tether keeps its state (created 0700 when missing)."""
+    """Where tether keeps its state (created 0700 when missing, narrowed to 0700 when wider)."""
     override = os.environ.get(STATE_ENV)
     if override:
         path = Path(override).expanduser()
@@ -61,8 +62,7 @@ def state_dir() -> Path:
         from platformdirs import user_state_dir
 
         path = Path(user_state_dir("tether", appauthor=False))
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    return private_folder(path)
 
 
 def pair_key(config_path: Path | str, pair_name: str) -> str:
