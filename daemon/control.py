@@ -121,8 +121,15 @@ class DaemonAPI(Protocol):
         """May raise a TetherError (e.g. HostUnreachable → exit 69 at the CLI)."""
         ...
 
-    async def sync(self, project: str, pairs: list[str] | None, timeout_s: float) -> dict[str, Any]:
-        """Flush ``pairs`` of ``project`` now; ``{"registered", "pairs": [SyncReport JSON]}``."""
+    async def sync(
+        self,
+        project: str,
+        pairs: list[str] | None,
+        timeout_s: float,
+        accept_deletes: bool = False,
+    ) -> dict[str, Any]:
+        """Flush ``pairs`` of ``project`` now; ``{"registered", "pairs": [SyncReport JSON]}``.
+        With ``accept_deletes`` a halted pair first goes ahead with the plan it showed."""
 
     async def runs(self, project: str | None, limit: int) -> dict[str, Any]: ...
 
@@ -571,7 +578,12 @@ class ControlServer:
         if pairs is not None:
             pairs = _str_list(pairs, "pairs", "a list of pair names")
         return _json_response(
-            await self.api.sync(_req_str(body, "project"), pairs or None, timeout_s)
+            await self.api.sync(
+                _req_str(body, "project"),
+                pairs or None,
+                timeout_s,
+                accept_deletes=body.get("accept_deletes") is True,
+            )
         )
 
     async def _run(self, request: web.Request) -> web.StreamResponse:

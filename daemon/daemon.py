@@ -383,7 +383,13 @@ class Daemon:
             "seconds": round(time.monotonic() - started, 4),
         }
 
-    async def sync(self, project: str, pairs: list[str] | None, timeout_s: float) -> dict[str, Any]:
+    async def sync(
+        self,
+        project: str,
+        pairs: list[str] | None,
+        timeout_s: float,
+        accept_deletes: bool = False,
+    ) -> dict[str, Any]:
         """`tether sync` through the daemon: flush these pairs (all: None) and report what
         landed. ``{"registered": false}`` when the project or a pair is not known here (the
         CLI then syncs on its own)."""
@@ -391,6 +397,9 @@ class Daemon:
         if found is None or any(name not in found.sessions for name in pairs or ()):
             return {"registered": False}
         sessions = [found.sessions[name] for name in pairs] if pairs else found.sessions.values()
+        if accept_deletes:
+            for session in sessions:
+                session.accept_deletes()
         reports = await asyncio.gather(*(s.sync_now(timeout_s) for s in sessions))
         return {"registered": True, "pairs": [r.to_json() for r in reports]}
 

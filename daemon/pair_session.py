@@ -8,8 +8,11 @@ during the outage was not reported), when a watcher lost track (the host's ``res
 root itself reported), on resume, and every :data:`FULL_EVERY_S` as a safety net; the engine
 itself falls back to a full scan whenever a partial one could decide wrongly. While the link is
 down it waits; when the link comes back it syncs in full, so edits made during the outage land
-then, with nothing lost. A sync that halts (a root emptied or deleted) stops the session until
-the user resumes it. Files tether itself just wrote come back from the watchers as an echo; the
+then, with nothing lost. A sync that halts (a root emptied or deleted, most of a side about to
+be deleted) stops the session until the user resumes it: the halt is kept in the state database,
+so a restarted daemon starts the pair halted, and while halted the session only collects changes
+(it waits on the resume, never spins: the other pairs, the tunnels and the control API share
+this event loop). Files tether itself just wrote come back from the watchers as an echo; the
 engine finds nothing to do for them, and they do not count as landed for triggers.
 """
 
@@ -70,7 +73,8 @@ class SessionState(str, Enum):
     """The link is down; changes are being collected."""
     PAUSED = "paused"
     HALTED = "halted"
-    """A safety check stopped the pair (root emptied or deleted, bad host data)."""
+    """A safety check stopped the pair (root emptied or deleted, a big deletion, bad host data);
+    it waits for `tether resume`."""
 
 
 class PairSession:
@@ -125,6 +129,10 @@ class PairSession:
         self._idle = asyncio.Event()
         self._resumed = asyncio.Event()
         self._resumed.set()
+        self._accept_halt = False
+        """`tether resume` of a halted pair: the next cycle accepts the stored halt's plan."""
+        self._accept_deletes = False
+        """`tether sync --accept-deletes`: the next cycle is a full one that accepts them."""
         self._tasks: list[asyncio.Task[None]] = []
         self.watch_mode = ""
 
@@ -152,11 +160,27 @@ class PairSession:
         self._event("paused", "paused by request")
 
     def resume(self) -> None:
-        """Resume a paused or halted pair (a halted one syncs in full, re-checking its roots)."""
+        """Resume a paused or halted pair (a halted one syncs in full, re-checking its roots,
+        and goes ahead with the deletions its halt showed, if they are still the plan)."""
+        if self.state is SessionState.HALTED:
+            self._accept_halt = True
+            self.state, self.message = SessionState.STARTING, ""
         self._full_needed = True
         self._resumed.set()
         self._wake.set()
         self._event("resumed", "resumed")
+
+    def accept_deletes(self) -> None:
+        """`tether sync --accept-deletes`: the next cycle goes ahead with the big deletion."""
+        self._accept_deletes = True
+        if self.state is SessionState.HALTED:
+            self.resume()
+
+    def _halt(self, message: str) -> None:
+        """Stop syncing until `tether resume` (changes are still collected meanwhile)."""
+        self.state, self.message = SessionState.HALTED, message
+        self._resumed.clear()
+        self._event("halted", message)
 
     @property
     def pending(self) -> int:
@@ -364,6 +388,9 @@ class PairSession:
     async def _run(self) -> None:
         store = self._store or StateStore()
         try:
+            halt = store.halt(pair_key(self.config.path, self.pair.name))
+            if halt is not None and not halt.accepted:  # kept from before a restart
+                self._halt(halt.message)
             while True:
                 if self.pending == 0:
                     if self.state not in (SessionState.HALTED, SessionState.PAUSED):
@@ -372,8 +399,6 @@ class PairSession:
                     await self._wake.wait()
                 self._wake.clear()
                 await self._resumed.wait()
-                if self.state is SessionState.HALTED and not self._full_needed:
-                    continue
                 await self._cycle(store)
                 if self._release_due:  # after the cycle, when its locals are gone too
                     self._release_due = False
@@ -400,7 +425,13 @@ class PairSession:
         dirty, self._local_dirty = self._local_dirty | set(self._failed), set()
         from_host, self._remote_paths = self._remote_paths, set()
         self._retry_due = False
-        full = self._full_needed or time.monotonic() - self._last_full > FULL_EVERY_S
+        accept_deletes, self._accept_deletes = self._accept_deletes, False
+        if self._accept_halt:
+            self._accept_halt = False
+            store.accept_halt(pair_key(self.config.path, self.pair.name))
+        full = (
+            self._full_needed or accept_deletes or time.monotonic() - self._last_full > FULL_EVERY_S
+        )
         self._remote_dirty = self._full_needed = False
         started = time.monotonic()
         try:
@@ -409,6 +440,7 @@ class PairSession:
                 self.pair,
                 client=agent,
                 store=store,
+                accept_deletes=accept_deletes,
                 local_paths=None if full else dirty,
                 remote_paths=None if full else from_host,
             )
@@ -420,8 +452,7 @@ class PairSession:
             return
         except TetherError as exc:
             self._local_dirty |= dirty
-            self.state, self.message = SessionState.HALTED, exc.one_line()
-            self._event("halted", self.message)
+            self._halt(exc.one_line())
             return
         # A full cycle's plan lists every file it moved (100,000 lines after a first sync):
         # keep it only for a `sync_now` waiting for this cycle.
@@ -432,9 +463,11 @@ class PairSession:
             self._last_full = started
             # A big full cycle held both trees in memory; give it back once it is over.
             self._release_due = report.local_files + report.remote_files >= RELEASE_AFTER_FILES
+        if report.notice:
+            self._event("notice", report.notice, level="warning")
         if report.halted:
-            self.state, self.message = SessionState.HALTED, report.message
-            self._event("halted", report.message)
+            self._local_dirty |= dirty
+            self._halt(report.message)
             return
         self.message = ""
         took = (time.monotonic() - started) * 1000

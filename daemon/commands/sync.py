@@ -2,8 +2,9 @@
 
 When the user daemon runs and has this project registered, the sync is the daemon's: it already
 holds the link, the agent and the watchers' dirty paths, so it flushes the pairs (an incremental
-sync of what changed) and answers with their reports. ``--dry-run``, ``--accept-empty``, a project
-the daemon does not know, or no daemon at all: the CLI connects and syncs on its own (one shot).
+sync of what changed) and answers with their reports; ``--accept-deletes`` goes that way too (the
+daemon's halted pairs resume for the plan they showed). ``--dry-run``, ``--accept-empty``, a
+project the daemon does not know, or no daemon at all: the CLI connects and syncs on its own.
 The daemon is reached with a few lines of stdlib HTTP over its Unix socket, so this path imports
 neither aiohttp nor asyncssh.
 """
@@ -35,7 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--accept-empty",
         action="store_true",
-        help="go on although a root is now empty (you really deleted everything)",
+        help="go on although a root is now empty: fill it from the other side (deletes nothing)",
+    )
+    p.add_argument(
+        "--accept-deletes",
+        action="store_true",
+        help="go ahead with the deletions a halted pair showed (most of one side)",
     )
     p.set_defaults(handler=run)
 
@@ -48,7 +54,9 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def _via_daemon(config: Config, names: list[str]) -> list[dict[str, Any]] | None:
+def _via_daemon(
+    config: Config, names: list[str], accept_deletes: bool
+) -> list[dict[str, Any]] | None:
     """The daemon's reports for these pairs, or None when the CLI must sync on its own."""
     path = control_lite.socket_path()
     if path is None:
@@ -57,6 +65,7 @@ def _via_daemon(config: Config, names: list[str]) -> list[dict[str, Any]] | None
         "project": str(Path(config.path).resolve()),
         "pairs": names or None,
         "timeout_s": DAEMON_TIMEOUT_S,
+        "accept_deletes": accept_deletes,
     }
     try:
         _, data = control_lite.request(path, "POST", "/v1/sync", body, DAEMON_TIMEOUT_S + 10)
@@ -158,6 +167,8 @@ def _print_json_report(report: dict[str, Any]) -> None:
 
     out = console()
     name = f"{report['pair']} ({report['mode']})"
+    if report.get("notice"):
+        out.print(f"[yellow]note[/] {report['notice']}")
     if str(report["status"]).startswith("halted"):
         out.print(f"[bold red]HALTED[/] {name}: {report['message']}")
         return
@@ -177,6 +188,8 @@ def _print_report(report: SyncReport) -> None:
 
     out = console()
     name = f"{report.pair} ({report.mode})"
+    if report.notice:
+        out.print(f"[yellow]note[/] {report.notice}")
     if report.halted:
         out.print(f"[bold red]HALTED[/] {name}: {report.message}")
         return
@@ -203,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
     if not pairs:
         config.pair(None)  # raises the "no pairs configured" ConfigError
     if not args.dry_run and not args.accept_empty:
-        answered = _via_daemon(config, [p.name for p in pairs] if args.pairs else [])
+        names = [p.name for p in pairs] if args.pairs else []
+        answered = _via_daemon(config, names, args.accept_deletes)
         if answered is not None:
             if args.json:
                 print(json.dumps({"pairs": answered}, indent=2))
@@ -234,6 +248,7 @@ def _one_shot(args: argparse.Namespace, config: Config, pairs: list[PairConfig])
                     dry_run=args.dry_run,
                     progress=progress,
                     accept_empty=args.accept_empty,
+                    accept_deletes=args.accept_deletes,
                 )
             )
         finally:

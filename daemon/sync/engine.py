@@ -5,6 +5,13 @@
 saved only from what actually landed, in one SQLite transaction, so a sync killed at any moment
 is finished by the next one with nothing lost or duplicated. A path edited between scan and apply
 is never clobbered: the apply reports it and the engine rescans and tries again (a few rounds).
+
+Before any plan runs, the base must be the one agreed for this pair's identity (its host and
+both roots, :mod:`.identity`): another identity's base is forgotten and the sync is a first sync,
+which never deletes. After it is planned, :mod:`.safety` judges it: a root gone, retyped or
+emptied, or a plan that would delete most of one side, halts the pair; the halt is stored, and
+a plan the user accepted (``tether resume``, ``tether sync --accept-deletes``) goes ahead only
+while its deletions are the ones that were shown.
 """
 
 from __future__ import annotations
@@ -23,14 +30,22 @@ from typing import Any
 from ..agent_client import AgentClient, NoUsablePython
 from ..config import Config, PairConfig
 from ..errors import BadHostData, RemoteError
-from ..ssh import open_connection
+from ..ssh import open_connection, resolve_target
 from .apply import Outcome, ProgressFn, apply_plan, total_bytes
 from .entry import Entry, EntryKind, InvalidEntry, Snapshot
+from .identity import PairIdentity, remote_root
 from .ignore import GITIGNORE, IgnoreRules
 from .links import makes_link, refuse_escaping_links
 from .paths import case_collisions, is_within, parent_of
 from .reconcile import ActionKind, Conflict, Plan, Problem, Side, next_base, reconcile
-from .safety import PairStatus, root_verdict, syncable
+from .safety import (
+    BIG_DELETION_MIN,
+    PairStatus,
+    deletion_verdict,
+    plan_fingerprint,
+    root_verdict,
+    syncable,
+)
 from .scan import DigestCache, LocalScan, scan_local
 from .sftp_endpoint import SftpEndpoint
 from .sides import AgentSide, LocalSide
@@ -70,6 +85,8 @@ class SyncReport:
     mode: str
     status: PairStatus = PairStatus.OK
     message: str = ""
+    notice: str = ""
+    """One line the user should read although nothing failed (a pair that now points elsewhere)."""
     dry_run: bool = False
     plan: list[str] = field(default_factory=list)
     copied: int = 0
@@ -100,6 +117,7 @@ class SyncReport:
             "mode": self.mode,
             "status": self.status.value,
             "message": self.message,
+            "notice": self.notice,
             "dry_run": self.dry_run,
             "plan": self.plan,
             "copied": self.copied,
@@ -195,6 +213,7 @@ async def sync_pair(
     client: AgentClient | None = None,
     store: StateStore | None = None,
     accept_empty: bool = False,
+    accept_deletes: bool = False,
     now: Callable[[], float] = time.time,
     local_paths: Iterable[str] | None = None,
     remote_paths: Iterable[str] | None = None,
@@ -207,7 +226,11 @@ async def sync_pair(
         progress: hooks for phase and per-file progress.
         client: a running agent on the pair's host (the daemon's); else one is started here.
         store: the state database (default: the user's).
-        accept_empty: go on although a root emptied (the user really deleted everything).
+        accept_empty: go on although a root emptied: it is filled from the other side as in a
+            first sync (nothing is deleted on the side that kept its files).
+        accept_deletes: go on with deletions the guard would halt: the ones of the stored halt
+            (a plan that changed since is judged again), or any when no halt is stored; a root
+            that emptied is then emptied on the other side too.
         local_paths, remote_paths: root-relative paths the watchers saw change on each side;
             when either is given, only those subtrees are scanned (on both sides), reconciled
             and written to the base (see :func:`dirty_roots`). Both None: a full scan. The sync
@@ -232,6 +255,7 @@ async def sync_pair(
             session.run,
             dry_run=dry_run,
             accept_empty=accept_empty,
+            accept_deletes=accept_deletes,
             stamp_now=stamp(now()),
             scope=scope,
         )
@@ -266,6 +290,11 @@ class _Session:
         self.progress = progress
         self.key = pair_key(config.path, pair.name)
         self.report = SyncReport(pair.name, pair.mode.value)
+        self.fresh = False
+        """The stored base belongs to another identity: this sync is a first sync."""
+        self.accept_deletes = False
+        self._halted_plan = ""
+        """The fingerprint of the deletions a big-deletion halt stopped ("" for a root halt)."""
         self._prescan: asyncio.Future[tuple[DigestCache, LocalScan]] | None = None
 
     def prescan(self) -> None:
@@ -291,6 +320,7 @@ class _Session:
         *,
         dry_run: bool,
         accept_empty: bool,
+        accept_deletes: bool,
         stamp_now: str,
         scope: list[str] | None,
     ) -> SyncReport:
@@ -298,6 +328,10 @@ class _Session:
         started = time.monotonic()
         report = self.report
         report.dry_run = dry_run
+        self.accept_deletes = accept_deletes
+        self._check_identity(dry_run)
+        if accept_deletes and not dry_run:
+            self.store.accept_halt(self.key)
         local_side = LocalSide(self.pair.local, AgentClient.spawn_local)
         self.sides = {
             Side.LOCAL: local_side,
@@ -312,14 +346,87 @@ class _Session:
                 report.scope = None
                 finished = await self._full(dry_run, accept_empty, stamp_now)
             if not finished:
+                if report.halted and not dry_run:
+                    self.store.record_halt(
+                        self.key, report.status.value, report.message, self._halted_plan
+                    )
                 return report  # halted, or a dry run
         finally:
             await local_side.close()
             report.total_s = time.monotonic() - started
+        self.store.clear_halt(self.key)
         if report.conflicts:
             report.status = PairStatus.CONFLICTS
         self.progress.phase("done", self.pair.name)
         return report
+
+    def _identity(self) -> PairIdentity:
+        """This pair's identity now (see :mod:`.identity`); reads only local files."""
+        target = resolve_target(self.config.host(self.pair.host))
+        host = target.display + (f" via {target.proxy_jump}" if target.proxy_jump else "")
+        info = getattr(self.client, "info", None)
+        home = info.get("home") if isinstance(info, dict) else getattr(self.client, "home", None)
+        return PairIdentity(
+            host, str(self.pair.local.resolve()), remote_root(self.pair.remote, home)
+        )
+
+    def _check_identity(self, dry_run: bool) -> None:
+        """Make the base the one agreed for this identity: another one's is forgotten (kept,
+        unused, by a dry run), and the sync is a first sync, with a notice when there was one."""
+        identity = self._identity()
+        stored = self.store.identity(self.key)
+        if stored == identity.key():
+            return
+        if self.store.has_base(self.key):
+            parts = (stored or "").split("\n")
+            was = (
+                f"was {PairIdentity(*parts).describe()}"
+                if len(parts) == 3
+                else "its state predates identities"
+            )
+            self.report.notice = (
+                f"pair {self.pair.name} now syncs {identity.describe()} ({was}): a first sync, "
+                "nothing is deleted and both sides' files are kept"
+            )
+            log.warning("%s", self.report.notice)
+        if dry_run:
+            self.fresh = True
+        else:
+            self.store.adopt_identity(self.key, identity.key())
+
+    def _guard(self, plan: Plan, holding: dict[Side, Callable[[], int]]) -> bool:
+        """Halt the report when ``plan`` deletes most of a side (see :func:`deletion_verdict`)
+        and the user has not accepted exactly these deletions. ``holding`` counts what a side
+        holds now (called only when there are enough deletions to matter)."""
+        deletes = [a for a in plan.actions if a.kind is ActionKind.DELETE]
+        for side in (Side.LOCAL, Side.REMOTE):
+            count = sum(1 for a in deletes if a.side is side)
+            if count < BIG_DELETION_MIN:
+                continue  # too few to matter: do not count what the side holds
+            verdict = deletion_verdict(side.value, deleting=count, holding=holding[side]())
+            if verdict is None:
+                continue
+            fingerprint = plan_fingerprint((a.side.value, a.path) for a in deletes)
+            halt = self.store.halt(self.key)
+            if halt is None and self.accept_deletes:
+                return False
+            if halt is not None and halt.accepted and halt.plan == fingerprint:
+                return False
+            status, message = verdict
+            name = self.pair.name
+            self.report.status = status
+            self.report.message = (
+                f"{message}; see them with `tether sync --dry-run {name}`, then accept with "
+                f"`tether sync --accept-deletes {name}` or `tether resume {name}`"
+            )
+            self._halted_plan = fingerprint
+            return True
+        return False
+
+    def _held(self, snap: Snapshot, base: Snapshot, scope: list[str]) -> int:
+        """What a side holds in all, from its scan of ``scope`` and the base outside it."""
+        outside = self.store.count_syncable(self.key) - syncable(_inside(base, scope))
+        return outside + syncable(_inside(snap, scope))
 
     async def _incremental(self, scope: list[str], dry_run: bool, stamp_now: str) -> bool | None:
         """Sync only the subtrees in ``scope``: True when done, False to return the report now
@@ -328,7 +435,7 @@ class _Session:
         if local_is_case_insensitive(pair.local):
             return None  # a clash may be with a name outside the scope
         cached = store.load_rules(self.key)
-        if cached is None or not store.has_base(self.key):
+        if self.fresh or cached is None or not store.has_base(self.key):
             return None  # first sync (or an empty base): the emptied checks need everything
         wire = [(str(r), bool(i)) for r, i in cached]
         known = set(wire)
@@ -380,6 +487,13 @@ class _Session:
                 report.plan = [a.describe() for a in plan.actions]
                 report.conflicts = list(plan.conflicts)
             report.problems = list(plan.problems)
+
+            held = {
+                side: functools.partial(self._held, snap, base, scope)
+                for side, snap in ((Side.LOCAL, local), (Side.REMOTE, rem))
+            }
+            if self._guard(plan, held):
+                return False
             if dry_run:
                 return False
             outcome = await self._apply(plan, scanned)
@@ -400,7 +514,7 @@ class _Session:
     async def _full(self, dry_run: bool, accept_empty: bool, stamp_now: str) -> bool:
         """Scan both roots whole; False when the report is to be returned as it is."""
         report, pair, store = self.report, self.pair, self.store
-        base = store.load_base(self.key)
+        base = {} if self.fresh else store.load_base(self.key)
         prescan, self._prescan = self._prescan, None
         cache = store.load_digests(self.key) if prescan is None else (await prescan)[0]
         for round_no in range(1, MAX_ROUNDS + 1):
@@ -411,7 +525,7 @@ class _Session:
             # Start the host's scan with last time's rules while this side scans; if the
             # .gitignore files changed meanwhile, scan the host again with the new ones.
             cached = store.load_rules(self.key)
-            last = store.load_remote_scan(self.key, pair.remote)
+            last = None if self.fresh else store.load_remote_scan(self.key, pair.remote)
             early = (
                 asyncio.ensure_future(
                     self.client.scan(
@@ -480,7 +594,13 @@ class _Session:
                 if verdict is None:
                     continue
                 status, message = verdict
+                if status is PairStatus.HALTED_ROOT_EMPTIED and self.accept_deletes:
+                    continue  # the deletions are judged (and accepted) as a plan below
                 if status is PairStatus.HALTED_ROOT_EMPTIED and accept_empty:
+                    # A first sync: the empty side is filled, nothing is deleted.
+                    if not dry_run:
+                        store.save_base(self.key, base, {})
+                    base = {}
                     continue
                 report.status, report.message = status, message
                 return False
@@ -490,6 +610,11 @@ class _Session:
                 report.plan = [a.describe() for a in plan.actions]
                 report.conflicts = list(plan.conflicts)
             report.problems = list(plan.problems)
+            sides = {Side.LOCAL: local, Side.REMOTE: remote.entries}
+            if self._guard(
+                plan, {s: functools.partial(syncable, snap) for s, snap in sides.items()}
+            ):
+                return False
             if dry_run:
                 return False
             if scanned.exists is False and plan.actions:

@@ -4,6 +4,12 @@ The file lives in the user's state folder (``platformdirs.user_state_dir("tether
 ``$TETHER_STATE_DIR``), folder 0700, file 0600. A pair is keyed by its tether.toml path and name,
 so two projects with a pair called "code" never share a base. Every save is one transaction: a
 sync killed while saving leaves the previous base intact, never half of each.
+
+The base belongs to the pair's identity (host and both roots, :mod:`.identity`), stamped in the
+``pairs`` table: when the identity changes, :meth:`StateStore.adopt_identity` forgets everything
+agreed for the old one. A base from before identities were recorded has none, and is forgotten
+the same way (its next sync is a first sync, which never deletes). A halt is kept in ``halts``
+with its reason, so it outlives the daemon.
 """
 
 from __future__ import annotations
@@ -50,7 +56,14 @@ CREATE TABLE IF NOT EXISTS remote_scans (
 CREATE TABLE IF NOT EXISTS pairs (
     pair TEXT PRIMARY KEY, synced REAL NOT NULL, status TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS halts (
+    pair TEXT PRIMARY KEY, status TEXT NOT NULL, message TEXT NOT NULL, plan TEXT NOT NULL,
+    accepted INTEGER NOT NULL, created REAL NOT NULL
+);
 """
+_PER_PAIR = ("base", "digests", "rules", "remote_scans", "halts")
+"""What was agreed or learnt for one identity of a pair (conflict records stay: their copies
+are still on disk)."""
 
 
 def state_dir() -> Path:
@@ -67,6 +80,19 @@ def state_dir() -> Path:
 
 def pair_key(config_path: Path | str, pair_name: str) -> str:
     return f"{Path(config_path).resolve()}::{pair_name}"
+
+
+@dataclass(frozen=True)
+class Halt:
+    """A pair stopped by a safety check, as stored (it survives restarts)."""
+
+    status: str
+    message: str
+    plan: str
+    """The fingerprint of the deletions it halted (:func:`.safety.plan_fingerprint`); "" for a
+    root that vanished, emptied or changed type (judged again on every sync)."""
+    accepted: bool
+    """The user accepted it (`tether resume`): the next sync goes ahead with the same plan."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +115,10 @@ class StateStore:
         self.path = path or state_dir() / DB_NAME
         self.db = open_private_db(self.path, _SCHEMA, autocommit=False)
         self.db.execute("PRAGMA synchronous=NORMAL")
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(pairs)")}
+        if "identity" not in columns:  # a database from before identities: none recorded
+            with self.transaction() as db:
+                db.execute("ALTER TABLE pairs ADD COLUMN identity TEXT")
 
     def __enter__(self) -> StateStore:
         return self
@@ -173,8 +203,56 @@ class StateStore:
         with self.transaction() as db:
             db.executemany("DELETE FROM base WHERE pair = ? AND path = ?", gone)
             db.executemany("INSERT OR REPLACE INTO base VALUES (?, ?, ?, ?, ?, ?, ?, ?)", changed)
-            db.execute("INSERT OR REPLACE INTO pairs VALUES (?, ?, ?)", (pair, time.time(), status))
+            db.execute(
+                "INSERT INTO pairs (pair, synced, status) VALUES (?, ?, ?) ON CONFLICT (pair) "
+                "DO UPDATE SET synced = excluded.synced, status = excluded.status",
+                (pair, time.time(), status),
+            )
         return [p for _, p in gone] + [row[1] for row in changed]
+
+    # -- identity ---------------------------------------------------------------------------------
+
+    def identity(self, pair: str) -> str | None:
+        """The identity the pair's state was agreed for (None: none recorded)."""
+        row = self.db.execute("SELECT identity FROM pairs WHERE pair = ?", (pair,)).fetchone()
+        return row[0] if row else None
+
+    def adopt_identity(self, pair: str, identity: str) -> None:
+        """Forget the base, caches and halt agreed for another identity; record ``identity``."""
+        with self.transaction() as db:
+            for table in _PER_PAIR:
+                db.execute(f"DELETE FROM {table} WHERE pair = ?", (pair,))
+            db.execute(
+                "INSERT INTO pairs (pair, synced, status, identity) VALUES (?, 0, 'new', ?) "
+                "ON CONFLICT (pair) DO UPDATE SET identity = excluded.identity",
+                (pair, identity),
+            )
+
+    # -- halts ------------------------------------------------------------------------------------
+
+    def halt(self, pair: str) -> Halt | None:
+        row = self.db.execute(
+            "SELECT status, message, plan, accepted FROM halts WHERE pair = ?", (pair,)
+        ).fetchone()
+        return Halt(row[0], row[1], row[2], bool(row[3])) if row else None
+
+    def record_halt(self, pair: str, status: str, message: str, plan: str = "") -> None:
+        """Keep a halt (not accepted) until the user accepts it or a sync goes through."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO halts VALUES (?, ?, ?, ?, 0, ?)",
+                (pair, status, message, plan, time.time()),
+            )
+
+    def accept_halt(self, pair: str) -> bool:
+        """The user accepts the stored halt's plan. False when there was none."""
+        with self.transaction() as db:
+            cur = db.execute("UPDATE halts SET accepted = 1 WHERE pair = ?", (pair,))
+        return cur.rowcount > 0
+
+    def clear_halt(self, pair: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM halts WHERE pair = ?", (pair,))
 
     # -- ignore rules last sent to the host (lets the remote scan start before the local one) --
 
