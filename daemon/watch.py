@@ -19,7 +19,10 @@ reported: paths outside the root, paths ``ignore(relpath, is_dir)`` drops (a pat
 folder is dropped too, as git does), opened/closed-without-writing events, and a folder's own
 "modified" event (watchdog emits one on the parent of every created or deleted child; reporting it
 would make each edit look like a change to its whole folder). The root itself, deleted or moved
-away, is reported as ``"."``.
+away, is reported as ``"."``. No backend tells a watch that its own folder (or a folder above
+it) was moved or replaced, so the watcher also looks at the root's identity (device, inode) every
+``root_check_s`` seconds, one ``stat`` each, and reports ``"."`` when it is gone or is another
+folder.
 
 Echo suppression: after the sync engine writes files it calls :meth:`LocalWatcher.suppress` with
 what it wrote; events for those paths within the window are dropped while the file on disk still
@@ -250,6 +253,7 @@ class LocalWatcher:
         poll_interval_s: float = 0.5,
         inotify_limit: int | None = None,
         source: EventSource | None = None,
+        root_check_s: float = 1.0,
     ) -> None:
         """Args:
         root: the folder to watch (it must exist).
@@ -263,6 +267,7 @@ class LocalWatcher:
         inotify_limit: the watch limit to check against (None: read
             ``/proc/sys/fs/inotify/max_user_watches``); for tests.
         source: an event source to use instead of watchdog (e.g. :class:`ManualSource`).
+        root_check_s: how often the root's identity is checked (moved or replaced roots).
         """
         self.root = Path(root)
         self.ignore = ignore
@@ -289,6 +294,9 @@ class LocalWatcher:
         self._stopping: asyncio.Future[None] | None = None
         self._suppress_lock = threading.Lock()
         self._suppressed: dict[str, tuple[float, object]] = {}
+        self.root_check_s = root_check_s
+        self._root_id: tuple[int, int] | None = None
+        self._root_check: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -336,6 +344,26 @@ class LocalWatcher:
             )
             await loop.run_in_executor(None, self._source.start, self._emit)
         self._started = True
+        self._root_id = await loop.run_in_executor(None, self._identity)
+        self._root_check = asyncio.ensure_future(self._check_root())
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    async def _check_root(self) -> None:
+        """Report ``"."`` once when the root is gone or is no longer the folder it was. The stat
+        runs in the executor: a hung mount must not stall the loop."""
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            await asyncio.sleep(self.root_check_s)
+            now = await loop.run_in_executor(None, self._identity)
+            if now != self._root_id and not self._closed:
+                self._root_id = now
+                self._add(["."])
 
     def _choose_polling(self) -> bool:
         """force_polling > $TETHER_FORCE_POLLING > the inotify watch check (walks the tree)."""
@@ -366,6 +394,9 @@ class LocalWatcher:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._root_check is not None:
+            self._root_check.cancel()
+            self._root_check = None
         self._pending.clear()
         self._wake()
         if not self._started or self._source is None:

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.sshd import SshServer
 from tests.test_daemon import write_project
@@ -108,18 +111,27 @@ def test_big_deletion_halts_survives_restart_and_never_freezes_the_daemon(
     stop(home)
 
 
+@pytest.mark.parametrize("how", ["wiped", "rm-rf", "moved-away"])
 def test_a_deleted_local_root_halts_at_once(
     sshd: SshServer,
     tmp_path: Path,
     home: DaemonHome,  # noqa: F811
+    how: str,
 ) -> None:
+    """However the local root goes (emptied then removed, removed whole, moved aside), the pair
+    halts within seconds, without waiting for a change on the host."""
     local, remote = write_project(tmp_path, sshd, extra='local = "tree"\n')
     fill(local / "tree")
     home.start(local)
     until(lambda: all((remote / n).exists() for n in FILES), "first sync")
     until(lambda: pairs(local, home.env)["code"]["state"] == "watching", "watching")
-    wipe(local / "tree")
-    (local / "tree").rmdir()
+    if how == "wiped":
+        wipe(local / "tree")
+        (local / "tree").rmdir()
+    elif how == "rm-rf":
+        shutil.rmtree(local / "tree")
+    else:
+        (local / "tree").rename(local / "tree.aside")
     code = until(lambda: pairs(local, home.env)["code"]["state"] == "halted"
                  and pairs(local, home.env)["code"], "halted", timeout_s=10)  # fmt: skip
     assert "local" in code["message"]
