@@ -532,8 +532,8 @@ class _Session:
         remote: Snapshot,
         plan: Plan,
         outcome: Outcome,
-        old_cache: dict[str, tuple[int, int, int, str]],
-        cache: dict[str, tuple[int, int, int, str]],
+        old_cache: DigestCache,
+        cache: DigestCache,
     ) -> Snapshot:
         """The new base from what landed; validated, then written in one transaction."""
         if outcome.fatal is not None:

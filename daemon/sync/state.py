@@ -20,6 +20,7 @@ from typing import Any
 
 from ..store import open_private_db
 from .entry import Entry, EntryKind, Snapshot
+from .scan import DigestCache
 
 STATE_ENV = "TETHER_STATE_DIR"
 _SYNCABLE = "kind IN ('file', 'dir', 'symlink')"
@@ -31,9 +32,11 @@ CREATE TABLE IF NOT EXISTS base (
     mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL, digest TEXT NOT NULL, target TEXT NOT NULL,
     PRIMARY KEY (pair, path)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS digests (
+DROP TABLE IF EXISTS digests;
+CREATE TABLE IF NOT EXISTS file_digests (
     pair TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-    ino INTEGER NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (pair, path)
+    ino INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, digest TEXT NOT NULL,
+    PRIMARY KEY (pair, path)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS conflicts (
     pair TEXT NOT NULL, path TEXT NOT NULL, copy TEXT NOT NULL, winner TEXT NOT NULL,
@@ -221,34 +224,36 @@ class StateStore:
 
     # -- digest cache -----------------------------------------------------------------------------
 
-    def load_digests(self, pair: str) -> dict[str, tuple[int, int, int, str]]:
-        rows = self.db.execute(
-            "SELECT path, size, mtime_ns, ino, digest FROM digests WHERE pair = ?", (pair,)
-        )
-        return {path: (size, mtime, ino, digest) for path, size, mtime, ino, digest in rows}
+    # (The table was ``digests`` before ctime_ns joined its key: the old one is dropped, which
+    # costs one rehash of each pair, never a change missed.)
 
-    def load_digests_scope(
-        self, pair: str, roots: Iterable[str]
-    ) -> dict[str, tuple[int, int, int, str]]:
+    def load_digests(self, pair: str) -> DigestCache:
+        rows = self.db.execute(
+            "SELECT path, size, mtime_ns, ino, ctime_ns, digest FROM file_digests WHERE pair = ?",
+            (pair,),
+        )
+        return {path: tuple(row) for path, *row in rows}  # type: ignore[misc]
+
+    def load_digests_scope(self, pair: str, roots: Iterable[str]) -> DigestCache:
         """The digest cache rows at or below ``roots``."""
         rows = self._scoped(
-            "SELECT path, size, mtime_ns, ino, digest FROM digests", pair, roots, False
+            "SELECT path, size, mtime_ns, ino, ctime_ns, digest FROM file_digests",
+            pair,
+            roots,
+            False,
         )
-        return {path: (size, mtime, ino, digest) for path, size, mtime, ino, digest in rows}
+        return {path: tuple(row) for path, *row in rows}  # type: ignore[misc]
 
-    def save_digests(
-        self,
-        pair: str,
-        old: dict[str, tuple[int, int, int, str]],
-        new: dict[str, tuple[int, int, int, str]],
-    ) -> None:
+    def save_digests(self, pair: str, old: DigestCache, new: DigestCache) -> None:
         gone = [(pair, p) for p in old.keys() - new.keys()]
         changed = [(pair, p, *v) for p, v in new.items() if old.get(p) != v]
         if not gone and not changed:
             return
         with self.transaction() as db:
-            db.executemany("DELETE FROM digests WHERE pair = ? AND path = ?", gone)
-            db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)", changed)
+            db.executemany("DELETE FROM file_digests WHERE pair = ? AND path = ?", gone)
+            db.executemany(
+                "INSERT OR REPLACE INTO file_digests VALUES (?, ?, ?, ?, ?, ?, ?)", changed
+            )
 
     # -- conflicts --------------------------------------------------------------------------------
 
