@@ -508,6 +508,7 @@ def merge_reports(pair: PairConfig, reports: list[SyncReport], seconds: float) -
     if reports:
         last = reports[-1]
         merged.status, merged.message, merged.problems = last.status, last.message, last.problems
+        merged.unsettled = last.unsettled
         merged.local_files, merged.remote_files = last.local_files, last.remote_files
     if merged.conflicts and not merged.halted:
         merged.status = PairStatus.CONFLICTS

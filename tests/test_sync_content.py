@@ -3,12 +3,17 @@ against a real sshd, in two-way pairs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from daemon.cli import main
 from tests.sshd import SshServer
 from tests.test_sync_engine import sync, write
 
@@ -108,3 +113,86 @@ def test_a_file_written_just_before_the_scan_is_not_cached(project) -> None:
     assert sync(tmp)[0] == 0
     with StateStore() as store:
         assert "fresh.txt" not in store.load_digests(pair_key(tmp / "tether.toml", "code"))
+
+
+# -- point 4: a file that keeps changing is reported, never skipped silently ----------------------
+
+
+@contextlib.contextmanager
+def appending(path: Path) -> Iterator[None]:
+    """Another process appends a line to ``path`` every millisecond until the block ends."""
+    code = (
+        "import sys, time\n"
+        "with open(sys.argv[1], 'ab', buffering=0) as fh:\n"
+        "    while True:\n"
+        "        fh.write(b'line\\n'); time.sleep(0.001)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)])
+    try:
+        deadline = time.monotonic() + 10
+        while not path.exists() or path.stat().st_size == 0:  # the writer is under way
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def test_a_host_file_that_keeps_changing_fails_the_cli_by_name(project, capsys) -> None:
+    tmp, local, remote = project
+    write(local / "steady.txt", "steady")
+    with appending(remote / "train.log"):
+        code, report = sync(tmp)
+    assert code == 1, report
+    assert report["unsettled"] == ["train.log"]
+    assert [p["path"] for p in report["problems"]] == ["train.log"]
+    assert "kept changing" in report["problems"][0]["message"]
+    assert (remote / "steady.txt").read_text() == "steady"  # the rest landed
+    assert not (local / "train.log").exists()
+    # The plain (not --json) report names it too; once it is still, it lands and all is well.
+    code = main(["--config", str(tmp / "tether.toml"), "sync"])
+    out = capsys.readouterr().out
+    assert code == 0 and "train.log" not in out.split("copied", 1)[1]
+    assert (local / "train.log").read_bytes() == (remote / "train.log").read_bytes()
+
+
+def test_the_daemon_reports_a_changing_host_file_and_lands_it_once_still(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from tests.test_daemon import eventually, running_daemon, write_project
+
+    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "rt").mkdir(mode=0o700)
+    monkeypatch.setenv("TETHER_RUNTIME_DIR", str(tmp_path / "rt"))
+    local, remote = write_project(tmp_path, sshd)
+    log_path = remote / "train.log"
+
+    async def body() -> None:
+        async with running_daemon() as (_daemon, client):
+            await client.register(local / "tether.toml")
+            await client.flush(str(local / "tether.toml"), 30)
+            with appending(log_path):
+
+                async def reported() -> bool:
+                    events = await client.logs(500)
+                    return any(
+                        e["kind"] == "pair.problem" and "train.log" in e["message"] for e in events
+                    )
+
+                deadline = time.monotonic() + 60
+                while not await reported():
+                    assert time.monotonic() < deadline, "no problem reported for train.log"
+                    await asyncio.sleep(0.1)
+            final = log_path.read_bytes()
+            await eventually(
+                lambda: (
+                    (local / "train.log").exists() and (local / "train.log").read_bytes() == final
+                ),
+                60,
+                "the settled file lands",
+            )
+
+    asyncio.run(body())

@@ -210,7 +210,10 @@ def run(args: argparse.Namespace) -> int:
             else:
                 for answer in answered:
                     _print_json_report(answer)
-            return 1 if any(str(r["status"]).startswith("halted") for r in answered) else 0
+            unfinished = any(
+                str(r["status"]).startswith("halted") or r.get("unsettled") for r in answered
+            )
+            return 1 if unfinished else 0
     return _one_shot(args, config, pairs)
 
 
@@ -244,6 +247,6 @@ def _one_shot(args: argparse.Namespace, config: Config, pairs: list[PairConfig])
             _print_report(report)
     if args.json:
         print_json({"pairs": [r.to_json() for r in reports]})
-    if any(r.halted for r in reports):
-        return 1
+    if any(r.halted or r.unsettled for r in reports):
+        return 1  # halted, or files that kept changing were left as they were (each printed)
     return 0

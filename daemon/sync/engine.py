@@ -83,6 +83,8 @@ class SyncReport:
     rounds: int = 0
     scope: list[str] | None = None
     """The subtrees an incremental sync covered (None: a full scan)."""
+    unsettled: list[str] = field(default_factory=list)
+    """Paths still changing after :data:`MAX_ROUNDS` tries: not copied (problems too)."""
     base_moved: list[str] = field(default_factory=list)
     """Paths whose base entry this sync changed (what landed, or where the sides caught up)."""
     scan_s: float = 0.0
@@ -108,6 +110,7 @@ class SyncReport:
                 {"path": c.root, "winner": c.winner.value, "copy": c.copy} for c in self.conflicts
             ],
             "problems": [{"path": p.path, "message": p.message} for p in self.problems],
+            "unsettled": self.unsettled,
             "local_files": self.local_files,
             "remote_files": self.remote_files,
             "hashed": {"local": self.hashed_local, "remote": self.hashed_remote},
@@ -386,6 +389,9 @@ class _Session:
             report.problems.extend(outcome.problems)
             if not outcome.changed:
                 return True
+            if round_no == MAX_ROUNDS:
+                self._unsettled(outcome.changed)
+                return True
             log.info("%d paths changed during the sync; rescanning", len(outcome.changed))
             report.problems = [p for p in report.problems if p.path not in outcome.changed]
             wider = dirty_roots([*scope, *outcome.changed])
@@ -499,10 +505,25 @@ class _Session:
             report.problems.extend(outcome.problems)
             if not outcome.changed:
                 break
+            if round_no == MAX_ROUNDS:
+                self._unsettled(outcome.changed)
+                break
             log.info("%d paths changed during the sync; rescanning", len(outcome.changed))
             report.problems = [p for p in report.problems if p.path not in outcome.changed]
             cache = scanned.cache
         return True
+
+    def _unsettled(self, changed: list[str]) -> None:
+        """Paths that were still changing on the last round (each read or check found other
+        bytes than the scan): reported by path, never dropped. The daemon tries them again
+        later; the CLI exits non-zero."""
+        report = self.report
+        paths = sorted(set(changed))
+        report.problems = [p for p in report.problems if p.path not in paths]
+        why = f"kept changing during the sync ({MAX_ROUNDS} tries): not copied; sync again later"
+        report.problems.extend(Problem(p, why) for p in paths)
+        report.unsettled = paths
+        log.warning("%d paths kept changing during the sync: %s", len(paths), ", ".join(paths))
 
     async def _apply(self, plan: Plan, scanned: LocalScan) -> Outcome:
         """Carry out ``plan``; local files it read unhashed get their digests in ``scanned``."""
