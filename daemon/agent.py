@@ -36,11 +36,13 @@ parents are opened one by one with O_NOFOLLOW and every change goes through that
         ignore: [[regex, ignored], ...], last match wins; dirs tested as "path/" (an ignored dir
         is pruned), other kinds as "path". paths: only these subtrees (their ancestor dirs are
         included too, so every entry's parent is present). Our own temp files are never listed.
-        stats: {files, hashed, hashed_bytes, undecodable}: hashed counts files actually read
+        stats: {files, hashed, hashed_bytes}: hashed counts files actually read
         (the digest cache, ~/.cache/tether/digests/<sha256 of realpath(root)>.json, keyed by
         size, mtime_ns, ino and ctime_ns, spares the rest; entries changed within RACY_NS of the
         scan, or within racy_ms when given, are not cached; caches and last scans no agent used
-        for 30 days are removed). Names that are not valid UTF-8 are skipped and counted.
+        for 30 days are removed). Names are bytes: one that is not valid UTF-8 is sent as
+        os.fsdecode gives it (each odd byte a lone surrogate, JSON's \\udcXX); paths sent to the
+        agent are read the same way. A name with a backslash is listed as ``untracked``.
         delta (full scans only): the reply also carries ``token``, naming
         this snapshot (kept in ~/.cache/tether/scans/); with ``since`` equal to the token kept
         there (same rules), the reply has ``since``, ``changed: {path: entry}`` and
@@ -152,7 +154,7 @@ def cache_dir():
 def check_rel(path):
     if not isinstance(path, str) or not path:
         raise AgentError("invalid", "empty or non-text path: %r" % (path,))
-    if "\x00" in path or path.startswith("/") or "\\" in path:
+    if "\x00" in path or path.startswith("/") or "\\" in path or not fs_name(path):
         raise AgentError("invalid", "unsafe path: %r" % (path,), path)
     for part in path.split("/"):
         if part in ("", ".", ".."):
@@ -405,12 +407,16 @@ class Ignore:
         return False
 
 
-def valid_name(name):
+def fs_name(text):
+    """Is ``text`` what os.fsdecode makes of some bytes? (Names are bytes: one that is not UTF-8
+    travels with its odd bytes as lone surrogates, U+DC80..U+DCFF, and only so.)"""
     try:
-        name.encode("utf-8")
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape") == text
     except UnicodeEncodeError:
         return False
-    return True
+
+
+FOREIGN = "a backslash in its name (a separator on Windows and to tether's path rules)"
 
 
 DIGEST_CACHES = {}
@@ -505,7 +511,7 @@ class Scanner:
         self.cache = cache
         self.entries = {}
         self.seen = set()
-        self.stats = {"files": 0, "hashed": 0, "hashed_bytes": 0, "undecodable": 0}
+        self.stats = {"files": 0, "hashed": 0, "hashed_bytes": 0}
         self.horizon = time.time_ns() - racy_ns
 
     def add(self, rel, full, st):
@@ -519,7 +525,7 @@ class Scanner:
             except OSError as exc:
                 self.entries[rel] = problem(st, "cannot read link: %s" % exc.strerror)
                 return
-            if not target or not valid_name(target):
+            if not target:
                 self.entries[rel] = [
                     "untracked",
                     0,
@@ -581,9 +587,6 @@ class Scanner:
         with it:
             for d in it:
                 name = d.name
-                if not valid_name(name):
-                    self.stats["undecodable"] += 1
-                    continue
                 if TEMP_RE.match(name):
                     continue
                 child = rel + "/" + name if rel else name
@@ -593,6 +596,9 @@ class Scanner:
                     continue
                 is_dir = stat.S_ISDIR(st.st_mode)
                 if self.ignore(child, is_dir):
+                    continue
+                if "\\" in name:
+                    self.entries[child] = ["untracked", 0, st.st_mtime_ns, 0, "", "", FOREIGN]
                     continue
                 self.add(child, d.path, st)
                 if is_dir:
@@ -1543,10 +1549,7 @@ class InotifyWatcher:
                 continue
             if not name:
                 continue
-            try:
-                text = name.decode("utf-8")
-            except UnicodeDecodeError:
-                continue
+            text = os.fsdecode(name)
             if text.endswith(".tmp") and TEMP_RE.match(text):
                 continue  # a staged file: five of the six events of every file a sync writes
             rel = base + "/" + text if base else text
@@ -1698,7 +1701,10 @@ class Channel:
     def send(self, obj, blob=None):
         if blob is not None:
             obj["blob"] = len(blob)
-        data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        try:
+            data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:  # a name that is not UTF-8: its surrogates go as \udcXX
+            data = json.dumps(obj, separators=(",", ":")).encode("ascii")
         with OUT_LOCK:
             self.outfile.write(struct.pack(">I", len(data)) + data)
             if blob:

@@ -36,6 +36,7 @@ from .errors import HostUnreachable, TetherError
 from .link import Link
 from .sync.engine import SyncReport, sync_pair
 from .sync.ignore import IgnoreRules
+from .sync.paths import shown
 from .sync.safety import PairStatus
 from .sync.state import StateStore
 from .watch import LocalWatcher
@@ -201,7 +202,7 @@ class PairSession:
                     path, why = next(iter(self._failed.items()))
                     raise TetherError(
                         f"pair {self.pair.name}: {len(self._failed)} path(s) could not land, "
-                        f"e.g. {path}: {why}",
+                        f"e.g. {shown(path)}: {shown(why)}",
                         "tether keeps them and retries; see `tether status`",
                     )
                 return
@@ -438,7 +439,7 @@ class PairSession:
                 ms=round(took, 1),
             )
         for problem in report.problems:
-            self._event("problem", f"{problem.path}: {problem.message}", level="warning")
+            self._event("problem", shown(f"{problem.path}: {problem.message}"), level="warning")
         self._schedule_retry({p.path: p.message for p in report.problems if p.path})
         if self._on_landed:
             # The base is the witness, not the watcher: a save can land before its event is

@@ -196,3 +196,134 @@ def test_the_daemon_reports_a_changing_host_file_and_lands_it_once_still(
             )
 
     asyncio.run(body())
+
+
+# -- point 7: names are bytes ------------------------------------------------------------------
+
+
+def put(root: Path, name: bytes, data: bytes) -> None:
+    with open(os.path.join(os.fsencode(root), name), "wb") as fh:
+        fh.write(data)
+
+
+def names(root: Path) -> dict[bytes, bytes]:
+    """Every file below ``root`` by its name as bytes (the tree as the kernel holds it)."""
+    out = {}
+    top = os.fsencode(root)
+    for dirpath, _dirs, files in os.walk(top):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            with open(full, "rb") as fh:
+                out[os.path.relpath(full, top)] = fh.read()
+    return out
+
+
+def test_names_that_are_not_utf8_sync_faithfully_both_ways(project, capsys) -> None:
+    from daemon.sync.state import StateStore, pair_key
+
+    tmp, local, remote = project
+    os.mkdir(os.path.join(os.fsencode(local), b"d\xff"))
+    put(local, b"caf\xe9.txt", b"latin-1 name")
+    put(local, b"d\xff/inner.txt", b"below a latin-1 folder")
+    put(remote, b"r\xe9sum\xe9.txt", b"from the host")
+    put(local, "plain ✓.txt".encode(), b"utf-8")
+    code, report = sync(tmp)
+    assert code == 0, report
+    assert names(local) == names(remote)
+    assert names(remote)[b"caf\xe9.txt"] == b"latin-1 name"
+    assert names(local)[b"r\xe9sum\xe9.txt"] == b"from the host"
+    with StateStore() as store:
+        base = store.load_base(pair_key(tmp / "tether.toml", "code"))
+    assert os.fsdecode(b"caf\xe9.txt") in base and os.fsdecode(b"d\xff/inner.txt") in base
+    # Settled: nothing to do; an edit on either side of such a name travels; the plain
+    # report prints the names escaped (one line each, no traceback).
+    assert sync(tmp)[1]["plan"] == []
+    put(remote, b"caf\xe9.txt", b"edited on the host")
+    put(local, b"d\xff/inner.txt", b"edited here")
+    assert main(["--config", str(tmp / "tether.toml"), "sync", "--dry-run"]) == 0
+    assert "caf\\xe9.txt" in capsys.readouterr().out
+    code, report = sync(tmp)
+    assert code == 0, report
+    assert names(local) == names(remote)
+    assert names(local)[b"caf\xe9.txt"] == b"edited on the host"
+    assert names(remote)[b"d\xff/inner.txt"] == b"edited here"
+
+
+def test_a_name_the_other_side_cannot_hold_is_a_problem_and_the_rest_syncs(project) -> None:
+    """tether's path rules refuse a backslash in a name (a Windows or SFTP side cannot hold
+    it): such a file, here not UTF-8 either, is skipped as a reported problem, on each side;
+    everything else lands and the base is saved, sync after sync."""
+    tmp, local, remote = project
+    put(local, b"bad\\\xe9.txt", b"x")
+    put(remote, b"worse\\\xff.txt", b"y")
+    put(local, b"good\xe9.txt", b"fine")
+    put(remote, b"fine.txt", b"fine too")
+    for _ in range(2):
+        code, report = sync(tmp)
+        assert code == 0, report
+        problems = {p["path"] for p in report["problems"]}
+        assert problems == {os.fsdecode(b"bad\\\xe9.txt"), os.fsdecode(b"worse\\\xff.txt")}
+        assert names(remote)[b"good\xe9.txt"] == b"fine"
+        assert names(local)[b"fine.txt"] == b"fine too"
+    assert b"bad\\\xe9.txt" not in names(remote) and b"worse\\\xff.txt" not in names(local)
+
+
+def test_the_daemon_syncs_names_that_are_not_utf8_and_is_never_wedged(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from daemon.errors import TetherError
+    from tests.test_daemon import running_daemon, write_project
+
+    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "rt").mkdir(mode=0o700)
+    monkeypatch.setenv("TETHER_RUNTIME_DIR", str(tmp_path / "rt"))
+    local, remote = write_project(tmp_path, sshd)
+    put(local, b"caf\xe9.txt", b"before start")
+
+    async def body() -> None:
+        async with running_daemon() as (_daemon, client):
+            config = str(local / "tether.toml")
+            await client.register(local / "tether.toml")
+            await client.flush(config, 30)
+            assert names(remote)[b"caf\xe9.txt"] == b"before start"
+            put(local, b"na\xefve.txt", b"live edit")  # watched, incremental
+            put(local, b"odd\\\xe9.txt", b"never synced")
+            with pytest.raises(TetherError, match=r"odd\\\\xe9\.txt: local: not synced"):
+                await client.flush(config, 30)  # reported by name, escaped for display
+            assert names(remote)[b"na\xefve.txt"] == b"live edit"
+            assert b"odd\\\xe9.txt" not in names(remote)
+            pair = (await client.status())["projects"][0]["pairs"][0]
+            assert pair["state"] in ("watching", "syncing"), pair
+
+    asyncio.run(body())
+
+
+# -- stored names: pure properties -----------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_names = st.lists(
+    st.binary(min_size=1, max_size=6).map(lambda b: b.replace(b"/", b"_").replace(b"\0", b"_")),
+    min_size=1,
+    max_size=4,
+).map(lambda parts: os.fsdecode(b"/".join(parts)))
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_names, _names)
+def test_stored_names_round_trip_and_keep_subtrees(path: str, other: str) -> None:
+    from daemon.sync.paths import from_stored, is_fs_name, shown, to_stored
+
+    assert is_fs_name(path)
+    stored = to_stored(path)
+    stored.encode("utf-8")  # SQLite takes it
+    assert from_stored(stored) == path
+    below = f"{path}/{other}"
+    key, root = to_stored(below), to_stored(path)
+    assert root + "/" <= key < root + "0"  # the subtree range query finds it
+    shown(path).encode("utf-8")
+    if not other.startswith(path + "/") and other != path:
+        assert not (root + "/" <= to_stored(other) < root + "0")

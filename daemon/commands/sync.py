@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import control_lite
 from ..cli import config_of
+from ..sync.paths import shown
 
 if TYPE_CHECKING:
     from ..config import Config, PairConfig
@@ -167,9 +168,9 @@ def _print_json_report(report: dict[str, Any]) -> None:
     )
     for c in report["conflicts"]:
         kept = f", other version kept as {c['copy']}" if c["copy"] else ""
-        out.print(f"  [yellow]conflict[/] {c['path']}: {c['winner']} version kept{kept}")
+        out.print(shown(f"  [yellow]conflict[/] {c['path']}: {c['winner']} version kept{kept}"))
     for p in report["problems"]:
-        out.print(f"  [red]problem[/] {p['path']}: {p['message']}")
+        out.print(shown(f"  [red]problem[/] {p['path']}: {p['message']}"))
 
 
 def _print_report(report: SyncReport) -> None:
@@ -183,7 +184,7 @@ def _print_report(report: SyncReport) -> None:
     if report.dry_run:
         out.print(f"{name}: {len(report.plan)} action(s) planned")
         for line in report.plan:
-            out.print(f"  {line}")
+            out.print(f"  {shown(line)}")
     else:
         out.print(
             f"{name}: {report.copied} copied ({_size(report.bytes)}), {report.deleted} deleted, "
@@ -192,9 +193,9 @@ def _print_report(report: SyncReport) -> None:
         )
     for c in report.conflicts:
         kept = f", other version kept as {c.copy}" if c.copy else ""
-        out.print(f"  [yellow]conflict[/] {c.root}: {c.winner.value} version kept{kept}")
+        out.print(shown(f"  [yellow]conflict[/] {c.root}: {c.winner.value} version kept{kept}"))
     for p in report.problems:
-        out.print(f"  [red]problem[/] {p.path}: {p.message}")
+        out.print(shown(f"  [red]problem[/] {p.path}: {p.message}"))
 
 
 def run(args: argparse.Namespace) -> int:

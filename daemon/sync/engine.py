@@ -27,7 +27,7 @@ from ..ssh import open_connection
 from .apply import Outcome, ProgressFn, apply_plan, total_bytes
 from .entry import Entry, EntryKind, InvalidEntry, Snapshot
 from .ignore import GITIGNORE, IgnoreRules
-from .paths import case_collisions, is_within, parent_of
+from .paths import case_collisions, foreign_name, is_within, parent_of
 from .reconcile import ActionKind, Conflict, Plan, Problem, Side, next_base, reconcile
 from .safety import PairStatus, root_verdict, syncable
 from .scan import DigestCache, LocalScan, scan_local
@@ -50,7 +50,7 @@ def dirty_roots(paths: Iterable[str]) -> list[str] | None:
     change), or there are too many subtrees.
     """
     roots: list[str] = []
-    for path in sorted({p.strip("/") for p in paths}):
+    for path in sorted({_syncable_part(p.strip("/")) for p in paths}):
         if not path or path == "." or path.rpartition("/")[2] == GITIGNORE:
             return None
         if roots and is_within(path, roots[-1]):
@@ -59,6 +59,16 @@ def dirty_roots(paths: Iterable[str]) -> list[str] | None:
         if len(roots) > MAX_DIRTY_ROOTS:
             return None
     return roots
+
+
+def _syncable_part(path: str) -> str:
+    """``path`` up to the first name tether's rules refuse (a backslash): that name is scanned
+    as its folder's child, and reported there; a scan cannot be asked for it by name."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if foreign_name(part) is not None:
+            return "/".join(parts[:i])
+    return path
 
 
 @dataclass

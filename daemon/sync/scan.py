@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .entry import Entry, EntryKind, Snapshot
 from .ignore import GITIGNORE, IgnoreRules
-from .paths import symlink_stays_inside
+from .paths import foreign_name, symlink_stays_inside
 
 _Stat = tuple[int, int, int, int, int]
 """(size, mtime_ns, ino, st_mode, ctime_ns) of a file to hash."""
@@ -204,13 +204,15 @@ def scan_local(
                 entries[path] = Entry(EntryKind.PROBLEM, problem=_reason(exc))
                 continue
             mode = st.st_mode
+            if rules(path, stat.S_ISDIR(mode)):
+                continue
+            foreign = foreign_name(d.name)
+            if foreign is not None:
+                entries[path] = Entry(EntryKind.UNTRACKED, problem=foreign)
+                continue
             if stat.S_ISDIR(mode):
-                if rules(path, True):
-                    continue
                 entries[path] = Entry(EntryKind.DIRECTORY, 0, st.st_mtime_ns, mode & 0o7777)
                 rules = visit(path, rules)
-                continue
-            if rules(path, False):
                 continue
             classify(path, os.path.join(full, d.name), st)
         return rules

@@ -27,7 +27,7 @@ import asyncssh
 from ..agent_client import ExpectationFailed, RemoteOpError, ScanResult, WriteItem
 from ..errors import BadHostData
 from .entry import Entry, EntryKind
-from .paths import check_relpath, symlink_stays_inside
+from .paths import check_relpath, foreign_name, symlink_stays_inside
 
 _READ_CHUNK = 1 << 20
 _TEMP = re.compile(r"^\.(.+)\.tether-[0-9a-f]{12}\.tmp$")
@@ -57,7 +57,8 @@ class SftpEndpoint:
 
     @classmethod
     async def start(cls, conn: asyncssh.SSHClientConnection) -> SftpEndpoint:
-        sftp = await conn.start_sftp_client()
+        # Names are bytes: one that is not UTF-8 comes and goes as os.fsdecode spells it.
+        sftp = await conn.start_sftp_client(path_errors="surrogateescape")
         return cls(sftp, await sftp.realpath("."))
 
     async def close(self) -> None:
@@ -150,12 +151,16 @@ class SftpEndpoint:
                 if name.filename in (".", "..") or _TEMP.match(name.filename):
                     continue
                 rel = f"{folder}/{name.filename}" if folder else name.filename
+                is_dir = stat.S_ISDIR(name.attrs.permissions or 0)
+                foreign = foreign_name(name.filename)
                 try:
-                    check_relpath(rel)
+                    check_relpath(rel, foreign_ok=foreign is not None)
                 except BadHostData:
                     raise BadHostData(f"the host's folder holds an unsafe name: {rel!r}") from None
-                is_dir = stat.S_ISDIR(name.attrs.permissions or 0)
                 if ignored(rel, is_dir):
+                    continue
+                if foreign is not None:  # listed, reported, never synced (as the agent does)
+                    entries[rel] = Entry(EntryKind.UNTRACKED, problem=foreign)
                     continue
                 entries[rel] = await self._entry(posixpath.join(top, rel), rel, name.attrs)
                 if entries[rel].kind is EntryKind.DIRECTORY:
