@@ -26,8 +26,8 @@ Entries
     ``symlink`` ``untracked`` ``problem``; mode = st_mode & 0o7777; digest = sha256 hex for files;
     target = link text for symlinks. Dirs report size 0. Paths are POSIX, relative to the root.
     ``expect`` arguments are an entry (what the client believes is there) or null (absent):
-    kind must match; files: size and executable bits must match, and if mtime_ns differs the
-    content is hashed and compared; symlinks: target must match.
+    kind must match; files: size and executable bits must match and the content is hashed
+    and compared (whatever the mtime says); symlinks: target must match.
 
 Ops (``root`` may start with ``~``; every relative path is validated: no absolute, ``..``,
 ``.``, empty part, NUL or backslash; nothing is followed through a symlink in a parent component:
@@ -37,11 +37,13 @@ parents are opened one by one with O_NOFOLLOW and every change goes through that
         ignore: [[regex, ignored], ...], last match wins; dirs tested as "path/" (an ignored dir
         is pruned), other kinds as "path". paths: only these subtrees (their ancestor dirs are
         included too, so every entry's parent is present). Our own temp files are never listed.
-        stats: {files, hashed, hashed_bytes, undecodable}: hashed counts files actually read
+        stats: {files, hashed, hashed_bytes}: hashed counts files actually read
         (the digest cache, ~/.cache/tether/digests/<sha256 of realpath(root)>.json, keyed by
         size, mtime_ns, ino and ctime_ns, spares the rest; entries changed within RACY_NS of the
         scan, or within racy_ms when given, are not cached; caches and last scans no agent used
-        for 30 days are removed). Names that are not valid UTF-8 are skipped and counted.
+        for 30 days are removed). Names are bytes: one that is not valid UTF-8 is sent as
+        os.fsdecode gives it (each odd byte a lone surrogate, JSON's \\udcXX); paths sent to the
+        agent are read the same way. A name with a backslash is listed as ``untracked``.
         delta (full scans only): the reply also carries ``token``, naming
         this snapshot (kept in ~/.cache/tether/scans/); with ``since`` equal to the token kept
         there (same rules), the reply has ``since``, ``changed: {path: entry}`` and
@@ -164,7 +166,7 @@ def cache_dir():
 def check_rel(path):
     if not isinstance(path, str) or not path:
         raise AgentError("invalid", "empty or non-text path: %r" % (path,))
-    if "\x00" in path or path.startswith("/") or "\\" in path:
+    if "\x00" in path or path.startswith("/") or "\\" in path or not fs_name(path):
         raise AgentError("invalid", "unsafe path: %r" % (path,), path)
     for part in path.split("/"):
         if part in ("", ".", ".."):
@@ -328,8 +330,8 @@ def check_expect(dfd, name, expect, path):
     if kind == "file":
         if st.st_size != expect[1] or (st.st_mode & 0o111) != (int(expect[3]) & 0o111):
             raise AgentError("changed", "%s changed since it was scanned" % path, path)
-        if st.st_mtime_ns == expect[2]:
-            return expect[4]
+        # Hashed even when the mtime matches: a same-size rewrite with its old mtime put back
+        # (``touch -r``, some editors and tools) looks unchanged to size and mtime alone.
         digest = hash_at(dfd, name)
         if digest != expect[4]:
             raise AgentError("changed", "%s changed since it was scanned" % path, path)
@@ -426,12 +428,16 @@ class Ignore:
         return False
 
 
-def valid_name(name):
+def fs_name(text):
+    """Is ``text`` what os.fsdecode makes of some bytes? (Names are bytes: one that is not UTF-8
+    travels with its odd bytes as lone surrogates, U+DC80..U+DCFF, and only so.)"""
     try:
-        name.encode("utf-8")
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape") == text
     except UnicodeEncodeError:
         return False
-    return True
+
+
+FOREIGN = "a backslash in its name (a separator on Windows and to tether's path rules)"
 
 
 DIGEST_CACHES = {}
@@ -526,7 +532,7 @@ class Scanner:
         self.cache = cache
         self.entries = {}
         self.seen = set()
-        self.stats = {"files": 0, "hashed": 0, "hashed_bytes": 0, "undecodable": 0}
+        self.stats = {"files": 0, "hashed": 0, "hashed_bytes": 0}
         self.horizon = time.time_ns() - racy_ns
 
     def add(self, rel, full, st):
@@ -540,7 +546,7 @@ class Scanner:
             except OSError as exc:
                 self.entries[rel] = problem(st, "cannot read link: %s" % exc.strerror)
                 return
-            if not target or not valid_name(target):
+            if not target:
                 self.entries[rel] = [
                     "untracked",
                     0,
@@ -602,9 +608,6 @@ class Scanner:
         with it:
             for d in it:
                 name = d.name
-                if not valid_name(name):
-                    self.stats["undecodable"] += 1
-                    continue
                 child = rel + "/" + name if rel else name
                 try:
                     st = d.stat(follow_symlinks=False)
@@ -615,6 +618,9 @@ class Scanner:
                     continue
                 is_dir = stat.S_ISDIR(st.st_mode)
                 if self.ignore(child, is_dir):
+                    continue
+                if "\\" in name:
+                    self.entries[child] = ["untracked", 0, st.st_mtime_ns, 0, "", "", FOREIGN]
                     continue
                 self.add(child, d.path, st)
                 if is_dir:
@@ -1638,10 +1644,7 @@ class InotifyWatcher:
                 continue
             if not name:
                 continue
-            try:
-                text = name.decode("utf-8")
-            except UnicodeDecodeError:
-                continue
+            text = os.fsdecode(name)
             if is_temp(text):
                 continue  # a staged file: five of the six events of every file a sync writes
             rel = base + "/" + text if base else text
@@ -1793,7 +1796,10 @@ class Channel:
     def send(self, obj, blob=None):
         if blob is not None:
             obj["blob"] = len(blob)
-        data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        try:
+            data = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:  # a name that is not UTF-8: its surrogates go as \udcXX
+            data = json.dumps(obj, separators=(",", ":")).encode("ascii")
         with OUT_LOCK:
             self.outfile.write(struct.pack(">I", len(data)) + data)
             if blob:

@@ -167,7 +167,7 @@ class ScanResult:
     is_dir: bool
     entries: dict[str, Entry]
     stats: dict[str, int] = field(default_factory=dict)
-    """files, hashed (read to compute a digest), hashed_bytes, undecodable (names skipped)."""
+    """files, hashed (read to compute a digest), hashed_bytes."""
     token: str = ""
     """With ``delta=True``: the host's name for this snapshot (pass it as ``since`` next time)."""
     sent: int = -1
@@ -263,7 +263,7 @@ def apply_scan_delta(
     entries = dict(previous)
     retyped = False
     for path in removed:
-        check_relpath(path)
+        check_relpath(path, foreign_ok=True)  # only dropped from the snapshot
         gone = entries.pop(path, None)
         retyped = retyped or (gone is not None and gone.kind is EntryKind.DIRECTORY)
     fresh = validate_entries(changed)
@@ -284,8 +284,9 @@ def validate_entries(raw: dict[str, object]) -> dict[str, Entry]:
     """Safe paths, valid entries; links escaping the root become untracked."""
     entries: dict[str, Entry] = {}
     for path, value in raw.items():
-        check_relpath(path)
         entry = entry_from_wire(path, value)
+        # A name tether's rules refuse (a backslash) may be listed, as untracked: reported only.
+        check_relpath(path, foreign_ok=entry.kind is EntryKind.UNTRACKED)
         if entry.kind is EntryKind.SYMLINK and not symlink_stays_inside(path, entry.target):
             entry = Entry(EntryKind.UNTRACKED, 0, entry.mtime_ns, entry.mode)
         entries[path] = entry
@@ -968,7 +969,10 @@ class AgentClient:
                 paths = item.get("paths")
                 if not isinstance(paths, list):
                     raise BadHostData(f"{self._where} sent a malformed change batch")
-                yield WatchBatch(tuple(check_relpath(p) for p in paths), bool(item.get("rescan")))
+                yield WatchBatch(
+                    tuple(check_relpath(p, foreign_ok=True) for p in paths),
+                    bool(item.get("rescan")),
+                )
             elif event is None:
                 return
 

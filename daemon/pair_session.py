@@ -39,6 +39,7 @@ from .errors import HostUnreachable, TetherError
 from .link import Link
 from .sync.engine import SyncReport, sync_pair
 from .sync.ignore import IgnoreRules
+from .sync.paths import shown
 from .sync.safety import PairStatus
 from .sync.state import StateStore, pair_key
 from .watch import LocalWatcher
@@ -225,7 +226,7 @@ class PairSession:
                     path, why = next(iter(self._failed.items()))
                     raise TetherError(
                         f"pair {self.pair.name}: {len(self._failed)} path(s) could not land, "
-                        f"e.g. {path}: {why}",
+                        f"e.g. {shown(path)}: {shown(why)}",
                         "tether keeps them and retries; see `tether status`",
                     )
                 return
@@ -480,7 +481,7 @@ class PairSession:
                 ms=round(took, 1),
             )
         for problem in report.problems:
-            self._event("problem", f"{problem.path}: {problem.message}", level="warning")
+            self._event("problem", shown(f"{problem.path}: {problem.message}"), level="warning")
         self._schedule_retry({p.path: p.message for p in report.problems if p.path})
         if self._on_landed:
             # The base is the witness, not the watcher: a save can land before its event is
@@ -550,6 +551,7 @@ def merge_reports(pair: PairConfig, reports: list[SyncReport], seconds: float) -
     if reports:
         last = reports[-1]
         merged.status, merged.message, merged.problems = last.status, last.message, last.problems
+        merged.unsettled = last.unsettled
         merged.local_files, merged.remote_files = last.local_files, last.remote_files
     if merged.conflicts and not merged.halted:
         merged.status = PairStatus.CONFLICTS

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from daemon.config import load_config
-from daemon.errors import BadHostData
 from daemon.ssh import open_connection
 from daemon.sync.engine import sync_pair
 from daemon.sync.sftp_endpoint import SftpEndpoint
@@ -80,13 +79,30 @@ def test_escaping_symlink_on_host_is_not_followed(project: Path, tmp_path: Path)
     assert report.status.value == "ok"
 
 
-def test_unsafe_name_on_host_is_refused(project: Path, tmp_path: Path) -> None:
+def test_names_over_sftp_are_bytes_and_a_backslash_is_a_reported_problem(
+    project: Path, tmp_path: Path
+) -> None:
+    """A name that is not UTF-8 syncs faithfully both ways; a name with a backslash (tether's
+    path rules refuse it) is reported and skipped while the rest syncs (it used to fail the
+    whole sync as bad host data)."""
     remote = tmp_path / "remote"
     remote.mkdir()
     (remote / "back\\slash").write_text("x")
-    with pytest.raises(BadHostData):
-        sync_over_sftp(project / "tether.toml")
-    assert [p.name for p in project.iterdir()] == ["tether.toml"]  # nothing written
+    with open(os.path.join(os.fsencode(remote), b"h\xf4te.txt"), "wb") as fh:
+        fh.write(b"from the host")
+    with open(os.path.join(os.fsencode(project), b"caf\xe9.txt"), "wb") as fh:
+        fh.write(b"from here")
+    for _ in range(2):
+        report = sync_over_sftp(project / "tether.toml")
+        assert report.status.value == "ok", report.message
+        assert [p.path for p in report.problems] == ["back\\slash"]
+    assert sorted(os.listdir(os.fsencode(project))) == [
+        b"caf\xe9.txt",
+        b"h\xf4te.txt",
+        b"tether.toml",
+    ]
+    with open(os.path.join(os.fsencode(remote), b"caf\xe9.txt"), "rb") as fh:
+        assert fh.read() == b"from here"
 
 
 def test_tether_sync_falls_back_to_sftp_with_a_warning(

@@ -271,7 +271,7 @@ def test_a_new_local_file_is_read_once_and_its_digest_kept(project, monkeypatch)
         base, cache = store.load_base(key), store.load_digests(key)
     for rel, text in texts.items():
         digest = hashlib.sha256(text.encode()).hexdigest()
-        assert base[rel].digest == digest and cache[rel][3] == digest
+        assert base[rel].digest == digest and cache[rel][4] == digest
         assert (remote / rel).read_text() == text
     # Known now: the next sync reads nothing; an edit is hashed by the scan (base to compare).
     code, report = sync(tmp)

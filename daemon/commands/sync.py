@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import control_lite
 from ..cli import config_of
+from ..sync.paths import shown
 
 if TYPE_CHECKING:
     from ..config import Config, PairConfig
@@ -178,9 +179,9 @@ def _print_json_report(report: dict[str, Any]) -> None:
     )
     for c in report["conflicts"]:
         kept = f", other version kept as {c['copy']}" if c["copy"] else ""
-        out.print(f"  [yellow]conflict[/] {c['path']}: {c['winner']} version kept{kept}")
+        out.print(shown(f"  [yellow]conflict[/] {c['path']}: {c['winner']} version kept{kept}"))
     for p in report["problems"]:
-        out.print(f"  [red]problem[/] {p['path']}: {p['message']}")
+        out.print(shown(f"  [red]problem[/] {p['path']}: {p['message']}"))
 
 
 def _print_report(report: SyncReport) -> None:
@@ -196,7 +197,7 @@ def _print_report(report: SyncReport) -> None:
     if report.dry_run:
         out.print(f"{name}: {len(report.plan)} action(s) planned")
         for line in report.plan:
-            out.print(f"  {line}")
+            out.print(f"  {shown(line)}")
     else:
         out.print(
             f"{name}: {report.copied} copied ({_size(report.bytes)}), {report.deleted} deleted, "
@@ -205,9 +206,9 @@ def _print_report(report: SyncReport) -> None:
         )
     for c in report.conflicts:
         kept = f", other version kept as {c.copy}" if c.copy else ""
-        out.print(f"  [yellow]conflict[/] {c.root}: {c.winner.value} version kept{kept}")
+        out.print(shown(f"  [yellow]conflict[/] {c.root}: {c.winner.value} version kept{kept}"))
     for p in report.problems:
-        out.print(f"  [red]problem[/] {p.path}: {p.message}")
+        out.print(shown(f"  [red]problem[/] {p.path}: {p.message}"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -224,7 +225,10 @@ def run(args: argparse.Namespace) -> int:
             else:
                 for answer in answered:
                     _print_json_report(answer)
-            return 1 if any(str(r["status"]).startswith("halted") for r in answered) else 0
+            unfinished = any(
+                str(r["status"]).startswith("halted") or r.get("unsettled") for r in answered
+            )
+            return 1 if unfinished else 0
     return _one_shot(args, config, pairs)
 
 
@@ -259,6 +263,6 @@ def _one_shot(args: argparse.Namespace, config: Config, pairs: list[PairConfig])
             _print_report(report)
     if args.json:
         print_json({"pairs": [r.to_json() for r in reports]})
-    if any(r.halted for r in reports):
-        return 1
+    if any(r.halted or r.unsettled for r in reports):
+        return 1  # halted, or files that kept changing were left as they were (each printed)
     return 0

@@ -36,7 +36,7 @@ from .entry import Entry, EntryKind, InvalidEntry, Snapshot
 from .identity import PairIdentity, remote_root
 from .ignore import GITIGNORE, IgnoreRules
 from .links import makes_link, refuse_escaping_links
-from .paths import case_collisions, is_within, parent_of
+from .paths import case_collisions, foreign_name, is_within, parent_of
 from .reconcile import ActionKind, Conflict, Plan, Problem, Side, next_base, reconcile
 from .safety import (
     BIG_DELETION_MIN,
@@ -66,7 +66,7 @@ def dirty_roots(paths: Iterable[str]) -> list[str] | None:
     change), or there are too many subtrees.
     """
     roots: list[str] = []
-    for path in sorted({p.strip("/") for p in paths}):
+    for path in sorted({_syncable_part(p.strip("/")) for p in paths}):
         if not path or path == "." or path.rpartition("/")[2] == GITIGNORE:
             return None
         if roots and is_within(path, roots[-1]):
@@ -75,6 +75,16 @@ def dirty_roots(paths: Iterable[str]) -> list[str] | None:
         if len(roots) > MAX_DIRTY_ROOTS:
             return None
     return roots
+
+
+def _syncable_part(path: str) -> str:
+    """``path`` up to the first name tether's rules refuse (a backslash): that name is scanned
+    as its folder's child, and reported there; a scan cannot be asked for it by name."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if foreign_name(part) is not None:
+            return "/".join(parts[:i])
+    return path
 
 
 @dataclass
@@ -101,6 +111,8 @@ class SyncReport:
     rounds: int = 0
     scope: list[str] | None = None
     """The subtrees an incremental sync covered (None: a full scan)."""
+    unsettled: list[str] = field(default_factory=list)
+    """Paths still changing after :data:`MAX_ROUNDS` tries: not copied (problems too)."""
     base_moved: list[str] = field(default_factory=list)
     """Paths whose base entry this sync changed (what landed, or where the sides caught up)."""
     scan_s: float = 0.0
@@ -127,6 +139,7 @@ class SyncReport:
                 {"path": c.root, "winner": c.winner.value, "copy": c.copy} for c in self.conflicts
             ],
             "problems": [{"path": p.path, "message": p.message} for p in self.problems],
+            "unsettled": self.unsettled,
             "local_files": self.local_files,
             "remote_files": self.remote_files,
             "hashed": {"local": self.hashed_local, "remote": self.hashed_remote},
@@ -503,6 +516,9 @@ class _Session:
             report.problems.extend(outcome.problems)
             if not outcome.changed:
                 return True
+            if round_no == MAX_ROUNDS:
+                self._unsettled(outcome.changed)
+                return True
             log.info("%d paths changed during the sync; rescanning", len(outcome.changed))
             report.problems = [p for p in report.problems if p.path not in outcome.changed]
             wider = dirty_roots([*scope, *outcome.changed])
@@ -628,10 +644,25 @@ class _Session:
             report.problems.extend(outcome.problems)
             if not outcome.changed:
                 break
+            if round_no == MAX_ROUNDS:
+                self._unsettled(outcome.changed)
+                break
             log.info("%d paths changed during the sync; rescanning", len(outcome.changed))
             report.problems = [p for p in report.problems if p.path not in outcome.changed]
             cache = scanned.cache
         return True
+
+    def _unsettled(self, changed: list[str]) -> None:
+        """Paths that were still changing on the last round (each read or check found other
+        bytes than the scan): reported by path, never dropped. The daemon tries them again
+        later; the CLI exits non-zero."""
+        report = self.report
+        paths = sorted(set(changed))
+        report.problems = [p for p in report.problems if p.path not in paths]
+        why = f"kept changing during the sync ({MAX_ROUNDS} tries): not copied; sync again later"
+        report.problems.extend(Problem(p, why) for p in paths)
+        report.unsettled = paths
+        log.warning("%d paths kept changing during the sync: %s", len(paths), ", ".join(paths))
 
     async def _apply(self, plan: Plan, scanned: LocalScan) -> Outcome:
         """Carry out ``plan``; local files it read unhashed get their digests in ``scanned``."""
@@ -661,8 +692,8 @@ class _Session:
         remote: Snapshot,
         plan: Plan,
         outcome: Outcome,
-        old_cache: dict[str, tuple[int, int, int, str]],
-        cache: dict[str, tuple[int, int, int, str]],
+        old_cache: DigestCache,
+        cache: DigestCache,
     ) -> Snapshot:
         """The new base from what landed; validated, then written in one transaction."""
         if outcome.fatal is not None:

@@ -2,21 +2,31 @@
 
 Every path that crosses from the host (or from a snapshot on disk) passes :func:`check_relpath`
 before anything uses it. Pure: no filesystem access.
+
+Names are bytes on Linux. In memory and on the wire a path is ``str`` as Python's ``os`` module
+gives it (``os.fsdecode``: each byte that is not part of valid UTF-8 becomes a lone surrogate
+U+DC80..U+DCFF, "surrogateescape"), so ``os`` calls hand the same bytes back; JSON carries those
+surrogates as ``\\udcXX`` escapes. Where text must be valid UTF-8 (SQLite, a terminal) the path goes
+through :func:`to_stored` / :func:`shown`.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable
 
 from ..errors import BadHostData
 
 
-def check_relpath(path: object, *, origin: str = "the host") -> str:
+def check_relpath(path: object, *, origin: str = "the host", foreign_ok: bool = False) -> str:
     """Return ``path`` if it is a safe POSIX path relative to a root, else raise BadHostData.
 
     Refused: non-strings, empty, absolute, ``.``/``..`` components, empty components (``a//b``,
-    trailing ``/``), NUL, backslashes (a Windows separator on the other side).
+    trailing ``/``), NUL, backslashes (a Windows separator on the other side; ``foreign_ok``
+    lets one through for an entry that is only reported, never synced), text that is not the
+    ``os.fsdecode`` of any bytes (a surrogate no byte maps to, or an escaped byte that is part
+    of valid UTF-8: two spellings of one name).
     """
     if not isinstance(path, str) or not path:
         raise BadHostData(f"{origin} sent an empty or non-text path: {path!r}")
@@ -24,12 +34,79 @@ def check_relpath(path: object, *, origin: str = "the host") -> str:
         raise BadHostData(f"{origin} sent a path containing NUL: {path!r}")
     if path.startswith("/"):
         raise BadHostData(f"{origin} sent an absolute path: {path!r}")
-    if "\\" in path:
+    if "\\" in path and not foreign_ok:
         raise BadHostData(f"{origin} sent a path with a backslash: {path!r}")
+    if not is_fs_name(path):
+        raise BadHostData(f"{origin} sent a path that names no bytes: {path!r}")
     for part in path.split("/"):
         if part in ("", ".", ".."):
             raise BadHostData(f"{origin} sent an unsafe path: {path!r}")
     return path
+
+
+def is_fs_name(path: str) -> bool:
+    """Is ``path`` exactly what ``os.fsdecode`` makes of some bytes (on a UTF-8 system)?"""
+    if path.isascii():
+        return True
+    try:
+        raw = path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return raw.decode("utf-8", "surrogateescape") == path
+
+
+FOREIGN_REASON = "a backslash in its name (a separator on Windows and to tether's path rules)"
+
+
+def foreign_name(name: str) -> str | None:
+    """Why one side of a pair could not hold a file of this name, or None when both can.
+
+    A backslash is a separator on Windows and to tether's path rules, so such a name is
+    reported (an untracked entry) instead of synced."""
+    return FOREIGN_REASON if "\\" in name else None
+
+
+def shown(text: str) -> str:
+    """``text`` fit for a terminal or a log: bytes that were not UTF-8 appear as ``\\xNN``."""
+    if text.isascii():
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def to_stored(path: str) -> str:
+    """``path`` as valid UTF-8 text for SQLite: a backslash doubled, an escaped byte as
+    ``\\xNN``; any other path is stored as it is. The code is prefix-free and character by
+    character, so ``a/`` is a prefix of a path exactly when ``to_stored(a) + "/"`` is a prefix
+    of its stored form (the subtree range queries rely on it)."""
+    if path.isascii() and "\\" not in path:
+        return path
+    out = []
+    for ch in path:
+        if ch == "\\":
+            out.append("\\\\")
+        elif "\udc80" <= ch <= "\udcff":
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def from_stored(text: str) -> str:
+    """The inverse of :func:`to_stored` (a backslash starting neither escape, as a row stored
+    before escaping may hold, stays itself)."""
+    if "\\" not in text:
+        return text
+    return _STORED_ESCAPE.sub(_unescape, text)
+
+
+_STORED_ESCAPE = re.compile(r"\\\\|\\x([89a-f][0-9a-f])")
+
+
+def _unescape(m: re.Match[str]) -> str:
+    return "\\" if m.group(1) is None else chr(0xDC00 + int(m.group(1), 16))
 
 
 def parent_of(path: str) -> str:

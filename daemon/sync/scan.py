@@ -1,6 +1,8 @@
 """The local scanner: one pass over the root, gitignore rules, and a digest cache.
 
-A file whose (size, mtime_ns, inode) match the cache is never re-read; the others are hashed on a
+A file whose (size, mtime_ns, inode, ctime_ns) match the cache is never re-read (ctime: a same-size
+rewrite with its old mtime put back still moves it; a digest is only cached once the file has been
+still for longer than a timestamp tick, see :data:`RACY_NS`); the others are hashed on a
 small thread pool (hashlib releases the GIL), or, with ``defer_hashing``, only where a digest is
 needed to compare: a file new on this side is hashed as it is read to be sent, once. Unreadable
 paths become ``PROBLEM`` entries and symlinks that leave the root (or anything that is not a
@@ -22,13 +24,13 @@ from pathlib import Path
 
 from .entry import Entry, EntryKind, Snapshot
 from .ignore import GITIGNORE, IgnoreRules
-from .paths import symlink_stays_inside
+from .paths import foreign_name, symlink_stays_inside
 from .tempnames import is_stale, is_temp, machine_id, pid_alive
 
 _Stat = tuple[int, int, int, int, int]
 """(size, mtime_ns, ino, st_mode, ctime_ns) of a file to hash."""
-DigestCache = dict[str, tuple[int, int, int, str]]
-"""path → (size, mtime_ns, ino, sha256 hex)."""
+DigestCache = dict[str, tuple[int, int, int, int, str]]
+"""path → (size, mtime_ns, ino, ctime_ns, sha256 hex)."""
 
 HASH_CHUNK = 1 << 20
 HASH_THREADS = 4
@@ -95,7 +97,7 @@ class LocalScan:
     def _record(self, path: str, st: _Stat, digest: str) -> Entry:
         size, mtime_ns, ino, mode, ctime_ns = st
         if max(mtime_ns, ctime_ns) < self.horizon:
-            self.cache[path] = (size, mtime_ns, ino, digest)
+            self.cache[path] = (size, mtime_ns, ino, ctime_ns, digest)
         self.hashed += 1
         self.hashed_bytes += size
         entry = self.entries[path] = Entry(EntryKind.FILE, size, mtime_ns, mode & 0o7777, digest)
@@ -151,10 +153,10 @@ def scan_local(
         mode = st.st_mode
         if stat.S_ISREG(mode):
             hit = cache.get(path)
-            if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns and hit[2] == st.st_ino:
+            if hit and hit[:4] == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns):
                 new_cache[path] = hit
                 entries[path] = Entry(
-                    EntryKind.FILE, st.st_size, st.st_mtime_ns, mode & 0o7777, hit[3]
+                    EntryKind.FILE, st.st_size, st.st_mtime_ns, mode & 0o7777, hit[4]
                 )
             else:  # the five fields hashing needs, not the whole stat_result (~4x the size)
                 to_hash.append(
@@ -201,13 +203,15 @@ def scan_local(
                 entries[path] = Entry(EntryKind.PROBLEM, problem=_reason(exc))
                 continue
             mode = st.st_mode
+            if rules(path, stat.S_ISDIR(mode)):
+                continue
+            foreign = foreign_name(d.name)
+            if foreign is not None:
+                entries[path] = Entry(EntryKind.UNTRACKED, problem=foreign)
+                continue
             if stat.S_ISDIR(mode):
-                if rules(path, True):
-                    continue
                 entries[path] = Entry(EntryKind.DIRECTORY, 0, st.st_mtime_ns, mode & 0o7777)
                 rules = visit(path, rules)
-                continue
-            if rules(path, False):
                 continue
             classify(path, os.path.join(full, d.name), st)
         return rules

@@ -28,7 +28,7 @@ import asyncssh
 from ..agent_client import ExpectationFailed, RemoteOpError, ScanResult, WriteItem
 from ..errors import BadHostData
 from .entry import Entry, EntryKind
-from .paths import check_relpath, symlink_stays_inside
+from .paths import check_relpath, foreign_name, symlink_stays_inside
 from .tempnames import is_stale, is_temp, machine_id, pid_alive, temp_name
 
 _READ_CHUNK = 1 << 20
@@ -66,7 +66,8 @@ class SftpEndpoint:
 
     @classmethod
     async def start(cls, conn: asyncssh.SSHClientConnection) -> SftpEndpoint:
-        sftp = await conn.start_sftp_client()
+        # Names are bytes: one that is not UTF-8 comes and goes as os.fsdecode spells it.
+        sftp = await conn.start_sftp_client(path_errors="surrogateescape")
         return cls(sftp, await sftp.realpath("."))
 
     async def close(self) -> None:
@@ -162,12 +163,16 @@ class SftpEndpoint:
                     await self._drop_if_stale(posixpath.join(top, folder, name.filename), name)
                     continue
                 rel = f"{folder}/{name.filename}" if folder else name.filename
+                is_dir = stat.S_ISDIR(name.attrs.permissions or 0)
+                foreign = foreign_name(name.filename)
                 try:
-                    check_relpath(rel)
+                    check_relpath(rel, foreign_ok=foreign is not None)
                 except BadHostData:
                     raise BadHostData(f"the host's folder holds an unsafe name: {rel!r}") from None
-                is_dir = stat.S_ISDIR(name.attrs.permissions or 0)
                 if ignored(rel, is_dir):
+                    continue
+                if foreign is not None:  # listed, reported, never synced (as the agent does)
+                    entries[rel] = Entry(EntryKind.UNTRACKED, problem=foreign)
                     continue
                 entries[rel] = await self._entry(posixpath.join(top, rel), rel, name.attrs)
                 if entries[rel].kind is EntryKind.DIRECTORY:

@@ -27,6 +27,8 @@ from typing import Any
 from ..dirs import private_folder
 from ..store import open_private_db
 from .entry import Entry, EntryKind, Snapshot
+from .paths import from_stored, to_stored
+from .scan import DigestCache
 
 STATE_ENV = "TETHER_STATE_DIR"
 _SYNCABLE = "kind IN ('file', 'dir', 'symlink')"
@@ -38,9 +40,11 @@ CREATE TABLE IF NOT EXISTS base (
     mtime_ns INTEGER NOT NULL, mode INTEGER NOT NULL, digest TEXT NOT NULL, target TEXT NOT NULL,
     PRIMARY KEY (pair, path)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS digests (
+DROP TABLE IF EXISTS digests;
+CREATE TABLE IF NOT EXISTS file_digests (
     pair TEXT NOT NULL, path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-    ino INTEGER NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (pair, path)
+    ino INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, digest TEXT NOT NULL,
+    PRIMARY KEY (pair, path)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS conflicts (
     pair TEXT NOT NULL, path TEXT NOT NULL, copy TEXT NOT NULL, winner TEXT NOT NULL,
@@ -143,7 +147,7 @@ class StateStore:
         )
         kinds = {k.value: k for k in EntryKind}
         return {
-            path: Entry(kinds[kind], size, mtime_ns, mode, digest, target)
+            from_stored(path): Entry(kinds[kind], size, mtime_ns, mode, digest, from_stored(target))
             for path, kind, size, mtime_ns, mode, digest, target in rows
         }
 
@@ -155,7 +159,9 @@ class StateStore:
         for path, kind, size, mtime_ns, mode, digest, target in self._scoped(
             "SELECT path, kind, size, mtime_ns, mode, digest, target FROM base", pair, roots, True
         ):
-            out[path] = Entry(kinds[kind], size, mtime_ns, mode, digest, target)
+            out[from_stored(path)] = Entry(
+                kinds[kind], size, mtime_ns, mode, digest, from_stored(target)
+            )
         return out
 
     def count_syncable(self, pair: str) -> int:
@@ -172,7 +178,8 @@ class StateStore:
         self, select: str, pair: str, roots: Iterable[str], ancestors: bool
     ) -> Iterator[tuple[Any, ...]]:
         """Rows of ``select`` for ``pair`` whose path is a root or below one ('/' + 1 is '0',
-        so ``path >= 'r/' AND path < 'r0'`` is exactly the subtree, with any characters in r).
+        so ``path >= 'r/' AND path < 'r0'`` is exactly the subtree, with any characters in r;
+        r in its stored form, see :func:`~daemon.sync.paths.to_stored`).
 
         The root and its subtree are two queries: SQLite plans ``path = ? OR (range)`` as a
         scan of all the pair's rows (~9 ms at 20,000), each half alone as a primary-key search.
@@ -180,7 +187,7 @@ class StateStore:
         exact = " WHERE pair = ? AND path = ?"
         below = " WHERE pair = ? AND path >= ? AND path < ?"
         wanted: set[str] = set()
-        for root in roots:
+        for root in map(to_stored, roots):
             yield from self.db.execute(select + exact, (pair, root))
             yield from self.db.execute(select + below, (pair, root + "/", root + "0"))
             if ancestors:
@@ -194,21 +201,24 @@ class StateStore:
     ) -> list[str]:
         """Write ``new`` as the pair's base, touching only the rows that differ from ``old``
         (rows of paths in neither stay as they are). Returns the paths whose base moved."""
-        gone = [(pair, p) for p in old.keys() - new.keys()]
-        changed = [
-            (pair, p, e.kind.value, e.size, e.mtime_ns, e.mode, e.digest, e.target)
-            for p, e in new.items()
-            if old.get(p) != e
-        ]
+        gone = [p for p in old.keys() - new.keys()]
+        changed = [p for p, e in new.items() if old.get(p) != e]
+        rows = []
+        for p in changed:
+            e = new[p]
+            stored = (to_stored(p), e.kind.value, e.size, e.mtime_ns, e.mode, e.digest)
+            rows.append((pair, *stored, to_stored(e.target)))
         with self.transaction() as db:
-            db.executemany("DELETE FROM base WHERE pair = ? AND path = ?", gone)
-            db.executemany("INSERT OR REPLACE INTO base VALUES (?, ?, ?, ?, ?, ?, ?, ?)", changed)
+            db.executemany(
+                "DELETE FROM base WHERE pair = ? AND path = ?", [(pair, to_stored(p)) for p in gone]
+            )
+            db.executemany("INSERT OR REPLACE INTO base VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             db.execute(
                 "INSERT INTO pairs (pair, synced, status) VALUES (?, ?, ?) ON CONFLICT (pair) "
                 "DO UPDATE SET synced = excluded.synced, status = excluded.status",
                 (pair, time.time(), status),
             )
-        return [p for _, p in gone] + [row[1] for row in changed]
+        return gone + changed
 
     # -- identity ---------------------------------------------------------------------------------
 
@@ -299,34 +309,36 @@ class StateStore:
 
     # -- digest cache -----------------------------------------------------------------------------
 
-    def load_digests(self, pair: str) -> dict[str, tuple[int, int, int, str]]:
-        rows = self.db.execute(
-            "SELECT path, size, mtime_ns, ino, digest FROM digests WHERE pair = ?", (pair,)
-        )
-        return {path: (size, mtime, ino, digest) for path, size, mtime, ino, digest in rows}
+    # (The table was ``digests`` before ctime_ns joined its key: the old one is dropped, which
+    # costs one rehash of each pair, never a change missed.)
 
-    def load_digests_scope(
-        self, pair: str, roots: Iterable[str]
-    ) -> dict[str, tuple[int, int, int, str]]:
+    def load_digests(self, pair: str) -> DigestCache:
+        rows = self.db.execute(
+            "SELECT path, size, mtime_ns, ino, ctime_ns, digest FROM file_digests WHERE pair = ?",
+            (pair,),
+        )
+        return {from_stored(path): tuple(row) for path, *row in rows}  # type: ignore[misc]
+
+    def load_digests_scope(self, pair: str, roots: Iterable[str]) -> DigestCache:
         """The digest cache rows at or below ``roots``."""
         rows = self._scoped(
-            "SELECT path, size, mtime_ns, ino, digest FROM digests", pair, roots, False
+            "SELECT path, size, mtime_ns, ino, ctime_ns, digest FROM file_digests",
+            pair,
+            roots,
+            False,
         )
-        return {path: (size, mtime, ino, digest) for path, size, mtime, ino, digest in rows}
+        return {from_stored(path): tuple(row) for path, *row in rows}  # type: ignore[misc]
 
-    def save_digests(
-        self,
-        pair: str,
-        old: dict[str, tuple[int, int, int, str]],
-        new: dict[str, tuple[int, int, int, str]],
-    ) -> None:
-        gone = [(pair, p) for p in old.keys() - new.keys()]
-        changed = [(pair, p, *v) for p, v in new.items() if old.get(p) != v]
+    def save_digests(self, pair: str, old: DigestCache, new: DigestCache) -> None:
+        gone = [(pair, to_stored(p)) for p in old.keys() - new.keys()]
+        changed = [(pair, to_stored(p), *v) for p, v in new.items() if old.get(p) != v]
         if not gone and not changed:
             return
         with self.transaction() as db:
-            db.executemany("DELETE FROM digests WHERE pair = ? AND path = ?", gone)
-            db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)", changed)
+            db.executemany("DELETE FROM file_digests WHERE pair = ? AND path = ?", gone)
+            db.executemany(
+                "INSERT OR REPLACE INTO file_digests VALUES (?, ?, ?, ?, ?, ?, ?)", changed
+            )
 
     # -- conflicts --------------------------------------------------------------------------------
 
@@ -337,8 +349,8 @@ class StateStore:
                 [
                     (
                         r.pair,
-                        r.path,
-                        r.copy,
+                        to_stored(r.path),
+                        to_stored(r.copy),
                         r.winner,
                         json.dumps(list(r.copy_sides)),
                         r.detail,
@@ -356,10 +368,18 @@ class StateStore:
             else self.db.execute(query + " ORDER BY pair, path")
         )
         return [
-            ConflictRecord(p, path, copy, winner, tuple(json.loads(sides)), detail, created)
+            ConflictRecord(
+                p,
+                from_stored(path),
+                from_stored(copy),
+                winner,
+                tuple(json.loads(sides)),
+                detail,
+                created,
+            )
             for p, path, copy, winner, sides, detail, created in rows
         ]
 
     def drop_conflict(self, pair: str, path: str) -> None:
         with self.transaction() as db:
-            db.execute("DELETE FROM conflicts WHERE pair = ? AND path = ?", (pair, path))
+            db.execute("DELETE FROM conflicts WHERE pair = ? AND path = ?", (pair, to_stored(path)))
