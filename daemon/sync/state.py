@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS halts (
     accepted INTEGER NOT NULL, created REAL NOT NULL
 );
 """
-_PER_PAIR = ("base", "digests", "rules", "remote_scans", "halts")
+_PER_PAIR = ("base", "file_digests", "rules", "remote_scans", "halts")
 """What was agreed or learnt for one identity of a pair (conflict records stay: their copies
 are still on disk)."""
 
