@@ -321,6 +321,7 @@ class LocalWatcher:
         if self._closed:
             raise RuntimeError("LocalWatcher is closed")
         loop = self._loop = asyncio.get_running_loop()
+        self._root_id = await loop.run_in_executor(None, self._identity)
         if self._source is None:
             polling = await loop.run_in_executor(None, self._choose_polling)
             self._source = WatchdogSource(
@@ -344,7 +345,6 @@ class LocalWatcher:
             )
             await loop.run_in_executor(None, self._source.start, self._emit)
         self._started = True
-        self._root_id = await loop.run_in_executor(None, self._identity)
         self._root_check = asyncio.ensure_future(self._check_root())
 
     def _identity(self) -> tuple[int, int] | None:
