@@ -112,11 +112,13 @@ Event = Copy | Literal
 class Matcher:
     """Walk a stream fed in pieces; say where the signed file's blocks occur in it.
 
-    Holds at most about ``SEARCH + block + LITERAL`` bytes, whatever the stream's size.
+    Holds at most about ``search + block + LITERAL`` bytes and a fed piece, whatever the
+    stream's size.
     """
 
-    def __init__(self, sig: Signature) -> None:
+    def __init__(self, sig: Signature, search: int = SEARCH) -> None:
         self.sig = sig
+        self.search = search
         self.buf = bytearray()
         self.start = 0  # stream offset of buf[0]
         self.p = 0  # where the next match is tried (index in buf)
@@ -141,11 +143,11 @@ class Matcher:
         b = self.sig.block
         while True:
             avail = len(self.buf) - self.p
-            if avail < b or (not final and avail < b + SEARCH):
+            if avail < b or (not final and avail < b + self.search):
                 break
             k = self._match(self.p, self._expected())
             if k is None:
-                hi = min(self.p + SEARCH, len(self.buf) - b)
+                hi = min(self.p + self.search, len(self.buf) - b)
                 found = self._search(self.p + 1, hi)
                 if found is None:
                     self.p = hi + 1
@@ -186,10 +188,22 @@ class Matcher:
                 return k
         return None
 
+    def _probes(self) -> list[int]:
+        """The blocks looked for past a mismatch: the next few (an edit or a small deletion),
+        then ever farther ones (a big deletion: whatever block follows it will do, the blocks
+        between are found again backwards from it)."""
+        near = self._expected() or ([0] if self.sig.count else [])
+        far, step = [], CANDIDATES * 2
+        while self.last + step < self.sig.count:
+            far.append(self.last + step)
+            step *= 2
+        return near + far
+
     def _search(self, lo: int, hi: int) -> tuple[int, int] | None:
-        """The first position in [lo, hi] where an expected block starts, with that block."""
+        """The first position in [lo, hi] where a probed block starts, with that block, moved
+        back over the blocks that precede it there too."""
         best: tuple[int, int] | None = None
-        for k in self._expected() or ([0] if self.sig.count else []):
+        for k in self._probes():
             head = self.sig.record(k)[2]
             end = hi if best is None else best[0] - 1
             pos = self.buf.find(head, lo, end + len(head))
@@ -200,7 +214,13 @@ class Matcher:
                     best = (pos, k)
                     break
                 pos = self.buf.find(head, pos + 1, end + len(head))
-        return best
+        if best is None:
+            return None
+        pos, k = best
+        b = self.sig.block
+        while k > self.last + 1 and pos - b >= self.lit and self._match(pos - b, [k - 1]) == k - 1:
+            pos, k = pos - b, k - 1
+        return pos, k
 
     def _flush(self, out: list[Event], upto: int) -> None:
         """Hand on buf[lit:upto] as literal pieces."""
