@@ -732,18 +732,14 @@ class AgentClient:
             pieces.append(end - pos)
         return Range(size, mtime_ns, mode, pieces)
 
-    async def signature(self, root: str, path: str, block: int) -> tuple[bytes, Entry]:
-        """The delta signature of ``path`` (see daemon/sync/delta.py) and the entry it was made
-        of (without a digest)."""
+    async def signature(self, root: str, path: str, block: int) -> tuple[bytes, int]:
+        """The delta signature of ``path`` (see daemon/sync/delta.py) and the size of the file
+        it was made of."""
         reply = await self.call("signature", root=root, path=_rel(path), block=block)
-        raw = ["file", reply.get("size"), reply.get("mtime_ns"), reply.get("mode"), "", "", ""]
-        blob = reply.get("blob", b"")
-        if reply.get("block") != block or not isinstance(blob, bytes):
+        blob, size = reply.get("blob", b""), reply.get("size")
+        if reply.get("block") != block or not isinstance(blob, bytes) or not _is_int(size):
             raise self._poison(BadHostData(f"{self._where} sent a malformed signature"))
-        try:
-            return blob, entry_from_wire(path, raw)
-        except BadHostData as exc:
-            raise self._poison(exc) from None
+        return blob, size
 
     async def write_stream(
         self,

@@ -66,7 +66,7 @@ class Side(Protocol):
 
     async def read(self, path: str, expect: Entry) -> Content: ...
     async def read_range(self, path: str, offset: int, length: int) -> Range: ...
-    async def signature(self, path: str, block: int) -> tuple[bytes, Entry] | None: ...
+    async def signature(self, path: str, block: int) -> tuple[bytes, int] | None: ...
     async def write_stream(
         self,
         path: str,
@@ -124,11 +124,11 @@ class AgentSide:
         got: Range = await _guard(self.client.read_range(self.root, path, offset, length), path)
         return got
 
-    async def signature(self, path: str, block: int) -> tuple[bytes, Entry] | None:
+    async def signature(self, path: str, block: int) -> tuple[bytes, int] | None:
         """The delta signature of ``path``; None where the host cannot make one (SFTP)."""
         if not hasattr(self.client, "signature"):
             return None
-        got: tuple[bytes, Entry] = await _guard(self.client.signature(self.root, path, block), path)
+        got: tuple[bytes, int] = await _guard(self.client.signature(self.root, path, block), path)
         return got
 
     async def write_stream(
@@ -297,7 +297,7 @@ class LocalSide:
 
         return await asyncio.to_thread(load)
 
-    async def signature(self, path: str, block: int) -> tuple[bytes, Entry] | None:
+    async def signature(self, path: str, block: int) -> tuple[bytes, int] | None:
         return await (await self._writer()).signature(path, block)
 
     async def write_stream(

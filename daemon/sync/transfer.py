@@ -41,7 +41,7 @@ class StreamSide(Protocol):
     local: bool
 
     async def read_range(self, path: str, offset: int, length: int) -> Range: ...
-    async def signature(self, path: str, block: int) -> tuple[bytes, Entry] | None: ...
+    async def signature(self, path: str, block: int) -> tuple[bytes, int] | None: ...
     async def write_stream(
         self,
         path: str,
@@ -211,7 +211,7 @@ async def _push(
     one; send block references and the bytes the host lacks."""
     block = block_size(old.size)
     got = await here.signature(dst, block)
-    if got is None or got[1].size != old.size:
+    if got is None or got[1] != old.size:
         return None
     sig = Signature(block, got[0])
     matcher = Matcher(sig)
@@ -253,7 +253,7 @@ async def _pull(
     got = await there.signature(src, block)
     if got is None:
         return None
-    if got[1].size != new.size:
+    if got[1] != new.size:
         raise SourceChanged(f"{src} changed since it was scanned")
     sig = Signature(block, got[0])
     matcher = Matcher(sig)
