@@ -229,3 +229,28 @@ def test_a_link_cut_mid_transfer_leaves_no_partial_file_and_the_rerun_lands_it(
         assert digest(remote / "ckpt.bin") == digest(local / "ckpt.bin")
     finally:
         proxy.stop()
+
+
+def test_progress_shows_each_big_file_bytes_rate_and_eta(project, monkeypatch, capsys) -> None:
+    """The engine reports a big file's bytes as they move (not only when it lands), and the
+    plain progress prints per file: bytes done of its size, rate, time left; and the total."""
+    from daemon.commands.sync import _PlainProgress
+    from daemon.sync.engine import Progress
+
+    tmp, local, _remote, configure = project
+    configure("push")
+    write_random(local / "big.bin", 20 * MiB)
+    seen: list[tuple[str, int, int]] = []
+    monkeypatch.setattr(Progress, "file_bytes", lambda self, *args: seen.append(args))
+    code, report = sync(tmp)
+    assert code == 0, report
+    dones = [done for path, done, size in seen if path == "big.bin" and size == 20 * MiB]
+    assert len(dones) >= 10 and dones == sorted(dones) and dones[-1] == 20 * MiB
+
+    plain = _PlainProgress()
+    plain.transfer_started(2, 30 * MiB)
+    plain.last = float("-inf")  # due for a line now
+    plain.file_bytes("ckpt/model.pt", 5 * MiB, 20 * MiB)
+    err = capsys.readouterr().err.splitlines()
+    assert err[-2].startswith("  0/2 files, 5.2 MB/31.5 MB, ") and err[-2].endswith(" left")
+    assert err[-1].startswith("  ckpt/model.pt: 5.2 MB/21.0 MB, ") and "/s, " in err[-1]
