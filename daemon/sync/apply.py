@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..agent_client import CHUNK
 from ..errors import RemoteError
 from .entry import EntryKind
 from .paths import is_within
@@ -123,12 +124,17 @@ async def apply_plan(
                         report = lambda done: on_file_bytes(path, done, size)  # noqa: E731
                     gate = big if new.size > BIG_FILE else contextlib.nullcontext()
                     async with sem, gate:
-                        try:
-                            digest = await copy_file(
-                                there, here, a.source_path, a.path, new, a.old, report
-                            )
-                        except SourceChanged as exc:
-                            raise OpFailed("changed", str(exc), a.source_path) from exc
+                        if new.size <= CHUNK:  # one frame: read whole, one write, one reply
+                            content = await there.read(a.source_path, new)
+                            await here.write(a.path, content, new, a.old)
+                            digest = content.digest
+                        else:
+                            try:
+                                digest = await copy_file(
+                                    there, here, a.source_path, a.path, new, a.old, report
+                                )
+                            except SourceChanged as exc:
+                                raise OpFailed("changed", str(exc), a.source_path) from exc
                     learn(a, digest)
                     out.files += 1
                     out.bytes += new.size
