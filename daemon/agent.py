@@ -49,15 +49,29 @@ parents are opened one by one with O_NOFOLLOW and every change goes through that
         there (same rules), the reply has ``since``, ``changed: {path: entry}`` and
         ``removed: [path]`` instead of ``entries``.
     read {root, path}               -> files <= CHUNK: one reply {size, mtime_ns, mode, digest} with
-        the content as its blob; larger: ``event: "chunk"`` frames with blobs, then the reply
-        without a blob. The digest is of the bytes sent.
+        the content as its blob (larger ones: ``invalid``, read them in ranges). The digest is of
+        the bytes sent.
+    read {root, path, offset, length, holes?} -> {size, mtime_ns, mode, segs}: at most CHUNK bytes
+        of the file from offset; segs: [[start, n], ...] where the data lies in that range
+        (relative to offset, back to back in the blob); the rest of the range is zeros. With
+        holes, holes (SEEK_DATA/SEEK_HOLE) are left out of the blob; otherwise segs is one run.
+        Reading a big file is the client's loop over ranges: it keeps a fixed window of them in
+        flight and hashes what it gets, so neither end holds more than that window.
+    signature {root, path, block}   -> {size, mtime_ns, mode, block, count}, blob: per full block,
+        its adler32 (4 bytes, big-endian), the first 16 bytes of its sha256, its first 16 bytes
+        (the delta signature; the short last block is not signed). See daemon/sync/delta.py.
     write {root, path, mode, mtime_ns, digest, expect, blob, fsync?}  -> {entry}
         Content goes to a temporary (:mod:`tempnames`) beside the target, its sha256 is checked
         against digest, expect is checked, mode and mtime are set, then os.replace. Missing parent
         dirs are created (never the root itself: a missing root is ``not_found``). Big files:
         several writes with ``transfer`` (an id of the client's),
         ``offset`` and ``final: false``, then the last one with ``final: true`` (default) and the
-        metadata. A failed chunk removes the temp; later chunks of it fail ``invalid``.
+        metadata. A failed chunk removes the temp; later chunks of it fail ``invalid``;
+        ``abort: true`` drops a transfer. A chunk's ``segs`` say what it holds:
+        [[-1, n]] n bytes of the blob, [[-2, n]] a hole of n zero bytes (seeked over: a sparse
+        file stays sparse), [[offset, n]] n bytes copied from the target as it was when the
+        transfer began (``base: true`` on its first chunk; a delta). Default: the blob. Offsets
+        count the file's bytes so far, holes and copies included; the digest covers them all.
     write_many {root, files: [{path, size, mode, mtime_ns, digest, expect, fsync?}], blob}
         -> {results: [{entry} | {error}]}: many whole files in one frame, their bodies back to back
         in the blob (sizes must add up to it); each is staged, checked and renamed as ``write``
@@ -114,6 +128,7 @@ import struct
 import sys
 import threading
 import time
+import zlib
 
 import tempnames  # daemon/sync/tempnames.py, registered by the bootstrap from verified source
 
@@ -750,7 +765,7 @@ class LastScan:
 # ---------------------------------------------------------------- read and write
 
 
-def op_read(req, emit):
+def op_read(req):
     root = root_of(req)
     rel = check_rel(req.get("path"))
     dfd, name, _ = open_parent(root, rel, False)
@@ -766,29 +781,120 @@ def op_read(req, emit):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise AgentError("invalid", "%s is not a regular file" % rel, rel)
-        h = hashlib.sha256()
-        data = read_full(fd, CHUNK)
-        size = len(data)
-        h.update(data)
-        more = read_full(fd, CHUNK) if len(data) == CHUNK else b""
         reply = {"mtime_ns": st.st_mtime_ns, "mode": st.st_mode & 0o7777}
-        if not more:
-            reply.update({"size": size, "digest": h.hexdigest()})
+        if "offset" not in req:
+            data = read_full(fd, CHUNK + 1)
+            if len(data) > CHUNK:
+                raise AgentError("invalid", "%s is too big for one read: read ranges" % rel, rel)
+            reply.update({"size": len(data), "digest": hashlib.sha256(data).hexdigest()})
             return reply, data
-        emit({"event": "chunk"}, data)
-        while more:
-            h.update(more)
-            size += len(more)
-            emit({"event": "chunk"}, more)
-            more = read_full(fd, CHUNK)
-        reply.update({"size": size, "digest": h.hexdigest()})
-        return reply, None
+        offset, length = int(req["offset"]), min(int(req.get("length", CHUNK)), CHUNK)
+        if offset < 0 or length < 0:
+            raise AgentError("invalid", "bad range %d+%d" % (offset, length), rel)
+        end = min(offset + length, st.st_size)
+        runs = data_extents(fd, offset, end) if req.get("holes") else [(offset, end)]
+        segs, parts = [], []
+        for start, stop in runs:
+            data = pread_full(fd, stop - start, start)
+            if data:
+                segs.append([start - offset, len(data)])
+                parts.append(data)
+        reply.update({"size": st.st_size, "segs": segs})
+        return reply, b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+def pread_full(fd, n, offset):
+    parts = []
+    while n > 0:
+        data = os.pread(fd, n, offset)
+        if not data:
+            break
+        parts.append(data)
+        n -= len(data)
+        offset += len(data)
+    return b"".join(parts)
+
+
+def data_extents(fd, start, end):
+    """The (start, stop) runs of data in [start, end) of ``fd``, holes left out, as
+    SEEK_DATA/SEEK_HOLE tell; one run where the platform or filesystem cannot tell.
+    (daemon/sync/sparse.py is this machine's copy; a test holds them to one answer.)"""
+    if start >= end:
+        return []
+    if not hasattr(os, "SEEK_DATA"):
+        return [(start, end)]
+    runs = []
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # nothing but a hole up to the end
+                break
+            return [(start, end)]
+        if data >= end:
+            break
+        stop = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        runs.append((data, stop))
+        pos = stop
+    return runs
+
+
+ZEROS = bytes(CHUNK)
+
+
+def hash_zeros(h, n):
+    """Feed ``n`` zero bytes to ``h`` in pieces (a hole of any size, never materialized)."""
+    view = memoryview(ZEROS)
+    while n > 0:
+        step = min(n, CHUNK)
+        h.update(view[:step])
+        n -= step
+
+
+SIG_MIN, SIG_MAX = 4096, 64 << 20
+
+
+def block_sig(data):
+    """adler32, sha256[:16], the first 16 bytes: daemon/sync/delta.py's block_sig (a test
+    holds the two to one answer)."""
+    strong = hashlib.sha256(data).digest()[:16]
+    return struct.pack(">I16s16s", zlib.adler32(data), strong, data[:16])
+
+
+def op_signature(req):
+    """The delta signature of a file: per full block, adler32 and a truncated sha256."""
+    block = int(req.get("block", 0))
+    if not SIG_MIN <= block <= SIG_MAX:
+        raise AgentError("invalid", "bad block size %r" % (block,))
+    root = root_of(req)
+    rel = check_rel(req.get("path"))
+    dfd, name, _ = open_parent(root, rel, False)
+    try:
+        fd = os.open(name, os.O_RDONLY | O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0), dir_fd=dfd)
+    finally:
+        os.close(dfd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise AgentError("invalid", "%s is not a regular file" % rel, rel)
+        parts = []
+        while True:
+            data = read_full(fd, block)
+            if len(data) < block:
+                break
+            parts.append(block_sig(data))
+        reply = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "mode": st.st_mode & 0o7777}
+        reply.update({"block": block, "count": len(parts)})
+        return reply, b"".join(parts)
     finally:
         os.close(fd)
 
 
 class Upload:
-    def __init__(self, root, rel, parent=None):
+    def __init__(self, root, rel, parent=None, base=False):
         self.root = root
         self.rel = rel
         self.owns_dfd = parent is None
@@ -798,9 +904,12 @@ class Upload:
             self.dfd, self.name, self.created = parent
         self.tmp = temp_name(self.name)
         self.fd = None
+        self.base = None
         self.hash = hashlib.sha256()
         self.size = 0
         try:
+            if base:  # what a delta's copies come from: the target as it is now
+                self.base = os.open(self.name, os.O_RDONLY | O_NOFOLLOW, dir_fd=self.dfd)
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW
             self.fd = os.open(self.tmp, flags, 0o600, dir_fd=self.dfd)
         except BaseException:
@@ -815,12 +924,45 @@ class Upload:
         self.hash.update(data)
         self.size += len(data)
 
+    def apply(self, segs, blob):
+        """Write one chunk: its blob's bytes, holes (seeked over), copies from the base."""
+        view = memoryview(blob or b"")
+        if segs is None:
+            segs = [[-1, len(view)]]
+        used = 0
+        for what, n in segs:
+            if not isinstance(n, int) or n < 0:
+                raise AgentError("invalid", "bad segment length %r" % (n,), self.rel)
+            if what == -1:
+                if used + n > len(view):
+                    raise AgentError("invalid", "segments overrun the blob", self.rel)
+                self.append(view[used : used + n])
+                used += n
+            elif what == -2:
+                hash_zeros(self.hash, n)
+                self.size += n
+                os.lseek(self.fd, self.size, os.SEEK_SET)
+            elif isinstance(what, int) and what >= 0 and self.base is not None:
+                while n > 0:
+                    data = os.pread(self.base, min(n, CHUNK), what)
+                    if not data:
+                        raise AgentError("changed", "%s shrank under a delta" % self.rel, self.rel)
+                    self.append(data)
+                    what += len(data)
+                    n -= len(data)
+            else:
+                raise AgentError("invalid", "bad segment %r" % (what,), self.rel)
+        if used != len(view):
+            raise AgentError("invalid", "segments do not cover the blob", self.rel)
+
     def finish(self, req):
         digest = req.get("digest")
         if self.hash.hexdigest() != digest:
             raise AgentError("corrupt", "%s: received content does not match its digest" % self.rel)
         mode = int(req.get("mode", 0o644)) & 0o7777
         mtime_ns = int(req.get("mtime_ns"))
+        if os.fstat(self.fd).st_size != self.size:  # it ends in a hole
+            os.ftruncate(self.fd, self.size)
         os.fchmod(self.fd, mode)
         os.utime(self.fd, ns=(mtime_ns, mtime_ns))
         if req.get("fsync"):
@@ -837,6 +979,9 @@ class Upload:
         return {"entry": entry_of(st, digest)}
 
     def abort(self):
+        if self.base is not None:
+            os.close(self.base)
+            self.base = None
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -847,6 +992,9 @@ class Upload:
         self.close()
 
     def close(self):
+        if self.base is not None:
+            os.close(self.base)
+            self.base = None
         if self.dfd is not None and self.owns_dfd:
             os.close(self.dfd)
         self.dfd = None
@@ -862,21 +1010,24 @@ def op_write(req, blob):
     final = req.get("final", True)
     if final and "expect" not in req:
         raise AgentError("invalid", "write needs expect (an entry, or null for absent)", rel)
-    data = blob or b""
     if transfer is None:
         upload = Upload(root, rel)
     else:
         key = str(transfer)
         upload = UPLOADS.pop(key, None)
+        if req.get("abort"):
+            if upload is not None:
+                upload.abort()
+            return {}
         if upload is None:
             if req.get("offset", 0) != 0:
                 raise AgentError("invalid", "unknown or failed transfer %s" % key, rel)
-            upload = Upload(root, rel)
+            upload = Upload(root, rel, base=bool(req.get("base")))
         elif upload.rel != rel or req.get("offset") != upload.size:
             upload.abort()
             raise AgentError("invalid", "transfer %s: wrong path or offset" % key, rel)
     try:
-        upload.append(data)
+        upload.apply(req.get("segs"), blob)
         if not final:
             UPLOADS[str(transfer)] = upload
             return {"received": upload.size}
@@ -1936,7 +2087,10 @@ def handle(chan, req, blob):
         elif op == "write_many":
             run_write_many(chan, rid, req, blob)
         elif op == "read":
-            result, data = op_read(req, lambda ev, b: chan.send(dict(ev, id=rid), b))
+            result, data = op_read(req)
+            finish(chan, rid, result, data)
+        elif op == "signature":
+            result, data = op_signature(req)
             finish(chan, rid, result, data)
         elif op in THREADED:
             run_threaded(chan, rid, THREADED[op], req)

@@ -44,7 +44,9 @@ BUNDLE = ("sync/tempnames.py", "agent.py")
 its bare name (``import tempnames``), registered by the bootstrap from verified source."""
 PROTOCOL_VERSION = 1
 CHUNK = 1 << 20
-"""Files larger than this are written in several pipelined chunks."""
+"""Files larger than this are written in several pipelined chunks, and read in ranges."""
+WINDOW = 8
+"""Chunks of one file in flight at once, either way: a transfer holds about WINDOW * CHUNK."""
 MAX_FRAME = 256 << 20
 HELLO_TIMEOUT_S = 30.0
 Blob: TypeAlias = bytes | Sequence[bytes]
@@ -195,12 +197,27 @@ class WriteItem:
     """The SHA-256 of ``data`` when the caller already has it (computed here otherwise)."""
 
 
+Seg: TypeAlias = bytes | int | tuple[int, int]
+"""Part of a streamed write: bytes, a hole of that many zeros, or (offset, length) copied from
+the target as it was (a delta)."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """A range of a file as :meth:`AgentClient.read_range` got it, and the file's stat then."""
+
+    size: int
+    mtime_ns: int
+    mode: int
+    pieces: list[bytes | int]
+    """Data, and holes (ints: that many zero bytes), covering the range in order."""
+
+
 @dataclass
 class _Call:
     op: str
     future: asyncio.Future[dict[str, Any]]
     events: asyncio.Queue[dict[str, Any]] | None = None
-    chunks: list[bytes] = field(default_factory=list)
 
 
 def _entry_to_wire(entry: Entry | None) -> list[Any] | None:
@@ -528,8 +545,6 @@ class AgentClient:
                 raise BadHostData(f"{self._where} sent a bad event: {message!r:.200}")
             if call.events is not None:
                 call.events.put_nowait(message)
-            elif blob is not None:
-                call.chunks.append(blob)
             return
         ok = message.pop("ok", None)
         message.pop("id")
@@ -613,8 +628,6 @@ class AgentClient:
         """Send one request and return its final reply (``blob``: its bytes, if any, whole or
         as parts sent back to back).
 
-        Chunk events (``read`` of a big file) are joined into the reply's ``blob``.
-
         Raises:
             RemoteOpError: the agent answered with an error (ExpectationFailed for ``changed``).
             BadHostData: the agent sent something malformed.
@@ -637,9 +650,6 @@ class AgentClient:
             if self._pending.pop(rid, None) is not None:
                 self._abandoned.add(rid)
             raise
-        if call.chunks:
-            call.chunks.append(reply.get("blob", b""))
-            reply["blob"] = b"".join(call.chunks)
         return reply
 
     async def stream(self, op: str, **args: Any) -> AsyncIterator[dict[str, Any]]:
@@ -744,6 +754,121 @@ class AgentClient:
 
     async def read(self, root: str, path: str) -> bytes:
         return (await self.read_entry(root, path))[0]
+
+    async def read_range(
+        self, root: str, path: str, offset: int, length: int, *, holes: bool = True
+    ) -> Range:
+        """Up to :data:`CHUNK` bytes of ``path`` from ``offset`` (``holes``: holes left out)."""
+        reply = await self.call(
+            "read", root=root, path=_rel(path), offset=offset, length=length, holes=holes
+        )
+        blob, segs = reply.get("blob", b""), reply.get("segs")
+        size, mtime_ns, mode = reply.get("size"), reply.get("mtime_ns"), reply.get("mode")
+        if not (_is_int(size) and _is_int(mtime_ns) and _is_int(mode) and isinstance(segs, list)):
+            raise self._poison(BadHostData(f"{self._where} sent a malformed range of {path!r}"))
+        end = max(0, min(offset + min(length, CHUNK), size) - offset)
+        pieces: list[bytes | int] = []
+        pos = used = 0
+        for seg in segs:
+            ok = isinstance(seg, list) and len(seg) == 2 and all(_is_int(v) for v in seg)
+            if not ok or seg[0] < pos or seg[1] <= 0 or seg[0] + seg[1] > end:
+                raise self._poison(BadHostData(f"{self._where} sent a bad range of {path!r}"))
+            if seg[0] > pos:
+                pieces.append(seg[0] - pos)
+            pieces.append(blob[used : used + seg[1]])
+            used += seg[1]
+            pos = seg[0] + seg[1]
+        if used != len(blob):
+            raise self._poison(BadHostData(f"{self._where} sent a bad range of {path!r}"))
+        if pos < end:
+            pieces.append(end - pos)
+        return Range(size, mtime_ns, mode, pieces)
+
+    async def signature(self, root: str, path: str, block: int) -> tuple[bytes, int]:
+        """The delta signature of ``path`` (see daemon/sync/delta.py) and the size of the file
+        it was made of."""
+        reply = await self.call("signature", root=root, path=_rel(path), block=block)
+        blob, size = reply.get("blob", b""), reply.get("size")
+        if reply.get("block") != block or not isinstance(blob, bytes) or not _is_int(size):
+            raise self._poison(BadHostData(f"{self._where} sent a malformed signature"))
+        return blob, size
+
+    async def write_stream(
+        self,
+        root: str,
+        path: str,
+        frames: AsyncIterator[list[Seg]],
+        *,
+        mode: int,
+        mtime_ns: int,
+        expect: Entry | None,
+        digest: Callable[[], str],
+        base: bool = False,
+        fsync: bool = False,
+    ) -> Entry:
+        """Write a file that arrives as ``frames`` (each at most about :data:`CHUNK` bytes of
+        data), with :data:`WINDOW` of them in flight, then land it as :meth:`write` does.
+
+        ``digest()`` is asked once the frames are exhausted (a stream hashes as it goes).
+        ``base``: copies in the frames come from the target as it is now (a delta). A failure
+        anywhere, the source's included, drops the staged file on the host.
+        """
+        _rel(path)
+        transfer = secrets.token_hex(8)
+        common: dict[str, Any] = {"root": root, "path": path, "transfer": transfer}
+        pending: deque[asyncio.Future[dict[str, Any]]] = deque()
+        offset = 0
+        try:
+            async for frame in frames:
+                segs: list[list[int]] = []
+                parts: list[bytes] = []
+                start = offset
+                for seg in frame:
+                    if isinstance(seg, int):
+                        segs.append([-2, seg])
+                        offset += seg
+                    elif isinstance(seg, tuple):
+                        segs.append([seg[0], seg[1]])
+                        offset += seg[1]
+                    elif seg:
+                        segs.append([-1, len(seg)])
+                        parts.append(seg)
+                        offset += len(seg)
+                if not segs:
+                    continue
+                args = dict(common, offset=start, final=False, segs=segs)
+                if start == 0 and base:
+                    args["base"] = True
+                pending.append(asyncio.ensure_future(self.call("write", parts, **args)))
+                while len(pending) >= WINDOW or (pending and pending[0].done()):
+                    await pending.popleft()
+            while pending:
+                await pending.popleft()
+            final = {
+                "mode": mode,
+                "mtime_ns": mtime_ns,
+                "digest": digest(),
+                "expect": _entry_to_wire(expect),
+                "fsync": fsync,
+            }
+            args = dict(common, offset=offset, final=True, segs=[], **final)
+            if offset == 0 and base:
+                args["base"] = True
+            reply = await self.call("write", [], **args)
+        except BaseException:
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*pending, return_exceptions=True)
+            if self._failure is None:
+                drop = self.call("write", None, **common, final=False, abort=True)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(drop)
+            raise
+        entry = entry_from_wire(path, reply.get("entry"))
+        if entry.kind is not EntryKind.FILE or entry.digest != final["digest"]:
+            raise BadHostData(f"{self._where} reported a different file after writing {path!r}")
+        return entry
 
     async def write(
         self,

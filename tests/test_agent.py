@@ -345,7 +345,10 @@ def test_chunked_write_is_invisible_until_complete(root: Path) -> None:
         # and through the client, which chunks by itself
         entry = await c.write(str(root), "big2.bin", data, mode=0o644, mtime_ns=OLD_NS, expect=None)
         assert entry.size == len(data)
-        assert await c.read(str(root), "big2.bin") == data
+        assert (root / "big2.bin").read_bytes() == data
+        with pytest.raises(RemoteOpError) as info:  # a big file is read in ranges
+            await c.read(str(root), "big2.bin")
+        assert info.value.type == "invalid"
 
     arun(body)
     assert (root / "big.bin").read_bytes() == data

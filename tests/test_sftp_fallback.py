@@ -131,3 +131,28 @@ def test_tether_sync_falls_back_to_sftp_with_a_warning(
     assert result.returncode == 0, result.stderr
     assert "syncing over SFTP instead" in result.stderr
     assert (tmp_path / "remote" / "kernel.py").read_text() == "k = 1\n"
+
+
+def test_big_and_sparse_files_stream_both_ways_over_sftp(project: Path, tmp_path: Path) -> None:
+    """Over SFTP too a big file goes in ranges (no whole-file read) and its holes stay holes
+    on the host; a changed one (no signatures there) is sent whole, exactly."""
+    remote = tmp_path / "remote"
+    sparse, big = project / "sparse.img", project / "big.bin"
+    with sparse.open("wb") as fh:
+        fh.seek(40 << 20)
+        fh.write(os.urandom(3 << 20))
+        fh.truncate(64 << 20)
+    big.write_bytes(os.urandom(9 << 20))
+    report = sync_over_sftp(project / "tether.toml")
+    assert report.status.value == "ok", report.message
+    assert (remote / "sparse.img").read_bytes() == sparse.read_bytes()
+    if sparse.stat().st_blocks * 512 < 8 << 20:  # a filesystem that keeps holes
+        assert (remote / "sparse.img").stat().st_blocks * 512 < 8 << 20
+    (remote / "host.bin").write_bytes(os.urandom(5 << 20))
+    with (remote / "big.bin").open("r+b") as fh:
+        fh.seek(4 << 20)
+        fh.write(b"edited on the host")
+    sync_over_sftp(project / "tether.toml")
+    assert big.read_bytes() == (remote / "big.bin").read_bytes()
+    assert (project / "host.bin").read_bytes() == (remote / "host.bin").read_bytes()
+    assert not [p for p in remote.rglob("*.tmp")] + [p for p in project.rglob("*.tmp")]

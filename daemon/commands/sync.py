@@ -77,6 +77,37 @@ def _via_daemon(
     return list(data["pairs"])
 
 
+def rate_and_eta(done: int, size: int, seconds: float) -> str:
+    """``"12.5 MB/s, 40 s left"`` for a transfer ``done`` of ``size`` bytes after ``seconds``."""
+    rate = done / max(seconds, 1e-6)
+    left = (size - done) / rate if rate > 0 else float("inf")
+    eta = "?" if left == float("inf") else f"{left:.0f} s" if left < 120 else f"{left / 60:.0f} min"
+    return f"{_size(rate)}/s, {eta} left"
+
+
+class _Moving:
+    """Big files under way: when each started and how far it is (for per-file progress)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[float, int, int]] = {}
+
+    def update(self, path: str, done: int, size: int) -> None:
+        started = self.files[path][0] if path in self.files else time.monotonic()
+        self.files[path] = (started, done, size)
+
+    def drop(self, path: str) -> None:
+        self.files.pop(path, None)
+
+    def bytes(self) -> int:
+        return sum(done for _, done, _ in self.files.values())
+
+    def lines(self, now: float) -> list[str]:
+        return [
+            f"  {path}: {_size(done)}/{_size(size)}, {rate_and_eta(done, size, now - started)}"
+            for path, (started, done, size) in self.files.items()
+        ]
+
+
 class _PlainProgress:
     """Plain lines (not a terminal): a line per phase and one every ~2 s while transferring.
 
@@ -88,6 +119,9 @@ class _PlainProgress:
         self.started = 0.0
         self.files = 0
         self.count = 0
+        self.total = 0
+        self.landed = 0
+        self.moving = _Moving()
 
     def phase(self, name: str, detail: str = "") -> None:
         if name in ("scan", "transfer"):
@@ -95,21 +129,32 @@ class _PlainProgress:
 
     def transfer_started(self, files: int, total_bytes: int) -> None:
         self.started = self.last = time.monotonic()
-        self.files, self.count = files, 0
+        self.files, self.count, self.total = files, 0, total_bytes
         print(f"  {files} to copy, {_size(total_bytes)}", file=sys.stderr, flush=True)
 
     def file_done(self, path: str, done_bytes: int, total_bytes: int) -> None:
         self.count += 1
+        self.landed = done_bytes
+        self.moving.drop(path)
+        self._report()
+
+    def file_bytes(self, path: str, done: int, size: int) -> None:
+        self.moving.update(path, done, size)
+        self._report()
+
+    def _report(self) -> None:
+        """Every ~2 s: the total, then each big file under way (bytes, rate, time left)."""
         now = time.monotonic()
-        if now - self.last >= 2.0:
-            self.last = now
-            rate = done_bytes / max(now - self.started, 1e-6)
-            print(
-                f"  {self.count}/{self.files} files, {_size(done_bytes)}/{_size(total_bytes)}, "
-                f"{_size(rate)}/s",
-                file=sys.stderr,
-                flush=True,
-            )
+        if now - self.last < 2.0:
+            return
+        self.last = now
+        done = self.landed + self.moving.bytes()
+        lines = [
+            f"  {self.count}/{self.files} files, {_size(done)}/{_size(self.total)}, "
+            + rate_and_eta(done, self.total, now - self.started),
+            *self.moving.lines(now),
+        ]
+        print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 class _RichProgress:
@@ -138,7 +183,9 @@ class _RichProgress:
             transient=True,
         )
         self.task: int | None = None
-        self.count = self.files = 0
+        self.count = self.files = self.landed = 0
+        self.moving = _Moving()
+        self.tasks: dict[str, Any] = {}
 
     def phase(self, name: str, detail: str = "") -> None:
         if name == "scan":
@@ -154,8 +201,26 @@ class _RichProgress:
 
     def file_done(self, path: str, done_bytes: int, total_bytes: int) -> None:
         self.count += 1
+        self.landed = done_bytes
+        self.moving.drop(path)
+        if path in self.tasks:
+            self.bar.remove_task(self.tasks.pop(path))
+        self._total()
+
+    def file_bytes(self, path: str, done: int, size: int) -> None:
+        """A row of its own per big file under way: its bytes, rate and time left."""
+        self.moving.update(path, done, size)
+        if self.task is None:
+            return
+        if path not in self.tasks:
+            self.tasks[path] = self.bar.add_task(path, total=max(size, 1), files="")
+        self.bar.update(self.tasks[path], completed=done)
+        self._total()
+
+    def _total(self) -> None:
         if self.task is not None:
-            self.bar.update(self.task, completed=done_bytes, files=f"{self.count}/{self.files}")
+            done = self.landed + self.moving.bytes()
+            self.bar.update(self.task, completed=done, files=f"{self.count}/{self.files}")
 
     def close(self) -> None:
         if self.task is not None:

@@ -11,25 +11,33 @@ rest goes on; a full disk stops the whole apply (the agent removes its staged te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..agent_client import CHUNK
 from ..errors import RemoteError
 from .entry import EntryKind
 from .paths import is_within
 from .reconcile import Action, ActionKind, Problem
 from .reconcile import Side as Where
 from .sides import Content, OpFailed, Side
+from .transfer import SourceChanged, copy_file
 
 ProgressFn = Callable[[str, int, int], None]
 """``on_progress(path, bytes_done, bytes_total)``, called as each file lands."""
+FileBytesFn = Callable[[str, int, int], None]
+"""``on_file_bytes(path, bytes_done, file_size)``, called as a big file's bytes move."""
 DigestFn = Callable[[str, str], object]
 """``on_digest(source_path, sha256)``: a file the scan left unhashed landed with this content."""
 
 RESCAN_KINDS = frozenset({"changed", "exists", "not_empty", "not_found", "corrupt"})
 IN_FLIGHT = 64
-"""Files read and written concurrently (bounds memory to about IN_FLIGHT file bodies)."""
+"""Files read and written concurrently (each streams with a window of a few MiB at most)."""
+BIG_FILE = 8 << 20
+BIG_IN_FLIGHT = 2
+"""Files over BIG_FILE moved at once: their windows are what a transfer's memory comes to."""
 SMALL_FILE = 256 * 1024
 """Files up to this size travel in batches (``read_many``, then one ``write_many``)."""
 BATCH_BYTES = 1 << 20
@@ -66,12 +74,14 @@ async def apply_plan(
     *,
     on_progress: ProgressFn | None = None,
     on_digest: DigestFn | None = None,
+    on_file_bytes: FileBytesFn | None = None,
     in_flight: int = IN_FLIGHT,
 ) -> Outcome:
     """Run ``actions`` (in reconcile's order) against ``sides``; never raises for one path."""
     out = Outcome()
     failed: list[tuple[Where, str]] = []
     total = total_bytes(actions)
+    big = asyncio.Semaphore(BIG_IN_FLIGHT)
 
     def blocked(a: Action) -> bool:
         return any(side is a.side and is_within(a.path, p) for side, p in failed)
@@ -108,10 +118,24 @@ async def apply_plan(
                     await here.symlink(a.path, new.target, a.old)
                 else:
                     assert sem is not None
-                    async with sem:
-                        content = await there.read(a.source_path, new)
-                        await here.write(a.path, content, new, a.old)
-                    learn(a, content)
+                    report = None
+                    if on_file_bytes is not None:
+                        path, size = a.path, new.size
+                        report = lambda done: on_file_bytes(path, done, size)  # noqa: E731
+                    gate = big if new.size > BIG_FILE else contextlib.nullcontext()
+                    async with sem, gate:
+                        if new.size <= CHUNK:  # one frame: read whole, one write, one reply
+                            content = await there.read(a.source_path, new)
+                            await here.write(a.path, content, new, a.old)
+                            digest = content.digest
+                        else:
+                            try:
+                                digest = await copy_file(
+                                    there, here, a.source_path, a.path, new, a.old, report
+                                )
+                            except SourceChanged as exc:
+                                raise OpFailed("changed", str(exc), a.source_path) from exc
+                    learn(a, digest)
                     out.files += 1
                     out.bytes += new.size
                     if on_progress is not None:
@@ -121,13 +145,13 @@ async def apply_plan(
             return
         out.done.append(a)
 
-    def learn(a: Action, content: Content) -> None:
+    def learn(a: Action, digest: str) -> None:
         if on_digest is not None and a.new is not None and not a.new.digest:
-            on_digest(a.source_path, content.digest)
+            on_digest(a.source_path, digest)
 
     def landed(a: Action, content: Content) -> None:
         assert a.new is not None
-        learn(a, content)
+        learn(a, content.digest)
         out.files += 1
         out.bytes += a.new.size
         out.done.append(a)

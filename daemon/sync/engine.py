@@ -165,6 +165,9 @@ class Progress:
     def file_done(self, path: str, done_bytes: int, total_bytes: int) -> None:
         pass
 
+    def file_bytes(self, path: str, done: int, size: int) -> None:
+        """A big file's bytes moving (once per chunk): ``done`` of its ``size`` so far."""
+
 
 def stamp(now: float | None = None) -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
@@ -676,6 +679,7 @@ class _Session:
             plan.actions,
             self.sides,  # type: ignore[arg-type]
             on_progress=progress,
+            on_file_bytes=self.progress.file_bytes,
             on_digest=scanned.learn,
         )
         report.transfer_s += time.monotonic() - t0

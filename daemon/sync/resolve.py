@@ -21,6 +21,7 @@ from .reconcile import Side
 from .scan import scan_local
 from .sides import AgentSide, LocalSide, OpFailed
 from .state import ConflictRecord, StateStore, pair_key
+from .transfer import SourceChanged, copy_file
 
 KEEP_CHOICES = ("local", "remote", "both")
 
@@ -70,11 +71,12 @@ async def resolve(
                             await sides[side].delete(record.path, current)
                         await sides[side].rename(record.copy, record.path, entry)
                     else:
-                        data = await sides[source].read(record.copy, kept)
-                        await sides[side].write(record.path, data, kept, current)
-        except OpFailed as exc:
+                        await copy_file(
+                            sides[source], sides[side], record.copy, record.path, kept, current
+                        )
+        except (OpFailed, SourceChanged) as exc:
             raise UsageError(
-                f"cannot resolve {record.path}: {exc.message}", "run `tether sync` and try again"
+                f"cannot resolve {record.path}: {exc}", "run `tether sync` and try again"
             ) from None
         finally:
             await sides[Side.LOCAL].close()

@@ -20,12 +20,21 @@ import posixpath
 import re
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import asyncssh
 
-from ..agent_client import ExpectationFailed, RemoteOpError, ScanResult, WriteItem
+from ..agent_client import (
+    CHUNK,
+    WINDOW,
+    ExpectationFailed,
+    Range,
+    RemoteOpError,
+    ScanResult,
+    Seg,
+    WriteItem,
+)
 from ..errors import BadHostData
 from .entry import Entry, EntryKind
 from .paths import check_relpath, foreign_name, symlink_stays_inside
@@ -198,6 +207,20 @@ class SftpEndpoint:
     async def read(self, root: str, path: str) -> bytes:
         return (await self.read_entry(root, path))[0]
 
+    async def read_range(
+        self, root: str, path: str, offset: int, length: int, *, holes: bool = True
+    ) -> Range:
+        """Up to CHUNK bytes of ``path`` from ``offset`` (SFTP cannot see holes: all data)."""
+        full = self._abs(root, path)
+        try:
+            attrs = await self.sftp.lstat(full)
+            async with self.sftp.open(full, "rb") as fh:
+                data = await fh.read(min(length, CHUNK), offset)
+        except asyncssh.SFTPError as exc:
+            raise _error(exc, path) from None
+        mtime_ns = int((attrs.mtime or 0) * 1e9)
+        return Range(attrs.size or 0, mtime_ns, (attrs.permissions or 0) & 0o7777, [data])
+
     # -- writing -----------------------------------------------------------------------------
 
     async def _current(self, full: str, rel: str) -> Entry | None:
@@ -282,6 +305,69 @@ class SftpEndpoint:
             _WRITING.discard(temp)
         digest = digest or hashlib.sha256(data).hexdigest()
         return Entry(EntryKind.FILE, len(data), (mtime_ns // 10**9) * 10**9, mode & 0o7777, digest)
+
+    async def write_stream(
+        self,
+        root: str,
+        path: str,
+        frames: AsyncIterator[list[Seg]],
+        *,
+        mode: int,
+        mtime_ns: int,
+        expect: Entry | None,
+        digest: Callable[[], str],
+        base: bool = False,
+        fsync: bool = False,
+    ) -> Entry:
+        """Write a streamed file to a temp beside the target, WINDOW writes in flight; holes
+        are skipped (the size is set at the end), so they stay holes where the host's
+        filesystem allows. No copies (no delta: SFTP has no signatures); ``digest()`` must be
+        the sha256 of what the frames held (the sender hashes them), SSH vouches for the rest."""
+        full = self._abs(root, path)
+        temp = self._temp(full)
+        offset = 0
+        pending: set[asyncio.Future[Any]] = set()
+        try:
+            await self.sftp.makedirs(posixpath.dirname(full), exist_ok=True)
+            async with self.sftp.open(temp, "wb") as fh:
+                async for frame in frames:
+                    for seg in frame:
+                        if isinstance(seg, tuple):
+                            raise RemoteOpError("invalid", "sftp: no delta copies", path)
+                        if isinstance(seg, int):
+                            offset += seg
+                            continue
+                        if len(pending) >= WINDOW:
+                            done, pending = await asyncio.wait(
+                                pending, return_when=asyncio.FIRST_COMPLETED
+                            )
+                            for task in done:
+                                task.result()
+                        pending.add(asyncio.ensure_future(fh.write(seg, offset)))
+                        offset += len(seg)
+                for task in pending:
+                    await task
+                pending.clear()
+            await self.sftp.setstat(
+                temp,
+                asyncssh.SFTPAttrs(
+                    size=offset,
+                    permissions=mode & 0o7777,
+                    atime=mtime_ns // 10**9,
+                    mtime=mtime_ns // 10**9,
+                ),
+            )
+            await self._check(full, path, expect)
+            await self.sftp.posix_rename(temp, full)
+        except asyncssh.SFTPError as exc:
+            await self._discard(temp)
+            raise _error(exc, path) from None
+        except BaseException:
+            for task in pending:
+                task.cancel()
+            await self._discard(temp)
+            raise
+        return Entry(EntryKind.FILE, offset, (mtime_ns // 10**9) * 10**9, mode & 0o7777, digest())
 
     async def _discard(self, temp: str) -> None:
         with contextlib.suppress(asyncssh.SFTPError):

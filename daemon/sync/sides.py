@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..agent_client import RemoteOpError, WriteItem
+from ..agent_client import CHUNK, Range, RemoteOpError, Seg, WriteItem
 from .entry import Entry
+from .sparse import read_pieces
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +76,21 @@ class Side(Protocol):
     """One end of a pair, as apply sees it."""
 
     label: str
+    local: bool
+    """This machine's folder (read in-process), not the host's."""
 
     async def read(self, path: str, expect: Entry) -> Content: ...
+    async def read_range(self, path: str, offset: int, length: int) -> Range: ...
+    async def signature(self, path: str, block: int) -> tuple[bytes, int] | None: ...
+    async def write_stream(
+        self,
+        path: str,
+        frames: AsyncIterator[list[Seg]],
+        entry: Entry,
+        expect: Entry | None,
+        digest: Callable[[], str],
+        base: bool = False,
+    ) -> Entry: ...
     async def read_many(self, files: list[tuple[str, Entry]]) -> list[Content | OpFailed]: ...
     async def write(
         self, path: str, content: Content, entry: Entry, expect: Entry | None
@@ -116,8 +130,43 @@ async def _guard(call: Awaitable[Any], path: str) -> Any:
 class AgentSide:
     """A side driven by a tether agent (:class:`daemon.agent_client.AgentClient`)."""
 
+    local = False
+
     def __init__(self, client: Any, root: str, label: str) -> None:
         self.client, self.root, self.label = client, root, label
+
+    async def read_range(self, path: str, offset: int, length: int) -> Range:
+        got: Range = await _guard(self.client.read_range(self.root, path, offset, length), path)
+        return got
+
+    async def signature(self, path: str, block: int) -> tuple[bytes, int] | None:
+        """The delta signature of ``path``; None where the host cannot make one (SFTP)."""
+        if not hasattr(self.client, "signature"):
+            return None
+        got: tuple[bytes, int] = await _guard(self.client.signature(self.root, path, block), path)
+        return got
+
+    async def write_stream(
+        self,
+        path: str,
+        frames: AsyncIterator[list[Seg]],
+        entry: Entry,
+        expect: Entry | None,
+        digest: Callable[[], str],
+        base: bool = False,
+    ) -> Entry:
+        call = self.client.write_stream(
+            self.root,
+            path,
+            frames,
+            mode=entry.mode & 0o777,
+            mtime_ns=entry.mtime_ns,
+            expect=expect,
+            digest=digest,
+            base=base,
+        )
+        result: Entry = await _guard(call, path)
+        return result
 
     async def read(self, path: str, expect: Entry) -> Content:
         data, got = await _guard(self.client.read_entry(self.root, path), path)
@@ -187,6 +236,7 @@ class LocalSide:
     """This machine's folder: reads in-process, changes through a local agent started lazily."""
 
     label = "local"
+    local = True
 
     def __init__(self, root: Path, spawn: Callable[[], Awaitable[Any]]) -> None:
         self.root = root
@@ -251,6 +301,38 @@ class LocalSide:
         if not unchanged:
             raise OpFailed("changed", f"{path} changed since it was scanned", path)
         return Content(data, digest)
+
+    async def read_range(self, path: str, offset: int, length: int) -> Range:
+        """Part of a big file, holes left out, off the event loop."""
+
+        def load() -> Range:
+            try:
+                fd = os.open(os.path.join(self.root, path), os.O_RDONLY | O_NOFOLLOW)
+                try:
+                    st = os.fstat(fd)
+                    pieces = read_pieces(fd, offset, min(length, CHUNK), st.st_size)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise OpFailed(error_kind(exc), f"{path}: {exc.strerror or exc}", path) from exc
+            return Range(st.st_size, st.st_mtime_ns, st.st_mode & 0o7777, pieces)
+
+        return await asyncio.to_thread(load)
+
+    async def signature(self, path: str, block: int) -> tuple[bytes, int] | None:
+        return await (await self._writer()).signature(path, block)
+
+    async def write_stream(
+        self,
+        path: str,
+        frames: AsyncIterator[list[Seg]],
+        entry: Entry,
+        expect: Entry | None,
+        digest: Callable[[], str],
+        base: bool = False,
+    ) -> Entry:
+        writer = await self._writer()
+        return await writer.write_stream(path, frames, entry, expect, digest, base)
 
     async def write(self, path: str, content: Content, entry: Entry, expect: Entry | None) -> Entry:
         return await (await self._writer()).write(path, content, self._masked(entry), expect)

@@ -1,0 +1,305 @@
+"""Move one big file between two sides in bounded memory: streamed, sparse, or as a delta.
+
+Every big file goes as a stream of ranges of at most :data:`CHUNK` bytes with a fixed window of
+them in flight (:data:`WINDOW`) both ways, hashed as it goes, so neither end nor this process
+ever holds more than about ``WINDOW * CHUNK`` of it, whatever its size. Holes are found where it
+is read and seeked over where it is written (daemon/sync/sparse.py). A changed file of at least
+:data:`DELTA_MIN` bytes goes as a delta against what the receiver has (daemon/sync/delta.py):
+the receiver's agent rebuilds it beside the target from its old blocks and the bytes it lacks,
+checks the sha256 of the result and renames it into place like any other file. A delta whose
+result fails that check is dropped and the file is sent whole. Nothing partial is ever visible:
+a failure anywhere (the source changed, the link was cut) drops the staged file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, Protocol, TypeVar
+
+from ..agent_client import CHUNK, WINDOW, Range, Seg
+from .delta import Copy, Event, Matcher, Signature, block_size, found_blocks, pull_plan
+from .entry import Entry, EntryKind
+from .sparse import Piece, hash_zeros
+
+log = logging.getLogger(__name__)
+
+DELTA_MIN = 4 << 20
+"""A changed file at least this big (both versions) goes as a delta."""
+
+BytesFn = Callable[[int], None]
+"""``on_bytes(done)``: how many of the file's bytes have landed (or been settled) so far."""
+T = TypeVar("T")
+
+
+class StreamSide(Protocol):
+    """What a transfer needs of a side (:class:`~daemon.sync.sides.Side` has it)."""
+
+    local: bool
+
+    async def read_range(self, path: str, offset: int, length: int) -> Range: ...
+    async def signature(self, path: str, block: int) -> tuple[bytes, int] | None: ...
+    async def write_stream(
+        self,
+        path: str,
+        frames: AsyncIterator[list[Seg]],
+        entry: Entry,
+        expect: Entry | None,
+        digest: Callable[[], str],
+        base: bool = False,
+    ) -> Entry: ...
+
+
+class SourceChanged(Exception):
+    """The file being sent is not what the scan saw (apply turns it into ``changed``)."""
+
+
+async def ordered(
+    jobs: Iterable[Callable[[], Awaitable[T]]], window: int = WINDOW
+) -> AsyncIterator[T]:
+    """Run ``jobs`` with at most ``window`` in flight; yield their results in order."""
+    it = iter(jobs)
+    pending: deque[asyncio.Future[T]] = deque()
+    try:
+        for job in it:
+            pending.append(asyncio.ensure_future(job()))
+            if len(pending) >= window:
+                break
+        while pending:
+            result = await pending.popleft()
+            for job in it:
+                pending.append(asyncio.ensure_future(job()))
+                break
+            yield result
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def pieces_of(side: StreamSide, path: str, entry: Entry) -> AsyncIterator[list[Piece]]:
+    """The file at ``path`` range by range, as long as it is the one the scan saw (its size,
+    and its mtime where the scan left it unhashed; its digest is the caller's to check)."""
+
+    def job(offset: int) -> Callable[[], Awaitable[Range]]:
+        return lambda: side.read_range(path, offset, CHUNK)
+
+    async for got in ordered(job(offset) for offset in range(0, entry.size, CHUNK)):
+        if got.size != entry.size or (not entry.digest and got.mtime_ns != entry.mtime_ns):
+            raise SourceChanged(f"{path} changed since it was scanned")
+        yield got.pieces
+
+
+async def _hash(h: Any, pieces: list[Piece]) -> None:
+    """Hash pieces off the event loop (hashlib lets go of the GIL)."""
+
+    def work() -> None:
+        for piece in pieces:
+            if isinstance(piece, int):
+                hash_zeros(h, piece)
+            else:
+                h.update(piece)
+
+    await asyncio.to_thread(work)
+
+
+def seg_len(seg: Seg) -> int:
+    """How many of the file's bytes a segment stands for."""
+    if isinstance(seg, int):
+        return seg
+    return seg[1] if isinstance(seg, tuple) else len(seg)
+
+
+def _dense(pieces: list[Piece]) -> bytes:
+    """A range's bytes with its holes as zeros (at most CHUNK: bounded)."""
+    return b"".join(bytes(p) if isinstance(p, int) else p for p in pieces)
+
+
+async def copy_file(
+    there: StreamSide,
+    here: StreamSide,
+    src: str,
+    dst: str,
+    new: Entry,
+    old: Entry | None,
+    on_bytes: BytesFn | None = None,
+) -> str:
+    """Copy ``there:src`` (scanned as ``new``) to ``here:dst`` (expected to be ``old``).
+
+    Returns the sha256 of what landed. Raises SourceChanged, or the sides' own errors.
+    """
+    if (
+        old is not None
+        and old.kind is EntryKind.FILE
+        and min(old.size, new.size) >= DELTA_MIN
+        and (here.local or there.local)
+    ):
+        try:
+            pushed = here.local is False
+            done = await (
+                _push(there, here, src, dst, new, old, on_bytes)
+                if pushed
+                else _pull(there, here, src, dst, new, old, on_bytes)
+            )
+            if done is not None:
+                return done
+        except DeltaFailed as exc:
+            log.info("%s: the delta did not land (%s); sending it whole", dst, exc)
+    return await _whole(there, here, src, dst, new, old, on_bytes)
+
+
+class DeltaFailed(Exception):
+    """A delta could not be made or its result failed its digest: send the file whole."""
+
+
+async def _whole(
+    there: StreamSide,
+    here: StreamSide,
+    src: str,
+    dst: str,
+    new: Entry,
+    old: Entry | None,
+    on_bytes: BytesFn | None,
+) -> str:
+    h = hashlib.sha256()
+
+    async def frames() -> AsyncIterator[list[Seg]]:
+        done = 0
+        async for pieces in pieces_of(there, src, new):
+            await _hash(h, pieces)
+            yield list(pieces)
+            done += sum(seg_len(p) for p in pieces)
+            if on_bytes is not None:
+                on_bytes(done)
+        if new.digest and h.hexdigest() != new.digest:
+            raise SourceChanged(f"{src} changed since it was scanned")
+
+    await here.write_stream(dst, frames(), new, old, h.hexdigest)
+    return h.hexdigest()
+
+
+def _segs(events: list[Event], block: int) -> list[Seg]:
+    """Matcher events → write segments: block copies (neighbours merged) and literal bytes."""
+    segs: list[Seg] = []
+    for event in events:
+        if isinstance(event, Copy):
+            at = event.block * block
+            last = segs[-1] if segs else None
+            if isinstance(last, tuple) and last[0] + last[1] == at:
+                segs[-1] = (last[0], last[1] + block)
+            else:
+                segs.append((at, block))
+        else:
+            segs.append(event.data)
+    return segs
+
+
+async def _push(
+    there: StreamSide,
+    here: StreamSide,
+    src: str,
+    dst: str,
+    new: Entry,
+    old: Entry,
+    on_bytes: BytesFn | None,
+) -> str | None:
+    """``there`` is this machine: match the new file against the host's signature of its old
+    one; send block references and the bytes the host lacks."""
+    block = block_size(old.size)
+    got = await here.signature(dst, block)
+    if got is None or got[1] != old.size:
+        return None
+    sig = Signature(block, got[0])
+    matcher = Matcher(sig)
+    h = hashlib.sha256()
+
+    def feed(data: bytes) -> list[Event]:
+        # With the scan's digest known, the host's check of the rebuilt file against it is the
+        # check of what was read too (a file edited since fails it, and the whole send that
+        # follows finds the edit): no second hash of every byte here.
+        if not new.digest:
+            h.update(data)
+        return matcher.feed(data)
+
+    def digest() -> str:
+        return new.digest or h.hexdigest()
+
+    async def frames() -> AsyncIterator[list[Seg]]:
+        done = 0
+        async for pieces in pieces_of(there, src, new):
+            data = _dense(pieces)
+            yield _segs(await asyncio.to_thread(feed, data), block)
+            done += len(data)
+            if on_bytes is not None:
+                on_bytes(done)
+        yield _segs(matcher.finish(), block)
+
+    return await _landed(here.write_stream(dst, frames(), new, old, digest, True), digest)
+
+
+async def _pull(
+    there: StreamSide,
+    here: StreamSide,
+    src: str,
+    dst: str,
+    new: Entry,
+    old: Entry,
+    on_bytes: BytesFn | None,
+) -> str | None:
+    """``here`` is this machine: find which blocks of the host's new file this machine's old
+    copy already has; copy those from it, fetch the rest."""
+    if not new.digest:
+        return None
+    block = block_size(new.size)
+    got = await there.signature(src, block)
+    if got is None:
+        return None
+    if got[1] != new.size:
+        raise SourceChanged(f"{src} changed since it was scanned")
+    sig = Signature(block, got[0])
+    matcher = Matcher(sig)
+    have: dict[int, int] = {}
+    async for pieces in pieces_of(here, dst, old):
+        found_blocks(await asyncio.to_thread(matcher.feed, _dense(pieces)), sig, have)
+    found_blocks(matcher.finish(), sig, have)
+
+    def job(step: tuple[str, int, int]) -> Callable[[], Awaitable[list[Seg]]]:
+        kind, offset, n = step
+
+        async def run() -> list[Seg]:
+            if kind == "copy":
+                return [(offset, n)]
+            got = await there.read_range(src, offset, n)
+            if got.size != new.size:
+                raise SourceChanged(f"{src} changed since it was scanned")
+            return list(got.pieces)
+
+        return run
+
+    async def frames() -> AsyncIterator[list[Seg]]:
+        done = 0
+        async for segs in ordered(job(step) for step in pull_plan(have, sig, new.size)):
+            yield segs
+            done += sum(seg_len(s) for s in segs)
+            if on_bytes is not None:
+                on_bytes(done)
+
+    return await _landed(
+        here.write_stream(dst, frames(), new, old, lambda: new.digest, True), lambda: new.digest
+    )
+
+
+async def _landed(write: Awaitable[Entry], digest: Callable[[], str]) -> str:
+    """Await a delta's write; a result that failed its digest (``corrupt``) or a base that is
+    not there (``not_found``) is :class:`DeltaFailed`: the caller sends the file whole."""
+    try:
+        await write
+    except Exception as exc:
+        if getattr(exc, "kind", getattr(exc, "type", "")) in ("corrupt", "not_found"):
+            raise DeltaFailed(str(exc)) from exc
+        raise
+    return digest()
