@@ -11,11 +11,13 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon import agent
 from daemon.sync import delta, sparse
 from daemon.sync.delta import Copy, Literal, Matcher, Signature
+from tests.agent_module import load_agent
 
 BLOCK = 64
+
+agent = load_agent()
 
 
 def sign(data: bytes, block: int = BLOCK) -> Signature:

@@ -1,0 +1,18 @@
+"""The remote agent as a module, for tests that call its functions directly.
+
+The agent is never imported by tether itself: the host's bootstrap runs its verified source and
+registers its one sibling module under the bare name ``tempnames`` first. This does the same.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from types import ModuleType
+
+
+def load_agent() -> ModuleType:
+    from daemon.sync import tempnames
+
+    sys.modules.setdefault("tempnames", tempnames)
+    return importlib.import_module("daemon.agent")
