@@ -67,6 +67,10 @@ class HostConfig:
     """None: ~/.ssh/known_hosts (and the system file), as ssh does."""
     ssh_config: Path | None = None
     """None: ~/.ssh/config."""
+    proxy_jump: str | None = None
+    """``[user@]host[:port]`` hops, comma-separated, as ``ssh -J``; None: ProxyJump from
+    ~/.ssh/config, if any. A converted ``SSH_OPTIONS="-J bastion"`` lands here, so the host is
+    reachable without editing ~/.ssh/config."""
     orphan_timeout_s: float = 120.0
     """How long a run may go on with no tether attached to it (its client killed, the link
     lost for good) before the host stops its process group. A link that comes back sooner
@@ -399,6 +403,7 @@ def _host(path: Path, name: str, raw: Any) -> HostConfig:
         connect_timeout_s=t.duration("connect_timeout"),
         known_hosts=_user_path(path, known_hosts),
         ssh_config=_user_path(path, ssh_config),
+        proxy_jump=t.string("proxy_jump"),
         orphan_timeout_s=t.duration("orphan_timeout") or HostConfig.orphan_timeout_s,
     )
     t.finish()

@@ -94,7 +94,7 @@ def _config_paths(host: HostConfig) -> tuple[Path, ...]:
 
 def resolve_target(host: HostConfig) -> Target:
     """Apply ~/.ssh/config (Host, HostName, Port, User, ProxyJump, ConnectTimeout, IdentityFile,
-    Ciphers)."""
+    Ciphers). The host's own ``proxy_jump`` wins over ProxyJump there, as ``ssh -J`` does."""
     user, alias, port = parse_destination(host.ssh)
     paths = _config_paths(host)
     local_user = getpass.getuser()
@@ -108,7 +108,7 @@ def resolve_target(host: HostConfig) -> Target:
         hostname=str(cfg.get("Hostname") or alias),
         port=int(cfg.get("Port") or port or 22),
         username=str(cfg.get("User") or user or local_user),
-        proxy_jump=str(cfg.get("ProxyJump")) if cfg.get("ProxyJump") else None,
+        proxy_jump=host.proxy_jump or (str(cfg.get("ProxyJump")) if cfg.get("ProxyJump") else None),
         connect_timeout_s=float(timeout),
         config_paths=paths,
         identity_files=identities,
@@ -228,7 +228,9 @@ async def connect(host: HostConfig, **overrides: Any) -> asyncssh.SSHClientConne
     try:
         for hop in (target.proxy_jump or "").split(","):
             if hop.strip() and hop.strip().lower() != "none":
-                hop_host = replace(host, name=f"{host.name} via {hop}", ssh=hop.strip())
+                hop_host = replace(
+                    host, name=f"{host.name} via {hop}", ssh=hop.strip(), proxy_jump=None
+                )
                 hop_target = await loop.run_in_executor(None, resolve_target, hop_host)
                 tunnel = _owning(
                     await _connect_hop(hop_host, hop_target, {"tunnel": tunnel}), tunnel

@@ -18,6 +18,7 @@ import pytest
 from daemon.cli import main
 from daemon.errors import EX_NOPERM, EX_UNAVAILABLE, AuthRefused, HostKeyRevoked, HostUnreachable
 from daemon.ssh import connect, open_connection, parse_destination
+from tests.faultproxy import fault_proxy
 from tests.sshd import SshServer, free_port, keygen, start_sshd
 
 
@@ -264,6 +265,25 @@ Host gpu-behind-jump
 
     assert f" {sshd.port}" in asyncio.run(hello("gpu-alias"))
     assert f" {sshd.port}" in asyncio.run(hello("gpu-behind-jump"))
+
+
+def test_proxy_jump_host_key(sshd: SshServer, tmp_path: Path) -> None:
+    """``proxy_jump`` in tether.toml (what `init --from` writes for ``-J``) really is the way in:
+    the target's connection rides on a jump connection made through a proxy we can count."""
+    known_hosts = tmp_path / "known_hosts"
+    with fault_proxy(sshd.port) as proxy:
+        key = sshd.known_hosts.read_text().split(" ", 1)[1]
+        known_hosts.write_text(sshd.known_hosts.read_text() + f"[127.0.0.1]:{proxy.port} {key}")
+        host = sshd.host_config(
+            proxy_jump=f"{sshd.user}@127.0.0.1:{proxy.port}", known_hosts=known_hosts
+        )
+
+        async def through_jump() -> int:
+            async with open_connection(host) as conn:
+                await conn.run("true", check=True)
+                return proxy.open_connections
+
+        assert asyncio.run(through_jump()) == 1
 
 
 def test_cli_prints_one_line_and_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

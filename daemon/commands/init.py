@@ -27,12 +27,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     target = (args.config or Path.cwd() / CONFIG_NAME).resolve()
+    notes: list[str] = []
+    warnings: list[str] = []
     if args.source:
-        text = convert_remote_config(args.source)
+        text, conversion = convert_remote_config(args.source)
+        notes, warnings = conversion.notes, conversion.warnings
     else:
         text = starter_config(ssh=args.ssh, remote=args.remote or f"~/src/{Path.cwd().name}")
     write_config(target, text, force=args.force)
     out = console()
+    err = console(stderr=True)
+    for warning in warnings:
+        err.print(f"warning: {warning}", markup=False)
     out.print(f"wrote {target}")
+    for note in notes:
+        out.print(f"  {note}", markup=False)
     out.print("next: edit it, then run `tether check`")
     return 0
