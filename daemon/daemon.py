@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from .pair_session import PairSession
 from .results import ingest_file
 from .runs import RunSpec, command_argv, follow, local_log_path, start
 from .runs import fetch as fetch_paths
+from .service.notify import NOTIFY_ENV, Notifier, summary
 from .sync.state import state_dir
 from .triggers import TriggerRunner
 from .tunnel import Tunnel
@@ -258,8 +259,12 @@ class Project:
 class Daemon:
     """The control API's implementation; owns every project."""
 
-    def __init__(self, registry: Path | None = None) -> None:
+    def __init__(
+        self, registry: Path | None = None, on_stopping: Callable[[], None] | None = None
+    ) -> None:
         self.registry = registry or state_dir() / REGISTRY
+        self.on_stopping = on_stopping
+        """Called once when a real shutdown begins (the service manager hears STOPPING=1)."""
         self.bus = EventBus()
         self.projects: dict[str, Project] = {}
         self.started = time.time()
@@ -505,6 +510,8 @@ class Daemon:
         (`tether stop --all`) stops the keep_running services too; a SIGTERM (a service manager
         restarting the daemon) leaves them for the next daemon to adopt."""
         self.bus.emit({"kind": "daemon.stopping", "message": "stopping"})
+        if self.on_stopping is not None:
+            self.on_stopping()
         await self.close(stop_services=stop_services)
         self._stopped.set()
 
@@ -568,15 +575,33 @@ def _stamp(path: str) -> tuple[int, int] | None:
 
 
 async def run_daemon(socket_path: Path | None = None) -> None:
-    """`tether daemon`: serve the control API until asked to stop (or SIGTERM)."""
-    daemon = Daemon()
+    """`tether daemon`: serve the control API until asked to stop (or SIGTERM).
+
+    Under systemd (``NOTIFY_SOCKET``) it reports READY once the socket is bound and the registered
+    projects are loaded, pings the watchdog from this loop, and says STOPPING when it stops.
+    """
+    notifier = Notifier.from_env(os.environ, os.getpid())
+    for key in NOTIFY_ENV:  # a run or helper process must not speak for the agent
+        os.environ.pop(key, None)
+    daemon = Daemon(on_stopping=notifier.stopping)
+
+    async def line() -> str:
+        return summary(await daemon.status())
+
     async with await serve(daemon, socket_path) as server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, daemon.request_stop)
         daemon.bus.emit({"kind": "daemon.started", "message": f"listening on {server.path}"})
-        await daemon.restore()
-        daemon.watch_configs()
-        await daemon.wait_stopped()
-        if daemon._stopping is not None:
-            await daemon._stopping
+        beat = asyncio.create_task(notifier.beat(line), name="watchdog")  # also while restoring
+        try:
+            await daemon.restore()
+            daemon.watch_configs()
+            notifier.ready(await line())
+            await daemon.wait_stopped()
+            if daemon._stopping is not None:
+                await daemon._stopping
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+            notifier.close()
