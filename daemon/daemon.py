@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -245,6 +246,7 @@ class Project:
     def snapshot(self) -> dict[str, Any]:
         return {
             "project": self.name,
+            "notify": dataclasses.asdict(self.config.notify),
             "hosts": [link.snapshot() for link in self.links.values()],
             "pairs": [s.snapshot() for s in self.sessions.values()],
             "tunnels": [t.snapshot() for t in self.tunnels],
@@ -378,6 +380,26 @@ class Daemon:
                 session.link.retry()
             session.resume()
         return {"resumed": [s.pair.name for s in sessions]}
+
+    async def run_trigger(self, project: str, trigger: str) -> dict[str, Any]:
+        """Fire ``trigger`` of ``project`` now, whatever changed (the tray's "Run now")."""
+        (found,) = self._pick(project)
+        for runner in found.triggers:
+            if runner.trigger.name == trigger:
+                await runner.run_now()
+                return {"fired": trigger}
+        raise NotFound(f"no trigger named {trigger!r} in {found.name}", "see `tether status`")
+
+    async def reconnect(self, project: str | None) -> dict[str, Any]:
+        """Links given up on try again now; links that look up are dropped and made again (a
+        laptop back from sleep holds connections that are dead without knowing it)."""
+        links = [link for p in self._pick(project) for link in p.links.values()]
+        for link in links:
+            if link.state.value == "failed":
+                link.retry()
+            elif link.state.value == "up":
+                link.cut()
+        return {"reconnecting": [link.host.name for link in links]}
 
     async def flush(self, project: str | None, timeout_s: float) -> dict[str, Any]:
         started = time.monotonic()
