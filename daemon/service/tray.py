@@ -245,6 +245,7 @@ class TrayApp:
 
         def setup(icon: Any) -> None:
             icon.visible = True
+            listen_for_clicks(icon)
             thread.start()
 
         self.icon.run(setup=setup)
@@ -256,6 +257,18 @@ class TrayApp:
         with contextlib.suppress(RuntimeError):  # stopped by run() at Quit
             self.loop.run_forever()
         task.cancel()
+
+
+def listen_for_clicks(icon: Any) -> None:
+    """pystray's X11 icon window selects no button events, so a click (its default item, the
+    X11 tray's only action) never reaches it; select them."""
+    window = getattr(icon, "_window", None)
+    if window is None or not hasattr(icon, "_display"):
+        return
+    from Xlib import X
+
+    window.change_attributes(event_mask=X.ExposureMask | X.StructureNotifyMask | X.ButtonPressMask)
+    icon._display.flush()
 
 
 def pick_backend(env: Mapping[str, str]) -> str | None:

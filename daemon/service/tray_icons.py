@@ -36,8 +36,10 @@ def icon_image(state: IconState, size: int = SIZE) -> Image.Image:
         draw.polygon([(m * 2, m), (big - m, big // 2), (m * 2, big - m)], fill=(130, 80, 223, 255))
     elif state is IconState.ATTENTION:
         c = big // 2
-        draw.polygon([(c, m // 2), (big - m // 2, c), (c, big - m // 2), (m // 2, c)],
-                     fill=(219, 109, 40, 255))
+        draw.polygon(
+            [(c, m // 2), (big - m // 2, c), (c, big - m // 2), (m // 2, c)],
+            fill=(219, 109, 40, 255),
+        )
         draw.rectangle((c - w // 2, c - 3 * w, c + w // 2, c + w // 2), fill=(255, 255, 255, 255))
         draw.rectangle((c - w // 2, c + w, c + w // 2, c + 2 * w), fill=(255, 255, 255, 255))
     elif state is IconState.PAUSED:
