@@ -110,6 +110,19 @@ class TriggerConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    """``[notify]``: which desktop notifications the tray shows (each on unless turned off)."""
+
+    runs: bool = True
+    """A run finished or failed."""
+    conflicts: bool = True
+    """A sync kept both versions of a file (a conflict copy was made)."""
+    link_down: bool = True
+    """A link has been down for ``link_down_after``."""
+    link_down_after_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     """The tether.toml this came from; ``root`` is its folder."""
@@ -118,6 +131,7 @@ class Config:
     tunnels: Mapping[str, TunnelConfig] = field(default_factory=dict)
     triggers: Mapping[str, TriggerConfig] = field(default_factory=dict)
     reports: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    notify: NotifyConfig = NotifyConfig()
 
     @property
     def root(self) -> Path:
@@ -346,6 +360,7 @@ def parse_config(text: str, path: Path) -> Config:
         name: _names(path, name, top._take(name, {}, lambda v: isinstance(v, dict), "tables"))
         for name in ("hosts", "pairs", "tunnels", "triggers", "reports")
     }
+    notify = _notify(path, top._take("notify", {}, lambda v: isinstance(v, dict), "a table"))
     for extra in top.raw:
         raise ConfigError(f"{path}: unknown table [{extra}]", _choices(extra, top.known))
     if not tables["hosts"]:
@@ -367,7 +382,20 @@ def parse_config(text: str, path: Path) -> Config:
                 "give each tunnel its own local port",
             )
         ports[tunnel.local] = tunnel.name
-    return Config(path, hosts, pairs, tunnels, triggers, reports)
+    return Config(path, hosts, pairs, tunnels, triggers, reports, notify)
+
+
+def _notify(path: Path, raw: Any) -> NotifyConfig:
+    table = _Table(path, "notify", raw)
+    flag = (lambda v: isinstance(v, bool), "true or false")
+    notify = NotifyConfig(
+        runs=table._take("runs", True, *flag),
+        conflicts=table._take("conflicts", True, *flag),
+        link_down=table._take("link_down", True, *flag),
+        link_down_after_s=table.duration("link_down_after") or NotifyConfig.link_down_after_s,
+    )
+    table.finish()
+    return notify
 
 
 def _names(path: Path, table: str, raw: dict[str, Any]) -> dict[str, Any]:

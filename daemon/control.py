@@ -18,6 +18,8 @@ GET    /v1/runs         ``?project=&limit=``                        ``api.runs(.
 POST   /v1/run          ``{"project", "pair"?, "argv", "sync"?,     NDJSON: ``api.run(...)``'s
                         "fetch"?}``                                 events (output base64-coded)
 POST   /v1/run/stop     ``{"run_id"}``                              ``api.stop_run(...)``
+POST   /v1/trigger      ``{"project", "trigger"}``                  ``api.run_trigger(...)``
+POST   /v1/reconnect    ``{"project"?}``                            ``api.reconnect(...)``
 GET    /v1/logs         ``?limit=``                                 ``{"events": [...]}``
 GET    /v1/events                                                   NDJSON, one event per line
 POST   /v1/shutdown     ``{"stop_services"?}``                      ``{"ok": true}``, then
@@ -140,6 +142,14 @@ class DaemonAPI(Protocol):
         ...
 
     async def stop_run(self, run_id: str) -> dict[str, Any]: ...
+
+    async def run_trigger(self, project: str, trigger: str) -> dict[str, Any]:
+        """Fire a trigger now, as if its paths had changed."""
+        ...
+
+    async def reconnect(self, project: str | None) -> dict[str, Any]:
+        """Make the links (of one project, or all) connect again now."""
+        ...
 
     def events(self) -> AsyncIterator[dict[str, Any]]:
         """A live event stream, one per subscriber: ``{"ts", "level", "project", "kind",
@@ -513,6 +523,8 @@ class ControlServer:
         app.router.add_post("/v1/sync", self._sync)
         app.router.add_post("/v1/run", self._run)
         app.router.add_post("/v1/run/stop", self._stop_run)
+        app.router.add_post("/v1/trigger", self._run_trigger)
+        app.router.add_post("/v1/reconnect", self._reconnect)
         app.router.add_get("/v1/runs", self._runs)
         app.router.add_get("/v1/logs", self._logs)
         app.router.add_get("/v1/events", self._events)
@@ -625,6 +637,16 @@ class ControlServer:
     async def _stop_run(self, request: web.Request) -> web.Response:
         body = await _body(request)
         return _json_response(await self.api.stop_run(_req_str(body, "run_id")))
+
+    async def _run_trigger(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        return _json_response(
+            await self.api.run_trigger(_req_str(body, "project"), _req_str(body, "trigger"))
+        )
+
+    async def _reconnect(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        return _json_response(await self.api.reconnect(_opt_str(body, "project")))
 
     async def _runs(self, request: web.Request) -> web.Response:
         project = _opt_str(request.query, "project") or None

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import dataclasses
 import json
 import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from .pair_session import PairSession
 from .results import ingest_file
 from .runs import RunSpec, command_argv, follow, local_log_path, start
 from .runs import fetch as fetch_paths
+from .service.notify import NOTIFY_ENV, Notifier, summary
 from .sync.state import state_dir
 from .triggers import TriggerRunner
 from .tunnel import Tunnel
@@ -244,6 +246,7 @@ class Project:
     def snapshot(self) -> dict[str, Any]:
         return {
             "project": self.name,
+            "notify": dataclasses.asdict(self.config.notify),
             "hosts": [link.snapshot() for link in self.links.values()],
             "pairs": [s.snapshot() for s in self.sessions.values()],
             "tunnels": [t.snapshot() for t in self.tunnels],
@@ -258,8 +261,12 @@ class Project:
 class Daemon:
     """The control API's implementation; owns every project."""
 
-    def __init__(self, registry: Path | None = None) -> None:
+    def __init__(
+        self, registry: Path | None = None, on_stopping: Callable[[], None] | None = None
+    ) -> None:
         self.registry = registry or state_dir() / REGISTRY
+        self.on_stopping = on_stopping
+        """Called once when a real shutdown begins (the service manager hears STOPPING=1)."""
         self.bus = EventBus()
         self.projects: dict[str, Project] = {}
         self.started = time.time()
@@ -373,6 +380,26 @@ class Daemon:
                 session.link.retry()
             session.resume()
         return {"resumed": [s.pair.name for s in sessions]}
+
+    async def run_trigger(self, project: str, trigger: str) -> dict[str, Any]:
+        """Fire ``trigger`` of ``project`` now, whatever changed (the tray's "Run now")."""
+        (found,) = self._pick(project)
+        for runner in found.triggers:
+            if runner.trigger.name == trigger:
+                await runner.run_now()
+                return {"fired": trigger}
+        raise NotFound(f"no trigger named {trigger!r} in {found.name}", "see `tether status`")
+
+    async def reconnect(self, project: str | None) -> dict[str, Any]:
+        """Links given up on try again now; links that look up are dropped and made again (a
+        laptop back from sleep holds connections that are dead without knowing it)."""
+        links = [link for p in self._pick(project) for link in p.links.values()]
+        for link in links:
+            if link.state.value == "failed":
+                link.retry()
+            elif link.state.value == "up":
+                link.cut()
+        return {"reconnecting": [link.host.name for link in links]}
 
     async def flush(self, project: str | None, timeout_s: float) -> dict[str, Any]:
         started = time.monotonic()
@@ -505,6 +532,8 @@ class Daemon:
         (`tether stop --all`) stops the keep_running services too; a SIGTERM (a service manager
         restarting the daemon) leaves them for the next daemon to adopt."""
         self.bus.emit({"kind": "daemon.stopping", "message": "stopping"})
+        if self.on_stopping is not None:
+            self.on_stopping()
         await self.close(stop_services=stop_services)
         self._stopped.set()
 
@@ -568,15 +597,33 @@ def _stamp(path: str) -> tuple[int, int] | None:
 
 
 async def run_daemon(socket_path: Path | None = None) -> None:
-    """`tether daemon`: serve the control API until asked to stop (or SIGTERM)."""
-    daemon = Daemon()
+    """`tether daemon`: serve the control API until asked to stop (or SIGTERM).
+
+    Under systemd (``NOTIFY_SOCKET``) it reports READY once the socket is bound and the registered
+    projects are loaded, pings the watchdog from this loop, and says STOPPING when it stops.
+    """
+    notifier = Notifier.from_env(os.environ, os.getpid())
+    for key in NOTIFY_ENV:  # a run or helper process must not speak for the agent
+        os.environ.pop(key, None)
+    daemon = Daemon(on_stopping=notifier.stopping)
+
+    async def line() -> str:
+        return summary(await daemon.status())
+
     async with await serve(daemon, socket_path) as server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, daemon.request_stop)
         daemon.bus.emit({"kind": "daemon.started", "message": f"listening on {server.path}"})
-        await daemon.restore()
-        daemon.watch_configs()
-        await daemon.wait_stopped()
-        if daemon._stopping is not None:
-            await daemon._stopping
+        beat = asyncio.create_task(notifier.beat(line), name="watchdog")  # also while restoring
+        try:
+            await daemon.restore()
+            daemon.watch_configs()
+            notifier.ready(await line())
+            await daemon.wait_stopped()
+            if daemon._stopping is not None:
+                await daemon._stopping
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+            notifier.close()

@@ -74,6 +74,8 @@ class Link:
         self.start_agent = start_agent
         self._on_event = on_event
         self.state = LinkState.CONNECTING
+        self.state_since = time.monotonic()
+        """When the link entered its state (the tray tells a blip from an outage by it)."""
         self.last_error: TetherError | None = None
         self.connected_at: float | None = None
         self.connect_seconds: float | None = None
@@ -157,6 +159,7 @@ class Link:
         return {
             "host": self.host.name,
             "state": self.state.value,
+            "state_for_s": round(time.monotonic() - self.state_since, 1),
             "up_for_s": round(up_for, 1)
             if up_for is not None and self.state is LinkState.UP
             else None,
@@ -330,6 +333,8 @@ class Link:
 
     async def _set(self, state: LinkState) -> None:
         async with self._changed:
+            if state is not self.state:
+                self.state_since = time.monotonic()
             self.state = state
             self._changed.notify_all()
 

@@ -478,6 +478,7 @@ class PairSession:
                 f"{report.copied} copied, {report.deleted} deleted, "
                 f"{len(report.conflicts)} conflicts in {took:.0f} ms",
                 copied=report.copied,
+                conflicts=len(report.conflicts),
                 ms=round(took, 1),
             )
         for problem in report.problems:

@@ -63,8 +63,15 @@ class TriggerRunner:
     async def notify(self, landed: Sequence[str]) -> None:
         """A burst of paths landed on the host; start (or restart, queue, ignore) the run."""
         changed = self.matches(landed)
-        if not changed:
-            return
+        if changed:
+            await self._fire(changed)
+
+    async def run_now(self) -> None:
+        """Fire as if its paths had changed (the tray's "Run now"); the busy policy applies."""
+        self._event("manual", "run asked for by hand")
+        await self._fire([])
+
+    async def _fire(self, changed: list[str]) -> None:
         if self.busy:
             policy = self.trigger.on_busy
             if policy is OnBusy.IGNORE:
@@ -162,6 +169,7 @@ class TriggerRunner:
                     f"run {spec.run_id} {outcome.reason} with status "
                     f"{outcome.status} in {outcome.duration_s:.1f}s",
                     run=spec.run_id,
+                    status=outcome.status,
                 )
         if outcome is not None and outcome.reason != "stopped" and self.trigger.fetch:
             await self._fetch(spec)

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+from typing import ClassVar
 
 MALLOC_ENV = "PYTHONMALLOC"
 
@@ -22,8 +23,41 @@ def run(args: argparse.Namespace) -> int:
     from ..daemon import run_daemon
 
     logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
+    if under_journal(os.environ, sys.stderr.fileno()):
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JournalFormatter())
     asyncio.run(run_daemon())
     return 0
+
+
+def under_journal(env: dict[str, str] | os._Environ[str], fd: int) -> bool:
+    """Whether ``fd`` is the journal stream systemd gave this service (``JOURNAL_STREAM`` names
+    its device and inode): then the journal timestamps each line, and a ``<N>`` prefix sets its
+    priority. Under launchd stderr is the log file the plist names, written as usual."""
+    try:
+        device, inode = (int(x) for x in env.get("JOURNAL_STREAM", "").split(":"))
+        info = os.fstat(fd)
+    except (ValueError, OSError):
+        return False
+    return (info.st_dev, info.st_ino) == (device, inode)
+
+
+class JournalFormatter(logging.Formatter):
+    """``<priority>logger: message``, the syslog priority from the record's level."""
+
+    PRIORITY: ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7,
+        logging.INFO: 6,
+        logging.WARNING: 4,
+        logging.ERROR: 3,
+    }
+
+    def __init__(self) -> None:
+        super().__init__("%(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = self.PRIORITY.get(record.levelno, 2)
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
 
 
 def use_system_malloc() -> None:
