@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from daemon.cli import main
-from daemon.config import load_config, parse_config
-from daemon.errors import ConfigError
-from daemon.init import connect_timeout_of, convert_remote_config, excludes_of, starter_config
+from tether.cli.init import connect_timeout_of, convert_remote_config, excludes_of, starter_config
+from tether.cli.main import main
+from tether.config import load_config, parse_config
+from tether.errors import ConfigError
 
 REMOTE_CONFIG = """\
 # SSH hostname/alias

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..agent_client import RemoteOpError, WriteItem
+from ..transport.agent_client import RemoteOpError, WriteItem
 from .entry import Entry
 
 
@@ -114,7 +114,7 @@ async def _guard(call: Awaitable[Any], path: str) -> Any:
 
 
 class AgentSide:
-    """A side driven by a tether agent (:class:`daemon.agent_client.AgentClient`)."""
+    """A side driven by a tether agent (:class:`tether.transport.agent_client.AgentClient`)."""
 
     def __init__(self, client: Any, root: str, label: str) -> None:
         self.client, self.root, self.label = client, root, label

@@ -1,0 +1,1 @@
+"""The per-user agent: the daemon, its control API and the service-manager glue."""
