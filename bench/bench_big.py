@@ -89,7 +89,7 @@ def tether_sync(cfg: Path, env: dict[str, str], server: SshServer) -> tuple[floa
         "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
         "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
-    cmd = [sys.executable, "-m", "daemon.cli", "--config", str(cfg), "sync", "--json"]
+    cmd = [sys.executable, "-m", "tether.cli.main", "--config", str(cfg), "sync", "--json"]
     with AgentPeaks(server) as host:
         out = subprocess.run(
             [sys.executable, "-c", code, *cmd], env=env, check=True, capture_output=True, text=True

@@ -51,8 +51,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from daemon.control import ControlClient  # noqa: E402
-from daemon.control_lite import daemon_running  # noqa: E402
+from tether.service.control import ControlClient  # noqa: E402
+from tether.service.control_lite import daemon_running  # noqa: E402
+
 from tests.sshd import SSHD, SshServer, free_port, start_sshd  # noqa: E402
 
 REAL_PYTHON = os.path.realpath(sys.executable)
@@ -259,7 +260,7 @@ class DaemonProc:
     def start(self) -> DaemonProc:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon.cli", "daemon"],
+                [sys.executable, "-m", "tether.cli.main", "daemon"],
                 env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True, cwd="/",
             )  # fmt: skip

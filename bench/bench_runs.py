@@ -127,7 +127,7 @@ def timed(cmd: list[str], n: int, env: dict[str, str] | None = None, warm: int =
     return times
 
 
-IMPORTS = "import daemon.cli, daemon.commands.run"
+IMPORTS = "import tether.cli.main, tether.cli.commands.run"
 """What `tether run` imports before it connects (the CLI may load a verb's module on demand)."""
 
 
@@ -149,7 +149,7 @@ def import_profile(env: dict[str, str]) -> tuple[list[tuple[str, float]], float]
         if depth == 3:  # one level in: a direct import of the next top-level line
             children.append((name, cumulative))
         elif depth == 1:  # a top-level import; its children were printed just before it
-            if name.startswith("daemon"):
+            if name.startswith("tether"):
                 total += cumulative
                 for child, t in children:
                     heavy[child] = heavy.get(child, 0.0) + t
@@ -161,9 +161,9 @@ def agent_costs(work: Path, n: int = 5) -> dict[str, list[float]]:
     """Two costs inside the host's share, measured here (the host is this machine): compiling
     agent.py (it runs as a script, so no bytecode is cached) on each agent start, and one
     `exec` answered by a running agent (it forks the run's supervisor, which reports the pid)."""
-    from daemon.agent_client import AgentClient
+    from tether.transport.agent_client import AgentClient
 
-    agent = ROOT / "daemon" / "agent.py"
+    agent = ROOT / "daemon" / "agent" / "agent.py"
     source = agent.read_text()
     compile_s = []
     for _ in range(n):
@@ -189,10 +189,10 @@ def agent_costs(work: Path, n: int = 5) -> dict[str, list[float]]:
 def inprocess_breakdown(cfg: Path, n: int, state: Path) -> dict[str, list[float]]:
     """The CLI's steps timed inside one process: connect, agent start, sync, exec + attach."""
     os.environ["TETHER_STATE_DIR"] = str(state)
-    from daemon.config import load_config
-    from daemon.link import Link
-    from daemon.runs import RunSpec, run_to_end
-    from daemon.sync.engine import sync_pair
+    from tether.config import load_config
+    from tether.runs.remote import RunSpec, run_to_end
+    from tether.sync.engine import sync_pair
+    from tether.transport.link import Link
 
     config = load_config(cfg)
     pair = config.pair(None)
@@ -228,7 +228,7 @@ def run_cli(work: Path, server: SshServer, tree: int, n: int, skip_tools: bool) 
     state = work / "run-state"
     state.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT), TETHER_STATE_DIR=str(state))
-    tether = [sys.executable, "-m", "daemon.cli", "--config", str(cfg), "run"]
+    tether = [sys.executable, "-m", "tether.cli.main", "--config", str(cfg), "run"]
     out: dict[str, Any] = {}
     # warm: the first run installs the agent on the host and syncs the tree
     sync_times = timed([*tether, "--", "true"], n, env, 1)
@@ -238,7 +238,7 @@ def run_cli(work: Path, server: SshServer, tree: int, n: int, skip_tools: bool) 
     runtime = work / "run-runtime"
     runtime.mkdir(mode=0o700)
     warm_env = dict(env, TETHER_RUNTIME_DIR=str(runtime))
-    base_cmd = [sys.executable, "-m", "daemon.cli", "--config", str(cfg)]
+    base_cmd = [sys.executable, "-m", "tether.cli.main", "--config", str(cfg)]
     subprocess.run([*base_cmd, "start"], env=warm_env, check=True, capture_output=True)
     try:
         out["tether run --no-sync -- true, daemon running"] = timed(

@@ -93,7 +93,7 @@ def write_config(
 
 def cli(cfg: Path, env: dict[str, str], *verb: str) -> None:
     subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "--config", str(cfg), *verb],
+        [sys.executable, "-m", "tether.cli.main", "--config", str(cfg), *verb],
         check=True,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -106,7 +106,7 @@ def user_daemon(work: Path, env: dict[str, str]) -> Iterator[dict[str, str]]:
     env = dict(env, TETHER_RUNTIME_DIR=str(work / "rt"))
     (work / "rt").mkdir(mode=0o700, exist_ok=True)
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "daemon"],
+        [sys.executable, "-m", "tether.cli.main", "daemon"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(work / "daemon.log", "ab"),  # noqa: SIM115
@@ -121,7 +121,7 @@ def user_daemon(work: Path, env: dict[str, str]) -> Iterator[dict[str, str]]:
     finally:
         with contextlib.suppress(subprocess.CalledProcessError):
             subprocess.run(
-                [sys.executable, "-m", "daemon.cli", "stop", "--all"],
+                [sys.executable, "-m", "tether.cli.main", "stop", "--all"],
                 env=env,
                 check=True,
                 stdout=subprocess.DEVNULL,
@@ -187,7 +187,7 @@ def tether(cfg: Path, env: dict[str, str]) -> tuple[float, int]:
     start = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "--config", str(cfg), "sync", "--json"],
+        [sys.executable, "-m", "tether.cli.main", "--config", str(cfg), "sync", "--json"],
         check=True,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -220,7 +220,7 @@ asyncio.run(main())
 
 def floor(server: SshServer, total_bytes: int) -> float:
     """Wall time of :data:`FLOOR` in a fresh interpreter, as the CLI starts."""
-    from daemon.ssh import PREFERRED_CIPHERS
+    from tether.transport.ssh import PREFERRED_CIPHERS
 
     argv = [
         *(str(server.port), server.user, str(server.client_key), str(server.known_hosts)),
@@ -260,7 +260,7 @@ def memory_case(work: Path, server: SshServer, env: dict[str, str], files: int) 
     src = work / "memory"
     make_tree(src, files, files * 100)
     cfg = write_config(work, server, src, work / "t-memory")
-    cmd = [sys.executable, "-m", "daemon.cli", "--config", str(cfg), "sync", "--json"]
+    cmd = [sys.executable, "-m", "tether.cli.main", "--config", str(cfg), "sync", "--json"]
     start = time.perf_counter()
     rss_kb = peak_rss_of(cmd, env)
     elapsed = time.perf_counter() - start

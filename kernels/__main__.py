@@ -1,4 +1,4 @@
-"""``python -m kernels``: see :mod:`kernels.cli`."""
+"""``python -m tether_kernels``: see :mod:`tether_kernels.cli`."""
 
 import sys
 

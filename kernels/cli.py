@@ -1,4 +1,4 @@
-"""``python -m kernels device|run|plot``.
+"""``python -m tether_kernels device|run|plot``.
 
 Exit codes: 0 success; 1 a benchmark failed its correctness check (or raised); 2 usage error;
 65 a results file is not a valid tether.bench/1 document; 69 no GPU (or numba missing).
@@ -223,7 +223,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m kernels",
+        prog="python -m tether_kernels",
         description="Numba-CUDA roofline suite: device figures, checked benchmarks, roofline plot.",
     )
     sub = p.add_subparsers(dest="command", required=True)

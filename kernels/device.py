@@ -2,8 +2,8 @@
 
 Each NVML query is guarded on its own: a field the driver does not support is ``None``, never an
 error. SM count, clocks and bus width come from NVML, else from the CUDA device attributes (via
-numba), else from the known-GPU table (:mod:`kernels.gpus`). Under the Numba CUDA simulator the
-device is reported as simulated and has no peaks unless a known GPU is assumed.
+numba), else from the known-GPU table (:mod:`tether_kernels.gpus`). Under the Numba CUDA
+simulator the device is reported as simulated and has no peaks unless a known GPU is assumed.
 """
 
 from __future__ import annotations
@@ -238,8 +238,8 @@ def detect(
 
     Args:
         index: GPU index.
-        assume: a known GPU name (see :func:`kernels.gpus.names`) whose published figures give the
-            peaks, e.g. to draw a theoretical roofline for simulator runs.
+        assume: a known GPU name (see :func:`tether_kernels.gpus.names`) whose published figures
+            give the peaks, e.g. to draw a theoretical roofline for simulator runs.
         nvml: the NVML module, ``None`` to skip NVML, or ``"auto"`` to import ``pynvml``.
         cuda_attrs: a dict of CUDA attributes, ``None`` to skip, or ``"auto"`` to ask numba.
         simulator: force simulator mode on/off; ``None`` reads the environment.

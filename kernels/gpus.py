@@ -2,8 +2,8 @@
 tell us (NVML missing, a field not supported, the simulator with ``--assume-gpu``).
 
 Pure data and lookups; no I/O. Memory clocks are given the way NVML reports them (half the data
-rate), so that :func:`kernels.roofline.dram_bandwidth` reproduces the published bandwidth. Where a
-vendor publishes only the bandwidth, the clock is derived from it (noted per entry).
+rate), so that :func:`tether_kernels.roofline.dram_bandwidth` reproduces the published bandwidth.
+Where a vendor publishes only the bandwidth, the clock is derived from it (noted per entry).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class GpuSpec:
     note: str = ""
 
     def peaks(self) -> dict[str, object]:
-        """Theoretical peaks from the formulas in :mod:`kernels.roofline`."""
+        """Theoretical peaks from the formulas in :mod:`tether_kernels.roofline`."""
         return roofline.peaks(
             self.sms, self.cc, self.boost_clock_mhz, self.mem_clock_mhz, self.bus_width_bits
         )

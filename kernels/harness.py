@@ -71,7 +71,7 @@ class Benchmark:
         quick_shape: size for ``--quick`` (simulator-friendly); defaults to ``shape``.
         compute_precision: the precision the arithmetic runs in, if not ``precision`` (fp16 inputs
             with fp32 accumulation); its ceiling is the roof.
-        tolerance: relative-error bound; default :func:`kernels.roofline.tolerance` of the
+        tolerance: relative-error bound; default :func:`tether_kernels.roofline.tolerance` of the
             compute precision (where rounding happens) times ``tol_scale(shape)``.
         tol_scale: ``shape -> float`` error growth factor (e.g. sqrt(K) for a GEMM).
     """

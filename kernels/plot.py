@@ -1,4 +1,4 @@
-"""``python -m kernels plot RESULTS.json... -o roofline.png|svg``: a log-log roofline.
+"""``python -m tether_kernels plot RESULTS.json... -o roofline.png|svg``: a log-log roofline.
 
 Per document: the DRAM slope and one compute ceiling per precision, theoretical dashed, measured
 solid; each verified GPU result a point coloured by precision and labelled. Several documents are

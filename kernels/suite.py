@@ -1,8 +1,9 @@
 """Which benchmarks to run: the built-in suites and the ones a user's file declares.
 
 A user file is any Python file with a module-level ``BENCHMARKS`` list of
-:class:`kernels.harness.Benchmark` (or a ``benchmarks()`` function returning one). It is imported
-under a private module name, so it never shadows anything, and may import ``kernels.harness``.
+:class:`tether_kernels.harness.Benchmark` (or a ``benchmarks()`` function returning one). It is
+imported under a private module name, so it never shadows anything, and may import
+``tether_kernels.harness``.
 """
 
 from __future__ import annotations

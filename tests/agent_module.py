@@ -12,7 +12,7 @@ from types import ModuleType
 
 
 def load_agent() -> ModuleType:
-    from daemon.sync import tempnames
+    from tether.sync import tempnames
 
     sys.modules.setdefault("tempnames", tempnames)
-    return importlib.import_module("daemon.agent")
+    return importlib.import_module("tether.agent.agent")

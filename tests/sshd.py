@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from daemon.config import HostConfig
+from tether.config import HostConfig
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 

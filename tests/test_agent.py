@@ -20,10 +20,9 @@ from typing import Any, TypeVar
 
 import pytest
 from pathspec.patterns import GitWildMatchPattern
-
-from daemon.agent_client import AgentClient, ExpectationFailed, RemoteOpError, WatchBatch
-from daemon.errors import BadHostData, HostUnreachable
-from daemon.sync.entry import Entry, EntryKind
+from tether.errors import BadHostData, HostUnreachable
+from tether.sync.entry import Entry, EntryKind
+from tether.transport.agent_client import AgentClient, ExpectationFailed, RemoteOpError, WatchBatch
 
 T = TypeVar("T")
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

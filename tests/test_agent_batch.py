@@ -9,16 +9,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from daemon.agent_client import (
+from tether.errors import BadHostData, HostUnreachable
+from tether.sync.entry import Entry, EntryKind
+from tether.transport.agent_client import (
     AgentClient,
     ExpectationFailed,
     RemoteOpError,
     WriteItem,
     apply_scan_delta,
 )
-from daemon.errors import BadHostData, HostUnreachable
-from daemon.sync.entry import Entry, EntryKind
+
 from tests.test_agent import OLD_NS, arun, leftovers, sha
 from tests.test_agent import home as home
 from tests.test_agent import root as root

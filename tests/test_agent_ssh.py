@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from tether.errors import RemoteError
+from tether.sync.entry import EntryKind
+from tether.transport.agent_client import AGENT_PATH, AgentClient
+from tether.transport.ssh import open_connection
 
-from daemon.agent_client import AGENT_PATH, AgentClient
-from daemon.errors import RemoteError
-from daemon.ssh import open_connection
-from daemon.sync.entry import EntryKind
 from tests.sshd import SshServer
 
 T = TypeVar("T")
@@ -33,7 +33,7 @@ def over_ssh(sshd: SshServer, body: Callable[[Any], Awaitable[T]]) -> T:
 
 def test_start_uploads_once(sshd: SshServer, tmp_path: Path) -> None:
     remote_dir = tmp_path / "cache"
-    installed = remote_dir / "agent.py"
+    installed = remote_dir / "agent" / "agent.py"
 
     async def body(conn: Any) -> list[bool]:
         uploads = []
@@ -54,11 +54,12 @@ def test_start_uploads_once(sshd: SshServer, tmp_path: Path) -> None:
 
     assert over_ssh(sshd, body) == [True, False, True, True]
     assert installed.read_bytes() == AGENT_PATH.read_bytes()
-    shipped = AGENT_PATH.parent / "sync" / "tempnames.py"
+    shipped = AGENT_PATH.parent.parent / "sync" / "tempnames.py"
     assert (remote_dir / "sync" / "tempnames.py").read_bytes() == shipped.read_bytes()
     # The verified sources only: run from the bytes checked, so no bytecode is written.
     assert sorted(p.relative_to(remote_dir).as_posix() for p in remote_dir.rglob("*")) == [
-        "agent.py",
+        "agent",
+        "agent/agent.py",
         "sync",
         "sync/tempnames.py",
     ]
@@ -105,7 +106,7 @@ def test_the_agent_runs_only_its_verified_source(sshd: SshServer, tmp_path: Path
                 assert "hashlib.py" in scan.entries
             finally:
                 await client.close()
-            for source in (remote_dir / "agent.py", remote_dir / "sync" / "tempnames.py"):
+            for source in (remote_dir / "agent" / "agent.py", remote_dir / "sync" / "tempnames.py"):
                 plant_pyc(source, marker)
 
     over_ssh(sshd, body)

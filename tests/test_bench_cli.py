@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from tether.config import load_config
+from tether.results.store import ResultsStore
+from tether.runs.remote import RunSpec, run_to_end
+from tether.transport.bundle import ensure_kernels, kernels_argv, package_files, upload_kernels
+from tether.transport.link import Link
+from tether_kernels.report import validate
 
-from daemon.bundle import ensure_kernels, kernels_argv, package_files, upload_kernels
-from daemon.config import load_config
-from daemon.link import Link
-from daemon.results import ResultsStore
-from daemon.runs import RunSpec, run_to_end
-from kernels.report import validate
 from tests.sshd import SshServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,12 +26,8 @@ EXAMPLE = REPO / "kernels" / "examples" / "saxpy.py"
 
 
 def env_of(**extra: str) -> dict[str, str]:
-    """The environment of a `tether` subprocess, read when called (after monkeypatching).
-
-    PYTHONPATH: the checkout's packages whatever the current folder (an editable install made
-    before ``kernels/__init__.py`` existed maps ``kernels`` as a namespace package).
-    """
-    return {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO), **extra}
+    """The environment of a `tether` subprocess, read when called (after monkeypatching)."""
+    return {**os.environ, "COLUMNS": "200", **extra}
 
 
 def _toml(sshd: SshServer, remote: Path, python: str | None = sys.executable) -> str:
@@ -50,7 +46,7 @@ def project(sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 def tether(project: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args],
+        [sys.executable, "-m", "tether.cli.main", *args],
         cwd=project,
         capture_output=True,
         text=True,
@@ -115,7 +111,7 @@ def test_bench_without_gpu_is_one_line_69(
     (tmp_path / "tether.toml").write_text(_toml(sshd, tmp_path / "remote", python=None))
     env = {k: v for k, v in env_of().items() if k != "NUMBA_ENABLE_CUDASIM"}
     result = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "bench", "--quick", "--precisions", "fp32"],
+        [sys.executable, "-m", "tether.cli.main", "bench", "--quick", "--precisions", "fp32"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert result.returncode == 69, result.stderr
@@ -162,8 +158,9 @@ def test_bundle_uploads_once_and_is_never_shadowed(
 ) -> None:
     monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
     remote = tmp_path / "remote" / "code"
-    (remote / "kernels").mkdir(parents=True)
-    (remote / "kernels" / "__init__.py").write_text("raise SystemExit('USER KERNELS SHADOWED')\n")
+    for name in ("kernels", "tether_kernels"):  # the working folder of the run holds both
+        (remote / name).mkdir(parents=True)
+        (remote / name / "__init__.py").write_text("raise SystemExit('USER KERNELS SHADOWED')\n")
     (tmp_path / "tether.toml").write_text(_toml(sshd, remote))
     config = load_config(tmp_path / "tether.toml")
     cache = tmp_path / "cache"
@@ -174,8 +171,10 @@ def test_bundle_uploads_once_and_is_never_shadowed(
         async with Link(config.host("gpu")) as link:
             agent = await link.wait_agent(30)
             first = await upload_kernels(agent, remote_dir=str(cache))
-            (cache / "kernels" / "gone.py").write_text("# a module the package no longer has\n")
-            assert await ensure_kernels(agent, remote_dir=str(cache)) == f"{cache}/kernels"
+            gone = cache / "lib" / "tether_kernels" / "gone.py"
+            gone.write_text("# a module the package no longer has\n")
+            remote_pkg = await ensure_kernels(agent, remote_dir=str(cache))
+            assert remote_pkg == f"{cache}/lib/tether_kernels"
             second = await upload_kernels(agent, remote_dir=str(cache))
             seen = bytearray()
             spec = RunSpec(
@@ -190,9 +189,10 @@ def test_bundle_uploads_once_and_is_never_shadowed(
 
     first, second, remote_pkg, output = asyncio.run(body())
     assert (first, second) == (expected, 0)
-    assert remote_pkg == f"{cache}/kernels"
-    assert (cache / "kernels" / "examples" / "saxpy.py").exists()
-    assert not (cache / "kernels" / "gone.py").exists()
+    assert remote_pkg == f"{cache}/lib/tether_kernels"
+    assert sorted(p.name for p in (cache / "lib").iterdir()) == ["tether_kernels"]
+    assert (cache / "lib" / "tether_kernels" / "examples" / "saxpy.py").exists()
+    assert not (cache / "lib" / "tether_kernels" / "gone.py").exists()
     assert json.loads(output)["name"] == "Numba CUDA simulator"
     assert b"SHADOWED" not in output
 
@@ -202,10 +202,11 @@ def test_plain_dash_m_via_tether_run_is_not_shadowed(
 ) -> None:
     monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
     root = tmp_path / "proj"
-    (root / "kernels").mkdir(parents=True)
-    (root / "kernels" / "__init__.py").write_text("raise SystemExit('USER KERNELS SHADOWED')\n")
+    (root / "tether_kernels").mkdir(parents=True)
+    shadow = "raise SystemExit('USER KERNELS SHADOWED')\n"
+    (root / "tether_kernels" / "__init__.py").write_text(shadow)
     (root / "tether.toml").write_text(_toml(sshd, tmp_path / "remote" / "code"))
-    # the bundle in the agent's own cache folder (on PYTHONPATH for every run)
+    # the bundle in the agent's own cache folder, where the launcher finds it
     config = load_config(root / "tether.toml")
 
     async def upload() -> None:
@@ -215,7 +216,7 @@ def test_plain_dash_m_via_tether_run_is_not_shadowed(
     asyncio.run(upload())
     env = env_of(NUMBA_ENABLE_CUDASIM="1")
     result = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "run", "--", "-m", "kernels", "device", "--json"],
+        [sys.executable, "-m", "tether", "run", "--", "-m", "tether_kernels", "device", "--json"],
         cwd=root, capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert "SHADOWED" not in result.stdout + result.stderr

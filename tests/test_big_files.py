@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tether.sync.reconcile import Side
+from tether.transport.agent_client import AgentClient
 
-from daemon.agent_client import AgentClient
-from daemon.sync.reconcile import Side
 from tests.faultproxy import FaultProxy
 from tests.sshd import SshServer
 from tests.test_daemon import write_project
@@ -55,7 +55,7 @@ class Watch:
     """Wraps the engine's apply: after it, each agent's peak RSS; bytes moved per agent op."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from daemon.sync import apply as apply_mod
+        from tether.sync import apply as apply_mod
 
         self.agent_peaks: list[int] = []
         self.sent: dict[str, int] = {}
@@ -77,7 +77,7 @@ class Watch:
             watch.received[op] = watch.received.get(op, 0) + len(reply.get("blob", b""))
             return reply
 
-        monkeypatch.setattr("daemon.sync.engine.apply_plan", watching)
+        monkeypatch.setattr("tether.sync.engine.apply_plan", watching)
         monkeypatch.setattr(AgentClient, "call", counting)
 
     def moved(self, mode: str) -> int:
@@ -215,7 +215,7 @@ def test_a_link_cut_mid_transfer_leaves_no_partial_file_and_the_rerun_lands_it(
                 time.sleep(0.002)
 
         threading.Thread(target=cut_midway, daemon=True).start()
-        from daemon.cli import main
+        from tether.cli.main import main
 
         config = str(local / "tether.toml")
         code = main(["--config", config, "sync", "--json"])
@@ -234,8 +234,8 @@ def test_a_link_cut_mid_transfer_leaves_no_partial_file_and_the_rerun_lands_it(
 def test_progress_shows_each_big_file_bytes_rate_and_eta(project, monkeypatch, capsys) -> None:
     """The engine reports a big file's bytes as they move (not only when it lands), and the
     plain progress prints per file: bytes done of its size, rate, time left; and the total."""
-    from daemon.commands.sync import _PlainProgress
-    from daemon.sync.engine import Progress
+    from tether.cli.commands.sync import _PlainProgress
+    from tether.sync.engine import Progress
 
     tmp, local, _remote, configure = project
     configure("push")

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tether.cli.main import main
+from tether.errors import EX_NOPERM, EX_UNAVAILABLE, AuthRefused, HostKeyRevoked, HostUnreachable
+from tether.transport.ssh import connect, open_connection, parse_destination
 
-from daemon.cli import main
-from daemon.errors import EX_NOPERM, EX_UNAVAILABLE, AuthRefused, HostKeyRevoked, HostUnreachable
-from daemon.ssh import connect, open_connection, parse_destination
 from tests.faultproxy import fault_proxy
 from tests.sshd import SshServer, free_port, keygen, start_sshd
 

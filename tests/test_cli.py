@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon import cli
-from daemon.errors import EX_CONFIG
+from tether.cli import main as cli
+from tether.errors import EX_CONFIG
 
 
 def test_own_process_skips_exit_collections_a_caller_keeps_them(tmp_path: Path) -> None:
@@ -21,7 +21,7 @@ def test_own_process_skips_exit_collections_a_caller_keeps_them(tmp_path: Path) 
     assert gc.get_freeze_count() == before
 
     probe = (
-        "import gc, sys; from daemon import cli; "
+        "import gc, sys; from tether.cli import main as cli; "
         f"sys.argv[1:] = ['--config', {missing!r}, 'conflicts']; "
         "code = cli.main(); print(code, gc.get_freeze_count() > 0)"
     )

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from daemon.config import (
+from tether.config import (
     OnBusy,
     PairMode,
     find_config,
@@ -14,7 +13,7 @@ from daemon.config import (
     parse_config,
     parse_duration,
 )
-from daemon.errors import EX_CONFIG, ConfigError
+from tether.errors import EX_CONFIG, ConfigError
 
 FILE = Path("/proj/tether.toml")
 HOST = '[hosts.gpu]\nssh = "gb10"\n'

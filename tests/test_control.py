@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 
 import aiohttp
 import pytest
-
-from daemon import control_lite
-from daemon.control import (
+from tether.dirs import RUNTIME_ENV, InsecureFolder, runtime_dir
+from tether.errors import HostUnreachable, TetherError, UsageError
+from tether.service import control_lite
+from tether.service.control import (
     EX_SOFTWARE,
     SOCKET_NAME,
     ControlClient,
@@ -31,9 +32,7 @@ from daemon.control import (
     default_socket_path,
     serve,
 )
-from daemon.control_lite import daemon_running
-from daemon.dirs import RUNTIME_ENV, InsecureFolder, runtime_dir
-from daemon.errors import HostUnreachable, TetherError, UsageError
+from tether.service.control_lite import daemon_running
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -328,7 +327,7 @@ def test_lite_client_turns_a_garbled_or_cut_answer_into_daemon_not_running(
     OSError from the stdlib client (what its callers fall back or report on), and `tether run`
     through the daemon says which run it lost, in one line (exit 69), never a traceback; so it
     does when the stream ends cleanly but without the run's exit status."""
-    from daemon.commands import run as run_command
+    from tether.cli.commands import run as run_command
 
     runtime.mkdir(mode=0o700)
     started = b'{"event": "started", "run_id": "r-42"}\n'
@@ -365,7 +364,8 @@ def test_lite_client_imports_http_only_to_make_a_request(runtime: Path) -> None:
     client (email, ssl: ~25 ms of every start) is never imported; `tether status` with no
     daemon says so (exit 69) without importing aiohttp (~0.3 s) for the error."""
     probe = (
-        "import sys; from daemon import cli, control_lite; control_lite.socket_path(); "
+        "import sys; from tether.cli import main as cli; from tether.service import control_lite; "
+        "control_lite.socket_path(); "
         "print('http.client' in sys.modules); code = cli.main(['status']); "
         "print(code, 'aiohttp' in sys.modules)"
     )
@@ -659,7 +659,7 @@ SERVE_SCRIPT = """
 import asyncio, sys, time
 from pathlib import Path
 from tests.test_control import FakeAPI
-from daemon.control import serve
+from tether.service.control import serve
 
 async def main():
     api = FakeAPI()

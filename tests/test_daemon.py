@@ -16,13 +16,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from tether.cli.main import main
+from tether.config import MAX_CONFIG_BYTES, load_config
+from tether.errors import ConfigError, HostUnreachable, TetherError
+from tether.service.control import ControlClient, default_socket_path, serve
+from tether.service.daemon import Daemon
+from tether.sync.state import StateStore
 
-from daemon.cli import main
-from daemon.config import MAX_CONFIG_BYTES, load_config
-from daemon.control import ControlClient, default_socket_path, serve
-from daemon.daemon import Daemon
-from daemon.errors import ConfigError, HostUnreachable, TetherError
-from daemon.sync.state import StateStore
 from tests.faultproxy import FaultProxy
 from tests.sshd import SshServer, free_port
 
@@ -137,7 +137,7 @@ def test_a_host_watch_that_cannot_start_delays_the_first_sync_only_briefly(
     """The first full cycle waits for the host's watch, but not for ever: here the remote root
     is a file (the watch fails, and keeps failing), and the cycle still runs and halts the pair
     with the reason, instead of waiting in silence."""
-    monkeypatch.setattr("daemon.pair_session.HOST_WATCH_WAIT_S", 0.5)
+    monkeypatch.setattr("tether.sync.session.HOST_WATCH_WAIT_S", 0.5)
     local, remote = write_project(tmp_path, sshd)
     remote.rmdir()
     remote.write_text("a file where the remote folder should be")

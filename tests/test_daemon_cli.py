@@ -16,16 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tether.cli import main as cli
+from tether.cli.commands import daemon as daemon_command
 
-from daemon import cli
-from daemon.commands import daemon as daemon_command
 from tests.sshd import SshServer
 from tests.test_daemon import write_project
 
 
 def tether(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args],
+        [sys.executable, "-m", "tether.cli.main", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -76,7 +76,8 @@ def test_start_status_flush_stop(sshd: SshServer, tmp_path: Path, home: DaemonHo
         [
             sys.executable,
             "-c",
-            f"import sys; from daemon import cli; cli.main(['status', '--json']); {heavy}",
+            "import sys; from tether.cli import main as cli; "
+            f"cli.main(['status', '--json']); {heavy}",
         ],
         cwd=local,
         env=env,
@@ -130,8 +131,10 @@ def test_daemon_execs_itself_again_on_glibc_malloc(monkeypatch: pytest.MonkeyPat
 
     ran: list[bool] = []
     monkeypatch.setattr(os, "execve", execve)
-    monkeypatch.setattr("daemon.daemon.run_daemon", lambda: asyncio.sleep(0, ran.append(True)))
-    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-m", "daemon.cli", "daemon"])
+    monkeypatch.setattr(
+        "tether.service.daemon.run_daemon", lambda: asyncio.sleep(0, ran.append(True))
+    )
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-m", "tether.cli.main", "daemon"])
     monkeypatch.setattr(sys, "argv", ["cli.py", "daemon"])
     monkeypatch.delenv("PYTHONMALLOC", raising=False)
     assert cli.main(["daemon"]) == 0 and execs == []  # explicit arguments: not this process's
@@ -140,7 +143,7 @@ def test_daemon_execs_itself_again_on_glibc_malloc(monkeypatch: pytest.MonkeyPat
         assert execs == []
         return
     [(path, argv, env)] = execs
-    assert path == sys.executable and argv == [sys.executable, "-m", "daemon.cli", "daemon"]
+    assert path == sys.executable and argv == [sys.executable, "-m", "tether.cli.main", "daemon"]
     assert env["PYTHONMALLOC"] == "malloc"
     monkeypatch.setenv("PYTHONMALLOC", "pymalloc")  # a choice made is kept
     daemon_command.use_system_malloc()
@@ -183,7 +186,7 @@ def test_run_goes_through_a_running_daemon(
         [
             sys.executable,
             "-m",
-            "daemon.cli",
+            "tether.cli.main",
             "run",
             "--",
             "sh",
@@ -235,7 +238,7 @@ def test_logs_and_state_folder_are_private_under_a_loose_umask(
 
     def loose(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "daemon.cli", *args],
+            [sys.executable, "-m", "tether.cli.main", *args],
             cwd=local,
             env=home.env,
             capture_output=True,

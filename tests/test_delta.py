@@ -10,9 +10,9 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tether.sync import delta, sparse
+from tether.sync.delta import Copy, Literal, Matcher, Signature
 
-from daemon.sync import delta, sparse
-from daemon.sync.delta import Copy, Literal, Matcher, Signature
 from tests.agent_module import load_agent
 
 BLOCK = 64

@@ -12,7 +12,7 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
     env["HOME"] = str(tmp_path)  # the demo must not need (or touch) the user's own state
     result = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "demo", "--keep", str(tmp_path / "demo")],
+        [sys.executable, "-m", "tether.cli.main", "demo", "--keep", str(tmp_path / "demo")],
         capture_output=True,
         text=True,
         timeout=120,

@@ -30,8 +30,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from tether.cli.main import main
 
-from daemon.cli import main
 from tests.campaign import SIDES, Model, Tree, check, digest, read_tree
 from tests.faultproxy import FaultProxy, fault_proxy
 from tests.sshd import SshServer
@@ -501,7 +501,7 @@ def test_cli_campaign_long(campaign_env: Path, sshd: SshServer) -> None:
 
 def tether(cwd: Path, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args],
+        [sys.executable, "-m", "tether.cli.main", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -599,17 +599,17 @@ def run_daemon_campaign(camp: Campaign, proxy: FaultProxy, steps: int) -> None:
 def settle(camp: Campaign, daemon: DaemonRunner) -> None:
     """Ask the agent to sync, wait for both sides to agree, then hold the oracle's verdict."""
     before = camp.trees()
-    code, report = daemon.sync()
+    code, report = tether.sync()
     camp.syncs += 1
     camp.note(f"sync (through the agent): exit {code}, {report.get('status')}")
     if str(report.get("status", "")).startswith("halted"):
         camp.halts += 1
         camp.verify(before, settled=False, problems=frozenset())
-        code, report = daemon.sync("--accept-empty")
+        code, report = tether.sync("--accept-empty")
         tether(daemon.cwd, "resume")
         camp.note(f"halted: the user accepts (sync --accept-empty) and resumes: exit {code}")
     elif report.get("status") == "error":  # the link was cut under it: the agent retries
-        code, report = daemon.sync()
+        code, report = tether.sync()
         camp.note(f"sync again: exit {code}, {report.get('status')}")
     trees = camp.trees()
     problems = excused(report)

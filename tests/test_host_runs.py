@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from daemon.errors import BadHostData
-from daemon.host_runs import Ending, ending
+from tether.errors import BadHostData
+from tether.runs.settle import Ending, ending
 
 
 @pytest.mark.parametrize(

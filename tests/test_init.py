@@ -6,18 +6,17 @@ import shlex
 from pathlib import Path
 
 import pytest
-
-from daemon.cli import main
-from daemon.config import Config, PairMode, load_config, parse_config
-from daemon.errors import ConfigError
-from daemon.init import (
+from tether.cli.init import (
     Conversion,
     convert_remote_config,
     destination,
     starter_config,
     write_config,
 )
-from daemon.sync.ignore import IgnoreRules
+from tether.cli.main import main
+from tether.config import Config, PairMode, load_config, parse_config
+from tether.errors import ConfigError
+from tether.sync.ignore import IgnoreRules
 
 REMOTE_CONFIG = """\
 # SSH hostname/alias

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from kernels import compat
+from tether_kernels import compat
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,11 +78,11 @@ if hasattr(numpy, "row_stack"):  # numpy < 2.5: take it away as numpy 2.5 did
     del numpy.row_stack
 mode = sys.argv[1]
 if mode == "entry":
-    from kernels import cli
+    from tether_kernels import cli
     code = cli.main(["run", "--suite", "fma", "--precisions", "fp32", "--quick"])
     print("entry exit", code, file=sys.stderr)
 from numba import cuda, float32
-from kernels import fma
+from tether_kernels import fma
 try:
     ptx, _ = cuda.compile_ptx(fma.make_kernel(8).py_func,
                               (float32[:], float32[:], float32, float32), cc=(9, 0))
@@ -118,8 +117,8 @@ def test_without_the_compat_step_numba_cuda_fails_like_on_numpy_25() -> None:
 
 
 def test_suite_entry_point_compiles_real_kernel_without_row_stack() -> None:
-    """`python -m kernels run` applies the compat step before numba-cuda's lowering loads (here
-    it then exits 69: no GPU); an FMA chain from the suite compiles to sm_90 PTX, and numpy
+    """`python -m tether_kernels run` applies the compat step before numba-cuda's lowering loads
+    (here it then exits 69: no GPU); an FMA chain from the suite compiles to sm_90 PTX, and numpy
     still has no row_stack afterwards (the stand-in did not leak)."""
     out = compile_without_row_stack("entry")
     assert "entry exit 69" in out["stderr"]

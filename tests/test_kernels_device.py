@@ -6,8 +6,7 @@ import json
 import types
 
 import pytest
-
-from kernels import cli, compat, device
+from tether_kernels import cli, compat, device
 
 
 class FakeNVMLError(Exception):

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from kernels import cli, gpus, plot, report
+from tether_kernels import cli, gpus, plot, report
 
 H100 = gpus.lookup("H100 SXM")
 

@@ -7,8 +7,7 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from kernels import gpus, roofline
+from tether_kernels import gpus, roofline
 
 T = 1e12
 

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from kernels import report
+from tether_kernels import report
 
 ROOT = Path(__file__).resolve().parents[1]
 SAXPY = ROOT / "kernels" / "examples" / "saxpy.py"
@@ -25,7 +24,7 @@ def kernels_cmd(*args: str, sim: bool = True, timeout: float = 110) -> subproces
     else:
         env.pop("NUMBA_ENABLE_CUDASIM", None)
     return subprocess.run(
-        [sys.executable, "-m", "kernels", *args],
+        [sys.executable, "-m", "tether_kernels", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -98,7 +97,7 @@ def test_plot_of_simulator_run_draws_no_points(quick_doc: dict, tmp_path: Path) 
 BROKEN = """
 import numpy as np
 from numba import cuda
-from kernels.harness import Benchmark
+from tether_kernels.harness import Benchmark
 
 @cuda.jit
 def skip_last(out, x):
@@ -200,7 +199,7 @@ def test_gpu_stream_and_fma_on_the_roofline(tmp_path: Path) -> None:
 PTX_CHECK = """
 import re, sys
 from numba import cuda, float32
-from kernels import fma, gemm
+from tether_kernels import fma, gemm
 try:
     out = []
     for name, fn, sig in (

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tether.config import HostConfig, TunnelConfig
+from tether.errors import AuthRefused, HostUnreachable
+from tether.transport.link import Link, LinkState
+from tether.transport.tunnel import Tunnel
 
-from daemon.config import HostConfig, TunnelConfig
-from daemon.errors import AuthRefused, HostUnreachable
-from daemon.link import Link, LinkState
-from daemon.tunnel import Tunnel
 from tests.faultproxy import FaultProxy
 from tests.sshd import SshServer, free_port, keygen
 

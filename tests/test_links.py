@@ -9,9 +9,9 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tether.sync.entry import Entry, EntryKind
+from tether.sync.links import resolve
 
-from daemon.sync.entry import Entry, EntryKind
-from daemon.sync.links import resolve
 from tests.test_sync_engine import project, sync  # noqa: F401 - the fixture
 
 NAMES = st.sampled_from(["a", "b", "c", "..", "."])

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tether.service.control_lite import request
+from tether.service.notify import Notifier, summary
 
-from daemon.control_lite import request
-from daemon.service.notify import Notifier, summary
 from tests.sshd import SshServer
 from tests.test_daemon import write_project
 
@@ -64,7 +64,7 @@ def start_daemon(tmp_path: Path, runtime: Path, **extra: str) -> subprocess.Pope
         **extra,
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "daemon"],
+        [sys.executable, "-m", "tether.cli.main", "daemon"],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -150,7 +150,7 @@ def test_summary_is_one_line() -> None:
 
 
 def test_logs_go_to_the_journal_only_when_stderr_is_its_stream(tmp_path: Path) -> None:
-    from daemon.commands.daemon import under_journal
+    from tether.cli.commands.daemon import under_journal
 
     with open(tmp_path / "stream", "wb") as stream, open(tmp_path / "other", "wb") as other:
         info = os.fstat(stream.fileno())

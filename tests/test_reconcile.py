@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from daemon.config import PairMode
-from daemon.sync.entry import Entry, EntryKind, Snapshot
-from daemon.sync.paths import is_within, parent_of
-from daemon.sync.reconcile import (
+from tether.config import PairMode
+from tether.sync.entry import Entry, EntryKind, Snapshot
+from tether.sync.paths import is_within, parent_of
+from tether.sync.reconcile import (
     Action,
     ActionKind,
     Side,

@@ -10,11 +10,10 @@ import os
 from pathlib import Path
 
 import pytest
-
-from daemon.cli import main
-from daemon.errors import BadHostData, UsageError
-from daemon.results import ResultsStore, ingest_file, load_document
-from kernels import gpus, report, roofline
+from tether.cli.main import main
+from tether.errors import BadHostData, UsageError
+from tether.results.store import ResultsStore, ingest_file, load_document
+from tether_kernels import gpus, report, roofline
 
 H100 = gpus.lookup("H100 SXM")
 PEAKS = H100.peaks()

@@ -67,7 +67,7 @@ def project(tmp_path: Path, server: SshServer, orphan_timeout: str = "2s") -> tu
 
 def tether(cwd: Path, env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args],
+        [sys.executable, "-m", "tether.cli.main", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -81,7 +81,7 @@ def start_run(cwd: Path, env: dict, *markers: str) -> subprocess.Popen:
     """`tether run` of a shell whose children sleep on the markers; returns once they run."""
     sleeps = " & ".join(f"sleep {m}" for m in markers)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "run", "--no-sync", "--", "sh", "-c",
+        [sys.executable, "-m", "tether.cli.main", "run", "--no-sync", "--", "sh", "-c",
          f"{sleeps} & echo started; wait"],
         cwd=cwd,
         env=env,
@@ -129,7 +129,7 @@ def test_a_run_reattached_within_orphan_timeout_goes_on(sshd: SshServer, tmp_pat
     proc = start_run(local, env, mark)
     [record] = runs(local, env)
     follower = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "logs", "-f", record["id"]],
+        [sys.executable, "-m", "tether.cli.main", "logs", "-f", record["id"]],
         cwd=local,
         env=env,
         stdout=subprocess.PIPE,

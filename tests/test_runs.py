@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from tether.config import load_config
+from tether.errors import BadHostData, UsageError
+from tether.runs.history import RunHistory
+from tether.runs.remote import RunSpec, command_argv, exit_status, follow, signal_number, start
+from tether.transport.link import Link
 
-from daemon.config import load_config
-from daemon.errors import BadHostData, UsageError
-from daemon.history import RunHistory
-from daemon.link import Link
-from daemon.runs import RunSpec, command_argv, exit_status, follow, signal_number, start
 from tests.faultproxy import FaultProxy
 from tests.sshd import SshServer
 
@@ -36,7 +36,7 @@ def project(sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 def tether(project: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args],
+        [sys.executable, "-m", "tether.cli.main", *args],
         cwd=project,
         capture_output=True,
         text=True,
@@ -125,7 +125,7 @@ def test_nothing_to_run_is_usage(project: Path) -> None:
 def test_ctrl_c_stops_the_whole_process_group(project: Path) -> None:
     marker = f"sleep {4000 + os.getpid() % 1000}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "run", "--", "sh", "-c",
+        [sys.executable, "-m", "tether.cli.main", "run", "--", "sh", "-c",
          f"{marker} & echo started; wait"],
         cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
@@ -193,7 +193,7 @@ def test_run_log_is_private_under_a_loose_umask(project: Path, tmp_path: Path) -
     state.mkdir(mode=0o755)
     os.chmod(state, 0o755)
     result = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "run", "--", "sh", "-c", "echo secret"],
+        [sys.executable, "-m", "tether.cli.main", "run", "--", "sh", "-c", "echo secret"],
         cwd=project,
         capture_output=True,
         text=True,

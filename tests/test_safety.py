@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from daemon.sync.identity import PairIdentity, remote_root
-from daemon.sync.safety import (
+from tether.sync.identity import PairIdentity, remote_root
+from tether.sync.safety import (
     BIG_DELETION_MIN,
     PairStatus,
     deletion_verdict,

@@ -96,7 +96,7 @@ def test_an_accepted_plan_that_changed_is_judged_again(project) -> None:  # noqa
     wipe(remote)
     write(remote / "keep.txt", "k")
     assert sync(tmp)[1]["status"] == "halted-big-deletion"
-    from daemon.sync.state import StateStore, pair_key
+    from tether.sync.state import StateStore, pair_key
 
     with StateStore() as store:  # `tether resume` accepted the plan it was shown ...
         assert store.accept_halt(pair_key(tmp / "tether.toml", "code"))

@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from daemon.service.units import Manager, Part, UnitParams, render, service_path, template_text
+from tether.service.units import Manager, Part, UnitParams, render, service_path, template_text
 
 BIN = Path(sys.executable).parent
 TETHER = BIN / "tether"

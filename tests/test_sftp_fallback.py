@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
+from tether.config import load_config
+from tether.sync.engine import sync_pair
+from tether.sync.sftp_endpoint import SftpEndpoint
+from tether.transport.ssh import open_connection
 
-from daemon.config import load_config
-from daemon.ssh import open_connection
-from daemon.sync.engine import sync_pair
-from daemon.sync.sftp_endpoint import SftpEndpoint
 from tests.sshd import SshServer
 
 
@@ -121,7 +121,7 @@ def test_tether_sync_falls_back_to_sftp_with_a_warning(
     )
     (local / "kernel.py").write_text("k = 1\n")
     result = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "sync"],
+        [sys.executable, "-m", "tether.cli.main", "sync"],
         cwd=local,
         capture_output=True,
         text=True,

@@ -9,9 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
-
-from daemon.sync.entry import Entry, EntryKind
-from daemon.sync.sides import LocalSide, OpFailed, read_to_end
+from tether.sync.entry import Entry, EntryKind
+from tether.sync.sides import LocalSide, OpFailed, read_to_end
 
 
 def scanned(path: Path, *, hashed: bool) -> Entry:

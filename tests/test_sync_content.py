@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tether.cli.main import main
 
-from daemon.cli import main
 from tests.sshd import SshServer
 from tests.test_sync_engine import sync, write
 
@@ -43,7 +43,7 @@ def rewrite_in_place(path: Path, data: bytes) -> None:
 
 def before_first_apply(monkeypatch: pytest.MonkeyPatch, act) -> None:
     """Run ``act()`` between the sync's first scan and its first apply."""
-    from daemon.sync import apply as apply_mod
+    from tether.sync import apply as apply_mod
 
     real = apply_mod.apply_plan
     done: list[bool] = []
@@ -54,7 +54,7 @@ def before_first_apply(monkeypatch: pytest.MonkeyPatch, act) -> None:
             act()
         return await real(actions, sides, **kw)
 
-    monkeypatch.setattr("daemon.sync.engine.apply_plan", racing)
+    monkeypatch.setattr("tether.sync.engine.apply_plan", racing)
 
 
 def conflict_copies(root: Path) -> dict[str, bytes]:
@@ -66,7 +66,7 @@ def conflict_copies(root: Path) -> dict[str, bytes]:
 
 def test_a_local_same_size_rewrite_with_its_mtime_put_back_lands(project, monkeypatch) -> None:
     tmp, local, remote = project
-    monkeypatch.setattr("daemon.sync.scan.RACY_NS", 0)  # the digest is cached at once
+    monkeypatch.setattr("tether.sync.scan.RACY_NS", 0)  # the digest is cached at once
     write(local / "k.py", "x = 1\n", mtime=time.time() - 3600)
     assert sync(tmp)[0] == 0
     assert sync(tmp)[1]["hashed"]["local"] == 0  # cached: the cache is what is under test
@@ -106,7 +106,7 @@ def test_a_local_same_size_rewrite_before_apply_is_not_clobbered(project, monkey
 def test_a_file_written_just_before_the_scan_is_not_cached(project) -> None:
     """Racy: an entry recorded within a timestamp tick of the file's change could miss a later
     same-tick rewrite, so a fresh file's digest is not kept (it is hashed again next time)."""
-    from daemon.sync.state import StateStore, pair_key
+    from tether.sync.state import StateStore, pair_key
 
     tmp, local, _remote = project
     write(local / "fresh.txt", "now", mtime=time.time() - 3600)  # old mtime, ctime now
@@ -219,7 +219,7 @@ def names(root: Path) -> dict[bytes, bytes]:
 
 
 def test_names_that_are_not_utf8_sync_faithfully_both_ways(project, capsys) -> None:
-    from daemon.sync.state import StateStore, pair_key
+    from tether.sync.state import StateStore, pair_key
 
     tmp, local, remote = project
     os.mkdir(os.path.join(os.fsencode(local), b"d\xff"))
@@ -273,7 +273,8 @@ def test_the_daemon_syncs_names_that_are_not_utf8_and_is_never_wedged(
 ) -> None:
     import asyncio
 
-    from daemon.errors import TetherError
+    from tether.errors import TetherError
+
     from tests.test_daemon import running_daemon, write_project
 
     monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
@@ -315,7 +316,7 @@ _names = st.lists(
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_names, _names)
 def test_stored_names_round_trip_and_keep_subtrees(path: str, other: str) -> None:
-    from daemon.sync.paths import from_stored, is_fs_name, shown, to_stored
+    from tether.sync.paths import from_stored, is_fs_name, shown, to_stored
 
     assert is_fs_name(path)
     stored = to_stored(path)

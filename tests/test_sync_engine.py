@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+from tether.cli.main import main
 
-from daemon.cli import main
 from tests.sshd import SshServer
 
 ROOT = Path(__file__).parents[1]
@@ -66,7 +66,7 @@ def tree(root: Path) -> dict[str, str]:
 
 def count_scanner_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The files the local scanner hashes from now on (it keeps hashing them)."""
-    from daemon.sync import scan as scan_mod
+    from tether.sync import scan as scan_mod
 
     reads: list[str] = []
     real_hash_file = scan_mod.hash_file
@@ -75,7 +75,7 @@ def count_scanner_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         reads.append(path)
         return real_hash_file(path)
 
-    monkeypatch.setattr("daemon.sync.scan.hash_file", counting)
+    monkeypatch.setattr("tether.sync.scan.hash_file", counting)
     return reads
 
 
@@ -89,7 +89,7 @@ def write(path: Path, text: str, *, mtime: float | None = None) -> None:
 def edit_before_first_apply(monkeypatch, path: Path, text: str) -> list:
     """Write ``text`` to ``path`` between the sync's first scan and its first apply (as a user
     saving at that instant); returns the Outcome of every apply, as they happen."""
-    from daemon.sync import apply as apply_mod
+    from tether.sync import apply as apply_mod
 
     real = apply_mod.apply_plan
     applies: list = []
@@ -101,13 +101,13 @@ def edit_before_first_apply(monkeypatch, path: Path, text: str) -> list:
         applies.append(outcome)
         return outcome
 
-    monkeypatch.setattr("daemon.sync.engine.apply_plan", editing)
+    monkeypatch.setattr("tether.sync.engine.apply_plan", editing)
     return applies
 
 
 def test_two_way_round_trip(project, monkeypatch) -> None:
     tmp, local, remote, _ = project
-    monkeypatch.setattr("daemon.sync.scan.RACY_NS", 0)  # cache digests of just-written files
+    monkeypatch.setattr("tether.sync.scan.RACY_NS", 0)  # cache digests of just-written files
     write(local / "a.txt", "one")
     write(local / "src" / "k.py", "print(1)")
     (local / "empty").mkdir()
@@ -232,7 +232,7 @@ def test_edit_between_scan_and_apply_is_not_clobbered(project, monkeypatch) -> N
     write(local / "a.txt", "v1")
     assert sync(tmp)[0] == 0
     write(local / "a.txt", "v2")
-    from daemon.sync import apply as apply_mod
+    from tether.sync import apply as apply_mod
 
     real = apply_mod.apply_plan
 
@@ -240,7 +240,7 @@ def test_edit_between_scan_and_apply_is_not_clobbered(project, monkeypatch) -> N
         write(remote / "a.txt", "edited on the host meanwhile")
         return await real(actions, sides, **kw)
 
-    monkeypatch.setattr("daemon.sync.engine.apply_plan", racing)
+    monkeypatch.setattr("tether.sync.engine.apply_plan", racing)
     code, _report = sync(tmp)
     assert code == 0
     # The host's edit survived as a conflict copy; local's version landed after a rescan.
@@ -253,11 +253,11 @@ def test_a_new_local_file_is_read_once_and_its_digest_kept(project, monkeypatch)
     """Files only this side has are hashed as they are read to be sent, not scanned twice."""
     import hashlib
 
-    from daemon.sync.state import StateStore, pair_key
+    from tether.sync.state import StateStore, pair_key
 
     tmp, local, remote, configure = project
     configure("push")
-    monkeypatch.setattr("daemon.sync.scan.RACY_NS", 0)
+    monkeypatch.setattr("tether.sync.scan.RACY_NS", 0)
     scanner_reads = count_scanner_reads(monkeypatch)
     texts = {f"d/f{i}.txt": f"content {i}" * (i + 1) for i in range(12)}
     for rel, text in texts.items():
@@ -287,7 +287,7 @@ def test_a_new_file_edited_before_it_is_read_is_rescanned(project, monkeypatch) 
     """An unhashed file whose size or mtime moved since the scan is not sent as scanned."""
     import hashlib
 
-    from daemon.sync.state import StateStore, pair_key
+    from tether.sync.state import StateStore, pair_key
 
     tmp, local, remote, configure = project
     configure("push")
@@ -323,8 +323,8 @@ def test_a_big_new_file_travels_in_chunks_hashed_once(project, monkeypatch) -> N
     pipelined chunks with the digest computed as it was read, and that digest kept."""
     import hashlib
 
-    from daemon.agent_client import CHUNK
-    from daemon.sync.state import StateStore, pair_key
+    from tether.sync.state import StateStore, pair_key
+    from tether.transport.agent_client import CHUNK
 
     tmp, local, remote, configure = project
     configure("push")
@@ -343,7 +343,8 @@ def test_a_big_new_file_travels_in_chunks_hashed_once(project, monkeypatch) -> N
 def test_one_shot_sync_to_a_host_that_is_down_exits_69(tmp_path: Path, monkeypatch, capsys) -> None:
     """The local scan starts before the link is up; a refused connection still ends the sync
     promptly with exit 69 and one line, and nothing is written on either side."""
-    from daemon.sync.state import StateStore, pair_key
+    from tether.sync.state import StateStore, pair_key
+
     from tests.sshd import free_port
 
     monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
@@ -399,7 +400,7 @@ def test_killed_sync_leaves_no_partial_file_and_rerun_finishes(project) -> None:
     for i in range(300):
         write(local / "big" / f"f{i:03}.bin", f"{i}" * 40_000)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "daemon.cli", "--config", str(tmp / "tether.toml"), "sync"]
+    cmd = [sys.executable, "-m", "tether.cli.main", "--config", str(tmp / "tether.toml"), "sync"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -8,11 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
+from tether.config import load_config
+from tether.sync.engine import SyncReport, dirty_roots, sync_pair
+from tether.sync.safety import PairStatus
+from tether.sync.state import StateStore, pair_key
 
-from daemon.config import load_config
-from daemon.sync.engine import SyncReport, dirty_roots, sync_pair
-from daemon.sync.safety import PairStatus
-from daemon.sync.state import StateStore, pair_key
 from tests.sshd import SshServer
 from tests.test_sync_engine import tree, write
 

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tether.service.daemon import Daemon
+from tether.sync import session as pair_session
+from tether.sync.engine import SyncReport
 
-from daemon import pair_session
-from daemon.daemon import Daemon
-from daemon.sync.engine import SyncReport
 from tests.sshd import SshServer
 from tests.test_daemon import running_daemon, text, write_project
 
@@ -34,7 +34,7 @@ async def cli_sync(config: Path, *args: str) -> tuple[int, str]:
     """`tether sync` as a user runs it (a subprocess; the daemon keeps serving meanwhile)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon.cli", "--config", str(config), "sync", *args,
+        sys.executable, "-m", "tether.cli.main", "--config", str(config), "sync", *args,
         env=env, cwd=str(ROOT),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
@@ -44,7 +44,7 @@ async def cli_sync(config: Path, *args: str) -> tuple[int, str]:
 
 HEAVY = ("asyncssh", "aiohttp", "rich")
 PROBE = (
-    "import sys; from daemon.cli import main; rc = main(sys.argv[1:]); "
+    "import sys; from tether.cli.main import main; rc = main(sys.argv[1:]); "
     f"print('loaded:', *[m for m in {HEAVY!r} if m in sys.modules]); sys.exit(rc)"
 )
 

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from tether.sync import tempnames
+from tether.sync.tempnames import STALE_AGE_S, is_stale, is_temp, machine_id, temp_name
+from tether.transport.agent_client import BUNDLE
 
-from daemon.agent_client import BUNDLE
-from daemon.sync import tempnames
-from daemon.sync.tempnames import STALE_AGE_S, is_stale, is_temp, machine_id, temp_name
 from tests.sshd import SshServer
 from tests.test_sync_engine import project, sync  # noqa: F401 - the fixture
 from tests.test_sync_engine import write as write_text
@@ -63,7 +63,7 @@ def test_every_side_takes_its_temporaries_from_one_module() -> None:
         "sync/tempnames.py" in BUNDLE
         and Path(tempnames.__file__) == ROOT / "daemon/sync/tempnames.py"
     )
-    for rel in ("daemon/agent.py", "daemon/sync/scan.py", "daemon/sync/sftp_endpoint.py"):
+    for rel in ("daemon/agent/agent.py", "daemon/sync/scan.py", "daemon/sync/sftp_endpoint.py"):
         source = (ROOT / rel).read_text()
         assert "tempnames" in source and "tether-" not in source.replace("tether-agent", ""), rel
 
@@ -113,7 +113,7 @@ def test_an_agent_killed_midway_leaves_no_temporary(project, mode: str) -> None:
     (source / "big.bin").write_bytes(os.urandom(1 << 20) * (BIG >> 20))
     for name in LOOKALIKES:
         write_text(source / name, "a user's own file")
-    cmd = [sys.executable, "-m", "daemon.cli", "--config", str(tmp / "tether.toml"), "sync"]
+    cmd = [sys.executable, "-m", "tether.cli.main", "--config", str(tmp / "tether.toml"), "sync"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from daemon.config import parse_config
-from daemon.errors import ConfigError
-from daemon.service.tray_icons import icon_image
-from daemon.service.tray_model import (
+from tether.config import parse_config
+from tether.errors import ConfigError
+from tether.service.tray_icons import icon_image
+from tether.service.tray_model import (
     IconState,
     describe,
     links_down_long,
@@ -316,12 +315,12 @@ def test_tray_in_a_real_x_server(xserver: str, tmp_path: Path) -> None:
 
         def tether(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
-                [sys.executable, "-m", "daemon.cli", *args],
+                [sys.executable, "-m", "tether.cli.main", *args],
                 env=env, capture_output=True, text=True, timeout=60, check=False,
             )  # fmt: skip
 
         tray = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "tray"], env=env, stderr=subprocess.PIPE
+            [sys.executable, "-m", "tether.cli.main", "tray"], env=env, stderr=subprocess.PIPE
         )
         try:
             window = until(lambda: manager.docked, "the icon to dock")

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tether.runs.history import RunHistory
 
-from daemon.history import RunHistory
 from tests.sshd import SshServer
 from tests.test_daemon import eventually, running_daemon, write_project
 

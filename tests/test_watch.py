@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-
-from daemon.watch import (
+from tether.sync.watch import (
     FORCE_POLLING_ENV,
     LocalWatcher,
     ManualSource,

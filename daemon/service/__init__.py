@@ -1,1 +1,2 @@
-"""The per-user agent as a service: service-manager files and install, sd_notify, the tray."""
+"""The per-user agent: the daemon, its control API, the service-manager glue (unit files,
+install, sd_notify) and the tray."""

@@ -1,4 +1,4 @@
-"""`tether tray`: the pystray glue around :mod:`daemon.service.tray_model`.
+"""`tether tray`: the pystray glue around :mod:`tether.service.tray_model`.
 
 pystray runs on the main thread (macOS requires it); an asyncio loop on a second thread follows
 the agent's event stream and, after each burst of events, fetches the status document and draws
@@ -22,10 +22,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..control import ControlClient
-from ..control_lite import DaemonNotRunning
 from ..errors import TetherError
 from ..sync.state import state_dir
+from .control import ControlClient
+from .control_lite import DaemonNotRunning
 from .tray_icons import icon_image
 from .tray_model import (
     SEPARATOR,
@@ -200,7 +200,7 @@ class TrayApp:
             self.icon.stop()
             return
         if kind == "start-agent":
-            from ..commands.start import ensure_daemon
+            from ..cli.commands.start import ensure_daemon
 
             await asyncio.get_running_loop().run_in_executor(None, ensure_daemon)
             return

@@ -2,7 +2,7 @@
 
 :func:`view` turns ``GET /v1/status`` (None: no agent answers), the recent runs and the newest
 benchmark's headline into a :class:`TrayView`: the icon's state, the tooltip, the menu. The
-pystray glue (:mod:`daemon.service.tray`) only draws it and sends the chosen :class:`Action` to
+pystray glue (:mod:`tether.service.tray`) only draws it and sends the chosen :class:`Action` to
 the agent, so every state and menu is tested here without a display. :func:`notice_for` decides,
 per event, what desktop notification (if any) it deserves; :func:`links_down_long` which links
 have been down long enough to say so.

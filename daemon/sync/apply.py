@@ -1,10 +1,10 @@
-"""Carry out a plan: one transfer function over two :class:`~daemon.sync.sides.Side` values.
+"""Carry out a plan: one transfer function over two :class:`~tether.sync.sides.Side` values.
 
 Phases, each pipelined (many calls in flight over the agent's one multiplexed stream, so a small
 file costs no round trip of its own): conflict copies step aside; deletes, deepest first; folders,
 parents first; then files and links, with a bounded number in flight. Every change names the
 entry it expects to find; a path edited since the scan fails ``changed`` and is left for a rescan,
-never clobbered. A failure on one path becomes a :class:`~daemon.sync.reconcile.Problem` and the
+never clobbered. A failure on one path becomes a :class:`~tether.sync.reconcile.Problem` and the
 rest goes on; a full disk stops the whole apply (the agent removes its staged temp files).
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..agent_client import CHUNK
 from ..errors import RemoteError
+from ..transport.agent_client import CHUNK
 from .entry import EntryKind
 from .paths import is_within
 from .reconcile import Action, ActionKind, Problem

@@ -1,10 +1,11 @@
 """One sync of one pair: scan both sides, check safety, reconcile, apply, save the new base.
 
 :func:`sync_pair` is what ``tether sync`` runs and what the daemon will run from its watchers
-(passing its own :class:`~daemon.agent_client.AgentClient` so the link is reused). The base is
-saved only from what actually landed, in one SQLite transaction, so a sync killed at any moment
-is finished by the next one with nothing lost or duplicated. A path edited between scan and apply
-is never clobbered: the apply reports it and the engine rescans and tries again (a few rounds).
+(passing its own :class:`~tether.transport.agent_client.AgentClient` so the link is reused). The
+base is saved only from what actually landed, in one SQLite transaction, so a sync killed at any
+moment is finished by the next one with nothing lost or duplicated. A path edited between scan and
+apply is never clobbered: the apply reports it and the engine rescans and tries again (a few
+rounds).
 
 Before any plan runs, the base must be the one agreed for this pair's identity (its host and
 both roots, :mod:`.identity`): another identity's base is forgotten and the sync is a first sync,
@@ -27,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..agent_client import AgentClient, NoUsablePython
 from ..config import Config, PairConfig
 from ..errors import BadHostData, RemoteError
-from ..ssh import open_connection, resolve_target
+from ..transport.agent_client import AgentClient, NoUsablePython
+from ..transport.ssh import open_connection, resolve_target
 from .apply import Outcome, ProgressFn, apply_plan, total_bytes
 from .entry import Entry, EntryKind, InvalidEntry, Snapshot
 from .identity import PairIdentity, remote_root

@@ -1,6 +1,6 @@
 """Which paths a pair does not sync: gitignore syntax from three places, one callable.
 
-Rules come, in order, from :data:`daemon.config.DEFAULT_IGNORES`, every ``.gitignore`` under the
+Rules come, in order, from :data:`tether.config.DEFAULT_IGNORES`, every ``.gitignore`` under the
 local root (a nested one is anchored to its own folder) and the pair's ``ignore = [...]``; the last
 rule that matches a path decides (so ``!keep.log`` re-includes). A directory is tested as
 ``"path/"`` and, when ignored, pruned with everything below it, as git does. Each rule compiles to

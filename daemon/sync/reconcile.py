@@ -389,7 +389,7 @@ def reconcile(
     Args:
         base: the snapshot both sides agreed on after the last successful sync ({} at first).
         local, remote: fresh snapshots of each side.
-        mode: the pair's :class:`~daemon.config.PairMode`.
+        mode: the pair's :class:`~tether.config.PairMode`.
         now: the time stamp conflict copies are named with, ``YYYYmmdd-HHMMSS``.
 
     Returns:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 
-from ..agent_client import AgentClient
 from ..config import Config, PairConfig
 from ..errors import UsageError
+from ..transport.agent_client import AgentClient
 from .engine import remote_agent, sync_pair
 from .entry import Entry
 from .ignore import IgnoreRules

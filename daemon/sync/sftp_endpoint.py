@@ -1,11 +1,11 @@
 """The host end of a pair over plain SFTP, for hosts without a usable python3.
 
-It offers the subset of :class:`daemon.agent_client.AgentClient` the sync engine uses (scan,
-read, write, write_many, mkdir, symlink, delete, rename, probe), so the engine runs unchanged.
-It keeps the agent's rules: every path the host names is validated, a symlink escaping the root
-becomes UNTRACKED, nothing is written except to a temporary name beside its target and renamed
-into place (``posix-rename``), and each change first checks that the target still is what the
-caller expects. What it cannot do as well: no digest cache on the host (every file is read to
+It offers the subset of :class:`tether.transport.agent_client.AgentClient` the sync engine uses
+(scan, read, write, write_many, mkdir, symlink, delete, rename, probe), so the engine runs
+unchanged. It keeps the agent's rules: every path the host names is validated, a symlink escaping
+the root becomes UNTRACKED, nothing is written except to a temporary name beside its target and
+renamed into place (``posix-rename``), and each change first checks that the target still is what
+the caller expects. What it cannot do as well: no digest cache on the host (every file is read to
 hash it on each scan), one round trip per directory, and mtimes at SFTP's one-second resolution.
 That is why it is a fallback, announced with a warning.
 """
@@ -25,7 +25,8 @@ from typing import Any
 
 import asyncssh
 
-from ..agent_client import (
+from ..errors import BadHostData
+from ..transport.agent_client import (
     CHUNK,
     WINDOW,
     ExpectationFailed,
@@ -35,7 +36,6 @@ from ..agent_client import (
     Seg,
     WriteItem,
 )
-from ..errors import BadHostData
 from .entry import Entry, EntryKind
 from .paths import check_relpath, foreign_name, symlink_stays_inside
 from .tempnames import is_stale, is_temp, machine_id, pid_alive, temp_name

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..agent_client import CHUNK, Range, RemoteOpError, Seg, WriteItem
+from ..transport.agent_client import CHUNK, Range, RemoteOpError, Seg, WriteItem
 from .entry import Entry
 from .sparse import read_pieces
 
@@ -128,7 +128,7 @@ async def _guard(call: Awaitable[Any], path: str) -> Any:
 
 
 class AgentSide:
-    """A side driven by a tether agent (:class:`daemon.agent_client.AgentClient`)."""
+    """A side driven by a tether agent (:class:`tether.transport.agent_client.AgentClient`)."""
 
     local = False
 

@@ -179,7 +179,7 @@ class StateStore:
     ) -> Iterator[tuple[Any, ...]]:
         """Rows of ``select`` for ``pair`` whose path is a root or below one ('/' + 1 is '0',
         so ``path >= 'r/' AND path < 'r0'`` is exactly the subtree, with any characters in r;
-        r in its stored form, see :func:`~daemon.sync.paths.to_stored`).
+        r in its stored form, see :func:`~tether.sync.paths.to_stored`).
 
         The root and its subtree are two queries: SQLite plans ``path = ? OR (range)`` as a
         scan of all the pair's rows (~9 ms at 20,000), each half alone as a primary-key search.

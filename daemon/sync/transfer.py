@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
-from ..agent_client import CHUNK, WINDOW, Range, Seg
+from ..transport.agent_client import CHUNK, WINDOW, Range, Seg
 from .delta import Copy, Event, Matcher, Signature, block_size, found_blocks, pull_plan
 from .entry import Entry, EntryKind
 from .sparse import Piece, hash_zeros
@@ -36,7 +36,7 @@ T = TypeVar("T")
 
 
 class StreamSide(Protocol):
-    """What a transfer needs of a side (:class:`~daemon.sync.sides.Side` has it)."""
+    """What a transfer needs of a side (:class:`~tether.sync.sides.Side` has it)."""
 
     local: bool
 

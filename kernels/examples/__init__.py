@@ -1,1 +1,1 @@
-"""Example user benchmark files for ``python -m kernels run FILE``."""
+"""Example user benchmark files for ``python -m tether_kernels run FILE``."""

@@ -1,4 +1,4 @@
-"""A user benchmark file: ``python -m kernels run kernels/examples/saxpy.py``.
+"""A user benchmark file: ``python -m tether_kernels run kernels/examples/saxpy.py``.
 
 Declare the kernel, how to build its inputs, how to launch it, a NumPy reference and the FLOP and
 byte models; the harness checks it against the reference (output poisoned first), times it and
@@ -7,8 +7,7 @@ places it on the roofline next to the built-ins.
 
 import numpy as np
 from numba import cuda
-
-from kernels.harness import DTYPES, Benchmark, grid_1d
+from tether_kernels.harness import DTYPES, Benchmark, grid_1d
 
 
 @cuda.jit

@@ -1,0 +1,5 @@
+"""``python -m tether``: the `tether` command."""
+
+from .cli.main import main
+
+raise SystemExit(main())

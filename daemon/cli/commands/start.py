@@ -1,0 +1,78 @@
+"""`tether start` / `tether stop [--all]`: register this project with the daemon, or not."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from ...console import console
+from ...dirs import open_private
+from ...errors import TetherError
+from ...service.control_lite import call, daemon_running
+from ...sync.state import state_dir
+from ..main import config_of
+
+START_TIMEOUT_S = 15.0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("start", help="register this project with the daemon (start it)")
+    p.set_defaults(handler=run_start)
+    q = subparsers.add_parser("stop", help="unregister this project; --all stops the daemon")
+    q.add_argument(
+        "--all",
+        action="store_true",
+        help="stop the daemon, every project, keep_running services and host agents",
+    )
+    q.set_defaults(handler=run_stop)
+
+
+def ensure_daemon() -> bool:
+    """Start `tether daemon` detached if nothing answers on the socket; True if started."""
+    if daemon_running():
+        return False
+    log_path = state_dir() / "daemon.log"
+    with open_private(log_path, "ab") as log_file:
+        subprocess.Popen(
+            [sys.executable, "-m", "tether.cli.main", "daemon"],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+            env=os.environ.copy(),
+            cwd="/",
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if daemon_running():
+            return True
+        time.sleep(0.05)
+    raise TetherError(f"the daemon did not start within {START_TIMEOUT_S:g}s", f"see {log_path}")
+
+
+def run_start(args: argparse.Namespace) -> int:
+    config = config_of(args)
+    started = ensure_daemon()
+    call("POST", "/v1/projects", {"config_path": str(config.path)})  # already absolute
+    out = console()
+    out.print(("started the daemon; " if started else "") + f"watching {config.root}")
+    out.print("see `tether status`; `tether logs -f` follows what happens")
+    return 0
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    out = console()
+    if args.all:
+        if not daemon_running():
+            out.print("the daemon is not running")
+            return 0
+        call("POST", "/v1/shutdown", {"stop_services": True})
+        out.print("stopped the daemon, its keep_running services and host agents")
+        return 0
+    config = config_of(args)
+    call("DELETE", "/v1/projects", {"config_path": str(config.path)})
+    out.print(f"no longer watching {config.root}")
+    return 0

@@ -1,0 +1,1 @@
+"""Benchmark results: the store, comparisons, CSV and plots."""

@@ -1,0 +1,1 @@
+"""Commands run on a host: starting and following them, triggers, the run history."""

@@ -1,0 +1,110 @@
+"""Run history: every run tether started, kept in SQLite beside the sync state.
+
+A record is written when a run starts and completed when it ends, so a daemon that dies mid-run
+leaves a record that says so ("running" with no end) rather than nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..store import SqliteStore
+from ..sync.state import state_dir
+from .remote import exit_status
+
+DB_NAME = "runs.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, project TEXT NOT NULL, host TEXT NOT NULL, pair TEXT NOT NULL,
+    trigger TEXT, command TEXT NOT NULL, changed TEXT NOT NULL, started REAL NOT NULL,
+    ended REAL, exit_code INTEGER, signal INTEGER, reason TEXT NOT NULL, log TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_started ON runs (started);
+"""
+
+
+@dataclass
+class RunRecord:
+    id: str
+    project: str
+    host: str
+    pair: str
+    command: str
+    log: str
+    trigger: str | None = None
+    changed: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str = "running"
+
+    @property
+    def status(self) -> int | None:
+        if self.ended is None:
+            return None
+        return exit_status(self.exit_code, self.signal)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["status"] = self.status
+        out["duration_s"] = round(self.ended - self.started, 3) if self.ended else None
+        return out
+
+
+class RunHistory(SqliteStore):
+    """The runs table (file 0600 in the 0700 state folder)."""
+
+    SCHEMA = _SCHEMA
+
+    def __init__(self, path: Path | None = None) -> None:
+        super().__init__(path or state_dir() / DB_NAME)
+
+    def __enter__(self) -> RunHistory:
+        return self
+
+    def begin(self, record: RunRecord) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    record.id, record.project, record.host, record.pair, record.trigger,
+                    record.command, json.dumps(record.changed), record.started, record.ended,
+                    record.exit_code, record.signal, record.reason, record.log,
+                ),
+            )  # fmt: skip
+
+    def finish(
+        self, run_id: str, *, exit_code: int | None, signal: int | None, reason: str
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE runs SET ended=?, exit_code=?, signal=?, reason=? WHERE id=?",
+                (time.time(), exit_code, signal, reason, run_id),
+            )
+
+    def get(self, run_id: str) -> RunRecord | None:
+        rows = self._select("WHERE id = ? OR id LIKE ? ORDER BY started DESC LIMIT 2",
+                            (run_id, f"{run_id}%"))  # fmt: skip
+        return rows[0] if len(rows) == 1 or (rows and rows[0].id == run_id) else None
+
+    def recent(self, limit: int = 20, project: str | None = None) -> list[RunRecord]:
+        if project is None:
+            return self._select("ORDER BY started DESC LIMIT ?", (limit,))
+        return self._select("WHERE project = ? ORDER BY started DESC LIMIT ?", (project, limit))
+
+    def _select(self, tail: str, args: tuple[Any, ...]) -> list[RunRecord]:
+        cursor = self._db.execute(
+            "SELECT id, project, host, pair, command, log, trigger, changed, started, ended, "
+            f"exit_code, signal, reason FROM runs {tail}",
+            args,
+        )
+        return [
+            RunRecord(*row[:7], json.loads(row[7]), *row[8:])  # type: ignore[misc]
+            for row in cursor.fetchall()
+        ]

@@ -1,0 +1,218 @@
+"""Triggers: when changed files matching a rule have landed on the host, run its command there.
+
+One :class:`TriggerRunner` per ``[triggers.NAME]``. The pair session calls :meth:`notify` once per
+landed burst (one sync), so a save of ten files starts one run, not ten. If the previous run is
+still going, ``on_busy`` decides: ``restart`` stops its process group (SIGTERM, grace, SIGKILL) and
+starts afresh; ``queue`` runs once more after it; ``ignore`` drops the burst. A timeout stops the
+group and is recorded. After each run its ``fetch`` paths come back and ``*.tether.json`` results
+are handed to ``on_result``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pathspec
+
+from ..config import Config, OnBusy, TriggerConfig
+from ..dirs import open_private
+from ..errors import TetherError
+from ..sync.state import state_dir
+from ..transport.link import Link
+from .history import RunHistory, RunRecord
+from .remote import RunOutcome, RunSpec, fetch, follow, local_log_path, start
+
+log = logging.getLogger(__name__)
+
+
+class TriggerRunner:
+    def __init__(
+        self,
+        config: Config,
+        trigger: TriggerConfig,
+        link: Link,
+        *,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        on_fetched: Callable[[TriggerConfig, RunSpec, list[Path]], None] | None = None,
+    ) -> None:
+        self.config, self.trigger, self.link = config, trigger, link
+        self.pair = config.pairs[trigger.pair]
+        self.host = config.host(self.pair.host)
+        self._spec = pathspec.PathSpec.from_lines("gitignore", trigger.on)
+        self._on_event = on_event
+        self._on_fetched = on_fetched
+        self._current: asyncio.Task[None] | None = None
+        self._current_spec: RunSpec | None = None
+        self._stop: asyncio.Event | None = None
+        self._queued: list[str] | None = None
+        self.last: dict[str, Any] | None = None
+        self.fired = 0
+
+    def matches(self, paths: Sequence[str]) -> list[str]:
+        return [p for p in paths if self._spec.match_file(p)]
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None and not self._current.done()
+
+    async def notify(self, landed: Sequence[str]) -> None:
+        """A burst of paths landed on the host; start (or restart, queue, ignore) the run."""
+        changed = self.matches(landed)
+        if changed:
+            await self._fire(changed)
+
+    async def run_now(self) -> None:
+        """Fire as if its paths had changed (the tray's "Run now"); the busy policy applies."""
+        self._event("manual", "run asked for by hand")
+        await self._fire([])
+
+    async def _fire(self, changed: list[str]) -> None:
+        if self.busy:
+            policy = self.trigger.on_busy
+            if policy is OnBusy.IGNORE:
+                self._event("ignored", f"busy; ignored changes to {_show(changed)}")
+                return
+            if policy is OnBusy.QUEUE:
+                self._queued = sorted(set(self._queued or []) | set(changed))
+                self._event("queued", f"busy; one more run queued for {_show(changed)}")
+                return
+            self._event("restart", f"restarting for {_show(changed)}")
+            await self.cancel()
+        self._launch(changed)
+
+    def _launch(self, changed: list[str]) -> None:
+        self.fired += 1
+        spec = RunSpec(
+            host=self.host,
+            pair=self.pair,
+            shell=self.trigger.run,
+            env=dict(self.trigger.env),
+            timeout_s=self.trigger.timeout_s,
+        )
+        self._current_spec, self._stop = spec, asyncio.Event()
+        self._current = asyncio.create_task(
+            self._execute(spec, changed, self._stop), name=f"trigger {self.trigger.name}"
+        )
+
+    async def cancel(self) -> None:
+        """Stop the current run's process group and wait for it to be gone."""
+        if self._stop is not None:
+            self._stop.set()
+        if self._current is not None:
+            await asyncio.gather(self._current, return_exceptions=True)
+
+    async def close(self) -> None:
+        self._queued = None
+        await self.cancel()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "trigger": self.trigger.name,
+            "pair": self.trigger.pair,
+            "on": list(self.trigger.on),
+            "running": self._current_spec.run_id if self.busy and self._current_spec else None,
+            "queued": bool(self._queued),
+            "fired": self.fired,
+            "last": self.last,
+        }
+
+    async def _execute(self, spec: RunSpec, changed: list[str], stop: asyncio.Event) -> None:
+        log_path = local_log_path(state_dir(), spec.run_id)
+        started = time.monotonic()
+        outcome: RunOutcome | None = None
+        with RunHistory() as history, open_private(log_path, "wb") as log_file:
+            history.begin(
+                RunRecord(
+                    id=spec.run_id,
+                    project=str(self.config.path),
+                    host=self.host.name,
+                    pair=self.pair.name,
+                    command=spec.display,
+                    log=str(log_path),
+                    trigger=self.trigger.name,
+                    changed=changed,
+                )
+            )
+            try:
+                await start(self.link, spec)
+                self._event(
+                    "started",
+                    f"run {spec.run_id} for {_show(changed)}",
+                    run=spec.run_id,
+                    latency_ms=round((time.monotonic() - started) * 1000, 1),
+                )
+                outcome = await follow(self.link, spec, _appender(log_file), stop=stop)
+            except TetherError as exc:
+                history.finish(spec.run_id, exit_code=None, signal=None, reason="error")
+                self._event("error", f"run {spec.run_id}: {exc.one_line()}", level="error")
+                self.last = {"run": spec.run_id, "reason": "error", "error": exc.one_line()}
+            else:
+                history.finish(
+                    spec.run_id,
+                    exit_code=outcome.exit_code,
+                    signal=outcome.signal,
+                    reason=outcome.reason,
+                )
+                self.last = {
+                    "run": spec.run_id,
+                    "reason": outcome.reason,
+                    "status": outcome.status,
+                    "duration_s": round(outcome.duration_s, 3),
+                }
+                self._event(
+                    "finished",
+                    f"run {spec.run_id} {outcome.reason} with status "
+                    f"{outcome.status} in {outcome.duration_s:.1f}s",
+                    run=spec.run_id,
+                    status=outcome.status,
+                )
+        if outcome is not None and outcome.reason != "stopped" and self.trigger.fetch:
+            await self._fetch(spec)
+        if self._queued and not stop.is_set():
+            queued, self._queued = self._queued, None
+            self._launch(queued)
+
+    async def _fetch(self, spec: RunSpec) -> None:
+        """Bring the trigger's artifacts back; a failure is reported, never fatal to the runner."""
+        try:
+            await fetch(self.config, self.link, self.pair, self.trigger.fetch)
+        except TetherError as exc:
+            self._event("error", f"fetch after {spec.run_id}: {exc.one_line()}", level="error")
+            return
+        results = [
+            path
+            for rel in self.trigger.fetch
+            for path in sorted((self.pair.local / rel).glob("**/*.tether.json"))
+        ] + [self.pair.local / rel for rel in self.trigger.fetch if rel.endswith(".tether.json")]
+        self._event("fetched", f"fetched {', '.join(self.trigger.fetch)}", run=spec.run_id)
+        if self._on_fetched is not None:
+            self._on_fetched(self.trigger, spec, [p for p in results if p.is_file()])
+
+    def _event(self, kind: str, message: str, **extra: Any) -> None:
+        log.info("trigger %s: %s", self.trigger.name, message)
+        if self._on_event is not None:
+            self._on_event(
+                {
+                    "kind": f"trigger.{kind}",
+                    "trigger": self.trigger.name,
+                    "message": message,
+                    **extra,
+                }
+            )
+
+
+def _appender(log_file: Any) -> Callable[[bytes], None]:
+    def write(chunk: bytes) -> None:
+        log_file.write(chunk)
+        log_file.flush()
+
+    return write
+
+
+def _show(paths: Sequence[str]) -> str:
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
