@@ -94,7 +94,8 @@ def _config_paths(host: HostConfig) -> tuple[Path, ...]:
 
 def resolve_target(host: HostConfig) -> Target:
     """Apply ~/.ssh/config (Host, HostName, Port, User, ProxyJump, ConnectTimeout, IdentityFile,
-    Ciphers). The host's own ``proxy_jump`` wins over ProxyJump there, as ``ssh -J`` does."""
+    Ciphers). What tether.toml spells out wins over that file, as ssh's command line does: a
+    ``user@`` or ``:port`` in ``ssh``, and the host's own ``proxy_jump`` (as ``ssh -J``)."""
     user, alias, port = parse_destination(host.ssh)
     paths = _config_paths(host)
     local_user = getpass.getuser()
@@ -106,8 +107,8 @@ def resolve_target(host: HostConfig) -> Target:
     return Target(
         alias=alias,
         hostname=str(cfg.get("Hostname") or alias),
-        port=int(cfg.get("Port") or port or 22),
-        username=str(cfg.get("User") or user or local_user),
+        port=int(port or cfg.get("Port") or 22),
+        username=str(user or cfg.get("User") or local_user),
         proxy_jump=host.proxy_jump or (str(cfg.get("ProxyJump")) if cfg.get("ProxyJump") else None),
         connect_timeout_s=float(timeout),
         config_paths=paths,
