@@ -49,7 +49,7 @@ RETRY_S = 3.0
 
 def latest_bench() -> dict[str, Any] | None:
     """The newest stored benchmark's best point by roofline fraction, with its device."""
-    from ..results import ResultsStore
+    from ..results.store import ResultsStore
 
     try:
         with ResultsStore() as store:
@@ -226,7 +226,7 @@ class TrayApp:
                 await client.shutdown()
 
     def _open_plot(self) -> None:
-        from ..results import ResultsStore, plot_runs
+        from ..results.store import ResultsStore, plot_runs
 
         bench = latest_bench()
         if bench is None:
