@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,41 @@ def test_changed_since_and_local_status_are_pure() -> None:
     after = [report("a", (1, 1, 1)), report("b", (2, 1, 1)), report("c", (1, 1, 1))]
     assert [r.folder for r in changed_since(before, after)] == ["b", "c"]
     assert local_status({}, {}, (0, 0, 0)) is LocalStatus.NOT_PULLED
+
+
+def test_the_daemon_watcher_pulls_a_new_report_once_settled(project: Path, tmp_path: Path) -> None:
+    """The watcher the daemon runs for `watch = true`, on a real link: a report that appears
+    on the host is pulled once its listing stops moving; one already up to date is not."""
+    import asyncio
+
+    from tether.config import load_config
+    from tether.reports.watcher import ReportWatcher
+    from tether.transport.link import Link
+
+    config = load_config(project / "tether.toml")
+    local = project / "reports" / "gpu" / "memory" / "4004" / "db.sqlite"
+    events: list[dict[str, object]] = []
+
+    async def body() -> None:
+        async with Link(config.host("gpu")) as link:
+            watcher = ReportWatcher(
+                config, config.reports["tt"], link, events.append, poll_s=0.2, settle_s=0.6
+            )
+            watcher.start()
+            try:
+                deadline = time.monotonic() + 60
+                while watcher.pulled < 5 and time.monotonic() < deadline:  # the ones there
+                    await asyncio.sleep(0.1)
+                assert watcher.pulled == 5, events
+                new = tmp_path / "host" / MEMORY / "4004"
+                new.mkdir()
+                (new / "db.sqlite").write_text("new report")
+                while watcher.pulled < 6 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                assert watcher.pulled == 6 and watcher.snapshot()["last"] == "tt.memory/4004"
+            finally:
+                await watcher.close()
+
+    asyncio.run(body())
+    assert local.read_text() == "new report"
+    assert any(e["message"] == "pulled tt.memory/4004 (1 file(s))" for e in events)
