@@ -107,6 +107,35 @@ class TriggerConfig:
     on_busy: OnBusy = OnBusy.RESTART
     timeout_s: float | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    auto_fetch: bool = False
+    """When the run ends, pull the report folders it created or changed (:mod:`tether.reports`)."""
+
+
+DEFAULT_MARKERS: Mapping[str, tuple[str, ...]] = {
+    "memory": ("db.sqlite",),
+    "performance": ("profile_log_device.csv",),
+}
+"""TT-NN's report markers: a memory report holds ``db.sqlite``, a performance report
+``profile_log_device.csv``. Any other kind has none: every direct child folder is a report."""
+
+
+@dataclass(frozen=True)
+class ReportsConfig:
+    """``[reports.NAME]``: folders on a host where tools leave reports, one root per kind."""
+
+    name: str
+    host: str
+    roots: Mapping[str, str]
+    """kind (``memory``, ``performance``, any name) → the folder on the host."""
+    local: Path
+    """Reports of kind K land in ``local / K / <folder>``; default ``reports/<host>``."""
+    markers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """kind → file names that make a folder a report (empty: every direct child folder)."""
+    watch: bool = False
+    ignore: tuple[str, ...] = ()
+
+    def local_for(self, kind: str) -> Path:
+        return self.local / kind
 
 
 @dataclass(frozen=True)
@@ -130,7 +159,7 @@ class Config:
     pairs: Mapping[str, PairConfig] = field(default_factory=dict)
     tunnels: Mapping[str, TunnelConfig] = field(default_factory=dict)
     triggers: Mapping[str, TriggerConfig] = field(default_factory=dict)
-    reports: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    reports: Mapping[str, ReportsConfig] = field(default_factory=dict)
     notify: NotifyConfig = NotifyConfig()
 
     @property
@@ -484,14 +513,61 @@ def _trigger(path: Path, name: str, raw: Any, pairs: Mapping[str, PairConfig]) -
         on_busy=t.choice("on_busy", OnBusy, OnBusy.RESTART),
         timeout_s=t.duration("timeout"),
         env=t.string_map("env"),
+        auto_fetch=t._take("auto_fetch", False, lambda v: isinstance(v, bool), "true or false"),
     )
     t.finish()
     return trigger
 
 
-def _reports(path: Path, name: str, raw: Any, hosts: Mapping[str, HostConfig]) -> dict[str, str]:
-    _reference(path, f"[reports.{name}]", name, hosts, "hosts")
-    t = _Table(path, f"reports.{name}", raw)
-    folders = {key: t.string(key, required=True) for key in list(t.raw)}
+_REPORTS_KEYS = ("host", "local", "markers", "watch", "ignore")
+
+
+def _reports(path: Path, name: str, raw: Any, hosts: Mapping[str, HostConfig]) -> ReportsConfig:
+    """A reports table: its settings, and every other key a kind naming a root on the host.
+
+    A kind is any name, so a misspelt setting (``wach = true``, ``hots = "gpu"``) could pass for
+    a kind: a key that is not a string, or is close to a setting's name, is refused with the
+    suggestion instead.
+    """
+    key = f"reports.{name}"
+    t = _Table(path, key, raw)
+    host_name = t.string("host", name if name in hosts else None)
+    if host_name is None:
+        raise ConfigError(f"{path}: {key}.host is missing", _choices(name, list(hosts)))
+    host = _reference(path, f"{key}.host", host_name, hosts, "hosts")
+    local = t.string("local")
+    watch = t._take("watch", False, lambda v: isinstance(v, bool), "true or false")
+    ignore = t.strings("ignore")
+    raw_markers = t._take("markers", {}, lambda v: isinstance(v, dict), "a table kind → files")
+    roots: dict[str, str] = {}
+    for kind in list(t.raw):
+        close = difflib.get_close_matches(kind, _REPORTS_KEYS, n=1, cutoff=0.75)
+        if close or not isinstance(t.raw[kind], str):
+            t.finish()  # the unknown-key error, with its "did you mean"
+        if not _NAME.match(kind):
+            raise ConfigError(
+                f"{path}: {key}.{kind} is not a usable kind name",
+                "use letters, digits, '_', '-' and '.'",
+            )
+        roots[kind] = t.string(kind, required=True)
     t.finish()
-    return folders
+    if not roots:
+        raise ConfigError(
+            f"{path}: [{key}] names no report folder",
+            'add one per kind, e.g. memory = "~/tt-metal/generated/ttnn/reports/"',
+        )
+    markers = {kind: DEFAULT_MARKERS[kind] for kind in roots if kind in DEFAULT_MARKERS}
+    for kind, files in raw_markers.items():
+        if kind not in roots:
+            raise ConfigError(
+                f"{path}: {key}.markers.{kind}: no report folder of kind {kind!r}",
+                _choices(kind, list(roots)),
+            )
+        files = [files] if isinstance(files, str) else files
+        if not isinstance(files, list) or not all(
+            isinstance(f, str) and f and "/" not in f and f not in (".", "..") for f in files
+        ):
+            raise t.error(f"{key}.markers.{kind}", files, "a file name or a list of file names")
+        markers[kind] = tuple(files)
+    base = Path(local).expanduser() if local else Path("reports") / host
+    return ReportsConfig(name, host, roots, (path.parent / base).resolve(), markers, watch, ignore)

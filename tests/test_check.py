@@ -78,6 +78,31 @@ def test_check_passes_against_real_sshd(
     assert all(s["seconds"] >= 0 for s in doc["steps"])
 
 
+def test_report_roots_are_listed_with_their_counts(
+    sshd: SshServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each reports root: how many reports it holds, missing (a warning: nothing written yet),
+    or not a folder (a failure)."""
+    for name in ("r1", "r2"):
+        (tmp_path / "mem" / name).mkdir(parents=True)
+        (tmp_path / "mem" / name / "db.sqlite").write_text("x")
+    (tmp_path / "afile").write_text("x")
+    config = write_project(
+        tmp_path / "proj",
+        sshd,
+        f'\n[reports.tt]\nhost = "gpu"\nmemory = "{tmp_path}/mem"\n'
+        f'performance = "{tmp_path}/none"\ntune = "{tmp_path}/afile"\n',
+    )
+    code, doc = run_check(config, capsys)
+    by_name = {s["step"]: s for s in doc["steps"]}
+    assert by_name["reports tt.memory"]["status"] == "OK"
+    assert by_name["reports tt.memory"]["detail"].endswith("2 report(s)")
+    assert by_name["reports tt.performance"]["status"] == "WARN"
+    assert by_name["reports tt.tune"]["status"] == "FAIL"
+    assert by_name["reports tt.tune"]["detail"] == f"{tmp_path}/afile: not a folder"
+    assert code == 1
+
+
 def test_pair_folder_under_a_file_fails(
     sshd: SshServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -65,8 +65,33 @@ def test_full_config_parses_into_typed_values() -> None:
     trigger = cfg.triggers["roofline"]
     assert trigger.on_busy is OnBusy.QUEUE and trigger.timeout_s == 5400.0
     assert trigger.env == {"CUDA_VISIBLE_DEVICES": "0"}
-    assert cfg.reports["gpu"]["memory"].startswith("~/tt-metal")
+    reports = cfg.reports["gpu"]
+    assert reports.host == "gpu" and reports.roots["memory"].startswith("~/tt-metal")
+    assert reports.markers == {"memory": ("db.sqlite",)} and not reports.watch
+    assert reports.local_for("memory") == Path("/proj/reports/gpu/memory")
     assert cfg.pair(None) is pair and cfg.host(None) is host
+
+
+def test_reports_tables_name_kinds_markers_and_where_they_land() -> None:
+    """Any key that is not a setting names a kind's root; markers default to TT-NN's for
+    memory and performance and to none (every child folder) for other kinds."""
+    cfg = parse_config(
+        HOST + "[reports.tt]\nhost = 'gpu'\nmemory = 'm'\nperformance = 'p'\ntune = 't'\n"
+        "local = 'out'\nwatch = true\nignore = ['*.tmp']\nmarkers = {tune = 'cache.json'}\n"
+        "[reports.plain]\nhost = 'gpu'\nmemory = 'm2'\nmarkers = {memory = []}\n",
+        FILE,
+    )
+    tt = cfg.reports["tt"]
+    assert tt.roots == {"memory": "m", "performance": "p", "tune": "t"}
+    assert tt.markers == {
+        "memory": ("db.sqlite",),
+        "performance": ("profile_log_device.csv",),
+        "tune": ("cache.json",),
+    }
+    assert tt.watch and tt.ignore == ("*.tmp",)
+    assert tt.local_for("tune") == Path("/proj/out/tune")
+    assert cfg.reports["plain"].markers == {"memory": ()}
+    assert cfg.reports["plain"].local_for("memory") == Path("/proj/reports/gpu/memory")
 
 
 def test_defaults() -> None:
@@ -106,7 +131,23 @@ def test_defaults() -> None:
             'a duration like "90s"',
         ),
         (HOST + "[triggers.t]\npair='nope'\non=['*']\nrun='x'\n", "names no [pairs.nope]"),
-        (HOST + "[reports.other]\nmemory='x'\n", "names no [hosts.other]"),
+        (HOST + "[reports.other]\nmemory='x'\n", "reports.other.host is missing"),
+        (HOST + "[reports.r]\nhost='gpx'\nmemory='x'\n", "names no [hosts.gpx]"),
+        (HOST + "[reports.gpu]\nmemory='x'\nwach=true\n", "reports.gpu.wach (did you mean 'watch'"),
+        (HOST + "[reports.gpu]\nmemory='x'\nhots='gpu'\n", "reports.gpu.hots (did you mean 'host'"),
+        (HOST + "[reports.gpu]\nmemory='x'\nmarker={}\n", "(did you mean 'markers'"),
+        (HOST + "[reports.gpu]\nwatch=true\n", "[reports.gpu] names no report folder"),
+        (HOST + "[reports.gpu]\nmemory='x'\nwatch='yes'\n", "expected true or false"),
+        (
+            HOST + "[reports.gpu]\nmemory='x'\nmarkers={memroy='db.sqlite'}\n",
+            "no report folder of kind 'memroy' (did you mean 'memory'",
+        ),
+        (HOST + "[reports.gpu]\nmemory='x'\nmarkers={memory='a/b'}\n", "a list of file names"),
+        (
+            HOST + "[pairs.p]\nhost='gpu'\nremote='r'\n[triggers.t]\npair='p'\non=['*']\n"
+            "run='x'\nauto_fetch='yes'\n",
+            "triggers.t.auto_fetch",
+        ),
         ("[hosts.gpu\n", "not valid TOML"),
         ("[hosts.'bad name']\nssh='x'\n", "is not a usable name"),
     ],

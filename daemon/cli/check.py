@@ -284,6 +284,10 @@ async def _remote_steps(
                 f"pair {pair.name}", status, detail, error=error if status is Status.FAIL else None
             )
 
+    tables = [t for t in config.reports.values() if t.host == host.name]
+    if tables:
+        await _report_roots(rec, host, conn, tables)
+
     async def gpu() -> tuple[Status, str]:
         info = await _remote_json(conn, python_cmd, _PROBE_GPU)
         stack, problem = gpu_stack(info)
@@ -329,6 +333,35 @@ def gpu_stack(info: dict[str, Any]) -> tuple[str, str | None]:
     versions["driver"] = driver if isinstance(driver, str) else None
     text = ", ".join(f"{k} {versions.get(k) or '-'}" for k in ("numpy", "numba", "numba-cuda"))
     return text, diagnose(versions)
+
+
+async def _report_roots(
+    rec: _Recorder, host: HostConfig, conn: asyncssh.SSHClientConnection, tables: list[Any]
+) -> None:
+    """A step per reports root: listed through the agent's ``reports`` op (what `tether reports
+    list` asks), so the count is the one the listing shows. A root not there yet only warns:
+    the tool may not have written one."""
+    from ..reports.fetch import list_host
+    from ..transport.agent_client import AgentClient
+
+    agent = await AgentClient.start(conn, python=host.python)
+    try:
+        listing = await list_host(agent, tables)
+    finally:
+        await agent.close()
+    errors = {line.split(":", 1)[0]: line.split(": ", 2)[-1] for line in listing.errors}
+    for table in tables:
+        for kind, path in table.roots.items():
+            name = f"{table.name}.{kind}"
+            if name in errors:
+                missing = errors[name] == "No such file or directory"
+                detail = f"{path}: {errors[name]}"
+                status = Status.WARN if missing else Status.FAIL
+                error = TetherError(detail, f"fix reports.{name} in tether.toml, or the host")
+                rec.add(f"reports {name}", status, detail, error=None if missing else error)
+                continue
+            found = sum(r.table == table.name and r.kind == kind for r in listing.reports)
+            rec.add(f"reports {name}", Status.OK, f"{path}: {found} report(s)")
 
 
 def _folder_verdict(folder: dict[str, Any]) -> tuple[Status, str]:

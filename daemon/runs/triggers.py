@@ -22,6 +22,9 @@ import pathspec
 from ..config import Config, OnBusy, TriggerConfig
 from ..dirs import open_private
 from ..errors import TetherError
+from ..reports.fetch import list_host, tables_for
+from ..reports.fetch import pull as pull_report
+from ..reports.model import Report, changed_since
 from ..sync.state import state_dir
 from ..transport.link import Link
 from .history import RunHistory, RunRecord
@@ -138,6 +141,7 @@ class TriggerRunner:
                     changed=changed,
                 )
             )
+            before = await self._reports_now() if self.trigger.auto_fetch else None
             try:
                 await start(self.link, spec)
                 self._event(
@@ -173,9 +177,38 @@ class TriggerRunner:
                 )
         if outcome is not None and outcome.reason != "stopped" and self.trigger.fetch:
             await self._fetch(spec)
+        if outcome is not None and outcome.reason != "stopped" and before is not None:
+            await self._fetch_reports(spec, before)
         if self._queued and not stop.is_set():
             queued, self._queued = self._queued, None
             self._launch(queued)
+
+    async def _reports_now(self) -> list[Report] | None:
+        """The reports on this trigger's host (``auto_fetch``); None when they cannot be listed."""
+        tables = tables_for(self.config, self.pair.host)
+        try:
+            return (await list_host(await self.link.wait_agent(30), tables)).reports
+        except TetherError as exc:
+            self._event("error", f"auto-fetch: {exc.one_line()}", level="error")
+            return None
+
+    async def _fetch_reports(self, spec: RunSpec, before: list[Report]) -> None:
+        """Pull the report folders the run created or changed; nothing older, nothing pushed."""
+        after = await self._reports_now()
+        if after is None:
+            return
+        changed = changed_since(before, after)
+        try:
+            agent = await self.link.wait_agent(30)
+            pulled = [await pull_report(self.config, agent, r) for r in changed]
+        except TetherError as exc:
+            self._event("error", f"auto-fetch after {spec.run_id}: {exc.one_line()}", level="error")
+            return
+        names = ", ".join(f"{p.report.kind}/{p.report.folder}" for p in pulled) or "none new"
+        whole = sum(p.ok for p in pulled)
+        self._event(
+            "fetched", f"auto-fetch: {whole}/{len(pulled)} report(s) ({names})", run=spec.run_id
+        )
 
     async def _fetch(self, spec: RunSpec) -> None:
         """Bring the trigger's artifacts back; a failure is reported, never fatal to the runner."""

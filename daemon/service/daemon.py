@@ -26,6 +26,7 @@ from typing import Any
 from ..config import Config, TunnelConfig, load_config
 from ..dirs import open_private
 from ..errors import NotFound, NotRegistered, TetherError
+from ..reports.watcher import ReportWatcher
 from ..results.store import ingest_file
 from ..runs.history import RunHistory, RunRecord
 from ..runs.remote import RunSpec, command_argv, follow, local_log_path, start
@@ -170,7 +171,10 @@ class Project:
         used_hosts = {p.host for p in config.pairs.values()} | {
             t.host for t in config.tunnels.values()
         }
+        watched = [t for t in config.reports.values() if t.watch]
+        used_hosts |= {t.host for t in watched}
         self.links = {name: Link(config.host(name), on_event=emit) for name in sorted(used_hosts)}
+        self.reports = [ReportWatcher(config, t, self.links[t.host], emit) for t in watched]
         self.triggers = [
             TriggerRunner(
                 config,
@@ -208,6 +212,8 @@ class Project:
             session.start()
         for service in self.services:
             service.start()
+        for watcher in self.reports:
+            watcher.start()
         self._emit({"kind": "project.started", "message": f"watching {self.config.root}"})
 
     async def close(self, *, stop_services: bool = False) -> None:
@@ -215,7 +221,7 @@ class Project:
             await trigger.close()
         for service in self.services:
             await service.close(stop_remote=stop_services)
-        for part in [*self.sessions.values(), *self.tunnels]:
+        for part in [*self.sessions.values(), *self.tunnels, *self.reports]:
             await part.close()
         for link in self.links.values():
             await link.close()
@@ -252,6 +258,7 @@ class Project:
             "pairs": [s.snapshot() for s in self.sessions.values()],
             "tunnels": [t.snapshot() for t in self.tunnels],
             "triggers": [t.snapshot() for t in self.triggers],
+            "reports": [w.snapshot() for w in self.reports],
             "services": [
                 {"tunnel": s.tunnel.name, "run": s.run_id, "restarts": s.restarts}
                 for s in self.services

@@ -220,6 +220,62 @@ class Range:
     """Data, and holes (ints: that many zero bytes), covering the range in order."""
 
 
+@dataclass(frozen=True)
+class RemoteReport:
+    """One report folder the host listed (the ``reports`` op), validated."""
+
+    folder: str
+    """Relative to its root."""
+    name: str
+    """Its display name (TT-NN's ``config.json`` ``report_name``), else ""."""
+    mtime_ns: int
+    """Its newest file's."""
+    size: int
+    files: int
+
+
+@dataclass(frozen=True)
+class ReportRoot:
+    """One root of report folders as the host saw it: its reports, or why it could not."""
+
+    kind: str
+    path: str
+    reports: tuple[RemoteReport, ...] = ()
+    error: str = ""
+    """Empty when listed; else the reason (the root is missing, not a folder, unreadable)."""
+
+
+def reports_from_wire(asked: Sequence[tuple[str, str]], raw: object) -> list[ReportRoot]:
+    """The ``reports`` op's reply → one :class:`ReportRoot` per root asked, in that order:
+    every folder a safe relative path, every number an int, or :class:`BadHostData`."""
+    roots = raw.get("roots") if isinstance(raw, dict) else None
+    if not isinstance(roots, list) or len(roots) != len(asked):
+        raise BadHostData("the host sent a malformed report listing")
+    out = []
+    for (kind, path), item in zip(asked, roots, strict=True):
+        if not isinstance(item, dict) or (item.get("kind"), item.get("path")) != (kind, path):
+            raise BadHostData(f"the host sent a listing for another root than {path!r}")
+        error = item.get("error")
+        if error is not None:
+            message = error.get("message") if isinstance(error, dict) else None
+            out.append(ReportRoot(kind, path, error=_text(message) or "unreadable"))
+            continue
+        reports = item.get("reports")
+        if not isinstance(reports, list):
+            raise BadHostData(f"the host sent a malformed listing of {path!r}")
+        found = []
+        for r in reports:
+            if not isinstance(r, dict) or not isinstance(r.get("name"), str):
+                raise BadHostData(f"the host sent a malformed report under {path!r}: {r!r}")
+            numbers = (r.get("mtime_ns"), r.get("size"), r.get("files"))
+            if not all(_is_int(n) and n >= 0 for n in numbers):
+                raise BadHostData(f"the host sent bad numbers for a report under {path!r}: {r!r}")
+            folder = check_relpath(r.get("folder"))
+            found.append(RemoteReport(folder, r["name"][:200], *numbers))
+        out.append(ReportRoot(kind, path, tuple(found)))
+    return out
+
+
 @dataclass
 class _Call:
     op: str
@@ -1012,6 +1068,15 @@ class AgentClient:
         """Does the remote folder exist (or could it be created), is it writable, how much room?"""
         return await self.call("probe", path=path, create=create)
 
+    async def reports(self, roots: Sequence[tuple[str, str, Sequence[str]]]) -> list[ReportRoot]:
+        """The report folders under each ``(kind, path, markers)`` root, in one round trip."""
+        wire = [{"kind": k, "path": p, "markers": list(m)} for k, p, m in roots]
+        reply = await self.call("reports", roots=wire)
+        try:
+            return reports_from_wire([(k, p) for k, p, _ in roots], reply)
+        except BadHostData as exc:
+            raise self._poison(exc) from None
+
     async def tcp_check(self, host: str, port: int, *, timeout: float = 3.0) -> dict[str, Any]:
         """Can the host open a TCP connection to ``host:port``? {reachable, reason}."""
         return await self.call("tcp_check", host=host, port=port, timeout=timeout)
@@ -1147,6 +1212,8 @@ __all__ = [
     "AgentClient",
     "ExpectationFailed",
     "RemoteOpError",
+    "RemoteReport",
+    "ReportRoot",
     "ScanResult",
     "WatchBatch",
     "WriteItem",

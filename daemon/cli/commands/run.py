@@ -26,7 +26,9 @@ from ..main import config_of
 
 if TYPE_CHECKING:
     from ...config import Config, PairConfig
+    from ...reports.fetch import Listing
     from ...runs.remote import RunSpec
+    from ...transport.link import Link
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -48,6 +50,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         metavar="PATH",
         help="bring PATH (relative to the pair) back afterwards; repeatable",
+    )
+    p.add_argument(
+        "--auto-fetch",
+        action="store_true",
+        help="afterwards, pull the report folders ([reports.*] roots) the run created or changed",
     )
     p.add_argument("command", nargs=argparse.REMAINDER, help="everything after --")
     p.set_defaults(handler=run)
@@ -74,7 +81,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("nothing to run", "put the command after `--`: tether run -- python x.py")
     config = config_of(args)
     pair = pick_pair(config, args.pair, args.host)
-    status = _via_daemon(config, pair, words, sync=not args.no_sync, fetch=args.fetch)
+    status = (
+        None  # the daemon's runs do not fetch reports: this one runs here
+        if args.auto_fetch
+        else _via_daemon(config, pair, words, sync=not args.no_sync, fetch=args.fetch)
+    )
     if status is not None:
         return status
     import asyncio
@@ -83,7 +94,15 @@ def run(args: argparse.Namespace) -> int:
 
     host = config.host(pair.host)
     spec = RunSpec(host=host, pair=pair, argv=command_argv(words, host.python))
-    return asyncio.run(_run(config, spec, sync=not args.no_sync, fetch_paths=args.fetch))
+    return asyncio.run(
+        _run(
+            config,
+            spec,
+            sync=not args.no_sync,
+            fetch_paths=args.fetch,
+            auto_fetch=args.auto_fetch,
+        )
+    )
 
 
 def _via_daemon(
@@ -147,7 +166,9 @@ def _lost(what: str, run_id: str) -> TetherError:
     )
 
 
-async def _run(config: Config, spec: RunSpec, *, sync: bool, fetch_paths: list[str]) -> int:
+async def _run(
+    config: Config, spec: RunSpec, *, sync: bool, fetch_paths: list[str], auto_fetch: bool = False
+) -> int:
     import asyncio
     import contextlib
 
@@ -174,6 +195,7 @@ async def _run(config: Config, spec: RunSpec, *, sync: bool, fetch_paths: list[s
                 raise TetherError(f"sync halted: {report.message}", "fix it, or use --no-sync")
             if report.copied or report.deleted:
                 err.print(f"[dim]synced {report.copied} file(s) to {spec.host.name}[/]")
+        before = await reports_before(config, link, spec.host.name) if auto_fetch else None
         with RunHistory() as history, open_private(log_path, "wb") as log_file:
             history.begin(
                 RunRecord(
@@ -204,4 +226,40 @@ async def _run(config: Config, spec: RunSpec, *, sync: bool, fetch_paths: list[s
             reports = await fetch(config, link, spec.pair, fetch_paths)
             copied = sum(r.copied for r in reports)
             err.print(f"[dim]fetched {copied} file(s): {', '.join(fetch_paths)}[/]")
+        if before is not None:
+            await fetch_new_reports(config, link, spec.host.name, before)
     return outcome.status
+
+
+async def reports_before(config: Config, link: Link, host: str) -> Listing:
+    """The reports on ``host`` before a run, to tell afterwards which ones it made or changed."""
+    from ...reports.fetch import Listing, list_host, tables_for
+
+    tables = tables_for(config, host)
+    if not tables:
+        return Listing()
+    return await list_host(await link.wait_agent(60), tables)
+
+
+async def fetch_new_reports(config: Config, link: Link, host: str, before: Listing) -> None:
+    """Pull the report folders the run created or changed (nothing older), with progress and
+    a one-line summary; nothing is pushed back."""
+    from ...console import console
+    from ...reports.model import changed_since
+    from .reports import pull_reports
+
+    err = console(stderr=True)
+    tables = [t for t in config.reports.values() if t.host == host]
+    if not tables:
+        err.print(f"[yellow]--auto-fetch[/]: no [reports.*] table names host {host}")
+        return
+    after = await reports_before(config, link, host)
+    changed = changed_since(before.reports, after.reports)
+    pulled = await pull_reports(config, changed, agent=await link.wait_agent(60))
+    moved = sum(p.sync.bytes for p in pulled if p.sync)
+    failed = sum(not p.ok for p in pulled)
+    what = ", ".join(f"{p.report.kind}/{p.report.folder}" for p in pulled) or "none new"
+    err.print(
+        f"auto-fetch: {len(pulled)} report(s) pulled ({what}), {moved} bytes"
+        + (f", {failed} not whole" if failed else "")
+    )
