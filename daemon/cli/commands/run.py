@@ -33,12 +33,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """Each ends tether's side of a run, so each stops the run on the host as Ctrl-C does."""
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "run",
-        help="sync, run a command on the host, stream it, exit with its status",
-        usage="tether run [--host H] [--pair P] [--no-sync] [--fetch PATH]... -- CMD [ARGS...]",
-    )
+def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
+    p.usage = "tether run [--host H] [--pair P] [--no-sync] [--fetch PATH]... -- CMD [ARGS...]"
     p.add_argument("--host", help="the host (default: the pair's)")
     p.add_argument("--pair", help="the pair whose remote folder is the working folder")
     p.add_argument("--no-sync", action="store_true", help="do not sync before running")
