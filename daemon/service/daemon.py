@@ -353,13 +353,13 @@ class Daemon:
         }
 
     async def register(self, config_path: str) -> dict[str, Any]:
-        path = str(Path(config_path).resolve())
+        path = await asyncio.to_thread(self._resolve, config_path)  # realpath: lstat per part
         await self._replace(path)  # registering again re-reads the config
         self._save_registry()
         return {"registered": path, "projects": list(self.projects)}
 
     async def unregister(self, config_path: str) -> dict[str, Any]:
-        path = str(Path(config_path).resolve())
+        path = await asyncio.to_thread(self._resolve, config_path)  # realpath: lstat per part
         project = self.projects.pop(path, None)
         if project is None:
             raise NotFound(f"{path} is not registered", "see `tether status`")
@@ -556,6 +556,7 @@ class Daemon:
         await project.start()
 
     def _resolve(self, project: str) -> str:
+        """The config path with symlinks resolved: one project, however the user named it."""
         return str(Path(project).resolve())
 
     def _pick(self, project: str | None) -> list[Project]:
