@@ -151,6 +151,7 @@ async def _run(config: Config, spec: RunSpec, *, sync: bool, fetch_paths: list[s
     from ...dirs import open_private
     from ...runs.history import RunHistory, RunRecord
     from ...runs.remote import fetch, local_log_path, run_to_end
+    from ...store import OffLoop
     from ...sync.engine import sync_pair
     from ...sync.state import state_dir
     from ...transport.link import Link
@@ -170,29 +171,31 @@ async def _run(config: Config, spec: RunSpec, *, sync: bool, fetch_paths: list[s
                 raise TetherError(f"sync halted: {report.message}", "fix it, or use --no-sync")
             if report.copied or report.deleted:
                 err.print(f"[dim]synced {report.copied} file(s) to {spec.host.name}[/]")
-        with RunHistory() as history, open_private(log_path, "wb") as log_file:
-            history.begin(
-                RunRecord(
-                    id=spec.run_id,
-                    project=str(config.path),
-                    host=spec.host.name,
-                    pair=spec.pair.name,
-                    command=spec.display,
-                    log=str(log_path),
+        record = RunRecord(
+            id=spec.run_id,
+            project=str(config.path),
+            host=spec.host.name,
+            pair=spec.pair.name,
+            command=spec.display,
+            log=str(log_path),
+        )
+        async with OffLoop(RunHistory) as history:
+            await history.run(lambda h: h.begin(record))
+            with await asyncio.to_thread(open_private, log_path, "wb") as log_file:
+
+                def show(chunk: bytes) -> None:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.buffer.flush()
+                    log_file.write(chunk)
+
+                outcome = await run_to_end(link, spec, show, stop=stop)
+            await history.run(
+                lambda h: h.finish(
+                    spec.run_id,
+                    exit_code=outcome.exit_code,
+                    signal=outcome.signal,
+                    reason=outcome.reason,
                 )
-            )
-
-            def show(chunk: bytes) -> None:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.buffer.flush()
-                log_file.write(chunk)
-
-            outcome = await run_to_end(link, spec, show, stop=stop)
-            history.finish(
-                spec.run_id,
-                exit_code=outcome.exit_code,
-                signal=outcome.signal,
-                reason=outcome.reason,
             )
         if outcome.reason == "stopped":
             err.print(f"[yellow]stopped[/] run {spec.run_id} on {spec.host.name}")
