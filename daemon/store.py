@@ -2,15 +2,21 @@
 
 The file is created 0600 (in a 0700 folder) *before* SQLite opens it, so there is no moment when
 another user could read it; WAL lets the daemon and a CLI read and write side by side.
+
+Coroutines use a store through :class:`OffLoop`, never directly: a write can wait up to 30 s on
+another process's lock, and the event loop must not wait with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 
 def open_private_db(path: Path, schema: str, *, autocommit: bool = True) -> sqlite3.Connection:
@@ -52,3 +58,46 @@ class SqliteStore:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Closable)
+R = TypeVar("R")
+
+
+class OffLoop(Generic[S]):
+    """A store opened, used and closed on a thread of its own, for coroutines.
+
+    ``async with OffLoop(RunHistory) as history: await history.run(lambda h: h.begin(record))``.
+    One single-thread executor per store rather than ``check_same_thread=False`` and a lock: the
+    connection never leaves the thread that made it, so SQLite's own check still fails loudly if
+    a call slips back onto the loop, and the store's calls keep their order without a lock.
+    """
+
+    def __init__(self, factory: Callable[[], S]) -> None:
+        self._factory = factory
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-store")
+        self._store: S | None = None
+
+    async def run(self, call: Callable[[S], R]) -> R:
+        """``call(store)`` on the store's thread; the loop goes on meanwhile."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, lambda: call(self._opened()))
+
+    def _opened(self) -> S:
+        if self._store is None:
+            self._store = self._factory()
+        return self._store
+
+    async def __aenter__(self) -> OffLoop[S]:
+        await self.run(lambda store: None)  # open it now: a broken store fails at the `with`
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.run(lambda store: store.close())
+        finally:
+            self._thread.shutdown(wait=False)

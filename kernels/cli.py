@@ -48,7 +48,7 @@ def device_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
     """The `device` command's (field, value) rows."""
     pk = d.get("peaks") or {}
     fl = pk.get("flops") or {}
-    rows = [
+    return [
         ("name", _fmt(d.get("name"))),
         ("simulator", "yes" if d.get("simulator") else "no"),
         ("driver", _fmt(d.get("driver_version"))),
@@ -91,7 +91,6 @@ def device_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
         ("peaks from", _fmt(d.get("peaks_source"))),
         ("versions", versions_line(d.get("versions") or {})),
     ]
-    return rows
 
 
 def versions_line(versions: dict[str, Any]) -> str:

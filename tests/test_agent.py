@@ -658,13 +658,17 @@ def test_attach_after_the_agent_restarted(tmp_path: Path) -> None:
             f"echo one; while [ ! -e {flag} ]; do sleep 0.02; done; echo two; exit 3"
         )
         seen: list[bytes] = []
+        first = asyncio.Event()
+
+        def output(chunk: bytes) -> None:
+            seen.append(chunk)
+            first.set()
 
         async def follow() -> None:
-            await c.attach(run["run_id"], on_output=seen.append)
+            await c.attach(run["run_id"], on_output=output)
 
         task = asyncio.create_task(follow())
-        while not seen:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(first.wait(), 30)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -65,6 +65,7 @@ class FakeAPI:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self.subscribers: list[asyncio.Queue[dict[str, Any]]] = []
+        self.subscribed = asyncio.Condition()
         self.history: list[dict[str, Any]] = []
         self.flush_delay_s = 0.0
         self.flush_error: Exception | None = None
@@ -104,7 +105,9 @@ class FakeAPI:
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.subscribers.append(queue)
+        async with self.subscribed:
+            self.subscribers.append(queue)
+            self.subscribed.notify_all()
         try:
             while True:
                 yield await queue.get()
@@ -137,8 +140,8 @@ class FakeAPI:
             queue.put_nowait(event)
 
     async def wait_subscribers(self, n: int = 1) -> None:
-        while len(self.subscribers) < n:
-            await asyncio.sleep(0.005)
+        async with self.subscribed:
+            await self.subscribed.wait_for(lambda: len(self.subscribers) >= n)
 
 
 @pytest.fixture

@@ -60,7 +60,9 @@ def test_link_comes_up_with_agent(private_sshd: SshServer) -> None:
             assert (await agent.hello())["version"]
             snap = link.snapshot()
             assert snap["state"] == "up" and snap["reconnects"] == 0 and snap["agent"]
+            deadline = time.monotonic() + 10
             while link.snapshot()["rtt_ms"] is None:  # the first ping follows the agent's start
+                assert time.monotonic() < deadline, "no round trip measured within 10 s"
                 await asyncio.sleep(0.01)
             assert 0 < link.snapshot()["rtt_ms"] < 10_000
         assert link.state is LinkState.STOPPED
@@ -133,6 +135,7 @@ def test_killed_sshd_then_restarted_on_same_port(private_sshd: SshServer) -> Non
 
 def test_refused_key_is_permanent_until_retry(private_sshd: SshServer, tmp_path: Path) -> None:
     stranger = keygen(tmp_path / "id_new")
+    stranger_pub = Path(f"{stranger}.pub").read_text()
     host = private_sshd.host_config(identity_file=stranger)
 
     async def body() -> None:
@@ -146,7 +149,7 @@ def test_refused_key_is_permanent_until_retry(private_sshd: SshServer, tmp_path:
             assert "refused the key" in (link.snapshot()["last_error"] or "")
             # The user installs the key, then asks again.
             authorized = private_sshd.root / "authorized_keys"
-            authorized.write_text(authorized.read_text() + Path(f"{stranger}.pub").read_text())
+            authorized.write_text(authorized.read_text() + stranger_pub)
             link.retry()
             await wait_state(link, LinkState.UP, 10)
 

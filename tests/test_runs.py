@@ -159,11 +159,17 @@ def test_link_cut_mid_run_reattaches_without_losing_output(
 
     async def body() -> tuple[bytes, object]:
         seen = bytearray()
+        fifth = asyncio.Event()
+
+        def output(chunk: bytes) -> None:
+            seen.extend(chunk)
+            if b"line 5\n" in seen:
+                fifth.set()
+
         async with Link(spec.host) as link:
             await start(link, spec)
-            follower = asyncio.create_task(follow(link, spec, seen.extend))
-            while b"line 5\n" not in seen:
-                await asyncio.sleep(0.05)
+            follower = asyncio.create_task(follow(link, spec, output))
+            await asyncio.wait_for(fifth.wait(), 30)
             proxy.cut()
             outcome = await asyncio.wait_for(follower, 60)
             return bytes(seen), outcome

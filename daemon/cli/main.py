@@ -11,13 +11,13 @@ import argparse
 import gc
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from .. import __version__
 from ..config import Config, load_config
 from ..errors import EX_USAGE, TetherError
-from .commands import register_all
+from .commands import add_verbs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,7 +27,9 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EX_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_arguments: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The ``tether`` parser, listing every verb; only the verbs in ``with_arguments`` (all when
+    None) get their arguments, so only their command modules are imported."""
     parser = _Parser(
         prog="tether",
         description="Keep this machine tied to a GPU box: sync, tunnels, runs, roofline results.",
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
-    register_all(subparsers)
+    add_verbs(subparsers, with_arguments)
     return parser
 
 
@@ -50,9 +52,15 @@ def config_of(args: argparse.Namespace) -> Config:
     return cached
 
 
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse twice: first with every verb bare (which verb is it? `--help` and `--version` answer
+    here, from the table alone), then with that one verb's arguments."""
+    verb = build_parser(with_arguments=()).parse_known_args(argv)[0].command
+    return build_parser(with_arguments=(verb,)).parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(argv)
     args.own_argv = argv is None  # this process's own command line: a verb may exec it again
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),

@@ -746,6 +746,14 @@ def _connection_errors(path: Path) -> Iterator[None]:
         ) from None
 
 
+def _absolute(path: str | Path) -> str:
+    """``path`` made absolute as this process sees it (the daemon's cwd is not ours).
+
+    Only ``$HOME`` and ``getcwd``: no file is read, so this is no blocking call on the loop.
+    """
+    return os.fspath(Path(path).expanduser().absolute())
+
+
 class ControlClient:
     """Talks to the daemon's control socket. Use ``async with`` (or call :meth:`close`)."""
 
@@ -823,11 +831,11 @@ class ControlClient:
 
     async def register(self, config_path: str | Path) -> dict[str, Any]:
         """Register a project; the path is made absolute here (the daemon's cwd is not ours)."""
-        path = os.fspath(Path(config_path).expanduser().absolute())
+        path = _absolute(config_path)
         return await self.request("POST", "/v1/projects", {"config_path": path})
 
     async def unregister(self, config_path: str | Path) -> dict[str, Any]:
-        path = os.fspath(Path(config_path).expanduser().absolute())
+        path = _absolute(config_path)
         return await self.request("DELETE", "/v1/projects", {"config_path": path})
 
     async def pause(self, project: str | None = None, pair: str | None = None) -> dict[str, Any]:
@@ -849,7 +857,7 @@ class ControlClient:
         self, project: str | Path, pairs: list[str] | None = None, timeout_s: float = 60.0
     ) -> dict[str, Any]:
         """Sync pairs of a registered project now (see :meth:`DaemonAPI.sync`)."""
-        path = os.fspath(Path(project).expanduser().absolute())
+        path = _absolute(project)
         return await self.request(
             "POST",
             "/v1/sync",

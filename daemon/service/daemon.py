@@ -32,6 +32,7 @@ from ..runs.history import RunHistory, RunRecord
 from ..runs.remote import RunSpec, command_argv, follow, local_log_path, start
 from ..runs.remote import fetch as fetch_paths
 from ..runs.triggers import TriggerRunner
+from ..store import OffLoop
 from ..sync.session import PairSession
 from ..sync.state import state_dir
 from ..transport.link import Link
@@ -360,13 +361,13 @@ class Daemon:
         }
 
     async def register(self, config_path: str) -> dict[str, Any]:
-        path = str(Path(config_path).resolve())
+        path = await asyncio.to_thread(self._resolve, config_path)  # realpath: lstat per part
         await self._replace(path)  # registering again re-reads the config
         self._save_registry()
         return {"registered": path, "projects": list(self.projects)}
 
     async def unregister(self, config_path: str) -> dict[str, Any]:
-        path = str(Path(config_path).resolve())
+        path = await asyncio.to_thread(self._resolve, config_path)  # realpath: lstat per part
         project = self.projects.pop(path, None)
         if project is None:
             raise NotFound(f"{path} is not registered", "see `tether status`")
@@ -459,54 +460,57 @@ class Daemon:
         stop = self._stops[spec.run_id] = asyncio.Event()
         chunks: asyncio.Queue[bytes] = asyncio.Queue()
         log_path = local_log_path(state_dir(), spec.run_id)
-        with RunHistory() as history, open_private(log_path, "wb") as log_file:
-            history.begin(
-                RunRecord(
-                    id=spec.run_id,
-                    project=found.name,
-                    host=host.name,
-                    pair=pair_cfg.name,
-                    command=spec.display,
-                    log=str(log_path),
+        record = RunRecord(
+            id=spec.run_id,
+            project=found.name,
+            host=host.name,
+            pair=pair_cfg.name,
+            command=spec.display,
+            log=str(log_path),
+        )
+        async with OffLoop(RunHistory) as history:
+            log_file = await asyncio.to_thread(open_private, log_path, "wb")
+            with log_file:
+                await history.run(lambda h: h.begin(record))
+                self.bus.emit(
+                    {
+                        "kind": "run.started",
+                        "project": found.name,
+                        "run": spec.run_id,
+                        "message": f"{spec.display} (tether run)",
+                    }
                 )
-            )
-            self.bus.emit(
-                {
-                    "kind": "run.started",
-                    "project": found.name,
-                    "run": spec.run_id,
-                    "message": f"{spec.display} (tether run)",
-                }
-            )
-            await start(link, spec)
-            yield {"event": "started", "run_id": spec.run_id}
+                await start(link, spec)
+                yield {"event": "started", "run_id": spec.run_id}
 
-            def take(chunk: bytes) -> None:
-                log_file.write(chunk)
-                chunks.put_nowait(chunk)
+                def take(chunk: bytes) -> None:
+                    log_file.write(chunk)
+                    chunks.put_nowait(chunk)
 
-            task = asyncio.create_task(follow(link, spec, take, stop=stop))
-            try:
-                while not (task.done() and chunks.empty()):
-                    getter = asyncio.ensure_future(chunks.get())
-                    await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                    if getter.done():
-                        data = base64.b64encode(getter.result()).decode()
-                        yield {"event": "output", "data": data}
-                    else:
-                        getter.cancel()
-                outcome = task.result()
-            finally:  # the client left (or we were cancelled): the run must not outlive that
-                if not task.done():
-                    stop.set()
-                    await asyncio.gather(task, return_exceptions=True)
-                self._stops.pop(spec.run_id, None)
-            history.finish(
-                spec.run_id,
-                exit_code=outcome.exit_code,
-                signal=outcome.signal,
-                reason=outcome.reason,
-            )
+                task = asyncio.create_task(follow(link, spec, take, stop=stop))
+                try:
+                    while not (task.done() and chunks.empty()):
+                        getter = asyncio.ensure_future(chunks.get())
+                        await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                        if getter.done():
+                            data = base64.b64encode(getter.result()).decode()
+                            yield {"event": "output", "data": data}
+                        else:
+                            getter.cancel()
+                    outcome = task.result()
+                finally:  # the client left (or we were cancelled): the run must not outlive that
+                    if not task.done():
+                        stop.set()
+                        await asyncio.gather(task, return_exceptions=True)
+                    self._stops.pop(spec.run_id, None)
+                await history.run(
+                    lambda h: h.finish(
+                        spec.run_id,
+                        exit_code=outcome.exit_code,
+                        signal=outcome.signal,
+                        reason=outcome.reason,
+                    )
+                )
         if fetch:
             reports = await fetch_paths(found.config, link, pair_cfg, fetch)
             yield {"event": "fetched", "copied": sum(r.copied for r in reports)}
@@ -525,8 +529,9 @@ class Daemon:
         return {"stopping": run_id}
 
     async def runs(self, project: str | None, limit: int) -> dict[str, Any]:
-        with RunHistory() as history:
-            records = history.recent(limit, self._resolve(project) if project else None)
+        path = await asyncio.to_thread(self._resolve, project) if project else None
+        async with OffLoop(RunHistory) as history:
+            records = await history.run(lambda h: h.recent(limit, path))
         return {"runs": [r.to_json() for r in records]}
 
     def events(self) -> AsyncIterator[dict[str, Any]]:
@@ -563,6 +568,7 @@ class Daemon:
         await project.start()
 
     def _resolve(self, project: str) -> str:
+        """The config path with symlinks resolved: one project, however the user named it."""
         return str(Path(project).resolve())
 
     def _pick(self, project: str | None) -> list[Project]:

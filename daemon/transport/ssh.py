@@ -172,15 +172,12 @@ class _AuthWitness(asyncssh.SSHClient):
 
     def public_key_auth_requested(self) -> None:
         self.offered.add("publickey")
-        return None
 
     def password_auth_requested(self) -> None:
         self.offered.add("password")
-        return None
 
     def kbdint_auth_requested(self) -> None:
         self.offered.add("keyboard-interactive")
-        return None
 
 
 def known_hosts_files(host: HostConfig) -> list[Path]:

@@ -1,87 +1,74 @@
-"""One module per CLI verb. Each exposes ``add_parser(subparsers)`` which registers the verb and
-sets ``handler`` (a function ``(args) -> int``) with ``set_defaults``. Modules are discovered, so a
-new verb is a new file; keep each handler a thin call into the modules below the CLI.
+"""One module per CLI verb (or per few verbs sharing a job), named in :data:`VERBS`.
 
-Modules are imported lazily: a verb's module is found by the literal name in its
-``subparsers.add_parser("verb", ...)`` call and imported only when that verb is parsed, so
-``tether sync`` does not pay for every other verb's imports (aiohttp, asyncssh, numpy...). A verb
-no module names literally, ``tether --help`` and a mistyped verb import them all, as before.
+Each module exposes ``add_arguments(parser, verb)``, which adds the verb's arguments and sets
+``handler`` (a function ``(args) -> int``) with ``set_defaults``; keep each handler a thin call into
+the modules below the CLI. A new verb is a row in :data:`VERBS` and a module.
+
+The table holds every verb's help line so that ``tether --help`` lists them all without importing
+a single command module, and a parse imports only the module of the verb it runs: ``tether sync``
+or ``tether pause`` does not pay for other verbs' imports (aiohttp, asyncssh, numpy...).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import pkgutil
-import re
-from pathlib import Path
-from typing import Any
-
-_LITERAL_VERB = re.compile(r"subparsers\.add_parser\(\s*\"([^\"]+)\"")
+from collections.abc import Collection
+from dataclasses import dataclass
 
 
-class _Verbs(dict):  # type: ignore[type-arg]
-    """The subparsers' name → parser map; asking whether it holds a verb loads that verb."""
+@dataclass(frozen=True)
+class Verb:
+    """Where a verb's arguments and handler live, and the line ``tether --help`` shows for it."""
 
-    action: _LazySubParsers
-
-    def __contains__(self, verb: object) -> bool:
-        if not dict.__contains__(self, verb) and not self.action._loading:
-            self.action._load_verb(verb)
-        return dict.__contains__(self, verb)
+    module: str
+    help: str
 
 
-class _LazySubParsers(argparse._SubParsersAction):  # type: ignore[type-arg]
-    """The CLI's subparsers action, loading command modules on demand."""
-
-    _pending: dict[str, set[str]]
-    _loading = False
-    """True while a module registers its verbs (argparse's own duplicate check asks then)."""
-
-    def _load(self, module: str) -> None:
-        if self._pending.pop(module, None) is not None:
-            self._loading = True
-            try:
-                importlib.import_module(f"{__name__}.{module}").add_parser(self)
-            finally:
-                self._loading = False
-
-    def _load_all(self) -> None:
-        for module in sorted(self._pending):
-            self._load(module)
-
-    def _load_verb(self, verb: object) -> None:
-        for module in [m for m, verbs in self._pending.items() if verb in verbs]:
-            self._load(module)
-        if not dict.__contains__(self._name_parser_map, verb):
-            self._load_all()  # named by no literal (or a typo): load everything
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        if values:
-            values[0] in self._name_parser_map  # noqa: B015 - loads the verb's module
-        super().__call__(parser, namespace, values, option_string)
-
-    def _get_subactions(self) -> list[argparse.Action]:  # help lists every verb
-        self._load_all()
-        return super()._get_subactions()
+VERBS: dict[str, Verb] = {
+    "init": Verb("init", "write a commented tether.toml here"),
+    "check": Verb("check", "preflight: reach, trust, log in, probe python, folders, GPU, tunnels"),
+    "start": Verb("start", "register this project with the daemon (start it)"),
+    "stop": Verb("start", "unregister this project; --all stops the daemon"),
+    "status": Verb("status", "what the daemon is doing, per host, pair, tunnel"),
+    "sync": Verb("sync", "sync pairs once (all pairs by default)"),
+    "pause": Verb("pause", "stop syncing (changes are still collected)"),
+    "resume": Verb("pause", "sync again (also retries a failed link)"),
+    "flush": Verb("pause", "wait until every pending change has landed"),
+    "conflicts": Verb("conflicts", "list sync conflicts, or resolve one"),
+    "run": Verb("run", "sync, run a command on the host, stream it, exit with its status"),
+    "runs": Verb(
+        "runs", "list recent runs (command or trigger, status, time); `runs stop RUN` stops one"
+    ),
+    "logs": Verb("logs", "the daemon's events, or one run's output"),
+    "bench": Verb(
+        "bench", "run the roofline suite on the host; fetch, show, plot and store its results"
+    ),
+    "results": Verb(
+        "results", "stored benchmark results: list, CSV, roofline plot, compare two runs"
+    ),
+    "reports": Verb(
+        "reports", "list report folders on the host ([reports.*]) and pull the ones you want"
+    ),
+    "service": Verb("service", "run the agent as a systemd/launchd user service"),
+    "daemon": Verb("daemon", "run the per-user agent in the foreground"),
+    "tray": Verb("tray", "a tray icon showing and steering the agent"),
+    "demo": Verb("demo", "run the whole loop against an embedded loopback host"),
+}
 
 
-def register_all(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    pending: dict[str, set[str]] = {}
-    for info in pkgutil.iter_modules(__path__):
-        try:
-            source = (Path(__path__[0]) / f"{info.name}.py").read_text(encoding="utf-8")
-        except OSError:
-            source = ""
-        pending[info.name] = set(_LITERAL_VERB.findall(source))
-    verbs = _Verbs(subparsers._name_parser_map)
-    subparsers.__class__ = _LazySubParsers
-    subparsers._pending = pending  # type: ignore[attr-defined]
-    verbs.action = subparsers  # type: ignore[assignment]
-    subparsers._name_parser_map = subparsers.choices = verbs
+def add_verbs(
+    subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+    with_arguments: Collection[str] | None = None,
+) -> None:
+    """Register every verb with its help line; import and fill in the arguments of the verbs in
+    ``with_arguments`` only (every verb's when None). A verb left bare parses anything into
+    nothing: enough to learn which verb a command line names, never enough to run it."""
+    for name, verb in VERBS.items():
+        parser = subparsers.add_parser(name, help=verb.help, description=verb.help, add_help=False)
+        if with_arguments is None or name in with_arguments:
+            parser.add_argument(
+                "-h", "--help", action="help", help="show this help message and exit"
+            )
+            module = importlib.import_module(f"{__name__}.{verb.module}")
+            module.add_arguments(parser, name)

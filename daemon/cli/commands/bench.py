@@ -45,12 +45,10 @@ SUITES = ("stream", "fma", "gemm", "reduce")
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "bench",
-        help="run the roofline suite on the host; fetch, show, plot and store its results",
-        usage="tether bench [--host H] [--pair P] [--gemm MxNxK] [--precisions LIST|all] "
-        "[--quick] [--suite NAME] [--simulate] [--json] [--plot FILE] [FILES...]",
+def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
+    p.usage = (
+        "tether bench [--host H] [--pair P] [--gemm MxNxK] [--precisions LIST|all] "
+        "[--quick] [--suite NAME] [--simulate] [--json] [--plot FILE] [FILES...]"
     )
     p.add_argument("files", nargs="*", metavar="FILES", help="your benchmark files (in the pair)")
     p.add_argument("--host", help="the host (default: the only one, or the pair's)")

@@ -10,10 +10,7 @@ from ..check import Status, Step, check_host, first_failure
 from ..main import config_of
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "check", help="preflight: reach, trust, log in, probe python, folders, GPU, tunnels"
-    )
+def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument("host", nargs="?", help="host to check (default: every host)")
     p.add_argument("--json", action="store_true", help="print the steps as JSON")
     p.add_argument(

@@ -12,8 +12,7 @@ from ...sync.state import StateStore, pair_key
 from ..main import config_of
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("conflicts", help="list sync conflicts, or resolve one")
+def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument("--json", action="store_true", help="print them as JSON")
     sub = p.add_subparsers(dest="conflicts_command", metavar="ACTION")
     r = sub.add_parser("resolve", help="settle one conflict")

@@ -12,8 +12,7 @@ from typing import ClassVar
 MALLOC_ENV = "PYTHONMALLOC"
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("daemon", help="run the per-user agent in the foreground")
+def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
     p.set_defaults(handler=run)
 
 

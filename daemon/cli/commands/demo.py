@@ -8,8 +8,7 @@ from pathlib import Path
 from ..demo import main
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="run the whole loop against an embedded loopback host")
+def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument(
         "--keep", type=Path, metavar="DIR", help="build the demo in DIR and leave it there"
     )

@@ -10,8 +10,7 @@ from ...console import console
 from ..init import convert_remote_config, starter_config, write_config
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("init", help="write a commented tether.toml here")
+def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument(
         "--from",
         dest="source",

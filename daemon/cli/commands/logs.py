@@ -22,8 +22,7 @@ from ...service.control import ControlClient
 LEVEL_STYLES = {"error": "bold red", "warning": "yellow", "info": ""}
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("logs", help="the daemon's events, or one run's output")
+def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument("run", nargs="?", help="a run id (or its prefix) from `tether runs`")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     p.add_argument("-n", "--lines", type=int, default=50, help="how many recent events")

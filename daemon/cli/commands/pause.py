@@ -11,18 +11,14 @@ from ...service.control_lite import call
 from ..main import config_of
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    for verb, text in (
-        ("pause", "stop syncing (changes are still collected)"),
-        ("resume", "sync again (also retries a failed link)"),
-    ):
-        p = subparsers.add_parser(verb, help=text)
+def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
+    if verb == "flush":
+        p.add_argument("--timeout", default="60s", help='how long to wait (default "60s")')
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(handler=run_flush)
+    else:  # pause, resume
         p.add_argument("pair", nargs="?", help="one pair (default: all of this project's)")
         p.set_defaults(handler=run_toggle, verb=verb)
-    f = subparsers.add_parser("flush", help="wait until every pending change has landed")
-    f.add_argument("--timeout", default="60s", help='how long to wait (default "60s")')
-    f.add_argument("--json", action="store_true", help="print JSON")
-    f.set_defaults(handler=run_flush)
 
 
 def run_toggle(args: argparse.Namespace) -> int:

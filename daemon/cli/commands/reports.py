@@ -25,12 +25,10 @@ if TYPE_CHECKING:
     from ...transport.agent_client import AgentClient
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "reports",
-        help="list report folders on the host ([reports.*]) and pull the ones you want",
-        usage="tether reports list [NAME] [--kind K] [--json]\n"
-        "       tether reports pull [FOLDER...] [--all | --outdated] [--kind K] [--json]",
+def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
+    p.usage = (
+        "tether reports list [NAME] [--kind K] [--json]\n"
+        "       tether reports pull [FOLDER...] [--all | --outdated] [--kind K] [--json]"
     )
     p.add_argument("action", choices=["list", "pull"])
     p.add_argument(

@@ -18,12 +18,8 @@ from ...errors import UsageError
 from ...results.store import REGRESSION, Point, ResultsStore, plot_runs, to_csv
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "results",
-        help="stored benchmark results: list, CSV, roofline plot, compare two runs",
-        usage="tether results [RUN...] [--list] [--csv | --json] [--plot FILE] [--compare RUN RUN]",
-    )
+def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
+    p.usage = "tether results [RUN...] [--list] [--csv | --json] [--plot FILE] [--compare RUN RUN]"
     p.add_argument("runs", nargs="*", metavar="RUN", help="run ids or prefixes (default: latest)")
     p.add_argument("--list", action="store_true", help="list the stored runs")
     out = p.add_mutually_exclusive_group()

@@ -35,12 +35,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """Each ends tether's side of a run, so each stops the run on the host as Ctrl-C does."""
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "run",
-        help="sync, run a command on the host, stream it, exit with its status",
-        usage="tether run [--host H] [--pair P] [--no-sync] [--fetch PATH]... -- CMD [ARGS...]",
-    )
+def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
+    p.usage = "tether run [--host H] [--pair P] [--no-sync] [--fetch PATH]... -- CMD [ARGS...]"
     p.add_argument("--host", help="the host (default: the pair's)")
     p.add_argument("--pair", help="the pair whose remote folder is the working folder")
     p.add_argument("--no-sync", action="store_true", help="do not sync before running")
@@ -176,6 +172,7 @@ async def _run(
     from ...dirs import open_private
     from ...runs.history import RunHistory, RunRecord
     from ...runs.remote import fetch, local_log_path, run_to_end
+    from ...store import OffLoop
     from ...sync.engine import sync_pair
     from ...sync.state import state_dir
     from ...transport.link import Link
@@ -196,29 +193,31 @@ async def _run(
             if report.copied or report.deleted:
                 err.print(f"[dim]synced {report.copied} file(s) to {spec.host.name}[/]")
         before = await reports_before(config, link, spec.host.name) if auto_fetch else None
-        with RunHistory() as history, open_private(log_path, "wb") as log_file:
-            history.begin(
-                RunRecord(
-                    id=spec.run_id,
-                    project=str(config.path),
-                    host=spec.host.name,
-                    pair=spec.pair.name,
-                    command=spec.display,
-                    log=str(log_path),
+        record = RunRecord(
+            id=spec.run_id,
+            project=str(config.path),
+            host=spec.host.name,
+            pair=spec.pair.name,
+            command=spec.display,
+            log=str(log_path),
+        )
+        async with OffLoop(RunHistory) as history:
+            await history.run(lambda h: h.begin(record))
+            with await asyncio.to_thread(open_private, log_path, "wb") as log_file:
+
+                def show(chunk: bytes) -> None:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.buffer.flush()
+                    log_file.write(chunk)
+
+                outcome = await run_to_end(link, spec, show, stop=stop)
+            await history.run(
+                lambda h: h.finish(
+                    spec.run_id,
+                    exit_code=outcome.exit_code,
+                    signal=outcome.signal,
+                    reason=outcome.reason,
                 )
-            )
-
-            def show(chunk: bytes) -> None:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.buffer.flush()
-                log_file.write(chunk)
-
-            outcome = await run_to_end(link, spec, show, stop=stop)
-            history.finish(
-                spec.run_id,
-                exit_code=outcome.exit_code,
-                signal=outcome.signal,
-                reason=outcome.reason,
             )
         if outcome.reason == "stopped":
             err.print(f"[yellow]stopped[/] run {spec.run_id} on {spec.host.name}")

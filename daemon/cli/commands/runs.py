@@ -17,12 +17,8 @@ from ...errors import TetherError, UsageError
 from ...runs.history import RunHistory
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "runs",
-        help="list recent runs (command or trigger, status, time); `runs stop RUN` stops one",
-        usage="tether runs [-n N] [--json] | tether runs stop RUN",
-    )
+def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
+    p.usage = "tether runs [-n N] [--json] | tether runs stop RUN"
     p.add_argument("action", nargs="?", choices=["stop"], help="stop RUN on its host")
     p.add_argument("run", nargs="?", help="a run id (or its prefix) from `tether runs`")
     p.add_argument("-n", "--limit", type=int, default=20, help="how many (default 20)")

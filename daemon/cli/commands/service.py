@@ -11,8 +11,7 @@ from ...service.install import find_executable, install, params_for, status, thi
 from ...service.units import Manager, Part, render, template_text
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("service", help="run the agent as a systemd/launchd user service")
+def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
     verbs = p.add_subparsers(dest="service_verb", metavar="VERB", parser_class=type(p))
     verbs.required = True
     managers = [m.value for m in Manager]

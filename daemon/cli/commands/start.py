@@ -18,16 +18,16 @@ from ..main import config_of
 START_TIMEOUT_S = 15.0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("start", help="register this project with the daemon (start it)")
-    p.set_defaults(handler=run_start)
-    q = subparsers.add_parser("stop", help="unregister this project; --all stops the daemon")
-    q.add_argument(
-        "--all",
-        action="store_true",
-        help="stop the daemon, every project, keep_running services and host agents",
-    )
-    q.set_defaults(handler=run_stop)
+def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
+    if verb == "stop":
+        p.add_argument(
+            "--all",
+            action="store_true",
+            help="stop the daemon, every project, keep_running services and host agents",
+        )
+        p.set_defaults(handler=run_stop)
+    else:  # start
+        p.set_defaults(handler=run_start)
 
 
 def ensure_daemon() -> bool:

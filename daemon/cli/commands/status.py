@@ -23,8 +23,7 @@ STATE_STYLES = {
 }
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("status", help="what the daemon is doing, per host, pair, tunnel")
+def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=run)
 

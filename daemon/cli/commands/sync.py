@@ -29,8 +29,7 @@ if TYPE_CHECKING:
 DAEMON_TIMEOUT_S = 600.0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("sync", help="sync pairs once (all pairs by default)")
+def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument("pairs", nargs="*", metavar="PAIR", help="pairs to sync (default: all)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--json", action="store_true", help="print a summary a script can read")

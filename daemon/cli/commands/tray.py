@@ -9,8 +9,7 @@ from typing import Any
 from ...service.control_lite import DaemonNotRunning, call
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("tray", help="a tray icon showing and steering the agent")
+def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument(
         "--describe", action="store_true", help="print the state and menu it would show, and exit"
     )
