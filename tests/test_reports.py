@@ -3,6 +3,7 @@ pulled incrementally, whole or reported as still changing; `tether run --auto-fe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -235,21 +236,31 @@ def test_the_daemon_watcher_pulls_a_new_report_once_settled(project: Path, tmp_p
     events: list[dict[str, object]] = []
 
     async def body() -> None:
+        happened = asyncio.Event()
+
+        def on_event(event: dict[str, object]) -> None:
+            events.append(event)
+            happened.set()
+
+        async def until_pulled(n: int, deadline: float) -> None:
+            while watcher.pulled < n and time.monotonic() < deadline:
+                happened.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(happened.wait(), deadline - time.monotonic())
+
         async with Link(config.host("gpu")) as link:
             watcher = ReportWatcher(
-                config, config.reports["tt"], link, events.append, poll_s=0.2, settle_s=0.6
+                config, config.reports["tt"], link, on_event, poll_s=0.2, settle_s=0.6
             )
             watcher.start()
             try:
                 deadline = time.monotonic() + 60
-                while watcher.pulled < 5 and time.monotonic() < deadline:  # the ones there
-                    await asyncio.sleep(0.1)
+                await until_pulled(5, deadline)  # the ones there
                 assert watcher.pulled == 5, events
                 new = tmp_path / "host" / MEMORY / "4004"
                 new.mkdir()
                 (new / "db.sqlite").write_text("new report")
-                while watcher.pulled < 6 and time.monotonic() < deadline:
-                    await asyncio.sleep(0.1)
+                await until_pulled(6, deadline)
                 assert watcher.pulled == 6 and watcher.snapshot()["last"] == "tt.memory/4004"
             finally:
                 await watcher.close()
