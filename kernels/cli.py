@@ -134,7 +134,7 @@ def cmd_device(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import compat, device, roofline, suite
+    from . import cardstate, compat, device, roofline, suite
 
     try:
         precisions = suite.parse_list(args.precisions, roofline.PRECISIONS, "precision")
@@ -148,6 +148,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except suite.SuiteError as exc:
         return _fail(str(exc), EXIT_USAGE)
     compat.apply()  # before anything imports numba.cuda's lowering
+    card = None if device.simulator_enabled() else cardstate.open_source(args.index)
+    monitor = cardstate.CardMonitor(card) if card is not None else None
+    if monitor is not None:
+        monitor.open()  # before our CUDA context: the processes seen now are others'
     try:
         info = device.detect(args.index, assume=args.assume_gpu)
     except device.NoGPU as exc:
@@ -186,6 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 peaks=peaks,
                 seed=args.seed,
                 source=src,
+                card=monitor,
             )
         )
     from . import report

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import __version__, roofline
+from .cardstate import flags
 
 SCHEMA_ID = "tether.bench/1"
 
@@ -104,6 +105,7 @@ SCHEMA: dict[str, Any] = {
                     "simulated": {"type": "boolean"},
                     "source": {"type": "string"},
                     "error": {"type": ["string", "null"]},
+                    "card": {"type": ["object", "null"]},
                 },
             },
         },
@@ -219,6 +221,7 @@ COLUMNS = (
     "bound",
     "% of roofline",
     "check",
+    "card",
 )
 
 
@@ -247,6 +250,7 @@ def rows(doc: Mapping[str, Any]) -> list[list[str]]:
                 r.get("bound") or "-",
                 f"{100 * frac:.1f}%" if frac is not None else "-",
                 check,
+                flags(r.get("card")),
             ]
         )
     return out
