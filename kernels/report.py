@@ -20,7 +20,7 @@ from .cardstate import flags
 SCHEMA_ID = "tether.bench/1"
 
 _NUM = ["number", "null"]
-_PREC = {"enum": list(roofline.PRECISIONS)}
+_PREC = {"enum": list(roofline.ALL_PRECISIONS)}
 _PEAKS = {
     "type": "object",
     "required": ["flops", "dram_bytes_per_s"],

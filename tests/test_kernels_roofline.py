@@ -212,6 +212,12 @@ def test_measured_ceilings_ignore_simulated_and_unverified() -> None:
         {**base, "family": "fma", "precision": "fp16", "flops_per_s": 9e13, "verified": False},
         {**base, "family": "stream", "precision": "fp32", "flops_per_s": 1e9, "bytes_per_s": 3e12},
         {**base, "family": "gemm", "precision": "fp32", "flops_per_s": 7e13},
+        {**base, "family": "library", "kernel": "gemm", "precision": "bf16", "flops_per_s": 7e14},
+        {**base, "family": "library", "kernel": "copy", "precision": "fp32", "flops_per_s": 1.0},
     ]
     m = roofline.measured_ceilings(results)
-    assert m == {"flops": {"fp64": None, "fp32": 6e13, "fp16": None}, "dram_bytes_per_s": 3e12}
+    assert m == {
+        "flops": {"fp64": None, "fp32": 6e13, "fp16": None},
+        "dram_bytes_per_s": 3e12,
+        "library": {"bf16": 7e14},  # the vendor GEMM's tensor-core roof, not the copy
+    }

@@ -76,6 +76,7 @@ def test_simulator_document(quick_doc: dict) -> None:
     assert doc["measured"] == {
         "flops": {"fp64": None, "fp32": None, "fp16": None},
         "dram_bytes_per_s": None,
+        "library": {},
     }
     for r in doc["results"]:
         assert r["simulated"] is True and r["roofline_fraction"] is None
