@@ -223,20 +223,30 @@ def render(docs: Sequence[Mapping[str, Any]], out: str | Path, labels: Sequence[
         else:
             xs = x
             peak = float(roof.flops or 0)
-            ys = [roofline.attainable(v, peak, roof.bandwidth) if roof.bandwidth else peak for v in x]
+            ys = [
+                roofline.attainable(v, peak, roof.bandwidth) if roof.bandwidth else peak for v in x
+            ]
             color = COLORS.get(roof.precision, "k")
         (line,) = ax.plot(xs, ys, styles[roof.kind], color=color, lw=lw, alpha=0.75)
         line.set_label(roof.label(many))
         handles.append(line)
     for fam in p.families:
         handles.append(
-            Line2D([], [], ls="", marker=FAMILY_MARKERS.get(fam, OTHER_MARKER), color="k",
-                   label=f"{fam} (marker)")  # fmt: skip
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker=FAMILY_MARKERS.get(fam, OTHER_MARKER),
+                color="k",
+                label=f"{fam} (marker)",
+            )
         )
     have_roof = {r.precision for r in p.roofs if r.precision}
     for prec in dict.fromkeys(pt.precision for pt in p.points):
         if prec not in have_roof:  # a colour the roofs do not already explain
-            handles.append(Line2D([], [], ls="", marker="o", color=COLORS.get(prec, "k"), label=prec))
+            handles.append(
+                Line2D([], [], ls="", marker="o", color=COLORS.get(prec, "k"), label=prec)
+            )
     for pt in p.points:
         color = COLORS.get(pt.precision, "k")
         ax.scatter(
