@@ -189,24 +189,29 @@ def gemm_tol_scale(k: int) -> float:
 def measured_ceilings(results: list[Mapping[str, object]]) -> dict[str, object]:
     """Best measured FLOP/s per precision (from compute-ceiling kernels), best DRAM bytes/s
     (from stream kernels) and, under ``library``, the vendor library's best FLOP/s per
-    precision (its GEMMs reach the tensor cores, a roof Numba kernels cannot).
-    Simulated or unverified results never count."""
+    precision (its GEMMs reach the tensor cores, a roof Numba kernels cannot); ``from`` names
+    the result (kernel/variant precision) that defines each Numba ceiling. Simulated or
+    unverified results never count."""
     flops: dict[str, float | None] = dict.fromkeys(PRECISIONS)
     library: dict[str, float] = {}
     bw: float | None = None
+    source: dict[str, str] = {}
     for r in results:
         if r.get("simulated") or not r.get("verified") or r.get("flops_per_s") is None:
             continue
         family = r.get("family")
         prec = str(r.get("compute_precision") or r.get("precision"))
+        label = f"{r.get('kernel')}/{r.get('variant')} {r.get('precision')}"
         if family == "fma" and prec in flops:
             cur = flops[prec]
             val = float(r["flops_per_s"])  # type: ignore[arg-type]
-            flops[prec] = val if cur is None else max(cur, val)
+            if cur is None or val > cur:
+                flops[prec], source[prec] = val, label
         if family == "stream":
             val = float(r["bytes_per_s"])  # type: ignore[arg-type]
-            bw = val if bw is None else max(bw, val)
+            if bw is None or val > bw:
+                bw, source["dram"] = val, label
         if family == "library" and r.get("kernel") == "gemm":
             val = float(r["flops_per_s"])  # type: ignore[arg-type]
             library[prec] = max(library.get(prec, 0.0), val)
-    return {"flops": flops, "dram_bytes_per_s": bw, "library": library}
+    return {"flops": flops, "dram_bytes_per_s": bw, "library": library, "from": source}

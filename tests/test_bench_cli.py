@@ -151,7 +151,7 @@ def test_bad_precision_is_usage_before_connecting(tmp_path: Path) -> None:
     (tmp_path / "tether.toml").write_text(
         '[hosts.gpu]\nssh = "nobody@127.0.0.1:1"\n[pairs.code]\nhost = "gpu"\nremote = "/x"\n'
     )
-    for args in (["--precisions", "fp8"], ["--gemm", "32x32"], ["--suite", "nope"]):
+    for args in (["--precisions", "fp4"], ["--gemm", "32x32"], ["--suite", "nope"]):
         result = tether(tmp_path, "bench", *args, timeout=20)
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("tether: ") and "127.0.0.1" not in result.stderr

@@ -38,7 +38,7 @@ from ..runs import RunSpec, local_log_path, new_run_id, run_to_end
 from ..sync.engine import sync_pair
 from ..sync.state import state_dir
 
-SUITES = ("stream", "fma", "gemm", "reduce")
+SUITES = ("stream", "fma", "gemm", "reduce", "library")
 """kernels.suite.SUITES (not imported: kernels.suite pulls in numpy and the harness)."""
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
@@ -56,11 +56,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pair", help="the pair holding FILES (synced first)")
     p.add_argument("--gemm", metavar="MxNxK", help="GEMM shape; alone it runs only the GEMMs")
     p.add_argument(
-        "--precisions", default="all", help="comma list of fp64,fp32,fp16, or all (default)"
+        "--precisions",
+        default="all",
+        help="comma list of fp64,fp32,tf32,bf16,fp16,fp8,int8, or all (default)",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes")
     p.add_argument(
-        "--suite", help="comma list of stream,fma,gemm,reduce or all (default: all; with "
+        "--suite", help="comma list of stream,fma,gemm,reduce,library or all (default: all; with "
         "--gemm: gemm; with FILES: only the files)"
     )  # fmt: skip
     p.add_argument(
@@ -115,9 +117,9 @@ class BenchPlan:
 
 
 def _precisions() -> tuple[str, ...]:
-    from kernels.roofline import PRECISIONS
+    from kernels.roofline import ALL_PRECISIONS
 
-    return PRECISIONS
+    return ALL_PRECISIONS
 
 
 def plan(args: argparse.Namespace) -> BenchPlan:
