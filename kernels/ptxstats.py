@@ -45,11 +45,13 @@ def compile_counts(fn: Any, signature: tuple, cc: tuple[int, int] = (9, 0)) -> d
     return counts(ptx)
 
 
-def key_kernels() -> list[tuple[str, Any, tuple]]:
-    """(label, kernel, signature) of the kernels whose shape matters most for the ceilings."""
-    from numba import float32, float64
+def key_kernels(rungs: bool = True) -> list[tuple[str, Any, tuple]]:
+    """(label, kernel, signature) of the kernels whose shape matters most for the ceilings;
+    ``rungs=False`` leaves out the GEMM ladder's rb-* rungs (each takes 10 s to minutes to
+    compile)."""
+    from numba import float32, uint32
 
-    from . import fma, gemm, stream
+    from . import fma, gemm, gemm_rungs, stream
 
     out: list[tuple[str, Any, tuple]] = []
     for prec in ("fp64", "fp32", "fp16"):
@@ -59,22 +61,31 @@ def key_kernels() -> list[tuple[str, Any, tuple]]:
         for variant in fma.variants_for(prec):
             k, sig = fma.compile_target(128, variant, prec)
             out.append((f"fma/chain128{'-' + variant if variant else ''} {prec}", k, sig))
-    for variant in gemm.VARIANTS:
-        for prec, t in (("fp32", float32), ("fp64", float64)):
-            out.append((f"gemm/{variant} {prec}", gemm.kernel(variant, prec), (t[:, :],) * 3))
+    for variant in gemm.VARIANTS:  # fp32 only
+        if variant in gemm_rungs.RUNGS and not rungs:
+            continue
+        k = gemm.kernel(variant, "fp32")
+        if variant in gemm_rungs.RUNGS:
+            sig: tuple = (float32[::1],) * 3 + (uint32,) * 4
+        else:
+            sig = (float32[:, :],) * 3
+        out.append((f"gemm/{variant} fp32", k, sig))
     return out
 
 
-def report() -> str:
+def report(rungs: bool = True) -> str:
     """``ptx.md``: one row per key kernel, or one line saying why PTX could not be made."""
     cols = list(PATTERNS)
     lines = ["# PTX shape of the key kernels (sm_90)", "", "| kernel | " + " | ".join(cols) + " |"]
     lines.append("|" + "---|" * (len(cols) + 1))
-    for label, k, sig in key_kernels():
+    for label, k, sig in key_kernels(rungs):
         try:
             c = compile_counts(k, sig)
         except Exception as exc:  # boundary: no NVVM here, or a kernel numba cannot compile
             lines.append(f"| {label} | not compiled: {type(exc).__name__}: {str(exc)[:120]} |")
             continue
         lines.append(f"| {label} | " + " | ".join(str(c[n]) for n in cols) + " |")
+    if not rungs:
+        lines += ["", "The GEMM rungs rb-* are left out here (minutes to compile on a small "
+                  "machine); a GPU run lists them."]  # fmt: skip
     return "\n".join(lines) + "\n"

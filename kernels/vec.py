@@ -54,12 +54,14 @@ if simulator_enabled():
 
     def vload(a, i):  # type: ignore[no-redef]
         n = lanes(a.dtype.itemsize)
-        return tuple(a[i * n + c] for c in range(n))
+        flat = a.reshape(-1) if a.ndim > 1 else a  # shared arrays: the vector index is flat
+        return tuple(flat[i * n + c] for c in range(n))
 
     def vstore(a, i, values):  # type: ignore[no-redef]
         n = lanes(a.dtype.itemsize)
+        flat = a.reshape(-1) if a.ndim > 1 else a
         for c in range(n):
-            a[i * n + c] = values[c]
+            flat[i * n + c] = values[c]
 
     def hfma2(x, y, z):  # type: ignore[no-redef]
         """One rounding of the exact x*y+z per lane (float64 holds the fp16 product exactly)."""

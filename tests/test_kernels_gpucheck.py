@@ -32,6 +32,7 @@ def checked(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.timeout(900)  # the module's one simulator run, PTX of every GEMM rung included
 def test_writes_the_files_a_lease_carries_off(checked: Path) -> None:
     names = sorted(p.name for p in checked.iterdir())
     assert names == sorted(

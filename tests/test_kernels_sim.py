@@ -50,7 +50,7 @@ EXPECTED = (
     [(k, "grid-stride") for k in ("copy", "scale", "add", "triad")]
     + [(k, "vec16") for k in ("copy", "triad")]
     + [("fma", f"chain{f}{v}") for f in (1, 8, 32) for v in ("", "-ilp8")]
-    + [("gemm", v) for v in ("naive", "tiled", "regblock")]
+    + [("gemm", v) for v in ("naive", "tiled", "regblock", "rb-u32", "rb-vec", "rb-db", "rb-warp")]
     + [("reduce", "sum-2pass")]
 )
 
