@@ -64,7 +64,7 @@ def test_bench_simulated_gemm_end_to_end(project: Path) -> None:
         project, "bench", "--simulate", "--quick", "--gemm", "32x32x32", "--precisions", "fp32"
     )
     assert result.returncode == 0, result.stderr
-    assert "[1/3] gemm/naive fp32" in result.stderr  # the host's progress, streamed
+    assert "[1/7] gemm/naive fp32" in result.stderr  # the host's progress, streamed
     # the table, printed here, labelled as simulated
     assert "SIMULATOR" in result.stdout and "gemm/regblock" in result.stdout
     assert "(sim)" in result.stdout
@@ -79,16 +79,16 @@ def test_bench_simulated_gemm_end_to_end(project: Path) -> None:
     run_id = fetched[0].name.removeprefix("bench-").removesuffix(".tether.json")
     png = project / "results" / f"bench-{run_id}.png"
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
-    assert "3 simulated results not plotted" in result.stderr
+    assert "7 simulated results not plotted" in result.stderr
     with ResultsStore() as store:
         assert store.resolve() == run_id
         points = store.points(run_id)
-    assert len(points) == 3 and all(p.simulated and p.verified for p in points)
+    assert len(points) == 7 and all(p.simulated and p.verified for p in points)
     assert oct((Path(os.environ["TETHER_STATE_DIR"]) / "results.sqlite3").stat().st_mode)[-3:] == (
         "600"
     )
     listed = tether(project, "results", "--csv")
-    assert listed.returncode == 0 and listed.stdout.count("\n") == 4
+    assert listed.returncode == 0 and listed.stdout.count("\n") == 8  # header + 7 rungs
     runs = tether(project, "runs", "--json")
     assert run_id in runs.stdout  # in the run history like any run
 
