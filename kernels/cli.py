@@ -133,10 +133,10 @@ def cmd_device(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import compat, device, roofline, suite
+    from . import cardstate, compat, device, roofline, suite
 
     try:
-        precisions = suite.parse_list(args.precisions, roofline.PRECISIONS, "precision")
+        precisions = suite.parse_list(args.precisions, roofline.ALL_PRECISIONS, "precision")
         gemm_shape = suite.parse_gemm(args.gemm) if args.gemm else None
         default_suites = "all" if not args.files else ""
         names = (
@@ -147,6 +147,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except suite.SuiteError as exc:
         return _fail(str(exc), EXIT_USAGE)
     compat.apply()  # before anything imports numba.cuda's lowering
+    card = None if device.simulator_enabled() else cardstate.open_source(args.index)
+    monitor = cardstate.CardMonitor(card) if card is not None else None
+    if monitor is not None:
+        monitor.open()  # before our CUDA context: the processes seen now are others'
     try:
         info = device.detect(args.index, assume=args.assume_gpu)
     except device.NoGPU as exc:
@@ -168,12 +172,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             planned += [(b, str(f)) for b in suite.load_file(f) if b.precision in precisions]
     except suite.SuiteError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    if not planned:
-        return _fail("nothing to run (no benchmark matches the suites and precisions)", EXIT_USAGE)
     sim = info.simulator
+    lib_results: list[dict[str, Any]] = []
+    if "library" in names:
+        from . import library
+
+        why = "library suite skipped: simulator" if sim else library.available()
+        if why:
+            print(why, file=sys.stderr)
+        else:
+            shape = gemm_shape or (4096, 4096, 4096)
+            lib_results = library.run(precisions, shape, card=monitor, seed=args.seed)
+    if not planned and not lib_results:
+        return _fail("nothing to run (no benchmark matches the suites and precisions)", EXIT_USAGE)
     repeats = args.repeats or (1 if sim else 10)
     peaks = info.peaks or None
-    results = []
+    results = list(lib_results)
     for i, (b, src) in enumerate(planned, 1):
         print(f"[{i}/{len(planned)}] {b.label} {b.precision}", file=sys.stderr, flush=True)
         results.append(
@@ -185,6 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 peaks=peaks,
                 seed=args.seed,
                 source=src,
+                card=monitor,
             )
         )
     from . import report
@@ -200,6 +215,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     if failed:
         return _fail(f"{len(failed)} of {len(results)} benchmarks failed their check", EXIT_FAILED)
     return EXIT_OK
+
+
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    from . import device, gpucheck, suite
+
+    try:
+        gemm_shape = suite.parse_gemm(args.gemm) if args.gemm else None
+    except suite.SuiteError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    if args.simulate != device.simulator_enabled():
+        return _fail(
+            "--simulate and NUMBA_ENABLE_CUDASIM=1 go together (bench/gpu_check.sh sets both)",
+            EXIT_USAGE,
+        )
+    try:
+        return gpucheck.run(Path(args.out), simulate=args.simulate, gemm=gemm_shape)
+    except device.NoGPU as exc:
+        return _fail(str(exc), EXIT_NO_GPU)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -237,11 +270,16 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("files", nargs="*", help="user benchmark files declaring BENCHMARKS")
     r.add_argument(
         "--suite",
-        help="comma list of stream,fma,gemm,reduce or 'all' (default: all without FILES, "
-        "none with FILES)",
+        help="comma list of stream,fma,gemm,reduce,library or 'all' (default: all without "
+        "FILES, none with FILES)",
     )
     r.add_argument("--gemm", metavar="MxNxK", help="GEMM shape (default 4096x4096x4096)")
-    r.add_argument("--precisions", default="fp64,fp32,fp16", help="comma list (default all)")
+    r.add_argument(
+        "--precisions",
+        default="fp64,fp32,fp16",
+        help="comma list of fp64,fp32,tf32,bf16,fp16,fp8,int8 or all (default fp64,fp32,fp16; "
+        "the last four only the library suite has)",
+    )
     r.add_argument("--quick", action="store_true", help="tiny sizes (the simulator finishes fast)")
     r.add_argument("--json", metavar="OUT", help="write the tether.bench/1 document here")
     r.add_argument("--repeats", type=int, default=0, help="timed samples (default 10; sim 1)")
@@ -250,6 +288,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--index", type=int, default=0, help="GPU index (default 0)")
     r.add_argument("--assume-gpu", metavar="NAME", help="take peaks from this known GPU")
     r.set_defaults(func=cmd_run)
+
+    g = sub.add_parser("gpu-check", help="device, library, every suite, plot and table into OUT")
+    g.add_argument("out", help="output folder (at most 8 files)")
+    g.add_argument("--simulate", action="store_true", help="Numba CUDA simulator, tiny sizes")
+    g.add_argument("--gemm", metavar="MxNxK", help="GEMM shape (default 4096x4096x4096)")
+    g.set_defaults(func=cmd_gpu_check)
 
     pl = sub.add_parser("plot", help="draw a roofline from one or more results files")
     pl.add_argument("results", nargs="+", help="tether.bench/1 JSON files (overlaid)")

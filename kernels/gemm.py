@@ -8,6 +8,10 @@
   The kernel source is generated so that the 64 accumulators are plain scalars (registers), not
   a local array.
 
+Later rungs (``rb-u32``, ``rb-vec``, ``rb-db``, ``rb-warp``: 32-bit unsigned index math, no
+bounds checks for full tiles, 16-byte global loads, double-buffered shared memory, warp tiling)
+are generated in :mod:`kernels.gemm_rungs`.
+
 fp16 takes float16 inputs and accumulates and writes in float32 (``compute_precision`` fp32: its
 roof is the fp32 ceiling); fp32 and fp64 compute in their own precision. Tolerance: the compute
 precision's bound times sqrt(K). Byte model: compulsory traffic (A and B read once, C written
@@ -23,7 +27,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from . import roofline
+from . import gemm_rungs, roofline, vec
 from .harness import Benchmark, Sampled
 
 FULL_SHAPE = (4096, 4096, 4096)
@@ -154,15 +158,34 @@ def _make_regblock(acc):
 
 
 _MAKERS = {"naive": _make_naive, "tiled": _make_tiled, "regblock": _make_regblock}
-VARIANTS = tuple(_MAKERS)
+VARIANTS = (*_MAKERS, *gemm_rungs.RUNGS)
 
 
 def kernel(variant: str, precision: str):
     """The compiled kernel for a variant and precision (cached)."""
     key = (variant, precision)
     if key not in _CACHE:
-        _CACHE[key] = _MAKERS[variant](_ACC[precision])
+        if variant in gemm_rungs.RUNGS:
+            in_item = roofline.ITEMSIZE[precision]
+            acc_item = np.dtype(_OUT_DTYPE[precision]).itemsize
+            _CACHE[key] = gemm_rungs.make(variant, _ACC[precision], in_item, acc_item)
+        else:
+            _CACHE[key] = _MAKERS[variant](_ACC[precision])
     return _CACHE[key]
+
+
+def _launch_rung(k, d: dict[str, Any], shape, precision: str) -> None:
+    m, n, kk = shape
+    if max(m * kk, kk * n, m * n) >= 1 << 32:
+        raise ValueError(f"{m}x{n}x{kk} is too large for 32-bit indices (the rb-* rungs)")
+    lanes = 16 // roofline.ITEMSIZE[precision]
+    vec_ok = kk % lanes == 0 and n % lanes == 0
+    flat = [d["a"].reshape(m * kk), d["b"].reshape(kk * n), d["out"].reshape(m * n)]
+    if vec_ok:
+        vec.check_aligned(*flat[:2])
+    u = np.uint32
+    grid = (math.ceil(n / gemm_rungs.BN), math.ceil(m / gemm_rungs.BM))
+    k[grid, gemm_rungs.THREADS](*flat, u(m), u(n), u(kk), u(vec_ok))
 
 
 def _setup(shape, dtype, rng) -> dict[str, Any]:
@@ -190,7 +213,9 @@ def _launcher(variant: str, precision: str):
     def launch(d: dict[str, Any], shape) -> None:
         m, n, _ = shape
         k = kernel(variant, precision)
-        if variant == "regblock":
+        if variant in gemm_rungs.RUNGS:
+            _launch_rung(k, d, shape, precision)
+        elif variant == "regblock":
             k[(math.ceil(n / BN), math.ceil(m / BM)), THREADS](d["a"], d["b"], d["out"])
         else:
             k[(math.ceil(n / TILE), math.ceil(m / TILE)), (TILE, TILE)](d["a"], d["b"], d["out"])

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from . import roofline
+from .cardstate import CardMonitor, refusal
 
 Shape = tuple[int, ...]
 DTYPES: dict[str, Any] = {"fp64": np.float64, "fp32": np.float32, "fp16": np.float16}
@@ -74,6 +75,8 @@ class Benchmark:
         tolerance: relative-error bound; default :func:`tether_kernels.roofline.tolerance` of the
             compute precision (where rounding happens) times ``tol_scale(shape)``.
         tol_scale: ``shape -> float`` error growth factor (e.g. sqrt(K) for a GEMM).
+        footprint: ``shape -> int`` device memory the run allocates, to refuse a run that would
+            not fit; defaults to ``bytes_moved`` (compulsory traffic touches every array once).
     """
 
     name: str
@@ -91,6 +94,7 @@ class Benchmark:
     compute_precision: str | None = None
     tolerance: float | None = None
     tol_scale: Callable[[Shape], float] | None = None
+    footprint: Callable[[Shape], int] | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in DTYPES:
@@ -105,6 +109,9 @@ class Benchmark:
 
     def shape_for(self, quick: bool) -> Shape:
         return tuple(self.quick_shape if quick and self.quick_shape else self.shape)
+
+    def memory(self, shape: Shape) -> int:
+        return int((self.footprint or self.bytes_moved)(shape))
 
     def tol(self, shape: Shape) -> float:
         if self.tolerance is not None:
@@ -158,6 +165,16 @@ def grid_1d(n: int, threads: int = 256, blocks_per_sm: int = 32) -> tuple[int, i
         return 2, 32
     blocks = max(1, min(math.ceil(n / threads), sm_count() * blocks_per_sm))
     return blocks, threads
+
+
+def _release_deferred() -> None:
+    """Free the arrays of earlier benchmarks now (numba defers deallocations), so the free
+    memory the refusal reads is the card's, not our own garbage."""
+    if simulator_enabled():
+        return
+    from numba import cuda
+
+    cuda.current_context().deallocations.clear()
 
 
 def _poison(a: np.ndarray) -> None:
@@ -238,12 +255,17 @@ def run_benchmark(
     peaks: Mapping[str, Any] | None = None,
     seed: int = 0,
     source: str = "builtin",
+    card: CardMonitor | None = None,
 ) -> dict[str, Any]:
     """Check then time one benchmark; returns a ``tether.bench/1`` result dict.
 
     Any exception from the benchmark's own code is caught here (this is the per-benchmark
     boundary) and reported as an unverified result with its message, so one broken kernel does
     not stop the suite.
+
+    With a ``card`` monitor (a real GPU), a run that would not fit in the free device memory is
+    refused before anything is allocated, and the timed part records what the card was doing
+    (``card``: clocks, power, temperature, throttle reasons, other processes).
     """
     shape = tuple(shape) if shape else b.shape_for(quick)
     sim = simulator_enabled()
@@ -277,7 +299,14 @@ def run_benchmark(
         "simulated": sim,
         "source": source,
         "error": None,
+        "card": None,
     }
+    if card is not None:
+        _release_deferred()
+        why = refusal(b.memory(shape), card.free_bytes())
+        if why:
+            res["error"] = why
+            return res
     rng = np.random.default_rng(seed)
     try:
         dev, err = _check(b, shape, rng)
@@ -295,7 +324,13 @@ def run_benchmark(
         def fn() -> None:
             b.launch(dev, shape)
 
-        samples = _time_simulator(fn, repeats) if sim else _time_gpu(fn, warmup, repeats)
+        if card is not None:
+            card.begin()
+        try:
+            samples = _time_simulator(fn, repeats) if sim else _time_gpu(fn, warmup, repeats)
+        finally:
+            if card is not None:
+                res["card"] = card.end()
     except Exception as exc:  # boundary: a user's kernel may fail in any way; report and go on
         res["verified"] = False
         res["error"] = f"{type(exc).__name__}: {exc}"

@@ -15,11 +15,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import __version__, roofline
+from .cardstate import flags
 
 SCHEMA_ID = "tether.bench/1"
 
 _NUM = ["number", "null"]
-_PREC = {"enum": list(roofline.PRECISIONS)}
+_PREC = {"enum": list(roofline.ALL_PRECISIONS)}
 _PEAKS = {
     "type": "object",
     "required": ["flops", "dram_bytes_per_s"],
@@ -104,6 +105,7 @@ SCHEMA: dict[str, Any] = {
                     "simulated": {"type": "boolean"},
                     "source": {"type": "string"},
                     "error": {"type": ["string", "null"]},
+                    "card": {"type": ["object", "null"]},
                 },
             },
         },
@@ -219,6 +221,7 @@ COLUMNS = (
     "bound",
     "% of roofline",
     "check",
+    "card",
 )
 
 
@@ -247,9 +250,57 @@ def rows(doc: Mapping[str, Any]) -> list[list[str]]:
                 r.get("bound") or "-",
                 f"{100 * frac:.1f}%" if frac is not None else "-",
                 check,
+                flags(r.get("card")),
             ]
         )
     return out
+
+
+def ceiling_lines(doc: Mapping[str, Any]) -> list[str]:
+    """One line per measured ceiling: its value, its share of the theoretical peak, and the
+    result (kernel/variant) that defines it -- the roof users judge their kernels against."""
+    meas, theo = doc.get("measured") or {}, doc.get("theoretical") or {}
+    src = meas.get("from") or {}
+    out = []
+
+    def pct(v: float, peak: float | None) -> str:
+        return f" ({100 * v / peak:.0f} % of {si(peak)})" if peak else ""
+
+    bw = meas.get("dram_bytes_per_s")
+    if bw:
+        out.append(f"DRAM ceiling {si(bw, 'B/s')}{pct(bw, theo.get('dram_bytes_per_s'))} "
+                   f"from {src.get('dram', '?')}")  # fmt: skip
+    for prec, v in (meas.get("flops") or {}).items():
+        if v:
+            peak = (theo.get("flops") or {}).get(prec)
+            out.append(f"{prec} FMA ceiling {si(v, 'FLOP/s')}{pct(v, peak)} from {src.get(prec)}")
+    for prec, v in (meas.get("library") or {}).items():
+        out.append(f"{prec} library GEMM ceiling {si(v, 'OP/s' if prec == 'int8' else 'FLOP/s')}")
+    return out
+
+
+def markdown(doc: Mapping[str, Any]) -> str:
+    """The document as markdown: who/when/what versions, the ceilings, and the results table
+    (flags for throttled or shared runs in the ``card`` column)."""
+    dev = doc["device"]
+    versions = ", ".join(f"{k} {v or '-'}" for k, v in (dev.get("versions") or {}).items())
+    lines = [
+        f"# {_title(doc)}",
+        "",
+        f"- date: {doc.get('created')}",
+        f"- device: {dev.get('name')} (driver {dev.get('driver_version') or '-'}, "
+        f"compute capability {'.'.join(map(str, dev.get('compute_capability') or [])) or '-'})",
+        f"- versions: {versions or '-'}",
+        f"- peaks from: {dev.get('peaks_source') or '-'}",
+    ]
+    lines += [f"- {c}" for c in ceiling_lines(doc)]
+    lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows(doc)]
+    errors = [r for r in doc["results"] if r.get("error")]
+    if errors:
+        lines.append("")
+        lines += [f"- {r['kernel']}/{r['variant']} {r['precision']}: {r['error']}" for r in errors]
+    return "\n".join(lines) + "\n"
 
 
 def _title(doc: Mapping[str, Any]) -> str:
@@ -269,6 +320,7 @@ def render_plain(doc: Mapping[str, Any]) -> str:
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
+    lines += ceiling_lines(doc)
     for r in doc["results"]:
         if r.get("error"):
             lines.append(f"{r['kernel']}/{r['variant']} {r['precision']}: {r['error']}")
@@ -292,6 +344,8 @@ def print_table(doc: Mapping[str, Any], file: Any = None) -> None:
     stream = file if file is not None else sys.stdout
     console = Console(file=file, width=None if stream.isatty() else 160)
     console.print(table)
+    for line in ceiling_lines(doc):
+        console.print(line)
     for r in doc["results"]:
         if r.get("error"):
             console.print(f"[red]{r['kernel']}/{r['variant']} {r['precision']}: {r['error']}[/]")

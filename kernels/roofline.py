@@ -25,6 +25,10 @@ PRECISIONS: tuple[str, ...] = ("fp64", "fp32", "fp16")
 ITEMSIZE: dict[str, int] = {"fp64": 8, "fp32": 4, "fp16": 2}
 """Bytes per element for each precision."""
 
+ALL_PRECISIONS: tuple[str, ...] = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8")
+"""Every precision a result may carry: the Numba suites' three plus what only the vendor
+library reaches (tensor cores: tf32, bf16, fp8 e4m3, int8)."""
+
 # (major, minor) -> {precision: FMA results per clock per SM}. Non-tensor-core pipes only.
 _LANES: dict[tuple[int, int], dict[str, int]] = {
     (5, 0): {"fp64": 4, "fp32": 128, "fp16": 0},
@@ -183,20 +187,31 @@ def gemm_tol_scale(k: int) -> float:
 
 
 def measured_ceilings(results: list[Mapping[str, object]]) -> dict[str, object]:
-    """Best measured FLOP/s per precision (from compute-ceiling kernels) and best DRAM bytes/s
-    (from stream kernels). Simulated or unverified results never count."""
+    """Best measured FLOP/s per precision (from compute-ceiling kernels), best DRAM bytes/s
+    (from stream kernels) and, under ``library``, the vendor library's best FLOP/s per
+    precision (its GEMMs reach the tensor cores, a roof Numba kernels cannot); ``from`` names
+    the result (kernel/variant precision) that defines each Numba ceiling. Simulated or
+    unverified results never count."""
     flops: dict[str, float | None] = dict.fromkeys(PRECISIONS)
+    library: dict[str, float] = {}
     bw: float | None = None
+    source: dict[str, str] = {}
     for r in results:
         if r.get("simulated") or not r.get("verified") or r.get("flops_per_s") is None:
             continue
         family = r.get("family")
         prec = str(r.get("compute_precision") or r.get("precision"))
+        label = f"{r.get('kernel')}/{r.get('variant')} {r.get('precision')}"
         if family == "fma" and prec in flops:
             cur = flops[prec]
             val = float(r["flops_per_s"])  # type: ignore[arg-type]
-            flops[prec] = val if cur is None else max(cur, val)
+            if cur is None or val > cur:
+                flops[prec], source[prec] = val, label
         if family == "stream":
             val = float(r["bytes_per_s"])  # type: ignore[arg-type]
-            bw = val if bw is None else max(bw, val)
-    return {"flops": flops, "dram_bytes_per_s": bw}
+            if bw is None or val > bw:
+                bw, source["dram"] = val, label
+        if family == "library" and r.get("kernel") == "gemm":
+            val = float(r["flops_per_s"])  # type: ignore[arg-type]
+            library[prec] = max(library.get(prec, 0.0), val)
+    return {"flops": flops, "dram_bytes_per_s": bw, "library": library, "from": source}

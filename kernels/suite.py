@@ -14,7 +14,9 @@ from pathlib import Path
 
 from .harness import Benchmark
 
-SUITES = ("stream", "fma", "gemm", "reduce")
+SUITES = ("stream", "fma", "gemm", "reduce", "library")
+"""``library`` (vendor GEMMs and copy through torch) is run by :mod:`kernels.library`, not by the
+Numba harness: :func:`builtin` returns nothing for it."""
 
 
 class SuiteError(Exception):
@@ -51,7 +53,11 @@ def builtin(
     quick: bool = False,
     gemm_shape: tuple[int, int, int] | None = None,
 ) -> list[Benchmark]:
-    """The built-in benchmarks of the named suites at the given precisions."""
+    """The built-in Numba benchmarks of the named suites at the given precisions (those the
+    Numba kernels have: fp64, fp32, fp16; the library precisions are the library suite's)."""
+    from .roofline import PRECISIONS
+
+    precisions = [p for p in precisions if p in PRECISIONS]
     out: list[Benchmark] = []
     for name in suites:
         if name == "stream":
@@ -70,6 +76,8 @@ def builtin(
             from . import reduce
 
             out += reduce.benchmarks(precisions)
+        elif name == "library":
+            continue
         else:
             raise SuiteError(f"unknown suite {name!r}; expected one of {', '.join(SUITES)}")
     return out

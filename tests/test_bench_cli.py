@@ -60,7 +60,7 @@ def test_bench_simulated_gemm_end_to_end(project: Path) -> None:
         project, "bench", "--simulate", "--quick", "--gemm", "32x32x32", "--precisions", "fp32"
     )
     assert result.returncode == 0, result.stderr
-    assert "[1/3] gemm/naive fp32" in result.stderr  # the host's progress, streamed
+    assert "[1/7] gemm/naive fp32" in result.stderr  # the host's progress, streamed
     # the table, printed here, labelled as simulated
     assert "SIMULATOR" in result.stdout and "gemm/regblock" in result.stdout
     assert "(sim)" in result.stdout
@@ -75,16 +75,16 @@ def test_bench_simulated_gemm_end_to_end(project: Path) -> None:
     run_id = fetched[0].name.removeprefix("bench-").removesuffix(".tether.json")
     png = project / "results" / f"bench-{run_id}.png"
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
-    assert "3 simulated results not plotted" in result.stderr
+    assert "7 simulated results not plotted" in result.stderr
     with ResultsStore() as store:
         assert store.resolve() == run_id
         points = store.points(run_id)
-    assert len(points) == 3 and all(p.simulated and p.verified for p in points)
+    assert len(points) == 7 and all(p.simulated and p.verified for p in points)
     assert oct((Path(os.environ["TETHER_STATE_DIR"]) / "results.sqlite3").stat().st_mode)[-3:] == (
         "600"
     )
     listed = tether(project, "results", "--csv")
-    assert listed.returncode == 0 and listed.stdout.count("\n") == 4
+    assert listed.returncode == 0 and listed.stdout.count("\n") == 8  # header + 7 rungs
     runs = tether(project, "runs", "--json")
     assert run_id in runs.stdout  # in the run history like any run
 
@@ -147,7 +147,7 @@ def test_bad_precision_is_usage_before_connecting(tmp_path: Path) -> None:
     (tmp_path / "tether.toml").write_text(
         '[hosts.gpu]\nssh = "nobody@127.0.0.1:1"\n[pairs.code]\nhost = "gpu"\nremote = "/x"\n'
     )
-    for args in (["--precisions", "fp8"], ["--gemm", "32x32"], ["--suite", "nope"]):
+    for args in (["--precisions", "fp4"], ["--gemm", "32x32"], ["--suite", "nope"]):
         result = tether(tmp_path, "bench", *args, timeout=20)
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("tether: ") and "127.0.0.1" not in result.stderr

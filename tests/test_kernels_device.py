@@ -155,7 +155,7 @@ def test_cli_device_json_with_fake_nvml(
 @pytest.mark.parametrize(
     "argv",
     [
-        ["run", "--precisions", "fp8"],
+        ["run", "--precisions", "fp4"],
         ["run", "--suite", "nope"],
         ["run", "--gemm", "12x12"],
         ["device", "--assume-gpu", "Imaginary 9000"],

@@ -76,7 +76,7 @@ def test_document_is_valid() -> None:
         (lambda d: d.update(schema="tether.bench/2"), "not one of"),
         (lambda d: d.update(simulator="no"), "expected boolean"),
         (lambda d: d["results"][0].pop("time_s"), "missing 'time_s'"),
-        (lambda d: d["results"][0].update(precision="fp8"), "not one of"),
+        (lambda d: d["results"][0].update(precision="fp4"), "not one of"),
         (lambda d: d["results"][0].update(flops=-1), "below 0"),
         (lambda d: d["results"][0].update(flops=1.5), "expected integer"),
         (lambda d: d["results"][0].update(bound="cache"), "not one of"),
@@ -122,7 +122,7 @@ def test_plot_renders(tmp_path: Path, suffix: str) -> None:
     out = tmp_path / f"roofline{suffix}"
     summary = plot.render([document()], out)
     assert out.stat().st_size > 1000
-    assert summary == {"points": 5, "simulated_skipped": 0}  # the copy (AI 0) has no place
+    assert summary["points"] == 5 and summary["simulated_skipped"] == 0  # copy (AI 0): no place
     if suffix == ".png":
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     else:

@@ -206,11 +206,33 @@ def test_measured_ceilings_ignore_simulated_and_unverified() -> None:
     base = {"verified": True, "simulated": False, "bytes_per_s": 1.0}
     results = [
         {**base, "family": "fma", "precision": "fp32", "flops_per_s": 5e13},
-        {**base, "family": "fma", "precision": "fp32", "flops_per_s": 6e13},
+        {
+            **base,
+            "family": "fma",
+            "kernel": "fma",
+            "variant": "chain128",
+            "precision": "fp32",
+            "flops_per_s": 6e13,
+        },
         {**base, "family": "fma", "precision": "fp64", "flops_per_s": 9e13, "simulated": True},
         {**base, "family": "fma", "precision": "fp16", "flops_per_s": 9e13, "verified": False},
-        {**base, "family": "stream", "precision": "fp32", "flops_per_s": 1e9, "bytes_per_s": 3e12},
+        {
+            **base,
+            "family": "stream",
+            "kernel": "triad",
+            "variant": "v4",
+            "precision": "fp64",
+            "flops_per_s": 1e9,
+            "bytes_per_s": 3e12,
+        },
         {**base, "family": "gemm", "precision": "fp32", "flops_per_s": 7e13},
+        {**base, "family": "library", "kernel": "gemm", "precision": "bf16", "flops_per_s": 7e14},
+        {**base, "family": "library", "kernel": "copy", "precision": "fp32", "flops_per_s": 1.0},
     ]
     m = roofline.measured_ceilings(results)
-    assert m == {"flops": {"fp64": None, "fp32": 6e13, "fp16": None}, "dram_bytes_per_s": 3e12}
+    assert m == {
+        "flops": {"fp64": None, "fp32": 6e13, "fp16": None},
+        "dram_bytes_per_s": 3e12,
+        "library": {"bf16": 7e14},  # the vendor GEMM's tensor-core roof, not the copy
+        "from": {"fp32": "fma/chain128 fp32", "dram": "triad/v4 fp64"},  # which variant set it
+    }

@@ -47,8 +47,9 @@ def quick_doc(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 EXPECTED = (
     [(k, "grid-stride") for k in ("copy", "scale", "add", "triad")]
-    + [("fma", f"chain{f}") for f in (1, 8, 32)]
-    + [("gemm", v) for v in ("naive", "tiled", "regblock")]
+    + [(k, "vec16") for k in ("copy", "triad")]
+    + [("fma", f"chain{f}{v}") for f in (1, 8, 32) for v in ("", "-ilp8")]
+    + [("gemm", v) for v in ("naive", "tiled", "regblock", "rb-u32", "rb-vec", "rb-db", "rb-warp")]
     + [("reduce", "sum-2pass")]
 )
 
@@ -61,6 +62,8 @@ def test_every_builtin_kernel_matches_numpy(quick_doc: dict) -> None:
             assert r is not None, (kernel, variant, prec)
             assert r["verified"], r
             assert r["max_rel_err"] <= r["tolerance"]
+    for f in (1, 8, 32):
+        assert got[("fma", f"chain{f}-half2", "fp16")]["verified"]
     for prec in ("fp32", "fp64"):
         assert got[("saxpy", "user", prec)]["verified"]
         assert got[("saxpy", "user", prec)]["source"].endswith("saxpy.py")
@@ -75,6 +78,8 @@ def test_simulator_document(quick_doc: dict) -> None:
     assert doc["measured"] == {
         "flops": {"fp64": None, "fp32": None, "fp16": None},
         "dram_bytes_per_s": None,
+        "library": {},
+        "from": {},
     }
     for r in doc["results"]:
         assert r["simulated"] is True and r["roofline_fraction"] is None

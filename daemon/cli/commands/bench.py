@@ -39,7 +39,7 @@ from ...transport.link import Link
 from ..main import config_of
 from .run import STOP_SIGNALS
 
-SUITES = ("stream", "fma", "gemm", "reduce")
+SUITES = ("stream", "fma", "gemm", "reduce", "library")
 """kernels.suite.SUITES (not imported: kernels.suite pulls in numpy and the harness)."""
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
@@ -55,11 +55,13 @@ def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
     p.add_argument("--pair", help="the pair holding FILES (synced first)")
     p.add_argument("--gemm", metavar="MxNxK", help="GEMM shape; alone it runs only the GEMMs")
     p.add_argument(
-        "--precisions", default="all", help="comma list of fp64,fp32,fp16, or all (default)"
+        "--precisions",
+        default="all",
+        help="comma list of fp64,fp32,tf32,bf16,fp16,fp8,int8, or all (default)",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes")
     p.add_argument(
-        "--suite", help="comma list of stream,fma,gemm,reduce or all (default: all; with "
+        "--suite", help="comma list of stream,fma,gemm,reduce,library or all (default: all; with "
         "--gemm: gemm; with FILES: only the files)"
     )  # fmt: skip
     p.add_argument(
@@ -114,9 +116,9 @@ class BenchPlan:
 
 
 def _precisions() -> tuple[str, ...]:
-    from tether_kernels.roofline import PRECISIONS
+    from tether_kernels.roofline import ALL_PRECISIONS
 
-    return PRECISIONS
+    return ALL_PRECISIONS
 
 
 def plan(args: argparse.Namespace) -> BenchPlan:
