@@ -149,6 +149,8 @@ class NotifyConfig:
     link_down: bool = True
     """A link has been down for ``link_down_after``."""
     link_down_after_s: float = 60.0
+    reports: bool = True
+    """A watched report folder was pulled by itself (``[reports.*] watch = true``)."""
 
 
 @dataclass(frozen=True)
@@ -422,6 +424,7 @@ def _notify(path: Path, raw: Any) -> NotifyConfig:
         conflicts=table._take("conflicts", True, *flag),
         link_down=table._take("link_down", True, *flag),
         link_down_after_s=table.duration("link_down_after") or NotifyConfig.link_down_after_s,
+        reports=table._take("reports", True, *flag),
     )
     table.finish()
     return notify

@@ -31,7 +31,13 @@ from tether.service.tray_model import (
 )
 
 PROJECT = "/home/u/proj/tether.toml"
-NOTIFY = {"runs": True, "conflicts": True, "link_down": True, "link_down_after_s": 60.0}
+NOTIFY = {
+    "runs": True,
+    "conflicts": True,
+    "link_down": True,
+    "link_down_after_s": 60.0,
+    "reports": True,
+}
 
 
 def status(
@@ -171,8 +177,13 @@ def test_notifications_once_per_event_and_switchable() -> None:
     assert n2 and n2.title == "Run failed: roofline" and n2.key != n1.key
     assert n3 and n3.title.startswith("Conflict in code")
     assert notice_for(quiet, doc) is None
-    off = status(notify={**NOTIFY, "runs": False, "conflicts": False})
+    report = {"kind": "reports.pulled", "project": PROJECT,
+              "message": "pulled tt.memory/4004 (1 file(s))"}  # fmt: skip
+    n4 = notice_for(report, doc)
+    assert n4 and n4.title == "New report pulled" and "tt.memory/4004" in n4.message
+    off = status(notify={**NOTIFY, "runs": False, "conflicts": False, "reports": False})
     assert notice_for(finished, off) is None and notice_for(conflict, off) is None
+    assert notice_for(report, off) is None
     assert links_down_long(status(link="down", link_for_s=61)) == [(PROJECT, "gpu", 61)]
     assert links_down_long(status(link="down", link_for_s=30)) == []
     assert (

@@ -312,6 +312,8 @@ def notice_for(event: Mapping[str, Any], status: Mapping[str, Any] | None) -> No
     if kind == "pair.synced" and event.get("conflicts") and config.get("conflicts", True):
         title = f"Conflict in {event.get('pair')}: both versions kept"
         return Notice(f"conflict:{event.get('project')}:{event.get('ts')}", title, message)
+    if kind == "reports.pulled" and config.get("reports", True):
+        return Notice(f"report:{event.get('project')}:{message}", "New report pulled", message)
     return None
 
 
