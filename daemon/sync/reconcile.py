@@ -437,8 +437,9 @@ def next_base(base: Snapshot, local: Snapshot, remote: Snapshot, done: list[Acti
         elif action.new is not None:
             new_entry = action.new
             if new_entry.kind is file and not new_entry.digest:
-                # Copied from a file the scan left unhashed: ``local`` has learned its digest.
-                new_entry = local.get(action.source_path, new_entry)
+                # Copied from a file the scan left unhashed: ``local`` has learned its digest,
+                # and ``after`` has it at the name it was read from (a conflict copy's new one).
+                new_entry = after[action.side.other].get(action.source_path, new_entry)
             side[action.path] = new_entry
     for path in {a.path for a in done} | {a.source for a in done if a.source}:
         loc, rem = after[Side.LOCAL].get(path), after[Side.REMOTE].get(path)
@@ -447,6 +448,16 @@ def next_base(base: Snapshot, local: Snapshot, remote: Snapshot, done: list[Acti
         elif loc is None and rem is None:
             new.pop(path, None)
     return prune(new)
+
+
+def scanned_path(asides: list[Action], path: str) -> str:
+    """Where the scan saw ``path``, a name on the side the ``asides`` (MOVE_ASIDE actions of
+    that side) renamed: a file read from a conflict copy was scanned under the name its folder
+    had before, and what is learned about it (its digest) belongs to that scanned entry."""
+    for aside in asides:
+        if is_within(path, aside.source):
+            return aside.path + path[len(aside.source) :]
+    return path
 
 
 def prune(snap: Snapshot) -> Snapshot:
