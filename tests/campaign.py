@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SIDES = ("local", "remote")
+CONFLICT_TAG = re.compile(r"\.conflict-(?:local|remote)-\d{8}-\d{6}(?:-\d+)?")
+"""What a conflict copy adds to the name it steps aside from (``stem<tag>.ext``)."""
 TEMP_NAME = re.compile(r"^\..*\.tether-[0-9a-f]{8,12}\.tmp$")
 """tether's staged files (the agent's 8 hex digits, the SFTP endpoint's 12)."""
 
@@ -173,7 +175,9 @@ def check(
     for side in SIDES:
         for path, resolved in sorted(trees[side].escaping.items()):
             target = trees[side].links[path]
-            if before[side].links.get(path) != target:
+            if before[side].links.get(path) != target and not _moved_aside(
+                before[side], path, target, resolved
+            ):
                 out.append(
                     f"escape: the sync left {side} link {path} -> {target}, which resolves "
                     f"outside the root ({resolved})"
@@ -184,6 +188,19 @@ def check(
     if settled:
         out.extend(_disagreements(trees["local"], trees["remote"], problems))
     return out
+
+
+def _moved_aside(before: Tree, path: str, target: str, resolved: str) -> bool:
+    """The user's own escaping link, which a conflict moved aside with its folder (or alone):
+    the same text stood at the name the copy had before, escaping to the same place. A rename
+    within one folder keeps every ``..`` of the link's chain where it was, so it still points
+    where the user pointed it; the sync made no escape (it never copies such a link across)."""
+    origin = "/".join(CONFLICT_TAG.sub("", part) for part in path.split("/"))
+    return (
+        origin != path
+        and before.links.get(origin) == target
+        and before.escaping.get(origin) == resolved
+    )
 
 
 def _disagreements(local: Tree, remote: Tree, problems: frozenset[str]) -> list[str]:

@@ -401,15 +401,36 @@ def test_oracle_flags_escaping_links_the_sync_made_temps_and_divergence() -> Non
     assert verdict(Model(), tree({"a": "1"}), tree({"a": "2"}))[0].startswith("diverged: file a")
 
 
+def test_oracle_leaves_a_users_escaping_link_moved_aside_with_its_folder_alone() -> None:
+    tag = ".conflict-local-20250101-000000"
+    before = {"local": tree({}, {"a/out": "/etc"}), "remote": tree({"a": "host"})}
+
+    def escapes(local: Tree, remote: Tree) -> list[str]:
+        return [v for v in verdict(Model(), local, remote, before) if v.startswith("escape")]
+
+    moved = tree({"a": "host"}, {f"a{tag}/out": "/etc"})
+    assert escapes(moved, tree({"a": "host"})) == []
+    # Copied across, or with another text, it is the sync's link: flagged.
+    assert escapes(moved, tree({"a": "host"}, {f"a{tag}/out": "/etc"})) == [
+        f"escape: the sync left remote link a{tag}/out -> /etc, which resolves outside the "
+        "root (/elsewhere)"
+    ]
+    assert len(escapes(tree({"a": "host"}, {f"a{tag}/out": "/root"}), tree({"a": "host"}))) == 1
+
+
 # -- the CLI flavour ----------------------------------------------------------------------------
 
 
 def cli_sync(config: Path, *extra: str) -> tuple[int, dict]:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+    """One ``tether sync --json``: its exit code and the pair's report (a sync that printed no
+    report yields its one-line message as status "error", so the log says what went wrong)."""
+    buf, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
         code = main(["--config", str(config), "sync", "--json", *extra])
     text = buf.getvalue()
-    return code, (json.loads(text)["pairs"][0] if text.strip().startswith("{") else {})
+    if text.strip().startswith("{"):
+        return code, json.loads(text)["pairs"][0]
+    return code, {"status": "error", "message": err.getvalue().strip()}
 
 
 def resolve_halt(camp: Campaign) -> None:
