@@ -433,9 +433,10 @@ def cli_sync(config: Path, *extra: str) -> tuple[int, dict]:
     return code, {"status": "error", "message": err.getvalue().strip()}
 
 
-def resolve_halt(camp: Campaign) -> None:
-    """What a user does about a halt: a retarget they just made is undone (the folder they
-    pointed at was not the one they meant); otherwise they did empty that side, and accept."""
+def resolve_halt(camp: Campaign, previous: dict) -> None:
+    """What a user does about the halt ``previous`` reported: a retarget they just made is
+    undone (the folder they pointed at was not the one they meant); otherwise they did empty
+    that side, or delete most of it, and accept."""
     before = camp.trees()
     if camp.retargeted and camp.last_retarget is not None:
         camp.remote = camp.last_retarget
@@ -445,8 +446,11 @@ def resolve_halt(camp: Campaign) -> None:
         before = camp.trees()
         code, report = cli_sync(camp.config)
     else:
-        camp.note("halted: the user accepts (sync --accept-empty)")
-        code, report = cli_sync(camp.config, "--accept-empty")
+        accept = "--accept-empty"
+        if previous.get("status") == "halted-big-deletion":
+            accept = "--accept-deletes"  # the user did delete most of one side
+        camp.note(f"halted: the user accepts (sync {accept})")
+        code, report = cli_sync(camp.config, accept)
     camp.syncs += 1
     camp.note(f"sync: exit {code}, {report.get('status')} {report.get('message', '')}")
     problems = excused(report)
@@ -481,7 +485,7 @@ def run_cli_campaign(camp: Campaign, steps: int) -> None:
             raise AssertionError(camp.failure([f"sync failed: exit {code} {report}"]))
         if halted:
             camp.halts += 1
-            resolve_halt(camp)
+            resolve_halt(camp, report)
         camp.retargeted = False
 
 
