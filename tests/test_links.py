@@ -106,3 +106,21 @@ def test_a_chain_out_of_the_root_is_refused_both_ways(project) -> None:  # noqa:
         assert os.readlink(dest / "x" / "y" / "u") == "../.."
         assert any(p["path"] == f"{mode}/ssh_esc" and "outside the root" in p["message"]
                    for p in report["problems"]), report  # fmt: skip
+
+
+def test_different_escaping_links_at_one_path_are_reported_not_called_agreed(project) -> None:  # noqa: F811
+    """Each side has its own link at one path, each leading out of its root: neither is synced,
+    so the sync reports the path; it used to call the two "the same" (both untracked) and say
+    nothing. The same link on both sides agrees: nothing to report."""
+    tmp, local, remote, _ = project
+    remote.mkdir()
+    os.symlink("/etc", local / "out")
+    os.symlink("/usr", remote / "out")
+    code, report = sync(tmp)
+    assert code == 0, report
+    assert os.readlink(local / "out") == "/etc" and os.readlink(remote / "out") == "/usr"
+    assert [p["path"] for p in report["problems"]] == ["out"], report
+    os.unlink(remote / "out")
+    os.symlink("/etc", remote / "out")
+    code, report = sync(tmp)
+    assert code == 0 and report["problems"] == [], report

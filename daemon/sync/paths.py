@@ -137,6 +137,12 @@ def case_collisions(paths: Iterable[str]) -> list[tuple[str, str]]:
     return clashes
 
 
+def escaping_link_problem(target: str) -> str:
+    """Why a link whose text leads out of the root is untracked, naming that text: both sides
+    say it alike, so two such links at one path agree only when their texts do."""
+    return f"symlink escapes the root ({target})"
+
+
 def symlink_stays_inside(link_path: str, target: str) -> bool:
     """True when a relative link at ``link_path`` pointing to ``target`` resolves inside the root.
 
