@@ -126,6 +126,9 @@ class Campaign:
         """One user action (on ``side``, else a random one), recorded in the model and log."""
         self.step += 1
         side = side or self.rng.choice(SIDES)
+        if not self.root(side).is_dir():  # a fresh remote folder tether has not made yet
+            self.root(side).mkdir(parents=True)
+            self.note(f"{side}: the user makes the root folder first")
         kinds = [k for k in ACTIONS if k not in self.skipped]
         kind = self.rng.choices(kinds, weights=[ACTIONS[k] for k in kinds])[0]
         done = getattr(self, "_" + kind.replace("-", "_"))(side)
