@@ -111,6 +111,12 @@ class Model:
     owed: dict[str, Version] = field(default_factory=dict)
     written: Counter[str] = field(default_factory=Counter)
     """Versions written, by side (the campaign's figure)."""
+    agreed: set[tuple[str, str]] = field(default_factory=set)
+    """(path, version) pairs both sides held when the last sync finished."""
+
+    def settled(self, local: Tree, remote: Tree) -> None:
+        """A sync finished: what both sides hold alike is the pair's agreed state."""
+        self.agreed = {(p, d) for p, d in local.files.items() if remote.files.get(p) == d}
 
     def wrote(self, side: str, path: str, new: str, step: int) -> None:
         """A user on ``side`` wrote content ``new`` at ``path`` (call :meth:`replaced` first)."""
@@ -124,10 +130,16 @@ class Model:
         doomed = tree.subtree(path)
         for p in doomed:
             d = tree.files[p]
-            # Another holder keeps it owed; this side's doomed paths and the other side's copy
-            # at the same path (which the sync will overwrite with the new content) do not.
+            # Another holder keeps it owed; this side's doomed paths do not, nor does the other
+            # side's copy at the same path (the sync overwrites it with the new content) or at
+            # a path where both sides agreed on it and this side has since moved it away (a
+            # replica of this side's version, which the sync deletes with that move).
             kept = any(
-                not ((s == side and q in doomed) or (s != side and q == p))
+                not (
+                    (s == side and q in doomed)
+                    or (s != side and q == p)
+                    or (s != side and (q, d) in self.agreed and tree.files.get(q) != d)
+                )
                 for s in SIDES
                 for q in trees[s].holders(d)
             )
@@ -139,6 +151,7 @@ class Model:
         left there; the new folder's files are the user's own."""
         for d in [d for d in self.owed if d not in local.files.values()]:
             del self.owed[d]
+        self.agreed = set()  # a first sync with the new folder
         for path, d in new_remote.files.items():
             self.owed.setdefault(d, Version("remote", path, step))
 

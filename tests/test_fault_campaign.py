@@ -383,6 +383,17 @@ def test_oracle_owes_concurrent_writes_and_forgets_superseded_ones() -> None:
     assert len(lost) == 1 and lost[0].startswith("lost: the version written on remote at f")
 
 
+def test_oracle_forgets_a_version_moved_here_then_overwritten() -> None:
+    model = Model()
+    model.wrote("remote", "f", "v", 1)
+    synced = tree({"f": "v"})
+    model.settled(synced, synced)
+    # Local renames f to g, then overwrites g: the remote's f is only a replica of what local
+    # moved away (the sync deletes it), so v is superseded.
+    model.replaced("local", "g", {"local": tree({"g": "v"}), "remote": synced})
+    assert "v" not in model.owed
+
+
 def test_oracle_keeps_a_version_renamed_on_the_other_side() -> None:
     model = Model()
     model.wrote("local", "f", "v", 1)
@@ -459,6 +470,8 @@ def resolve_halt(camp: Campaign, previous: dict) -> None:
     problems = excused(report)
     halted = str(report.get("status", "")).startswith("halted")
     camp.verify(before, settled=code == 0 and not halted, problems=problems)
+    if code == 0 and not halted:
+        camp.model.settled(*camp.trees().values())
 
 
 def excused(report: dict) -> frozenset[str]:
@@ -484,6 +497,8 @@ def run_cli_campaign(camp: Campaign, steps: int) -> None:
         halted = str(report.get("status", "")).startswith("halted")
         problems = excused(report)
         camp.verify(before, settled=code == 0 and not halted, problems=problems)
+        if code == 0 and not halted:
+            camp.model.settled(*camp.trees().values())
         if code not in (0, 1):
             raise AssertionError(camp.failure([f"sync failed: exit {code} {report}"]))
         if halted:
@@ -646,6 +661,7 @@ def settle(camp: Campaign, daemon: DaemonRunner) -> None:
     while not _agree(camp, problems) and time.monotonic() < deadline:
         time.sleep(0.1)  # a host edit may still be on its way in
     camp.verify(before, settled=True, problems=problems)
+    camp.model.settled(*camp.trees().values())
 
 
 def _daemon(tmp: Path, sshd: SshServer, steps: int) -> None:
