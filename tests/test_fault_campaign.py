@@ -580,7 +580,7 @@ class DaemonRunner:
         done = tether(self.cwd, "sync", "--json", *extra)
         text = done.stdout
         report = json.loads(text)["pairs"][0] if text.strip().startswith("{") else {}
-        if done.returncode not in (0, 1):
+        if done.returncode not in (0, 1) or not report:
             report = {"status": "error", "message": done.stderr.strip()}
         return done.returncode, report
 
@@ -644,7 +644,9 @@ def settle(camp: Campaign, daemon: DaemonRunner) -> None:
     before = camp.trees()
     code, report = daemon.sync()
     camp.syncs += 1
-    camp.note(f"sync (through the agent): exit {code}, {report.get('status')}")
+    camp.note(
+        f"sync (through the agent): exit {code}, {report.get('status')} {report.get('message', '')}"
+    )
     if str(report.get("status", "")).startswith("halted"):
         camp.halts += 1
         camp.verify(before, settled=False, problems=frozenset())
