@@ -647,7 +647,9 @@ def settle(camp: Campaign, daemon: DaemonRunner) -> None:
     camp.note(
         f"sync (through the agent): exit {code}, {report.get('status')} {report.get('message', '')}"
     )
-    if str(report.get("status", "")).startswith("halted"):
+    # The agent answers for a pair it holds halted with its one-line error, not a report.
+    halted_there = " is halted: " in str(report.get("message", ""))
+    if str(report.get("status", "")).startswith("halted") or halted_there:
         camp.halts += 1
         camp.verify(before, settled=False, problems=frozenset())
         code, report = daemon.sync("--accept-empty")
