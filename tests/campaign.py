@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SIDES = ("local", "remote")
+CONFLICT_TAG = re.compile(r"\.conflict-(?:local|remote)-\d{8}-\d{6}(?:-\d+)?")
+"""What a conflict copy adds to the name it steps aside from (``stem<tag>.ext``)."""
 TEMP_NAME = re.compile(r"^\..*\.tether-[0-9a-f]{8,12}\.tmp$")
 """tether's staged files (the agent's 8 hex digits, the SFTP endpoint's 12)."""
 
@@ -109,6 +111,12 @@ class Model:
     owed: dict[str, Version] = field(default_factory=dict)
     written: Counter[str] = field(default_factory=Counter)
     """Versions written, by side (the campaign's figure)."""
+    agreed: set[tuple[str, str]] = field(default_factory=set)
+    """(path, version) pairs both sides held when the last sync finished."""
+
+    def settled(self, local: Tree, remote: Tree) -> None:
+        """A sync finished: what both sides hold alike is the pair's agreed state."""
+        self.agreed = {(p, d) for p, d in local.files.items() if remote.files.get(p) == d}
 
     def wrote(self, side: str, path: str, new: str, step: int) -> None:
         """A user on ``side`` wrote content ``new`` at ``path`` (call :meth:`replaced` first)."""
@@ -122,10 +130,16 @@ class Model:
         doomed = tree.subtree(path)
         for p in doomed:
             d = tree.files[p]
-            # Another holder keeps it owed; this side's doomed paths and the other side's copy
-            # at the same path (which the sync will overwrite with the new content) do not.
+            # Another holder keeps it owed; this side's doomed paths do not, nor does the other
+            # side's copy at the same path (the sync overwrites it with the new content) or at
+            # a path where both sides agreed on it and this side has since moved it away (a
+            # replica of this side's version, which the sync deletes with that move).
             kept = any(
-                not ((s == side and q in doomed) or (s != side and q == p))
+                not (
+                    (s == side and q in doomed)
+                    or (s != side and q == p)
+                    or (s != side and (q, d) in self.agreed and tree.files.get(q) != d)
+                )
                 for s in SIDES
                 for q in trees[s].holders(d)
             )
@@ -137,6 +151,7 @@ class Model:
         left there; the new folder's files are the user's own."""
         for d in [d for d in self.owed if d not in local.files.values()]:
             del self.owed[d]
+        self.agreed = set()  # a first sync with the new folder
         for path, d in new_remote.files.items():
             self.owed.setdefault(d, Version("remote", path, step))
 
@@ -173,7 +188,9 @@ def check(
     for side in SIDES:
         for path, resolved in sorted(trees[side].escaping.items()):
             target = trees[side].links[path]
-            if before[side].links.get(path) != target:
+            if before[side].links.get(path) != target and not _moved_aside(
+                before[side], path, target, resolved
+            ):
                 out.append(
                     f"escape: the sync left {side} link {path} -> {target}, which resolves "
                     f"outside the root ({resolved})"
@@ -184,6 +201,19 @@ def check(
     if settled:
         out.extend(_disagreements(trees["local"], trees["remote"], problems))
     return out
+
+
+def _moved_aside(before: Tree, path: str, target: str, resolved: str) -> bool:
+    """The user's own escaping link, which a conflict moved aside with its folder (or alone):
+    the same text stood at the name the copy had before, escaping to the same place. A rename
+    within one folder keeps every ``..`` of the link's chain where it was, so it still points
+    where the user pointed it; the sync made no escape (it never copies such a link across)."""
+    origin = "/".join(CONFLICT_TAG.sub("", part) for part in path.split("/"))
+    return (
+        origin != path
+        and before.links.get(origin) == target
+        and before.escaping.get(origin) == resolved
+    )
 
 
 def _disagreements(local: Tree, remote: Tree, problems: frozenset[str]) -> list[str]:

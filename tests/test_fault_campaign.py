@@ -126,6 +126,9 @@ class Campaign:
         """One user action (on ``side``, else a random one), recorded in the model and log."""
         self.step += 1
         side = side or self.rng.choice(SIDES)
+        if not self.root(side).is_dir():  # a fresh remote folder tether has not made yet
+            self.root(side).mkdir(parents=True)
+            self.note(f"{side}: the user makes the root folder first")
         kinds = [k for k in ACTIONS if k not in self.skipped]
         kind = self.rng.choices(kinds, weights=[ACTIONS[k] for k in kinds])[0]
         done = getattr(self, "_" + kind.replace("-", "_"))(side)
@@ -380,6 +383,17 @@ def test_oracle_owes_concurrent_writes_and_forgets_superseded_ones() -> None:
     assert len(lost) == 1 and lost[0].startswith("lost: the version written on remote at f")
 
 
+def test_oracle_forgets_a_version_moved_here_then_overwritten() -> None:
+    model = Model()
+    model.wrote("remote", "f", "v", 1)
+    synced = tree({"f": "v"})
+    model.settled(synced, synced)
+    # Local renames f to g, then overwrites g: the remote's f is only a replica of what local
+    # moved away (the sync deletes it), so v is superseded.
+    model.replaced("local", "g", {"local": tree({"g": "v"}), "remote": synced})
+    assert "v" not in model.owed
+
+
 def test_oracle_keeps_a_version_renamed_on_the_other_side() -> None:
     model = Model()
     model.wrote("local", "f", "v", 1)
@@ -401,20 +415,42 @@ def test_oracle_flags_escaping_links_the_sync_made_temps_and_divergence() -> Non
     assert verdict(Model(), tree({"a": "1"}), tree({"a": "2"}))[0].startswith("diverged: file a")
 
 
+def test_oracle_leaves_a_users_escaping_link_moved_aside_with_its_folder_alone() -> None:
+    tag = ".conflict-local-20250101-000000"
+    before = {"local": tree({}, {"a/out": "/etc"}), "remote": tree({"a": "host"})}
+
+    def escapes(local: Tree, remote: Tree) -> list[str]:
+        return [v for v in verdict(Model(), local, remote, before) if v.startswith("escape")]
+
+    moved = tree({"a": "host"}, {f"a{tag}/out": "/etc"})
+    assert escapes(moved, tree({"a": "host"})) == []
+    # Copied across, or with another text, it is the sync's link: flagged.
+    assert escapes(moved, tree({"a": "host"}, {f"a{tag}/out": "/etc"})) == [
+        f"escape: the sync left remote link a{tag}/out -> /etc, which resolves outside the "
+        "root (/elsewhere)"
+    ]
+    assert len(escapes(tree({"a": "host"}, {f"a{tag}/out": "/root"}), tree({"a": "host"}))) == 1
+
+
 # -- the CLI flavour ----------------------------------------------------------------------------
 
 
 def cli_sync(config: Path, *extra: str) -> tuple[int, dict]:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(io.StringIO()):
+    """One ``tether sync --json``: its exit code and the pair's report (a sync that printed no
+    report yields its one-line message as status "error", so the log says what went wrong)."""
+    buf, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
         code = main(["--config", str(config), "sync", "--json", *extra])
     text = buf.getvalue()
-    return code, (json.loads(text)["pairs"][0] if text.strip().startswith("{") else {})
+    if text.strip().startswith("{"):
+        return code, json.loads(text)["pairs"][0]
+    return code, {"status": "error", "message": err.getvalue().strip()}
 
 
-def resolve_halt(camp: Campaign) -> None:
-    """What a user does about a halt: a retarget they just made is undone (the folder they
-    pointed at was not the one they meant); otherwise they did empty that side, and accept."""
+def resolve_halt(camp: Campaign, previous: dict) -> None:
+    """What a user does about the halt ``previous`` reported: a retarget they just made is
+    undone (the folder they pointed at was not the one they meant); otherwise they did empty
+    that side, or delete most of it, and accept."""
     before = camp.trees()
     if camp.retargeted and camp.last_retarget is not None:
         camp.remote = camp.last_retarget
@@ -424,13 +460,18 @@ def resolve_halt(camp: Campaign) -> None:
         before = camp.trees()
         code, report = cli_sync(camp.config)
     else:
-        camp.note("halted: the user accepts (sync --accept-empty)")
-        code, report = cli_sync(camp.config, "--accept-empty")
+        accept = "--accept-empty"
+        if previous.get("status") == "halted-big-deletion":
+            accept = "--accept-deletes"  # the user did delete most of one side
+        camp.note(f"halted: the user accepts (sync {accept})")
+        code, report = cli_sync(camp.config, accept)
     camp.syncs += 1
     camp.note(f"sync: exit {code}, {report.get('status')} {report.get('message', '')}")
     problems = excused(report)
     halted = str(report.get("status", "")).startswith("halted")
     camp.verify(before, settled=code == 0 and not halted, problems=problems)
+    if code == 0 and not halted:
+        camp.model.settled(*camp.trees().values())
 
 
 def excused(report: dict) -> frozenset[str]:
@@ -456,11 +497,13 @@ def run_cli_campaign(camp: Campaign, steps: int) -> None:
         halted = str(report.get("status", "")).startswith("halted")
         problems = excused(report)
         camp.verify(before, settled=code == 0 and not halted, problems=problems)
+        if code == 0 and not halted:
+            camp.model.settled(*camp.trees().values())
         if code not in (0, 1):
             raise AssertionError(camp.failure([f"sync failed: exit {code} {report}"]))
         if halted:
             camp.halts += 1
-            resolve_halt(camp)
+            resolve_halt(camp, report)
         camp.retargeted = False
 
 
@@ -537,7 +580,7 @@ class DaemonRunner:
         done = tether(self.cwd, "sync", "--json", *extra)
         text = done.stdout
         report = json.loads(text)["pairs"][0] if text.strip().startswith("{") else {}
-        if done.returncode not in (0, 1):
+        if done.returncode not in (0, 1) or not report:
             report = {"status": "error", "message": done.stderr.strip()}
         return done.returncode, report
 
@@ -601,8 +644,12 @@ def settle(camp: Campaign, daemon: DaemonRunner) -> None:
     before = camp.trees()
     code, report = tether.sync()
     camp.syncs += 1
-    camp.note(f"sync (through the agent): exit {code}, {report.get('status')}")
-    if str(report.get("status", "")).startswith("halted"):
+    camp.note(
+        f"sync (through the agent): exit {code}, {report.get('status')} {report.get('message', '')}"
+    )
+    # The agent answers for a pair it holds halted with its one-line error, not a report.
+    halted_there = " is halted: " in str(report.get("message", ""))
+    if str(report.get("status", "")).startswith("halted") or halted_there:
         camp.halts += 1
         camp.verify(before, settled=False, problems=frozenset())
         code, report = tether.sync("--accept-empty")
@@ -618,6 +665,7 @@ def settle(camp: Campaign, daemon: DaemonRunner) -> None:
     while not _agree(camp, problems) and time.monotonic() < deadline:
         time.sleep(0.1)  # a host edit may still be on its way in
     camp.verify(before, settled=True, problems=problems)
+    camp.model.settled(*camp.trees().values())
 
 
 def _daemon(tmp: Path, sshd: SshServer, steps: int) -> None:

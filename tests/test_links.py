@@ -106,3 +106,39 @@ def test_a_chain_out_of_the_root_is_refused_both_ways(project) -> None:  # noqa:
         assert os.readlink(dest / "x" / "y" / "u") == "../.."
         assert any(p["path"] == f"{mode}/ssh_esc" and "outside the root" in p["message"]
                    for p in report["problems"]), report  # fmt: skip
+
+
+def test_different_escaping_links_at_one_path_are_reported_not_called_agreed(project) -> None:  # noqa: F811
+    """Each side has its own link at one path, each leading out of its root: neither is synced,
+    so the sync reports the path; it used to call the two "the same" (both untracked) and say
+    nothing. The same link on both sides agrees: nothing to report."""
+    tmp, local, remote, _ = project
+    remote.mkdir()
+    os.symlink("/etc", local / "out")
+    os.symlink("/usr", remote / "out")
+    code, report = sync(tmp)
+    assert code == 0, report
+    assert os.readlink(local / "out") == "/etc" and os.readlink(remote / "out") == "/usr"
+    assert [p["path"] for p in report["problems"]] == ["out"], report
+    os.unlink(remote / "out")
+    os.symlink("/etc", remote / "out")
+    code, report = sync(tmp)
+    assert code == 0 and report["problems"] == [], report
+
+
+def test_a_link_through_the_other_sides_escaping_link_is_not_made(project) -> None:  # noqa: F811
+    """``l -> esc`` stays inside here, where ``esc`` leads to a folder of the tree; on the host
+    ``esc`` is the user's link out of the root (never synced). Made there, ``l`` would lead out
+    too: it is refused and reported. The chain used to stop at the host's ``esc`` as if it
+    were a plain name, and the sync made a link that escapes."""
+    tmp, local, remote, _ = project
+    remote.mkdir()
+    (local / "x").mkdir()
+    os.symlink("x", local / "esc")
+    os.symlink("/etc", remote / "esc")
+    os.symlink("esc", local / "l")
+    code, report = sync(tmp)
+    assert code == 0, report
+    assert not os.path.lexists(remote / "l"), report["plan"]
+    assert any(p["path"] == "l" and "outside the root" in p["message"]
+               for p in report["problems"]), report  # fmt: skip

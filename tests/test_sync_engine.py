@@ -180,6 +180,73 @@ def test_two_way_conflict_keeps_both(project) -> None:
     assert not [p for p in os.listdir(remote) if ".conflict-" in p]
 
 
+def test_a_new_local_folder_losing_to_a_host_file_is_kept_and_the_sync_finishes(project) -> None:
+    """A folder made here and a file of the same name made on the host, both new: the folder
+    steps aside as a conflict copy and its files, never hashed by the scan (nothing compared
+    them), are copied from their new name. The digests read on the way belong to the scan's
+    paths, so the base is complete; the sync used to stop with "refusing to save an invalid
+    base" after it had moved and copied everything."""
+    tmp, local, remote, _ = project
+    remote.mkdir()
+    now = time.time()
+    write(local / "a.txt" / "src" / "b.py", "local folder's file", mtime=now - 100)
+    os.utime(local / "a.txt" / "src", (now - 100, now - 100))
+    os.utime(local / "a.txt", (now - 100, now - 100))
+    write(remote / "a.txt", "host file", mtime=now)
+    code, report = sync(tmp)
+    assert code == 0 and report["status"] == "conflicts", report
+    copies = [p for p in os.listdir(local) if ".conflict-local-" in p]
+    assert len(copies) == 1
+    assert (local / copies[0] / "src" / "b.py").read_text() == "local folder's file"
+    assert (local / "a.txt").read_text() == "host file"
+    assert tree(local) == tree(remote)
+    code, again = sync(tmp)  # the base holds the copies: nothing left to do
+    assert code == 0 and again["status"] == "ok" and again["plan"] == [], again
+
+
+def test_a_folder_conflict_copies_what_it_can_and_reports_the_rest(project) -> None:
+    """The losing folder holds a FIFO and a link leading out of the root: it steps aside whole,
+    and only its files travel to the other side. The two others stay where the user has them,
+    reported; neither is opened (a FIFO's read waits for a writer that never comes: the sync
+    used to hang there) nor made on the host."""
+    import threading
+
+    tmp, local, remote, _ = project
+    remote.mkdir()
+    now = time.time()
+    write(local / "a.txt" / "f", "local folder's file", mtime=now - 100)
+    os.symlink("/etc", local / "a.txt" / "out")
+    os.mkfifo(local / "a.txt" / "fifo")
+    os.utime(local / "a.txt", (now - 100, now - 100))
+    write(remote / "a.txt", "host file", mtime=now)
+    opened, done = threading.Event(), threading.Event()
+
+    def free_a_reader() -> None:
+        """If anything opens the FIFO to read, let it go (and remember): never a hang."""
+        while not done.is_set():
+            for fifo in local.glob("a*/fifo"):
+                try:
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                    opened.set()
+                except OSError:
+                    pass  # no reader (ENXIO), or moved aside meanwhile
+            done.wait(0.01)
+
+    watcher = threading.Thread(target=free_a_reader)
+    watcher.start()
+    try:
+        code, report = sync(tmp)
+    finally:
+        done.set()
+        watcher.join()
+    assert not opened.is_set(), "the sync opened the FIFO"
+    assert code == 0 and report["status"] == "conflicts", report
+    [copy] = [p for p in os.listdir(local) if ".conflict-local-" in p]
+    assert (local / copy / "fifo").is_fifo() and os.readlink(local / copy / "out") == "/etc"
+    assert tree(remote) == {"a.txt": "host file", copy: "/", f"{copy}/f": "local folder's file"}
+    assert sorted(p["path"] for p in report["problems"]) == [f"{copy}/fifo", f"{copy}/out"]
+
+
 def test_push_keeps_remote_edit_as_conflict_copy(project) -> None:
     tmp, local, remote, configure = project
     configure("push")

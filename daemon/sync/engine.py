@@ -38,7 +38,16 @@ from .identity import PairIdentity, remote_root
 from .ignore import GITIGNORE, IgnoreRules
 from .links import makes_link, refuse_escaping_links
 from .paths import case_collisions, foreign_name, is_within, parent_of
-from .reconcile import ActionKind, Conflict, Plan, Problem, Side, next_base, reconcile
+from .reconcile import (
+    ActionKind,
+    Conflict,
+    Plan,
+    Problem,
+    Side,
+    next_base,
+    reconcile,
+    scanned_path,
+)
 from .safety import (
     BIG_DELETION_MIN,
     PairStatus,
@@ -676,12 +685,15 @@ class _Session:
         self.progress.transfer_started(len(files), total_bytes(plan.actions))
         t0 = time.monotonic()
         progress: ProgressFn = self.progress.file_done
+        asides = [
+            a for a in plan.actions if a.kind is ActionKind.MOVE_ASIDE and a.side is Side.LOCAL
+        ]
         outcome = await apply_plan(
             plan.actions,
             self.sides,  # type: ignore[arg-type]
             on_progress=progress,
             on_file_bytes=self.progress.file_bytes,
-            on_digest=scanned.learn,
+            on_digest=lambda path, digest: scanned.learn(scanned_path(asides, path), digest),
         )
         report.transfer_s += time.monotonic() - t0
         report.hashed_local += scanned.hashed

@@ -57,6 +57,8 @@ class Entry:
         """True when syncing ``self`` over ``other`` would change nothing a user can see.
 
         Timestamps are ignored: two sides that hold the same bytes agree, whoever wrote them.
+        Untracked entries agree when they say the same (an escaping link names its text): two
+        different links there are a difference the sync must report, not hide.
         """
         if other is None or other.kind is not self.kind:
             return False
@@ -64,6 +66,8 @@ class Entry:
             return self.digest == other.digest and self.executable == other.executable
         if self.kind is EntryKind.SYMLINK:
             return self.target == other.target
+        if self.kind is EntryKind.UNTRACKED:
+            return self.problem == other.problem
         return self.kind is not EntryKind.PROBLEM
 
     def check_valid(self, path: str) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from .entry import Entry, EntryKind
-from .paths import is_within
+from .paths import is_escaping_link, is_within
 from .reconcile import Action, ActionKind, Plan, Problem, Side
 
 MAX_LINKS = 40
@@ -53,6 +53,12 @@ def resolve(tree: Mapping[str, Entry], path: str, *, max_links: int = MAX_LINKS)
             continue
         here = "/".join([*done, part])
         entry = tree.get(here)
+        if (
+            entry is not None
+            and entry.kind is EntryKind.UNTRACKED
+            and is_escaping_link(entry.problem)
+        ):
+            return Resolution(escapes=True, links=(*links, here))  # the user's own, not synced
         if entry is None or entry.kind is not EntryKind.SYMLINK:
             done.append(part)
             continue

@@ -137,6 +137,21 @@ def case_collisions(paths: Iterable[str]) -> list[tuple[str, str]]:
     return clashes
 
 
+ESCAPING_LINK = "symlink escapes the root"
+
+
+def escaping_link_problem(target: str) -> str:
+    """Why a link whose text leads out of the root is untracked, naming that text: both sides
+    say it alike, so two such links at one path agree only when their texts do, and a chain
+    through it knows it leads out (see :func:`is_escaping_link`)."""
+    return f"{ESCAPING_LINK} ({target})"
+
+
+def is_escaping_link(problem: str) -> bool:
+    """Whether an untracked entry's ``problem`` says it is a link leading out of the root."""
+    return problem.startswith(ESCAPING_LINK + " (")
+
+
 def symlink_stays_inside(link_path: str, target: str) -> bool:
     """True when a relative link at ``link_path`` pointing to ``target`` resolves inside the root.
 

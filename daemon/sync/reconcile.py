@@ -297,14 +297,14 @@ class _Reconciler:
             # ...and, in two-way, is copied under the same name to the winner's side.
             if Side.LOCAL in copy_sides and Side.REMOTE in copy_sides:
                 src = self.snap(loser)
-                for sub in _subtree(src, self.kids, path):
+                for sub in self._copyable(src, path, loser, copy):
                     target = copy + sub[len(path) :]
                     self.creates.append(
                         Action(target, winner, ActionKind.COPY, None, src[sub], target)
                     )
         # The winner's version lands at the name on the loser's side (now vacated).
         win = self.snap(winner)
-        for sub in _subtree(win, self.kids, path):
+        for sub in self._copyable(win, path, winner, path):
             self.creates.append(Action(sub, loser, ActionKind.COPY, None, win[sub]))
         self.plan.conflicts.append(
             Conflict(
@@ -316,6 +316,23 @@ class _Reconciler:
                 copy_sides if copy else (),
             )
         )
+
+    def _copyable(self, src: Snapshot, path: str, side: Side, lands: str) -> list[str]:
+        """``path``'s subtree on ``side`` that a conflict copies across; the untracked and
+        unreadable entries in it are reported where they stay (under ``lands``, the name the
+        subtree has after the conflict), never read: a FIFO's read waits forever, and a link
+        leading out of the root must not be made on the other side."""
+        out = []
+        for sub in _subtree(src, self.kids, path):
+            entry = src[sub]
+            if entry.kind in SYNCABLE:
+                out.append(sub)
+            else:
+                why = entry.problem or "untracked"
+                if entry.kind is not EntryKind.PROBLEM:
+                    why = f"not synced ({why})"
+                self.plan.problems.append(Problem(lands + sub[len(path) :], f"{side.value}: {why}"))
+        return out
 
     def _changes(self, root: str, snap: Snapshot) -> tuple[Change, ...]:
         paths = set(_subtree(snap, self.kids, root)) | set(_subtree(self.base, self.kids, root))
@@ -437,8 +454,9 @@ def next_base(base: Snapshot, local: Snapshot, remote: Snapshot, done: list[Acti
         elif action.new is not None:
             new_entry = action.new
             if new_entry.kind is file and not new_entry.digest:
-                # Copied from a file the scan left unhashed: ``local`` has learned its digest.
-                new_entry = local.get(action.source_path, new_entry)
+                # Copied from a file the scan left unhashed: ``local`` has learned its digest,
+                # and ``after`` has it at the name it was read from (a conflict copy's new one).
+                new_entry = after[action.side.other].get(action.source_path, new_entry)
             side[action.path] = new_entry
     for path in {a.path for a in done} | {a.source for a in done if a.source}:
         loc, rem = after[Side.LOCAL].get(path), after[Side.REMOTE].get(path)
@@ -447,6 +465,16 @@ def next_base(base: Snapshot, local: Snapshot, remote: Snapshot, done: list[Acti
         elif loc is None and rem is None:
             new.pop(path, None)
     return prune(new)
+
+
+def scanned_path(asides: list[Action], path: str) -> str:
+    """Where the scan saw ``path``, a name on the side the ``asides`` (MOVE_ASIDE actions of
+    that side) renamed: a file read from a conflict copy was scanned under the name its folder
+    had before, and what is learned about it (its digest) belongs to that scanned entry."""
+    for aside in asides:
+        if is_within(path, aside.source):
+            return aside.path + path[len(aside.source) :]
+    return path
 
 
 def prune(snap: Snapshot) -> Snapshot:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .entry import Entry, EntryKind, Snapshot
 from .ignore import GITIGNORE, IgnoreRules
-from .paths import foreign_name, symlink_stays_inside
+from .paths import escaping_link_problem, foreign_name, symlink_stays_inside
 from .tempnames import is_stale, is_temp, machine_id, pid_alive
 
 _Stat = tuple[int, int, int, int, int]
@@ -171,9 +171,7 @@ def scan_local(
             if symlink_stays_inside(path, target):
                 entries[path] = Entry(EntryKind.SYMLINK, 0, st.st_mtime_ns, 0, target=target)
             else:
-                entries[path] = Entry(
-                    EntryKind.UNTRACKED, problem=f"symlink escapes the root ({target})"
-                )
+                entries[path] = Entry(EntryKind.UNTRACKED, problem=escaping_link_problem(target))
         else:
             entries[path] = Entry(EntryKind.UNTRACKED, problem="not a file, folder or link")
 

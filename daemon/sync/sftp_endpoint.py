@@ -37,7 +37,7 @@ from ..transport.agent_client import (
     WriteItem,
 )
 from .entry import Entry, EntryKind
-from .paths import check_relpath, foreign_name, symlink_stays_inside
+from .paths import check_relpath, escaping_link_problem, foreign_name, symlink_stays_inside
 from .tempnames import is_stale, is_temp, machine_id, pid_alive, temp_name
 
 _READ_CHUNK = 1 << 20
@@ -117,6 +117,8 @@ class SftpEndpoint:
             target = await self.sftp.readlink(full)
             if symlink_stays_inside(rel, target):
                 return Entry(EntryKind.SYMLINK, 0, mtime_ns, 0, target=target)
+            why = escaping_link_problem(target)
+            return Entry(EntryKind.UNTRACKED, 0, mtime_ns, mode & 0o7777, problem=why)
         return Entry(EntryKind.UNTRACKED, 0, mtime_ns, mode & 0o7777)
 
     async def scan(

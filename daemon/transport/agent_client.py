@@ -34,7 +34,7 @@ import asyncssh
 from .. import __version__
 from ..errors import BadHostData, HostUnreachable, RemoteError, TetherError
 from ..sync.entry import Entry, EntryKind, InvalidEntry
-from ..sync.paths import check_relpath, parent_of, symlink_stays_inside
+from ..sync.paths import check_relpath, escaping_link_problem, parent_of, symlink_stays_inside
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +368,8 @@ def validate_entries(raw: dict[str, object]) -> dict[str, Entry]:
         # A name tether's rules refuse (a backslash) may be listed, as untracked: reported only.
         check_relpath(path, foreign_ok=entry.kind is EntryKind.UNTRACKED)
         if entry.kind is EntryKind.SYMLINK and not symlink_stays_inside(path, entry.target):
-            entry = Entry(EntryKind.UNTRACKED, 0, entry.mtime_ns, entry.mode)
+            why = escaping_link_problem(entry.target)
+            entry = Entry(EntryKind.UNTRACKED, 0, entry.mtime_ns, entry.mode, problem=why)
         entries[path] = entry
     return entries
 
