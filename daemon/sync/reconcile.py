@@ -14,6 +14,7 @@ because "absent on one side and absent in the base" is no change at all.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final
@@ -401,12 +402,20 @@ def reconcile(
     return _Reconciler(base, local, remote, mode, now).run()
 
 
-def next_base(base: Snapshot, local: Snapshot, remote: Snapshot, done: list[Action]) -> Snapshot:
+def next_base(
+    base: Snapshot,
+    local: Snapshot,
+    remote: Snapshot,
+    done: list[Action],
+    learned: dict[str, str] | None = None,
+) -> Snapshot:
     """The base after an apply: what both sides agreed on before, plus what actually landed.
 
     ``done`` lists the actions that succeeded (in plan order). A path where the scans already
     agreed joins the base; a path whose action failed keeps its old base entry, so the next sync
-    sees the same difference again and nothing is forgotten.
+    sees the same difference again and nothing is forgotten. ``learned`` (source path → digest)
+    completes a file the scan left unhashed and the apply read whole: the base keeps only
+    hashed files. Pure: neither snapshot is changed.
     """
     new: Snapshot = {}
     file, folder = EntryKind.FILE, EntryKind.DIRECTORY
@@ -436,9 +445,13 @@ def next_base(base: Snapshot, local: Snapshot, remote: Snapshot, done: list[Acti
             new.pop(action.path, None)
         elif action.new is not None:
             new_entry = action.new
-            if new_entry.kind is file and not new_entry.digest:
-                # Copied from a file the scan left unhashed: ``local`` has learned its digest.
-                new_entry = local.get(action.source_path, new_entry)
+            digest = (learned or {}).get(action.source_path)
+            if new_entry.kind is file and not new_entry.digest and digest:
+                # Copied from a file the scan left unhashed: the apply hashed it on the way.
+                new_entry = dataclasses.replace(new_entry, digest=digest)
+                source = after[action.side.other]
+                if source.get(action.source_path) == action.new:
+                    source[action.source_path] = new_entry
             side[action.path] = new_entry
     for path in {a.path for a in done} | {a.source for a in done if a.source}:
         loc, rem = after[Side.LOCAL].get(path), after[Side.REMOTE].get(path)
