@@ -6,15 +6,18 @@ leaves a record that says so ("running" with no end) rather than nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from ..dirs import open_private
 from ..store import SqliteStore
 from ..sync.state import state_dir
-from .remote import exit_status
+from .remote import RunOutcome, exit_status, local_log_path
 
 DB_NAME = "runs.sqlite3"
 
@@ -108,3 +111,55 @@ class RunHistory(SqliteStore):
             RunRecord(*row[:7], json.loads(row[7]), *row[8:])  # type: ignore[misc]
             for row in cursor.fetchall()
         ]
+
+
+class RecordedRun:
+    """A run being recorded: its log file (write the output there) and its open record."""
+
+    def __init__(self, history: RunHistory, record: RunRecord, log: BinaryIO) -> None:
+        self.record, self.log = record, log
+        self._history = history
+
+    def finish(self, outcome: RunOutcome | None) -> None:
+        """Complete the record with how the run ended (None: tether's side failed, "error")."""
+        if outcome is None:
+            self._history.finish(self.record.id, exit_code=None, signal=None, reason="error")
+        else:
+            self._history.finish(
+                self.record.id,
+                exit_code=outcome.exit_code,
+                signal=outcome.signal,
+                reason=outcome.reason,
+            )
+
+
+@contextlib.contextmanager
+def record_run(
+    run_id: str,
+    *,
+    project: str,
+    host: str,
+    pair: str,
+    command: str,
+    trigger: str | None = None,
+    changed: list[str] | None = None,
+    history_path: Path | None = None,
+) -> Iterator[RecordedRun]:
+    """Open the run's private log file and write its "running" record, for the block that
+    follows the run and calls :meth:`RecordedRun.finish`. Every way tether starts a run (the
+    daemon, a trigger, `tether run`, `tether bench`) goes through here, so each leaves the same
+    record; one the block never finishes stays "running" with no end (a run cut short)."""
+    log_path = local_log_path(state_dir(), run_id)
+    with RunHistory(history_path) as history, open_private(log_path, "wb") as log:
+        record = RunRecord(
+            id=run_id,
+            project=project,
+            host=host,
+            pair=pair,
+            command=command,
+            log=str(log_path),
+            trigger=trigger,
+            changed=list(changed or []),
+        )
+        history.begin(record)
+        yield RecordedRun(history, record, log)

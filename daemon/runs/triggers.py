@@ -20,12 +20,10 @@ from typing import Any
 import pathspec
 
 from ..config import Config, OnBusy, TriggerConfig
-from ..dirs import open_private
 from ..errors import TetherError
-from ..sync.state import state_dir
 from ..transport.link import Link
-from .history import RunHistory, RunRecord
-from .remote import RunOutcome, RunSpec, fetch, follow, local_log_path, start
+from .history import record_run
+from .remote import RunOutcome, RunSpec, fetch, follow, start
 
 log = logging.getLogger(__name__)
 
@@ -122,22 +120,17 @@ class TriggerRunner:
         }
 
     async def _execute(self, spec: RunSpec, changed: list[str], stop: asyncio.Event) -> None:
-        log_path = local_log_path(state_dir(), spec.run_id)
         started = time.monotonic()
         outcome: RunOutcome | None = None
-        with RunHistory() as history, open_private(log_path, "wb") as log_file:
-            history.begin(
-                RunRecord(
-                    id=spec.run_id,
-                    project=str(self.config.path),
-                    host=self.host.name,
-                    pair=self.pair.name,
-                    command=spec.display,
-                    log=str(log_path),
-                    trigger=self.trigger.name,
-                    changed=changed,
-                )
-            )
+        with record_run(
+            spec.run_id,
+            project=str(self.config.path),
+            host=self.host.name,
+            pair=self.pair.name,
+            command=spec.display,
+            trigger=self.trigger.name,
+            changed=changed,
+        ) as recorded:
             try:
                 await start(self.link, spec)
                 self._event(
@@ -146,18 +139,13 @@ class TriggerRunner:
                     run=spec.run_id,
                     latency_ms=round((time.monotonic() - started) * 1000, 1),
                 )
-                outcome = await follow(self.link, spec, _appender(log_file), stop=stop)
+                outcome = await follow(self.link, spec, _appender(recorded.log), stop=stop)
             except TetherError as exc:
-                history.finish(spec.run_id, exit_code=None, signal=None, reason="error")
+                recorded.finish(None)
                 self._event("error", f"run {spec.run_id}: {exc.one_line()}", level="error")
                 self.last = {"run": spec.run_id, "reason": "error", "error": exc.one_line()}
             else:
-                history.finish(
-                    spec.run_id,
-                    exit_code=outcome.exit_code,
-                    signal=outcome.signal,
-                    reason=outcome.reason,
-                )
+                recorded.finish(outcome)
                 self.last = {
                     "run": spec.run_id,
                     "reason": outcome.reason,

@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, TunnelConfig, load_config
-from ..dirs import open_private
 from ..errors import NotFound, NotRegistered, TetherError
 from ..results.store import ingest_file
-from ..runs.history import RunHistory, RunRecord
-from ..runs.remote import RunSpec, command_argv, follow, local_log_path, start
+from ..runs.history import RunHistory, record_run
+from ..runs.remote import RunSpec, command_argv, follow, start
 from ..runs.remote import fetch as fetch_paths
 from ..runs.triggers import TriggerRunner
 from ..sync.session import PairSession
@@ -451,18 +450,13 @@ class Daemon:
         spec = RunSpec(host=host, pair=pair_cfg, argv=command_argv(argv, host.python))
         stop = self._stops[spec.run_id] = asyncio.Event()
         chunks: asyncio.Queue[bytes] = asyncio.Queue()
-        log_path = local_log_path(state_dir(), spec.run_id)
-        with RunHistory() as history, open_private(log_path, "wb") as log_file:
-            history.begin(
-                RunRecord(
-                    id=spec.run_id,
-                    project=found.name,
-                    host=host.name,
-                    pair=pair_cfg.name,
-                    command=spec.display,
-                    log=str(log_path),
-                )
-            )
+        with record_run(
+            spec.run_id,
+            project=found.name,
+            host=host.name,
+            pair=pair_cfg.name,
+            command=spec.display,
+        ) as recorded:
             self.bus.emit(
                 {
                     "kind": "run.started",
@@ -475,7 +469,7 @@ class Daemon:
             yield {"event": "started", "run_id": spec.run_id}
 
             def take(chunk: bytes) -> None:
-                log_file.write(chunk)
+                recorded.log.write(chunk)
                 chunks.put_nowait(chunk)
 
             task = asyncio.create_task(follow(link, spec, take, stop=stop))
@@ -494,12 +488,7 @@ class Daemon:
                     stop.set()
                     await asyncio.gather(task, return_exceptions=True)
                 self._stops.pop(spec.run_id, None)
-            history.finish(
-                spec.run_id,
-                exit_code=outcome.exit_code,
-                signal=outcome.signal,
-                reason=outcome.reason,
-            )
+            recorded.finish(outcome)
         if fetch:
             reports = await fetch_paths(found.config, link, pair_cfg, fetch)
             yield {"event": "fetched", "copied": sum(r.copied for r in reports)}

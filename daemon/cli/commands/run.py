@@ -152,11 +152,9 @@ async def _run(config: Config, spec: RunSpec, *, sync: bool, fetch_paths: list[s
     import contextlib
 
     from ...console import console
-    from ...dirs import open_private
-    from ...runs.history import RunHistory, RunRecord
-    from ...runs.remote import fetch, local_log_path, run_to_end
+    from ...runs.history import record_run
+    from ...runs.remote import fetch, run_to_end
     from ...sync.engine import sync_pair
-    from ...sync.state import state_dir
     from ...transport.link import Link
 
     err = console(stderr=True)
@@ -165,7 +163,6 @@ async def _run(config: Config, spec: RunSpec, *, sync: bool, fetch_paths: list[s
     for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    log_path = local_log_path(state_dir(), spec.run_id)
     async with Link(spec.host) as link:
         await link.wait_up(spec.host.connect_timeout_s or 15.0)
         if sync:
@@ -174,30 +171,21 @@ async def _run(config: Config, spec: RunSpec, *, sync: bool, fetch_paths: list[s
                 raise TetherError(f"sync halted: {report.message}", "fix it, or use --no-sync")
             if report.copied or report.deleted:
                 err.print(f"[dim]synced {report.copied} file(s) to {spec.host.name}[/]")
-        with RunHistory() as history, open_private(log_path, "wb") as log_file:
-            history.begin(
-                RunRecord(
-                    id=spec.run_id,
-                    project=str(config.path),
-                    host=spec.host.name,
-                    pair=spec.pair.name,
-                    command=spec.display,
-                    log=str(log_path),
-                )
-            )
+        with record_run(
+            spec.run_id,
+            project=str(config.path),
+            host=spec.host.name,
+            pair=spec.pair.name,
+            command=spec.display,
+        ) as recorded:
 
             def show(chunk: bytes) -> None:
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.buffer.flush()
-                log_file.write(chunk)
+                recorded.log.write(chunk)
 
             outcome = await run_to_end(link, spec, show, stop=stop)
-            history.finish(
-                spec.run_id,
-                exit_code=outcome.exit_code,
-                signal=outcome.signal,
-                reason=outcome.reason,
-            )
+            recorded.finish(outcome)
         if outcome.reason == "stopped":
             err.print(f"[yellow]stopped[/] run {spec.run_id} on {spec.host.name}")
         if fetch_paths:
