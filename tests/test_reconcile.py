@@ -475,3 +475,35 @@ def test_push_and_mirror_make_remote_hold_local(local_edits, remote_edits, mode)
         assert same(new_remote.get(p), e)
     if mode is PairMode.PUSH:  # push never drops a remote version without a conflict copy
         assert before_remote <= contents(new_remote)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(edit, max_size=6), st.lists(edit, max_size=6), st.sampled_from(ALL), st.data()
+)  # fmt: skip
+def test_next_base_takes_learned_digests_and_changes_no_snapshot(
+    local_edits, remote_edits, mode, data
+) -> None:
+    """A local scan leaves files only this side has unhashed (nothing compares them); the apply
+    hashes them as it copies and returns the digests. The base must come out the same as from a
+    fully hashed scan, from those arguments alone, with no snapshot changed in place."""
+    local: Snapshot = {}
+    remote: Snapshot = {}
+    clock = [0]
+    for op, path, text in local_edits:
+        do_edit(local, op, path, text, clock)
+    for op, path, text in remote_edits:
+        do_edit(remote, op, path, text, clock)
+    only_here = sorted(p for p, e in local.items() if e.kind is EntryKind.FILE and p not in remote)
+    hidden = data.draw(st.sets(st.sampled_from(only_here))) if only_here else set()
+    scanned = {p: replace(e, digest="") if p in hidden else e for p, e in local.items()}
+    kept_local, kept_remote = dict(scanned), dict(remote)
+    plan = reconcile({}, scanned, remote, mode, now=STAMP)
+    learned = {p: local[p].digest for p in hidden}
+
+    got = next_base({}, scanned, remote, plan.actions, learned)
+
+    want = next_base({}, local, remote, reconcile({}, local, remote, mode, now=STAMP).actions)
+    assert got == want
+    assert all(e.digest for e in got.values() if e.kind is EntryKind.FILE)
+    assert scanned == kept_local and remote == kept_remote

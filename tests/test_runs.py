@@ -14,8 +14,16 @@ from pathlib import Path
 import pytest
 from tether.config import load_config
 from tether.errors import BadHostData, UsageError
-from tether.runs.history import RunHistory
-from tether.runs.remote import RunSpec, command_argv, exit_status, follow, signal_number, start
+from tether.runs.history import RunHistory, record_run
+from tether.runs.remote import (
+    RunOutcome,
+    RunSpec,
+    command_argv,
+    exit_status,
+    follow,
+    signal_number,
+    start,
+)
 from tether.transport.link import Link
 
 from tests.faultproxy import FaultProxy
@@ -229,3 +237,32 @@ def test_a_venv_missing_on_the_host_is_a_one_line_error(
     assert result.returncode == 1 and "ran" not in result.stdout
     assert f"venv {tmp_path}/no-venv does not exist" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_record_run_keeps_a_running_record_and_a_private_log_until_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
+    with record_run("r1", project="p", host="h", pair="main", command="echo hi") as run:
+        run.log.write(b"hi\n")
+        with RunHistory() as history:
+            begun = history.get("r1")
+        run.finish(RunOutcome("r1", exit_code=3, signal=None, duration_s=0.1))
+    with record_run(
+        "r2", project="p", host="h", pair="main", command="x", trigger="t", changed=["a.py"]
+    ) as failed:
+        failed.finish(None)  # tether's side failed before the run had an outcome
+    with record_run("r3", project="p", host="h", pair="main", command="y"):
+        pass  # cut short: never finished
+
+    assert begun is not None and begun.reason == "running" and begun.ended is None
+    log = Path(run.record.log)
+    assert log.read_bytes() == b"hi\n"
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    with RunHistory() as history:
+        done, error, cut = history.get("r1"), history.get("r2"), history.get("r3")
+    assert done is not None and (done.reason, done.exit_code, done.status) == ("exited", 3, 3)
+    assert done.log == str(log) and done.command == "echo hi" and done.ended is not None
+    assert error is not None and (error.reason, error.exit_code) == ("error", None)
+    assert (error.trigger, error.changed) == ("t", ["a.py"])
+    assert cut is not None and (cut.reason, cut.ended) == ("running", None)

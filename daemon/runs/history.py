@@ -6,15 +6,19 @@ leaves a record that says so ("running" with no end) rather than nothing.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from ..store import SqliteStore
+from ..dirs import open_private
+from ..store import OffLoop, SqliteStore
 from ..sync.state import state_dir
-from .remote import exit_status
+from .remote import RunOutcome, exit_status, local_log_path
 
 DB_NAME = "runs.sqlite3"
 
@@ -108,3 +112,101 @@ class RunHistory(SqliteStore):
             RunRecord(*row[:7], json.loads(row[7]), *row[8:])  # type: ignore[misc]
             for row in cursor.fetchall()
         ]
+
+
+def _ended(history: RunHistory, run_id: str, outcome: RunOutcome | None) -> None:
+    """Complete a record with how the run ended (None: tether's side failed, "error")."""
+    if outcome is None:
+        history.finish(run_id, exit_code=None, signal=None, reason="error")
+    else:
+        history.finish(
+            run_id, exit_code=outcome.exit_code, signal=outcome.signal, reason=outcome.reason
+        )
+
+
+class RecordedRun:
+    """A run being recorded: its log file (write the output there) and its open record."""
+
+    def __init__(self, history: RunHistory, record: RunRecord, log: BinaryIO) -> None:
+        self.record, self.log = record, log
+        self._history = history
+
+    def finish(self, outcome: RunOutcome | None) -> None:
+        """Complete the record with how the run ended (None: tether's side failed, "error")."""
+        _ended(self._history, self.record.id, outcome)
+
+
+class RecordedRunOffLoop:
+    """:class:`RecordedRun` for coroutines: the history is written on its store's own thread."""
+
+    def __init__(self, history: OffLoop[RunHistory], record: RunRecord, log: BinaryIO) -> None:
+        self.record, self.log = record, log
+        self._history = history
+
+    async def finish(self, outcome: RunOutcome | None) -> None:
+        """Complete the record with how the run ended (None: tether's side failed, "error")."""
+        await self._history.run(lambda h: _ended(h, self.record.id, outcome))
+
+
+@contextlib.contextmanager
+def record_run(
+    run_id: str,
+    *,
+    project: str,
+    host: str,
+    pair: str,
+    command: str,
+    trigger: str | None = None,
+    changed: list[str] | None = None,
+    history_path: Path | None = None,
+) -> Iterator[RecordedRun]:
+    """Open the run's private log file and write its "running" record, for the block that
+    follows the run and calls :meth:`RecordedRun.finish`. Every way tether starts a run (the
+    daemon, a trigger, `tether run`, `tether bench`) goes through here, so each leaves the same
+    record; one the block never finishes stays "running" with no end (a run cut short)."""
+    log_path = local_log_path(state_dir(), run_id)
+    with RunHistory(history_path) as history, open_private(log_path, "wb") as log:
+        record = RunRecord(
+            id=run_id,
+            project=project,
+            host=host,
+            pair=pair,
+            command=command,
+            log=str(log_path),
+            trigger=trigger,
+            changed=list(changed or []),
+        )
+        history.begin(record)
+        yield RecordedRun(history, record, log)
+
+
+@contextlib.asynccontextmanager
+async def recording_run(
+    run_id: str,
+    *,
+    project: str,
+    host: str,
+    pair: str,
+    command: str,
+    trigger: str | None = None,
+    changed: list[str] | None = None,
+    history_path: Path | None = None,
+) -> AsyncIterator[RecordedRunOffLoop]:
+    """:func:`record_run` for coroutines (the daemon, triggers, `tether run`): the same record
+    and private log, with the log opened and SQLite written off the event loop."""
+    log_path = local_log_path(state_dir(), run_id)
+    record = RunRecord(
+        id=run_id,
+        project=project,
+        host=host,
+        pair=pair,
+        command=command,
+        log=str(log_path),
+        trigger=trigger,
+        changed=list(changed or []),
+    )
+    async with OffLoop(lambda: RunHistory(history_path)) as history:
+        log = await asyncio.to_thread(open_private, log_path, "wb")
+        with log:
+            await history.run(lambda h: h.begin(record))
+            yield RecordedRunOffLoop(history, record, log)

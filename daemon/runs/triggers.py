@@ -20,16 +20,13 @@ from typing import Any
 import pathspec
 
 from ..config import Config, OnBusy, TriggerConfig
-from ..dirs import open_private
 from ..errors import TetherError
 from ..reports.fetch import list_host, tables_for
 from ..reports.fetch import pull as pull_report
 from ..reports.model import Report, changed_since
-from ..store import OffLoop
-from ..sync.state import state_dir
 from ..transport.link import Link
-from .history import RunHistory, RunRecord
-from .remote import RunOutcome, RunSpec, fetch, follow, local_log_path, start
+from .history import recording_run
+from .remote import RunOutcome, RunSpec, fetch, follow, start
 
 log = logging.getLogger(__name__)
 
@@ -126,62 +123,46 @@ class TriggerRunner:
         }
 
     async def _execute(self, spec: RunSpec, changed: list[str], stop: asyncio.Event) -> None:
-        log_path = local_log_path(state_dir(), spec.run_id)
         started = time.monotonic()
         outcome: RunOutcome | None = None
-        record = RunRecord(
-            id=spec.run_id,
+        async with recording_run(
+            spec.run_id,
             project=str(self.config.path),
             host=self.host.name,
             pair=self.pair.name,
             command=spec.display,
-            log=str(log_path),
             trigger=self.trigger.name,
             changed=changed,
-        )
-        async with OffLoop(RunHistory) as history:
-            log_file = await asyncio.to_thread(open_private, log_path, "wb")
-            with log_file:
-                await history.run(lambda h: h.begin(record))
-                before = await self._reports_now() if self.trigger.auto_fetch else None
-                try:
-                    await start(self.link, spec)
-                    self._event(
-                        "started",
-                        f"run {spec.run_id} for {_show(changed)}",
-                        run=spec.run_id,
-                        latency_ms=round((time.monotonic() - started) * 1000, 1),
-                    )
-                    outcome = await follow(self.link, spec, _appender(log_file), stop=stop)
-                except TetherError as exc:
-                    await history.run(
-                        lambda h: h.finish(spec.run_id, exit_code=None, signal=None, reason="error")
-                    )
-                    self._event("error", f"run {spec.run_id}: {exc.one_line()}", level="error")
-                    self.last = {"run": spec.run_id, "reason": "error", "error": exc.one_line()}
-                else:
-                    ended = outcome
-                    await history.run(
-                        lambda h: h.finish(
-                            spec.run_id,
-                            exit_code=ended.exit_code,
-                            signal=ended.signal,
-                            reason=ended.reason,
-                        )
-                    )
-                    self.last = {
-                        "run": spec.run_id,
-                        "reason": outcome.reason,
-                        "status": outcome.status,
-                        "duration_s": round(outcome.duration_s, 3),
-                    }
-                    self._event(
-                        "finished",
-                        f"run {spec.run_id} {outcome.reason} with status "
-                        f"{outcome.status} in {outcome.duration_s:.1f}s",
-                        run=spec.run_id,
-                        status=outcome.status,
-                    )
+        ) as recorded:
+            before = await self._reports_now() if self.trigger.auto_fetch else None
+            try:
+                await start(self.link, spec)
+                self._event(
+                    "started",
+                    f"run {spec.run_id} for {_show(changed)}",
+                    run=spec.run_id,
+                    latency_ms=round((time.monotonic() - started) * 1000, 1),
+                )
+                outcome = await follow(self.link, spec, _appender(recorded.log), stop=stop)
+            except TetherError as exc:
+                await recorded.finish(None)
+                self._event("error", f"run {spec.run_id}: {exc.one_line()}", level="error")
+                self.last = {"run": spec.run_id, "reason": "error", "error": exc.one_line()}
+            else:
+                await recorded.finish(outcome)
+                self.last = {
+                    "run": spec.run_id,
+                    "reason": outcome.reason,
+                    "status": outcome.status,
+                    "duration_s": round(outcome.duration_s, 3),
+                }
+                self._event(
+                    "finished",
+                    f"run {spec.run_id} {outcome.reason} with status "
+                    f"{outcome.status} in {outcome.duration_s:.1f}s",
+                    run=spec.run_id,
+                    status=outcome.status,
+                )
         if outcome is not None and outcome.reason != "stopped" and self.trigger.fetch:
             await self._fetch(spec)
         if outcome is not None and outcome.reason != "stopped" and before is not None:

@@ -24,12 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, TunnelConfig, load_config
-from ..dirs import open_private
 from ..errors import NotFound, NotRegistered, TetherError
 from ..reports.watcher import ReportWatcher
 from ..results.store import ingest_file
-from ..runs.history import RunHistory, RunRecord
-from ..runs.remote import RunSpec, command_argv, follow, local_log_path, start
+from ..runs.history import RunHistory, recording_run
+from ..runs.remote import RunSpec, command_argv, follow, start
 from ..runs.remote import fetch as fetch_paths
 from ..runs.triggers import TriggerRunner
 from ..store import OffLoop
@@ -459,58 +458,45 @@ class Daemon:
         spec = RunSpec(host=host, pair=pair_cfg, argv=command_argv(argv, host.python))
         stop = self._stops[spec.run_id] = asyncio.Event()
         chunks: asyncio.Queue[bytes] = asyncio.Queue()
-        log_path = local_log_path(state_dir(), spec.run_id)
-        record = RunRecord(
-            id=spec.run_id,
+        async with recording_run(
+            spec.run_id,
             project=found.name,
             host=host.name,
             pair=pair_cfg.name,
             command=spec.display,
-            log=str(log_path),
-        )
-        async with OffLoop(RunHistory) as history:
-            log_file = await asyncio.to_thread(open_private, log_path, "wb")
-            with log_file:
-                await history.run(lambda h: h.begin(record))
-                self.bus.emit(
-                    {
-                        "kind": "run.started",
-                        "project": found.name,
-                        "run": spec.run_id,
-                        "message": f"{spec.display} (tether run)",
-                    }
-                )
-                await start(link, spec)
-                yield {"event": "started", "run_id": spec.run_id}
+        ) as recorded:
+            self.bus.emit(
+                {
+                    "kind": "run.started",
+                    "project": found.name,
+                    "run": spec.run_id,
+                    "message": f"{spec.display} (tether run)",
+                }
+            )
+            await start(link, spec)
+            yield {"event": "started", "run_id": spec.run_id}
 
-                def take(chunk: bytes) -> None:
-                    log_file.write(chunk)
-                    chunks.put_nowait(chunk)
+            def take(chunk: bytes) -> None:
+                recorded.log.write(chunk)
+                chunks.put_nowait(chunk)
 
-                task = asyncio.create_task(follow(link, spec, take, stop=stop))
-                try:
-                    while not (task.done() and chunks.empty()):
-                        getter = asyncio.ensure_future(chunks.get())
-                        await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                        if getter.done():
-                            data = base64.b64encode(getter.result()).decode()
-                            yield {"event": "output", "data": data}
-                        else:
-                            getter.cancel()
-                    outcome = task.result()
-                finally:  # the client left (or we were cancelled): the run must not outlive that
-                    if not task.done():
-                        stop.set()
-                        await asyncio.gather(task, return_exceptions=True)
-                    self._stops.pop(spec.run_id, None)
-                await history.run(
-                    lambda h: h.finish(
-                        spec.run_id,
-                        exit_code=outcome.exit_code,
-                        signal=outcome.signal,
-                        reason=outcome.reason,
-                    )
-                )
+            task = asyncio.create_task(follow(link, spec, take, stop=stop))
+            try:
+                while not (task.done() and chunks.empty()):
+                    getter = asyncio.ensure_future(chunks.get())
+                    await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter.done():
+                        data = base64.b64encode(getter.result()).decode()
+                        yield {"event": "output", "data": data}
+                    else:
+                        getter.cancel()
+                outcome = task.result()
+            finally:  # the client left (or we were cancelled): the run must not outlive that
+                if not task.done():
+                    stop.set()
+                    await asyncio.gather(task, return_exceptions=True)
+                self._stops.pop(spec.run_id, None)
+            await recorded.finish(outcome)
         if fetch:
             reports = await fetch_paths(found.config, link, pair_cfg, fetch)
             yield {"event": "fetched", "copied": sum(r.copied for r in reports)}

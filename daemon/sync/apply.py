@@ -48,9 +48,13 @@ BATCHES_IN_FLIGHT = 4
 
 @dataclass
 class Outcome:
-    """What an apply did: the actions that landed, and what did not."""
+    """What an apply did, path by path: the actions that landed, the digests it learned, and
+    what did not land. :func:`~tether.sync.reconcile.next_base` takes these as its arguments."""
 
     done: list[Action] = field(default_factory=list)
+    """The actions that landed, in plan order."""
+    learned: dict[str, str] = field(default_factory=dict)
+    """Source path → sha256 of each file that landed from an entry the scan left unhashed."""
     problems: list[Problem] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     """Paths found different from the scan: rescan before trying again."""
@@ -78,16 +82,61 @@ async def apply_plan(
     in_flight: int = IN_FLIGHT,
 ) -> Outcome:
     """Run ``actions`` (in reconcile's order) against ``sides``; never raises for one path."""
-    out = Outcome()
-    failed: list[tuple[Where, str]] = []
-    total = total_bytes(actions)
-    big = asyncio.Semaphore(BIG_IN_FLIGHT)
+    run = _Apply(sides, total_bytes(actions), on_progress, on_digest, on_file_bytes)
+    asides = [a for a in actions if a.kind is ActionKind.MOVE_ASIDE]
+    deletes = [a for a in actions if a.kind is ActionKind.DELETE]
+    copies = [a for a in actions if a.kind is ActionKind.COPY and a.new is not None]
+    dirs = [a for a in copies if a.new is not None and a.new.kind is EntryKind.DIRECTORY]
+    leaves = [a for a in copies if a.new is not None and a.new.kind is not EntryKind.DIRECTORY]
 
-    def blocked(a: Action) -> bool:
-        return any(side is a.side and is_within(a.path, p) for side, p in failed)
+    await run.all_of(asides)
+    for depth in sorted({a.path.count("/") for a in deletes}, reverse=True):
+        await run.all_of([a for a in deletes if a.path.count("/") == depth])
+    for depth in sorted({a.path.count("/") for a in dirs}):
+        await run.all_of([a for a in dirs if a.path.count("/") == depth])
 
-    def fail(a: Action, exc: OpFailed) -> None:
-        failed.append((a.side, a.path))
+    small = [a for a in leaves if _batchable(a)]
+    rest = [a for a in leaves if not _batchable(a)]
+    groups = [g for w in Where for g in _batches([a for a in small if a.side is w])]
+    sem = asyncio.Semaphore(in_flight)
+    await asyncio.gather(
+        _lanes(groups, run.many, BATCHES_IN_FLIGHT),
+        _lanes(rest, lambda a: run.one(a, sem), in_flight),
+    )
+    out = run.out
+    # Keep plan order in ``done`` (next_base replays it).
+    rank = {id(a): i for i, a in enumerate(actions)}
+    out.done.sort(key=lambda a: rank[id(a)])
+    return out
+
+
+class _Apply:
+    """One apply's running state: the outcome it builds and the subtrees that failed (an action
+    below a failed path on the same side is skipped: its parent is not what the plan expects)."""
+
+    def __init__(
+        self,
+        sides: dict[Where, Side],
+        total: int,
+        on_progress: ProgressFn | None,
+        on_digest: DigestFn | None,
+        on_file_bytes: FileBytesFn | None,
+    ) -> None:
+        self.sides, self.total = sides, total
+        self.on_progress, self.on_digest, self.on_file_bytes = on_progress, on_digest, on_file_bytes
+        self.out = Outcome()
+        self.failed: list[tuple[Where, str]] = []
+        self.big = asyncio.Semaphore(BIG_IN_FLIGHT)
+
+    def skipped(self, a: Action) -> bool:
+        """A full disk stopped the apply, or ``a`` lies below a path that failed on its side."""
+        return self.out.fatal is not None or any(
+            side is a.side and is_within(a.path, p) for side, p in self.failed
+        )
+
+    def fail(self, a: Action, exc: OpFailed) -> None:
+        out = self.out
+        self.failed.append((a.side, a.path))
         out.problems.append(Problem(a.path, f"{a.side.value}: {exc.message}"))
         if exc.kind in RESCAN_KINDS:
             out.changed.append(a.path)
@@ -97,10 +146,29 @@ async def apply_plan(
                 "free some space there and run `tether sync` again; nothing partial was kept",
             )
 
-    async def one(a: Action, sem: asyncio.Semaphore | None = None) -> None:
-        if out.fatal is not None or blocked(a):
+    def landed(self, a: Action, digest: str) -> None:
+        """A file is in place with content ``digest``."""
+        out, new = self.out, a.new
+        assert new is not None
+        if not new.digest:
+            out.learned[a.source_path] = digest
+            if self.on_digest is not None:
+                self.on_digest(a.source_path, digest)
+        out.files += 1
+        out.bytes += new.size
+        out.done.append(a)
+        if self.on_progress is not None:
+            self.on_progress(a.path, out.bytes, self.total)
+
+    async def all_of(self, group: list[Action]) -> None:
+        """Every action of ``group`` at once (one phase: asides, a depth of deletes or folders)."""
+        if group:
+            await asyncio.gather(*(self.one(a) for a in group))
+
+    async def one(self, a: Action, sem: asyncio.Semaphore | None = None) -> None:
+        if self.skipped(a):
             return
-        here, there = sides[a.side], sides[a.side.other]
+        here = self.sides[a.side]
         try:
             if a.kind is ActionKind.MOVE_ASIDE:
                 assert a.old is not None
@@ -108,7 +176,7 @@ async def apply_plan(
             elif a.kind is ActionKind.DELETE:
                 assert a.old is not None
                 await here.delete(a.path, a.old)
-                out.deleted += 1
+                self.out.deleted += 1
             else:
                 new = a.new
                 assert new is not None
@@ -118,57 +186,43 @@ async def apply_plan(
                     await here.symlink(a.path, new.target, a.old)
                 else:
                     assert sem is not None
-                    report = None
-                    if on_file_bytes is not None:
-                        path, size = a.path, new.size
-                        report = lambda done: on_file_bytes(path, done, size)  # noqa: E731
-                    gate = big if new.size > BIG_FILE else contextlib.nullcontext()
-                    async with sem, gate:
-                        if new.size <= CHUNK:  # one frame: read whole, one write, one reply
-                            content = await there.read(a.source_path, new)
-                            await here.write(a.path, content, new, a.old)
-                            digest = content.digest
-                        else:
-                            try:
-                                digest = await copy_file(
-                                    there, here, a.source_path, a.path, new, a.old, report
-                                )
-                            except SourceChanged as exc:
-                                raise OpFailed("changed", str(exc), a.source_path) from exc
-                    learn(a, digest)
-                    out.files += 1
-                    out.bytes += new.size
-                    if on_progress is not None:
-                        on_progress(a.path, out.bytes, total)
+                    self.landed(a, await self.file(a, sem))
+                    return
         except OpFailed as exc:
-            fail(a, exc)
+            self.fail(a, exc)
             return
-        out.done.append(a)
+        self.out.done.append(a)
 
-    def learn(a: Action, digest: str) -> None:
-        if on_digest is not None and a.new is not None and not a.new.digest:
-            on_digest(a.source_path, digest)
+    async def file(self, a: Action, sem: asyncio.Semaphore) -> str:
+        """Copy one file (not batched) and return its digest; raises :class:`OpFailed`."""
+        here, there, new = self.sides[a.side], self.sides[a.side.other], a.new
+        assert new is not None
+        report = None
+        if self.on_file_bytes is not None:
+            on_bytes, path, size = self.on_file_bytes, a.path, new.size
+            report = lambda done: on_bytes(path, done, size)  # noqa: E731
+        gate = self.big if new.size > BIG_FILE else contextlib.nullcontext()
+        async with sem, gate:
+            if new.size <= CHUNK:  # one frame: read whole, one write, one reply
+                content = await there.read(a.source_path, new)
+                await here.write(a.path, content, new, a.old)
+                return content.digest
+            try:
+                return await copy_file(there, here, a.source_path, a.path, new, a.old, report)
+            except SourceChanged as exc:
+                raise OpFailed("changed", str(exc), a.source_path) from exc
 
-    def landed(a: Action, content: Content) -> None:
-        assert a.new is not None
-        learn(a, content.digest)
-        out.files += 1
-        out.bytes += a.new.size
-        out.done.append(a)
-        if on_progress is not None:
-            on_progress(a.path, out.bytes, total)
-
-    async def many(group: list[Action]) -> None:
+    async def many(self, group: list[Action]) -> None:
         """Small files for one side: read them all, write them in one request."""
-        group = [a for a in group if out.fatal is None and not blocked(a)]
+        group = [a for a in group if not self.skipped(a)]
         if not group:
             return
-        here, there = sides[group[0].side], sides[group[0].side.other]
+        here, there = self.sides[group[0].side], self.sides[group[0].side.other]
         read = await there.read_many([(a.source_path, a.new) for a in group])  # type: ignore[arg-type]
         ready: list[tuple[Action, Content]] = []
         for a, content in zip(group, read, strict=True):
             if isinstance(content, OpFailed):
-                fail(a, content)
+                self.fail(a, content)
             else:
                 ready.append((a, content))
         if not ready:
@@ -178,64 +232,40 @@ async def apply_plan(
             results = await here.write_many(files)  # type: ignore[arg-type]
         except OpFailed as exc:  # the whole request failed (not one file)
             for a, _ in ready:
-                fail(a, exc)
+                self.fail(a, exc)
             return
         for (a, content), result in zip(ready, results, strict=True):
             if isinstance(result, OpFailed):
-                fail(a, result)
+                self.fail(a, result)
             else:
-                landed(a, content)
+                self.landed(a, content.digest)
 
-    def batches(group: list[Action]) -> Iterator[list[Action]]:
-        chunk: list[Action] = []
-        size = 0
-        for a in group:
-            assert a.new is not None
-            if chunk and (size + a.new.size > BATCH_BYTES or len(chunk) >= BATCH_FILES):
-                yield chunk
-                chunk, size = [], 0
-            chunk.append(a)
-            size += a.new.size
-        if chunk:
+
+def _batchable(a: Action) -> bool:
+    return a.new is not None and a.new.kind is EntryKind.FILE and a.new.size <= SMALL_FILE
+
+
+def _batches(group: list[Action]) -> Iterator[list[Action]]:
+    """``group`` cut into batches of at most :data:`BATCH_BYTES` and :data:`BATCH_FILES`."""
+    chunk: list[Action] = []
+    size = 0
+    for a in group:
+        assert a.new is not None
+        if chunk and (size + a.new.size > BATCH_BYTES or len(chunk) >= BATCH_FILES):
             yield chunk
+            chunk, size = [], 0
+        chunk.append(a)
+        size += a.new.size
+    if chunk:
+        yield chunk
 
-    async def lanes(items: Iterable[Any], work: Callable[[Any], Awaitable[None]], n: int) -> None:
-        """``work`` on every item, at most ``n`` at a time (no task per item up front)."""
-        it = iter(items)
 
-        async def lane() -> None:
-            for item in it:
-                await work(item)
+async def _lanes(items: Iterable[Any], work: Callable[[Any], Awaitable[None]], n: int) -> None:
+    """``work`` on every item, at most ``n`` at a time (no task per item up front)."""
+    it = iter(items)
 
-        await asyncio.gather(*(lane() for _ in range(n)))
+    async def lane() -> None:
+        for item in it:
+            await work(item)
 
-    async def batch(group: list[Action], sem: asyncio.Semaphore | None = None) -> None:
-        if group:
-            await asyncio.gather(*(one(a, sem) for a in group))
-
-    asides = [a for a in actions if a.kind is ActionKind.MOVE_ASIDE]
-    deletes = [a for a in actions if a.kind is ActionKind.DELETE]
-    copies = [a for a in actions if a.kind is ActionKind.COPY and a.new is not None]
-    dirs = [a for a in copies if a.new is not None and a.new.kind is EntryKind.DIRECTORY]
-    leaves = [a for a in copies if a.new is not None and a.new.kind is not EntryKind.DIRECTORY]
-
-    await batch(asides)
-    for depth in sorted({a.path.count("/") for a in deletes}, reverse=True):
-        await batch([a for a in deletes if a.path.count("/") == depth])
-    for depth in sorted({a.path.count("/") for a in dirs}):
-        await batch([a for a in dirs if a.path.count("/") == depth])
-
-    def batchable(a: Action) -> bool:
-        return a.new is not None and a.new.kind is EntryKind.FILE and a.new.size <= SMALL_FILE
-
-    small = [a for a in leaves if batchable(a)]
-    rest = [a for a in leaves if not batchable(a)]
-    groups = [g for w in Where for g in batches([a for a in small if a.side is w])]
-    sem = asyncio.Semaphore(in_flight)
-    await asyncio.gather(
-        lanes(groups, many, BATCHES_IN_FLIGHT), lanes(rest, lambda a: one(a, sem), in_flight)
-    )
-    # Keep plan order in ``done`` (next_base replays it).
-    rank = {id(a): i for i, a in enumerate(actions)}
-    out.done.sort(key=lambda a: rank[id(a)])
-    return out
+    await asyncio.gather(*(lane() for _ in range(n)))

@@ -97,6 +97,32 @@ def _syncable_part(path: str) -> str:
     return path
 
 
+@dataclass(frozen=True)
+class Round:
+    """One round's plan and what it was made from (the scans, the base, the digest cache)."""
+
+    number: int
+    plan: Plan
+    base: Snapshot
+    scanned: LocalScan
+    remote: Snapshot
+    cache: DigestCache
+    """The digest cache the scan started from (the saved one is the scan's own)."""
+    held: dict[Side, Callable[[], int]]
+    """What each side holds in all (see ``_Session._guard``)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a round decided: ``finished`` True (done), False (return the report as it is:
+    halted, or a dry run), or None: paths changed under the apply, rescan them (``changed``)
+    from the new ``base``."""
+
+    finished: bool | None
+    base: Snapshot = field(default_factory=dict)
+    changed: list[str] = field(default_factory=list)
+
+
 @dataclass
 class SyncReport:
     """What one sync of one pair did (``--json`` prints :meth:`to_json`)."""
@@ -509,32 +535,16 @@ class _Session:
             plan = reconcile(base, local, rem, pair.mode, now=stamp_now)
             if any(makes_link(a) for a in plan.actions):
                 return None  # a link's chain may pass outside the scope: judge the whole tree
-            if round_no == 1:
-                report.plan = [a.describe() for a in plan.actions]
-                report.conflicts = list(plan.conflicts)
-            report.problems = list(plan.problems)
-
             held = {
                 side: functools.partial(self._held, snap, base, scope)
                 for side, snap in ((Side.LOCAL, local), (Side.REMOTE, rem))
             }
-            if self._guard(plan, held):
-                return False
-            if dry_run:
-                return False
-            outcome = await self._apply(plan, scanned)
-            self._save(base, local, rem, plan, outcome, cache, scanned.cache)
-            if outcome.fatal is not None:
-                raise outcome.fatal
-            report.problems.extend(outcome.problems)
-            if not outcome.changed:
-                return True
-            if round_no == MAX_ROUNDS:
-                self._unsettled(outcome.changed)
-                return True
-            log.info("%d paths changed during the sync; rescanning", len(outcome.changed))
-            report.problems = [p for p in report.problems if p.path not in outcome.changed]
-            wider = dirty_roots([*scope, *outcome.changed])
+            step = await self._round(
+                Round(round_no, plan, base, scanned, rem, cache, held), dry_run=dry_run
+            )
+            if step.finished is not None:
+                return step.finished
+            wider = dirty_roots([*scope, *step.changed])
             if wider is None:
                 return None
             scope = report.scope = wider
@@ -635,35 +645,54 @@ class _Session:
                 return False
             plan = reconcile(base, local, remote.entries, pair.mode, now=stamp_now)
             plan = refuse_escaping_links(plan, local, remote.entries)
-            if round_no == 1:
-                report.plan = [a.describe() for a in plan.actions]
-                report.conflicts = list(plan.conflicts)
-            report.problems = list(plan.problems)
             sides = {Side.LOCAL: local, Side.REMOTE: remote.entries}
-            if self._guard(
-                plan, {s: functools.partial(syncable, snap) for s, snap in sides.items()}
-            ):
-                return False
-            if dry_run:
-                return False
-            if scanned.exists is False and plan.actions:
-                pair.local.mkdir(parents=True, exist_ok=True)
-            if not remote.exists and plan.actions:
-                await self.client.probe(pair.remote, create=True)
-            outcome = await self._apply(plan, scanned)
-            base = self._save(base, local, remote.entries, plan, outcome, cache, scanned.cache)
-            if outcome.fatal is not None:
-                raise outcome.fatal
-            report.problems.extend(outcome.problems)
-            if not outcome.changed:
-                break
-            if round_no == MAX_ROUNDS:
-                self._unsettled(outcome.changed)
-                break
-            log.info("%d paths changed during the sync; rescanning", len(outcome.changed))
-            report.problems = [p for p in report.problems if p.path not in outcome.changed]
-            cache = scanned.cache
+            held = {s: functools.partial(syncable, snap) for s, snap in sides.items()}
+            step = await self._round(
+                Round(round_no, plan, base, scanned, remote.entries, cache, held),
+                dry_run=dry_run,
+                create_local=scanned.exists is False,
+                create_remote=not remote.exists,
+            )
+            if step.finished is not None:
+                return step.finished
+            base, cache = step.base, scanned.cache
         return True
+
+    async def _round(
+        self,
+        r: Round,
+        *,
+        dry_run: bool,
+        create_local: bool = False,
+        create_remote: bool = False,
+    ) -> Step:
+        """The tail of a round, the same for both strategies: report the plan, judge it, apply
+        it, save the new base from what landed, and say whether to go again."""
+        report, plan = self.report, r.plan
+        if r.number == 1:
+            report.plan = [a.describe() for a in plan.actions]
+            report.conflicts = list(plan.conflicts)
+        report.problems = list(plan.problems)
+        if self._guard(plan, r.held) or dry_run:
+            return Step(finished=False)
+        if create_local and plan.actions:
+            self.pair.local.mkdir(parents=True, exist_ok=True)
+        if create_remote and plan.actions:
+            await self.client.probe(self.pair.remote, create=True)
+        outcome = await self._apply(plan, r.scanned)
+        local = r.scanned.entries
+        base = self._save(r.base, local, r.remote, plan, outcome, r.cache, r.scanned.cache)
+        if outcome.fatal is not None:
+            raise outcome.fatal
+        report.problems.extend(outcome.problems)
+        if not outcome.changed:
+            return Step(finished=True)
+        if r.number == MAX_ROUNDS:
+            self._unsettled(outcome.changed)
+            return Step(finished=True)
+        log.info("%d paths changed during the sync; rescanning", len(outcome.changed))
+        report.problems = [p for p in report.problems if p.path not in outcome.changed]
+        return Step(finished=None, base=base, changed=outcome.changed)
 
     def _unsettled(self, changed: list[str]) -> None:
         """Paths that were still changing on the last round (each read or check found other
@@ -715,7 +744,7 @@ class _Session:
         """The new base from what landed; validated, then written in one transaction."""
         if outcome.fatal is not None:
             return base  # a full disk: leave the base exactly as it was
-        new = next_base(base, local, remote, outcome.done)
+        new = next_base(base, local, remote, outcome.done, outcome.learned)
         for path, entry in new.items():
             if base.get(path) is entry or (local.get(path) is entry and entry.digest):
                 continue  # already validated (scanned here, or loaded from a validated base)

@@ -14,6 +14,7 @@ because "absent on one side and absent in the base" is no change at all.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final
@@ -418,12 +419,20 @@ def reconcile(
     return _Reconciler(base, local, remote, mode, now).run()
 
 
-def next_base(base: Snapshot, local: Snapshot, remote: Snapshot, done: list[Action]) -> Snapshot:
+def next_base(
+    base: Snapshot,
+    local: Snapshot,
+    remote: Snapshot,
+    done: list[Action],
+    learned: dict[str, str] | None = None,
+) -> Snapshot:
     """The base after an apply: what both sides agreed on before, plus what actually landed.
 
     ``done`` lists the actions that succeeded (in plan order). A path where the scans already
     agreed joins the base; a path whose action failed keeps its old base entry, so the next sync
-    sees the same difference again and nothing is forgotten.
+    sees the same difference again and nothing is forgotten. ``learned`` (source path → digest)
+    completes a file the scan left unhashed and the apply read whole: the base keeps only
+    hashed files. Pure: neither snapshot is changed.
     """
     new: Snapshot = {}
     file, folder = EntryKind.FILE, EntryKind.DIRECTORY
@@ -441,22 +450,29 @@ def next_base(base: Snapshot, local: Snapshot, remote: Snapshot, done: list[Acti
         elif path in base and (loc is not None or rem is not None):
             new[path] = base[path]
     after = {Side.LOCAL: dict(local), Side.REMOTE: dict(remote)}
+    # A conflict copy's new name -> the name the scan (and so ``learned``) knew it by.
+    scanned_as: dict[str, str] = {}
     for action in done:
         side = after[action.side]
         if action.kind is ActionKind.MOVE_ASIDE:
             for p in [p for p in side if is_within(p, action.path)]:
                 moved = side.pop(p)
                 side[action.source + p[len(action.path) :]] = moved
+                scanned_as[action.source + p[len(action.path) :]] = scanned_as.get(p, p)
                 new.pop(p, None)
         elif action.kind is ActionKind.DELETE:
             side.pop(action.path, None)
             new.pop(action.path, None)
         elif action.new is not None:
             new_entry = action.new
-            if new_entry.kind is file and not new_entry.digest:
-                # Copied from a file the scan left unhashed: ``local`` has learned its digest,
-                # and ``after`` has it at the name it was read from (a conflict copy's new one).
-                new_entry = after[action.side.other].get(action.source_path, new_entry)
+            read = action.source_path
+            digest = (learned or {}).get(read) or (learned or {}).get(scanned_as.get(read, read))
+            if new_entry.kind is file and not new_entry.digest and digest:
+                # Copied from a file the scan left unhashed: the apply hashed it on the way.
+                new_entry = dataclasses.replace(new_entry, digest=digest)
+                source = after[action.side.other]
+                if source.get(action.source_path) == action.new:
+                    source[action.source_path] = new_entry
             side[action.path] = new_entry
     for path in {a.path for a in done} | {a.source for a in done if a.source}:
         loc, rem = after[Side.LOCAL].get(path), after[Side.REMOTE].get(path)

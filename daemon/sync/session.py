@@ -78,6 +78,47 @@ class SessionState(str, Enum):
     it waits for `tether resume`."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """The work a session owes, as one value: every change makes a new one (watchers add paths,
+    a cycle takes it all and leaves a fresh one), so no flag is ever half updated."""
+
+    local: frozenset[str] = frozenset()
+    """Local paths reported changed since the last cycle."""
+    remote: frozenset[str] = frozenset()
+    """Paths the host reported changing: they came *from* the host (not landed by tether)."""
+    remote_dirty: bool = False
+    """The host reported something (paths, or a rescan)."""
+    full: bool = False
+    """The next cycle scans both roots whole (a watch (re)started, a watcher lost track)."""
+    retry: bool = False
+    """The paths that failed to land are due for another try."""
+    accept_halt: bool = False
+    """`tether resume` of a halted pair: the next cycle accepts the stored halt's plan."""
+    accept_deletes: bool = False
+    """`tether sync --accept-deletes`: the next cycle is a full one that accepts them."""
+
+    def count(self, failing: int) -> int:
+        """How many things wait (`tether status`): 0 means idle. ``failing``: paths that failed."""
+        return (
+            len(self.local)
+            + (failing if self.retry else 0)
+            + (1 if self.remote_dirty or self.full else 0)
+        )
+
+    def with_local(self, paths: set[str] | frozenset[str]) -> Pending:
+        return dataclasses.replace(self, local=self.local | paths)
+
+    def with_remote(self, paths: set[str] | frozenset[str], *, rescan: bool) -> Pending:
+        return dataclasses.replace(
+            self, remote=self.remote | paths, remote_dirty=True, full=self.full or rescan
+        )
+
+    def put_back(self, local: set[str], remote: set[str] | frozenset[str] = frozenset()) -> Pending:
+        """A cycle's paths returned after it could not run them."""
+        return dataclasses.replace(self, local=self.local | local, remote=self.remote | remote)
+
+
 class PairSession:
     """Keeps one pair in sync for as long as it runs."""
 
@@ -107,17 +148,12 @@ class PairSession:
         """`sync_now` calls waiting for their cycles: while one is, reports are kept whole (their
         per-file ``plan`` and ``base_moved`` lists); otherwise only the counts are kept."""
         self._release_due = False
-        self._local_dirty: set[str] = set()
-        self._remote_dirty = False
-        self._remote_paths: set[str] = set()
+        self._pending = Pending(full=True)
         self._failed: dict[str, str] = {}
         """Paths whose last attempt failed (read-only or full folder, permissions) → why. They
         stay pending: retried with backoff, and in every cycle until they land."""
-        self._retry_due = False
         self._retry_delay_s = RETRY_FIRST_S
         self._retry_timer: asyncio.TimerHandle | None = None
-        """Paths the host reported changing since the last cycle: they came *from* the host."""
-        self._full_needed = True
         self._last_full = 0.0
         self._host_watching = asyncio.Event()
         """Set while the host's watch stream is up. Its start asks for a full cycle (what changed
@@ -130,10 +166,6 @@ class PairSession:
         self._idle = asyncio.Event()
         self._resumed = asyncio.Event()
         self._resumed.set()
-        self._accept_halt = False
-        """`tether resume` of a halted pair: the next cycle accepts the stored halt's plan."""
-        self._accept_deletes = False
-        """`tether sync --accept-deletes`: the next cycle is a full one that accepts them."""
         self._tasks: list[asyncio.Task[None]] = []
         self.watch_mode = ""
 
@@ -163,17 +195,19 @@ class PairSession:
     def resume(self) -> None:
         """Resume a paused or halted pair (a halted one syncs in full, re-checking its roots,
         and goes ahead with the deletions its halt showed, if they are still the plan)."""
-        if self.state is SessionState.HALTED:
-            self._accept_halt = True
+        halted = self.state is SessionState.HALTED
+        if halted:
             self.state, self.message = SessionState.STARTING, ""
-        self._full_needed = True
+        self._pending = dataclasses.replace(
+            self._pending, full=True, accept_halt=self._pending.accept_halt or halted
+        )
         self._resumed.set()
         self._wake.set()
         self._event("resumed", "resumed")
 
     def accept_deletes(self) -> None:
         """`tether sync --accept-deletes`: the next cycle goes ahead with the big deletion."""
-        self._accept_deletes = True
+        self._pending = dataclasses.replace(self._pending, accept_deletes=True)
         if self.state is SessionState.HALTED:
             self.resume()
 
@@ -185,10 +219,7 @@ class PairSession:
 
     @property
     def pending(self) -> int:
-        retry = len(self._failed) if self._retry_due else 0
-        return (
-            len(self._local_dirty) + retry + (1 if self._remote_dirty or self._full_needed else 0)
-        )
+        return self._pending.count(len(self._failed))
 
     async def flush(self, timeout_s: float, *, require_landed: bool = True) -> None:
         """Return once everything on disk when flush was called has landed; raise promptly if
@@ -209,8 +240,9 @@ class PairSession:
             and self.pair.mode is PairMode.PUSH
             and await self._local_barrier(min(BARRIER_TIMEOUT_S, timeout_s))
         ):
-            self._full_needed = True
-        self._retry_due = bool(self._failed)  # what failed before gets another try now
+            self._pending = dataclasses.replace(self._pending, full=True)
+        # What failed before gets another try now.
+        self._pending = dataclasses.replace(self._pending, retry=bool(self._failed))
         self._idle.clear()
         self._wake.set()
         while True:
@@ -352,7 +384,7 @@ class PairSession:
                 for warning in watcher.warnings:
                     self._event("warning", warning)
                 async for batch in watcher:
-                    self._local_dirty |= batch
+                    self._pending = self._pending.with_local(batch)
                     self._wake.set()
             finally:
                 self._watcher = None
@@ -368,13 +400,12 @@ class PairSession:
                         # What changed on the host before this watch started was never
                         # reported (a first start, a reconnect): the next cycle is a full one.
                         self._host_watching.set()
-                        self._full_needed = True
+                        self._pending = dataclasses.replace(self._pending, full=True)
                         self._wake.set()
-                    if batch.rescan:
-                        self._full_needed = True
                     if batch.paths or batch.rescan:
-                        self._remote_paths.update(batch.paths)
-                        self._remote_dirty = True
+                        self._pending = self._pending.with_remote(
+                            set(batch.paths), rescan=batch.rescan
+                        )
                         self._wake.set()
             except (HostUnreachable, TetherError) as exc:
                 if self.link.state.value == "up":
@@ -420,20 +451,15 @@ class PairSession:
             return
         self._idle.clear()
         self.state = SessionState.SYNCING
-        if self._full_needed and not self._host_watching.is_set():
+        if self._pending.full and not self._host_watching.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._host_watching.wait(), HOST_WATCH_WAIT_S)
-        dirty, self._local_dirty = self._local_dirty | set(self._failed), set()
-        from_host, self._remote_paths = self._remote_paths, set()
-        self._retry_due = False
-        accept_deletes, self._accept_deletes = self._accept_deletes, False
-        if self._accept_halt:
-            self._accept_halt = False
+        taken, self._pending = self._pending, Pending()
+        dirty, from_host = set(taken.local) | set(self._failed), set(taken.remote)
+        accept_deletes = taken.accept_deletes
+        if taken.accept_halt:
             store.accept_halt(pair_key(self.config.path, self.pair.name))
-        full = (
-            self._full_needed or accept_deletes or time.monotonic() - self._last_full > FULL_EVERY_S
-        )
-        self._remote_dirty = self._full_needed = False
+        full = taken.full or accept_deletes or time.monotonic() - self._last_full > FULL_EVERY_S
         started = time.monotonic()
         try:
             report = await sync_pair(
@@ -446,13 +472,11 @@ class PairSession:
                 remote_paths=None if full else from_host,
             )
         except HostUnreachable:
-            self._local_dirty |= dirty
-            self._remote_paths |= from_host
-            self._full_needed = True
+            self._pending = dataclasses.replace(self._pending.put_back(dirty, from_host), full=True)
             self.state = SessionState.WAITING
             return
         except TetherError as exc:
-            self._local_dirty |= dirty
+            self._pending = self._pending.put_back(dirty)
             self._halt(exc.one_line())
             return
         # A full cycle's plan lists every file it moved (100,000 lines after a first sync):
@@ -467,7 +491,7 @@ class PairSession:
         if report.notice:
             self._event("notice", report.notice, level="warning")
         if report.halted:
-            self._local_dirty |= dirty
+            self._pending = self._pending.put_back(dirty)
             self._halt(report.message)
             return
         self.message = ""
@@ -504,7 +528,7 @@ class PairSession:
             return
 
         def due() -> None:
-            self._retry_due = True
+            self._pending = dataclasses.replace(self._pending, retry=True)
             self._wake.set()
 
         self._retry_timer = asyncio.get_running_loop().call_later(self._retry_delay_s, due)

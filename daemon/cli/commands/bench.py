@@ -26,13 +26,11 @@ from typing import Any
 
 from ...config import Config, HostConfig, PairConfig
 from ...console import console, print_json
-from ...dirs import open_private
 from ...errors import EX_UNAVAILABLE, TetherError, UsageError
 from ...results.store import ResultsStore, load_document
-from ...runs.history import RunHistory, RunRecord
-from ...runs.remote import RunSpec, local_log_path, new_run_id, run_to_end
+from ...runs.history import record_run
+from ...runs.remote import RunSpec, new_run_id, run_to_end
 from ...sync.engine import sync_pair
-from ...sync.state import state_dir
 from ...transport.agent_client import RemoteOpError
 from ...transport.bundle import QUIET_TABLE_ENV, cache_dir_of, kernels_argv, upload_kernels
 from ...transport.link import Link
@@ -267,27 +265,17 @@ async def _bench(config: Config, bench: BenchPlan) -> int:
         display = "python -m tether_kernels " + shlex.join(kargs)
         if bench.simulate:
             display = "NUMBA_ENABLE_CUDASIM=1 " + display
-        log_path = local_log_path(state_dir(), spec.run_id)
-        with RunHistory() as history, open_private(log_path, "wb") as log_file:
-            history.begin(
-                RunRecord(
-                    id=spec.run_id,
-                    project=str(config.path),
-                    host=host.name,
-                    pair=spec.pair.name,
-                    command=display,
-                    log=str(log_path),
-                )
-            )
-            relay = _Relay(log_file, hide=(f"wrote {remote_json}",))
+        with record_run(
+            spec.run_id,
+            project=str(config.path),
+            host=host.name,
+            pair=spec.pair.name,
+            command=display,
+        ) as recorded:
+            relay = _Relay(recorded.log, hide=(f"wrote {remote_json}",))
             outcome = await run_to_end(link, spec, relay, stop=stop)
             relay.close()
-            history.finish(
-                spec.run_id,
-                exit_code=outcome.exit_code,
-                signal=outcome.signal,
-                reason=outcome.reason,
-            )
+            recorded.finish(outcome)
         if outcome.reason == "stopped":
             err.print(f"[yellow]stopped[/] bench {spec.run_id} on {host.name}")
             return outcome.status
@@ -299,7 +287,7 @@ async def _bench(config: Config, bench: BenchPlan) -> int:
         except RemoteOpError as exc:
             raise TetherError(
                 f"{host.name}: the suite wrote no results ({exc.message})",
-                f"see the run's log: {log_path}",
+                f"see the run's log: {recorded.record.log}",
             ) from None
         with contextlib.suppress(RemoteOpError):
             await agent.delete(cache, rel_json, expect=entry)

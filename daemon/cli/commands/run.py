@@ -169,12 +169,9 @@ async def _run(
     import contextlib
 
     from ...console import console
-    from ...dirs import open_private
-    from ...runs.history import RunHistory, RunRecord
-    from ...runs.remote import fetch, local_log_path, run_to_end
-    from ...store import OffLoop
+    from ...runs.history import recording_run
+    from ...runs.remote import fetch, run_to_end
     from ...sync.engine import sync_pair
-    from ...sync.state import state_dir
     from ...transport.link import Link
 
     err = console(stderr=True)
@@ -183,7 +180,6 @@ async def _run(
     for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    log_path = local_log_path(state_dir(), spec.run_id)
     async with Link(spec.host) as link:
         await link.wait_up(spec.host.connect_timeout_s or 15.0)
         if sync:
@@ -193,32 +189,21 @@ async def _run(
             if report.copied or report.deleted:
                 err.print(f"[dim]synced {report.copied} file(s) to {spec.host.name}[/]")
         before = await reports_before(config, link, spec.host.name) if auto_fetch else None
-        record = RunRecord(
-            id=spec.run_id,
+        async with recording_run(
+            spec.run_id,
             project=str(config.path),
             host=spec.host.name,
             pair=spec.pair.name,
             command=spec.display,
-            log=str(log_path),
-        )
-        async with OffLoop(RunHistory) as history:
-            await history.run(lambda h: h.begin(record))
-            with await asyncio.to_thread(open_private, log_path, "wb") as log_file:
+        ) as recorded:
 
-                def show(chunk: bytes) -> None:
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.buffer.flush()
-                    log_file.write(chunk)
+            def show(chunk: bytes) -> None:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+                recorded.log.write(chunk)
 
-                outcome = await run_to_end(link, spec, show, stop=stop)
-            await history.run(
-                lambda h: h.finish(
-                    spec.run_id,
-                    exit_code=outcome.exit_code,
-                    signal=outcome.signal,
-                    reason=outcome.reason,
-                )
-            )
+            outcome = await run_to_end(link, spec, show, stop=stop)
+            await recorded.finish(outcome)
         if outcome.reason == "stopped":
             err.print(f"[yellow]stopped[/] run {spec.run_id} on {spec.host.name}")
         if fetch_paths:
