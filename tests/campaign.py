@@ -60,6 +60,10 @@ class Tree:
         return [p for p in self.files if p == path or p.startswith(path + "/")]
 
 
+def _other(side: str) -> str:
+    return SIDES[1] if side == SIDES[0] else SIDES[0]
+
+
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -131,14 +135,14 @@ class Model:
         for p in doomed:
             d = tree.files[p]
             # Another holder keeps it owed; this side's doomed paths do not, nor does the other
-            # side's copy at the same path (the sync overwrites it with the new content) or at
-            # a path where both sides agreed on it and this side has since moved it away (a
-            # replica of this side's version, which the sync deletes with that move).
+            # side's copy at the same path (the sync overwrites it with the new content), nor a
+            # replica on either side at a path where both sides agreed on it and the opposite
+            # side has since changed or moved it away (the sync replaces or deletes it there).
             kept = any(
                 not (
                     (s == side and q in doomed)
                     or (s != side and q == p)
-                    or (s != side and (q, d) in self.agreed and tree.files.get(q) != d)
+                    or ((q, d) in self.agreed and trees[_other(s)].files.get(q) != d)
                 )
                 for s in SIDES
                 for q in trees[s].holders(d)

@@ -394,6 +394,22 @@ def test_oracle_forgets_a_version_moved_here_then_overwritten() -> None:
     assert "v" not in model.owed
 
 
+def test_oracle_forgets_a_version_whose_last_copies_both_users_replaced() -> None:
+    """Seed 3891124327, step 109: v sits at k (agreed by both sides) and at c (host only).
+    Local overwrites k, then the host deletes c: the host's k is a replica the sync replaces
+    with local's new k, so nothing holds v any more, and v was given up by its users."""
+    model = Model()
+    model.wrote("local", "k", "v", 1)
+    both = tree({"k": "v"})
+    model.settled(both, both)
+    host = tree({"k": "v", "c": "v"})
+    model.replaced("local", "k", {"local": both, "remote": host})  # c still holds v
+    model.wrote("local", "k", "w", 2)
+    assert "v" in model.owed
+    model.replaced("remote", "c", {"local": tree({"k": "w"}), "remote": host})
+    assert "v" not in model.owed
+
+
 def test_oracle_keeps_a_version_renamed_on_the_other_side() -> None:
     model = Model()
     model.wrote("local", "f", "v", 1)
