@@ -131,10 +131,11 @@ import time
 import zlib
 
 import tempnames  # daemon/sync/tempnames.py, registered by the bootstrap from verified source
+import wire  # daemon/sync/wire.py, likewise: the numbers both ends of the stream share
 
-VERSION = 1
-CHUNK = 1 << 20
-MAX_FRAME = 256 << 20
+VERSION = wire.PROTOCOL_VERSION
+CHUNK = wire.CHUNK
+MAX_FRAME = wire.MAX_FRAME
 RACY_NS = 2 * 10**9
 OWN_TTL_S = 10.0
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,80}$")

@@ -34,6 +34,7 @@ from ..errors import BadHostData, HostUnreachable, TetherError
 from ..sync.engine import SyncReport, sync_pair
 from ..sync.paths import check_relpath
 from ..transport.bundle import LAUNCHER, PACKAGE, cache_dir_of, upload_kernels
+from ..transport.endpoints import SSH
 from ..transport.link import Link
 
 log = logging.getLogger(__name__)
@@ -326,7 +327,7 @@ async def fetch(
             )
         sub = fetch_pair(pair, rel, is_dir=bool(probe.get("is_dir")))
         sub.local.mkdir(parents=True, exist_ok=True)
-        reports.append(await sync_pair(config, sub, client=agent, accept_empty=True))
+        reports.append(await sync_pair(config, sub, SSH, client=agent, accept_empty=True))
     return reports
 
 

@@ -26,19 +26,11 @@ from typing import Any
 import asyncssh
 
 from ..errors import BadHostData
-from ..transport.agent_client import (
-    CHUNK,
-    WINDOW,
-    ExpectationFailed,
-    Range,
-    RemoteOpError,
-    ScanResult,
-    Seg,
-    WriteItem,
-)
+from .endpoint import ExpectationFailed, Range, RemoteOpError, ScanResult, Seg, WriteItem
 from .entry import Entry, EntryKind
 from .paths import check_relpath, foreign_name, symlink_stays_inside
 from .tempnames import is_stale, is_temp, machine_id, pid_alive, temp_name
+from .wire import CHUNK, WINDOW
 
 _READ_CHUNK = 1 << 20
 _WRITING: set[str] = set()
@@ -69,6 +61,8 @@ class SftpEndpoint:
     """The agent's file operations, spoken over an SFTP session."""
 
     remote_dir: str | None = None  # no agent install folder: runs need the agent
+    home: str
+    """The login's home folder, as the SFTP server resolves ``.``."""
 
     def __init__(self, sftp: asyncssh.SFTPClient, home: str) -> None:
         self.sftp, self.home = sftp, home
@@ -206,6 +200,10 @@ class SftpEndpoint:
 
     async def read(self, root: str, path: str) -> bytes:
         return (await self.read_entry(root, path))[0]
+
+    async def signature(self, root: str, path: str, block: int) -> None:
+        """None: SFTP cannot compute a delta signature on the host, so the file goes whole."""
+        return None
 
     async def read_range(
         self, root: str, path: str, offset: int, length: int, *, holes: bool = True
