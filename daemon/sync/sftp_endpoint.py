@@ -57,6 +57,19 @@ def _error(exc: asyncssh.SFTPError, path: str) -> RemoteOpError:
     return RemoteOpError(kind, f"sftp: {exc.reason}", path)
 
 
+def _data(got: bytes | str) -> bytes:
+    """A read from a file opened ``"rb"``: asyncssh types it as str or bytes; binary mode
+    always gives bytes."""
+    if isinstance(got, str):
+        raise TypeError("an SFTP file opened in binary mode returned text")
+    return got
+
+
+def _filename(name: asyncssh.SFTPName) -> str:
+    """A listed name as a path string (the session decodes names; bytes only if it did not)."""
+    return os.fsdecode(name.filename)
+
+
 class SftpEndpoint:
     """The agent's file operations, spoken over an SFTP session."""
 
@@ -92,7 +105,7 @@ class SftpEndpoint:
     async def _hash(self, full: str) -> str:
         digest = hashlib.sha256()
         async with self.sftp.open(full, "rb") as fh:
-            while chunk := await fh.read(_READ_CHUNK):
+            while chunk := _data(await fh.read(_READ_CHUNK)):
                 digest.update(chunk)
         return digest.hexdigest()
 
@@ -160,14 +173,15 @@ class SftpEndpoint:
         while pending:
             folder = pending.pop()
             for name in await self.sftp.readdir(posixpath.join(top, folder) if folder else top):
-                if name.filename in (".", ".."):
+                filename = _filename(name)
+                if filename in (".", ".."):
                     continue
-                if is_temp(name.filename):
-                    await self._drop_if_stale(posixpath.join(top, folder, name.filename), name)
+                if is_temp(filename):
+                    await self._drop_if_stale(posixpath.join(top, folder, filename), name)
                     continue
-                rel = f"{folder}/{name.filename}" if folder else name.filename
+                rel = f"{folder}/{filename}" if folder else filename
                 is_dir = stat.S_ISDIR(name.attrs.permissions or 0)
-                foreign = foreign_name(name.filename)
+                foreign = foreign_name(filename)
                 try:
                     check_relpath(rel, foreign_ok=foreign is not None)
                 except BadHostData:
@@ -186,7 +200,7 @@ class SftpEndpoint:
         try:
             attrs = await self.sftp.lstat(full)
             async with self.sftp.open(full, "rb") as fh:
-                data = await fh.read()
+                data = _data(await fh.read())
         except asyncssh.SFTPError as exc:
             raise _error(exc, path) from None
         entry = Entry(
@@ -213,7 +227,7 @@ class SftpEndpoint:
         try:
             attrs = await self.sftp.lstat(full)
             async with self.sftp.open(full, "rb") as fh:
-                data = await fh.read(min(length, CHUNK), offset)
+                data = _data(await fh.read(min(length, CHUNK), offset))
         except asyncssh.SFTPError as exc:
             raise _error(exc, path) from None
         mtime_ns = int((attrs.mtime or 0) * 1e9)
@@ -263,7 +277,7 @@ class SftpEndpoint:
         if full in _WRITING or stat.S_ISDIR(name.attrs.permissions or 0):
             return
         age_s = time.time() - (name.attrs.mtime or 0)
-        if is_stale(name.filename, age_s, machine_id(), _writer_alive):
+        if is_stale(_filename(name), age_s, machine_id(), _writer_alive):
             with contextlib.suppress(asyncssh.SFTPError):
                 await self.sftp.remove(full)
 

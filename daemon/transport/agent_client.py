@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeGuard
 
 import asyncssh
 
@@ -178,7 +178,7 @@ def _entry_to_wire(entry: Entry | None) -> list[Any] | None:
     ]
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -861,7 +861,7 @@ class AgentClient:
             for offset in range(0, len(data), CHUNK):
                 piece = bytes(view[offset : offset + CHUNK])
                 last = offset + CHUNK >= len(data)
-                args = dict(final) if last else {"root": root, "path": path}
+                args: dict[str, Any] = dict(final) if last else {"root": root, "path": path}
                 args.update(transfer=transfer, offset=offset, final=last)
                 calls.append(asyncio.ensure_future(self.call("write", piece, **args)))
             results = await asyncio.gather(*calls, return_exceptions=True)
