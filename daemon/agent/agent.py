@@ -359,7 +359,7 @@ def check_expect(dfd, name, expect, path):
 
 # ---------------------------------------------------------------- own writes (for watch)
 
-OWN = {}
+OWN = {}  # type: dict
 OWN_LOCK = threading.Lock()
 
 
@@ -372,7 +372,7 @@ def signature(st):
     return (kind, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode & 0o7777)
 
 
-REALPATHS = {}
+REALPATHS = {}  # type: dict
 
 
 def real_root(root):
@@ -456,7 +456,7 @@ def fs_name(text):
 FOREIGN = "a backslash in its name (a separator on Windows and to tether's path rules)"
 
 
-DIGEST_CACHES = {}
+DIGEST_CACHES = {}  # type: dict
 CACHE_SAVE_EVERY_S = 30.0
 CACHE_KEEP_S = 30 * 86400
 """A root's digest cache and last scan that no agent used for this long are removed: a root
@@ -1001,7 +1001,7 @@ class Upload:
         self.dfd = None
 
 
-UPLOADS = {}
+UPLOADS = {}  # type: dict
 
 
 def op_write(req, blob):
@@ -1690,7 +1690,7 @@ WATCH_MASK = (
     | IN_ONLYDIR
     | IN_DONT_FOLLOW
 )
-_LIBC = []
+_LIBC = []  # type: list
 
 
 def inotify_lib():
@@ -1915,7 +1915,7 @@ def op_watch(req, emit, stop):
 # ---------------------------------------------------------------- the loop
 
 OUT_LOCK = threading.Lock()
-STREAMS = {}
+STREAMS = {}  # type: dict
 PLAIN = {
     "hello": op_hello,
     "scan": op_scan,

@@ -25,7 +25,7 @@ import functools
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -390,7 +390,7 @@ class _Session:
         else:
             self.store.adopt_identity(self.key, identity.key())
 
-    def _guard(self, plan: Plan, holding: dict[Side, Callable[[], int]]) -> bool:
+    def _guard(self, plan: Plan, holding: Mapping[Side, Callable[[], int]]) -> bool:
         """Halt the report when ``plan`` deletes most of a side (see :func:`deletion_verdict`)
         and the user has not accepted exactly these deletions. ``holding`` counts what a side
         holds now (called only when there are enough deletions to matter)."""
@@ -547,7 +547,7 @@ class _Session:
                     )
             finally:
                 remote_early = await early if early is not None else None
-            wire = [[r, i] for r, i in (scanned.rules or rules).to_wire()]
+            wire = (scanned.rules or rules).to_wire()
             if remote_early is not None and wire == cached:
                 remote = remote_early
             else:

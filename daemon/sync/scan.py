@@ -287,9 +287,9 @@ def scan_local(
         top=top,
         horizon=horizon,
     )
-    for path, st in to_hash:  # a placeholder until hashed: a file entry with no digest yet
-        entries[path] = Entry(EntryKind.FILE, st[0], st[1], st[3] & 0o7777)
-        scanned.unhashed[path] = st
+    for path, seen in to_hash:  # a placeholder until hashed: a file entry with no digest yet
+        entries[path] = Entry(EntryKind.FILE, seen[0], seen[1], seen[3] & 0o7777)
+        scanned.unhashed[path] = seen
     if not defer_hashing:
         scanned.hash(list(scanned.unhashed))
     return scanned
