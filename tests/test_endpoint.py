@@ -83,3 +83,19 @@ def test_both_ends_of_the_stream_read_one_definition_of_its_numbers() -> None:
         source = (ROOT / rel).read_text()
         for name in ("CHUNK = 1", "WINDOW = ", "MAX_FRAME = 2", "VERSION = 1"):
             assert name not in source, f"{rel} keeps its own {name.split()[0]}"
+
+
+def test_host_side_scanners_match_ignore_rules_with_one_matcher() -> None:
+    """The agent's scanner and the SFTP fallback's take the same matcher from the bundled
+    :mod:`tether.sync.wire`: a folder is tested as ``path/``, the last matching rule wins, and
+    a malformed rule is refused (the agent answers it as an ``invalid`` request)."""
+    rules = wire.WireRules([["^build/$", True], ["^.*\\.log$", True], ["^keep\\.log$", False]])
+    assert rules("build", True) and not rules("build", False)
+    assert rules("x.log", False) and not rules("keep.log", False)
+    agent = load_agent()
+    assert isinstance(agent.Ignore([["^a$", True]]), wire.WireRules)
+    with pytest.raises(agent.AgentError):
+        agent.Ignore([["(", True]])
+    sftp_source = (ROOT / "daemon/sync/sftp_endpoint.py").read_text()
+    assert "WireRules(" in sftp_source and "re.compile" not in sftp_source
+    assert agent.FOREIGN == wire.FOREIGN_REASON

@@ -422,26 +422,12 @@ def note_created(root, created):
 # ---------------------------------------------------------------- ignore rules and scan
 
 
-class Ignore:
-    def __init__(self, rules):
-        self.rules = []
-        for rule in rules or ():
-            if not isinstance(rule, list) or len(rule) != 2 or not isinstance(rule[0], str):
-                raise AgentError("invalid", "ignore rules are [regex, bool] pairs")
-            try:
-                self.rules.append((re.compile(rule[0]), bool(rule[1])))
-            except re.error as exc:
-                raise AgentError("invalid", "bad ignore regex %r: %s" % (rule[0], exc)) from None
-        self.rules.reverse()
-
-    def __call__(self, rel, is_dir):
-        if not self.rules:
-            return False
-        text = rel + "/" if is_dir else rel
-        for regex, ignored in self.rules:
-            if regex.match(text):
-                return ignored
-        return False
+def Ignore(rules):
+    """The request's ignore rules, matched as :class:`wire.WireRules` says."""
+    try:
+        return wire.WireRules(rules)
+    except ValueError as exc:
+        raise AgentError("invalid", str(exc)) from None
 
 
 def fs_name(text):
@@ -453,7 +439,7 @@ def fs_name(text):
         return False
 
 
-FOREIGN = "a backslash in its name (a separator on Windows and to tether's path rules)"
+FOREIGN = wire.FOREIGN_REASON
 
 
 DIGEST_CACHES = {}  # type: dict
@@ -635,7 +621,7 @@ class Scanner:
                 is_dir = stat.S_ISDIR(st.st_mode)
                 if self.ignore(child, is_dir):
                     continue
-                if "\\" in name:
+                if wire.foreign_name(name) is not None:
                     self.entries[child] = ["untracked", 0, st.st_mtime_ns, 0, "", "", FOREIGN]
                     continue
                 self.add(child, d.path, st)

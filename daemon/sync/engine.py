@@ -38,7 +38,7 @@ from .entry import Entry, EntryKind, InvalidEntry, Snapshot
 from .identity import PairIdentity, remote_root
 from .ignore import GITIGNORE, IgnoreRules
 from .links import makes_link, refuse_escaping_links
-from .paths import case_collisions, foreign_name, is_within, parent_of
+from .paths import case_collisions, is_within, parent_of
 from .reconcile import ActionKind, Conflict, Plan, Problem, Side, next_base, reconcile
 from .safety import (
     BIG_DELETION_MIN,
@@ -51,6 +51,7 @@ from .safety import (
 from .scan import DigestCache, LocalScan, scan_local
 from .sides import AgentSide, LocalSide
 from .state import ConflictRecord, StateStore, pair_key
+from .wire import foreign_name
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,9 @@ from pathlib import Path
 
 from .entry import Entry, EntryKind, Snapshot
 from .ignore import GITIGNORE, IgnoreRules
-from .paths import foreign_name, symlink_stays_inside
+from .paths import symlink_stays_inside
 from .tempnames import is_stale, is_temp, machine_id, pid_alive
+from .wire import foreign_name
 
 _Stat = tuple[int, int, int, int, int]
 """(size, mtime_ns, ino, st_mode, ctime_ns) of a file to hash."""

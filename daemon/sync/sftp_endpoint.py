@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import os
 import posixpath
-import re
 import stat
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -28,9 +27,9 @@ import asyncssh
 from ..errors import BadHostData
 from .endpoint import ExpectationFailed, Range, RemoteOpError, ScanResult, Seg, WriteItem
 from .entry import Entry, EntryKind
-from .paths import check_relpath, foreign_name, symlink_stays_inside
+from .paths import check_relpath, symlink_stays_inside
 from .tempnames import is_stale, is_temp, machine_id, pid_alive, temp_name
-from .wire import CHUNK, WINDOW
+from .wire import CHUNK, WINDOW, WireRules, foreign_name
 
 _READ_CHUNK = 1 << 20
 _WRITING: set[str] = set()
@@ -134,14 +133,7 @@ class SftpEndpoint:
         **_: Any,
     ) -> ScanResult:
         """A full, validated snapshot of ``root`` (``paths`` narrows it; deltas are not kept)."""
-        rules = [(re.compile(r), bool(i)) for r, i in ignore]
-
-        def ignored(rel: str, is_dir: bool) -> bool:
-            subject, verdict = rel + "/" if is_dir else rel, False
-            for regex, value in rules:
-                if value != verdict and regex.match(subject):
-                    verdict = value
-            return verdict
+        ignored = WireRules(ignore)
 
         top = self._root(root)
         try:
@@ -157,7 +149,9 @@ class SftpEndpoint:
         files = sum(e.kind is EntryKind.FILE for e in entries.values())
         return ScanResult(True, True, entries, {"files": files, "hashed": files})
 
-    async def _walk(self, top: str, start: str, ignored: Any, entries: dict[str, Entry]) -> None:
+    async def _walk(
+        self, top: str, start: str, ignored: WireRules, entries: dict[str, Entry]
+    ) -> None:
         if start:
             try:
                 attrs = await self.sftp.lstat(posixpath.join(top, start))
