@@ -192,6 +192,7 @@ def inprocess_breakdown(cfg: Path, n: int, state: Path) -> dict[str, list[float]
     from tether.config import load_config
     from tether.runs.remote import RunSpec, run_to_end
     from tether.sync.engine import sync_pair
+    from tether.transport.endpoints import SSH
     from tether.transport.link import Link
 
     config = load_config(cfg)
@@ -206,7 +207,7 @@ def inprocess_breakdown(cfg: Path, n: int, state: Path) -> dict[str, list[float]
             t1 = time.perf_counter()
             agent = await link.wait_agent(30)
             t2 = time.perf_counter()
-            await sync_pair(config, pair, client=agent)
+            await sync_pair(config, pair, SSH, client=agent)
             t3 = time.perf_counter()
             spec = RunSpec(host=host, pair=pair, argv=["true"])
             await run_to_end(link, spec, lambda _chunk: None)

@@ -323,7 +323,7 @@ class _Table:
         )
 
     def choice(self, name: str, enum: type[Enum], default: Enum) -> Any:
-        allowed = [m.value for m in enum]  # type: ignore[attr-defined]
+        allowed = [m.value for m in enum]
         value = self._take(
             name, default.value, lambda v: v in allowed, "one of " + ", ".join(allowed)
         )

@@ -1,7 +1,8 @@
 """The remote agent as a module, for tests that call its functions directly.
 
 The agent is never imported by tether itself: the host's bootstrap runs its verified source and
-registers its one sibling module under the bare name ``tempnames`` first. This does the same.
+registers its sibling modules under their bare names (``tempnames``, ``wire``) first. This does
+the same.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from types import ModuleType
 
 
 def load_agent() -> ModuleType:
-    from tether.sync import tempnames
+    from tether.sync import tempnames, wire
 
     sys.modules.setdefault("tempnames", tempnames)
+    sys.modules.setdefault("wire", wire)
     return importlib.import_module("tether.agent.agent")

@@ -62,6 +62,7 @@ def test_start_uploads_once(sshd: SshServer, tmp_path: Path) -> None:
         "agent/agent.py",
         "sync",
         "sync/tempnames.py",
+        "sync/wire.py",
     ]
 
 
@@ -88,7 +89,7 @@ def test_the_agent_runs_only_its_verified_source(sshd: SshServer, tmp_path: Path
     the digest with the real hashlib and runs the checked bytes themselves."""
     remote_dir, marker, planted = tmp_path / "cache", tmp_path / "marker", tmp_path / "home"
     planted.mkdir()
-    for name in ("hashlib", "json", "os", "re", "struct", "tempnames", "agent", "types"):
+    for name in ("hashlib", "json", "os", "re", "struct", "tempnames", "wire", "agent", "types"):
         (planted / f"{name}.py").write_text(MARKER_CODE.format(marker=str(marker), label=name))
     # The host's python as a user's login would start it: in that folder, with it on PYTHONPATH.
     python = tmp_path / "python3"
@@ -106,8 +107,8 @@ def test_the_agent_runs_only_its_verified_source(sshd: SshServer, tmp_path: Path
                 assert "hashlib.py" in scan.entries
             finally:
                 await client.close()
-            for source in (remote_dir / "agent" / "agent.py", remote_dir / "sync" / "tempnames.py"):
-                plant_pyc(source, marker)
+            for name in ("agent/agent.py", "sync/tempnames.py", "sync/wire.py"):
+                plant_pyc(remote_dir / name, marker)
 
     over_ssh(sshd, body)
     assert not marker.exists(), marker.read_text()

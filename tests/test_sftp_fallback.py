@@ -10,6 +10,7 @@ import pytest
 from tether.config import load_config
 from tether.sync.engine import sync_pair
 from tether.sync.sftp_endpoint import SftpEndpoint
+from tether.transport.endpoints import SSH
 from tether.transport.ssh import open_connection
 
 from tests.sshd import SshServer
@@ -34,7 +35,7 @@ def sync_over_sftp(config_path: Path):  # type: ignore[no-untyped-def]
         async with open_connection(config.host("gpu")) as conn:
             endpoint = await SftpEndpoint.start(conn)
             try:
-                return await sync_pair(config, config.pair("code"), client=endpoint)
+                return await sync_pair(config, config.pair("code"), SSH, client=endpoint)
             finally:
                 await endpoint.close()
 

@@ -391,7 +391,7 @@ def test_a_big_new_file_travels_in_chunks_hashed_once(project, monkeypatch) -> N
     import hashlib
 
     from tether.sync.state import StateStore, pair_key
-    from tether.transport.agent_client import CHUNK
+    from tether.sync.wire import CHUNK
 
     tmp, local, remote, configure = project
     configure("push")

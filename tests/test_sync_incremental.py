@@ -12,6 +12,7 @@ from tether.config import load_config
 from tether.sync.engine import SyncReport, dirty_roots, sync_pair
 from tether.sync.safety import PairStatus
 from tether.sync.state import StateStore, pair_key
+from tether.transport.endpoints import SSH
 
 from tests.sshd import SshServer
 from tests.test_sync_engine import tree, write
@@ -38,6 +39,7 @@ def pair(tmp_path: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch):
             sync_pair(
                 config,
                 config.pair("code"),
+                SSH,
                 local_paths=local_paths,
                 remote_paths=remote_paths,
                 **kw,

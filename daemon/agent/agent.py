@@ -139,10 +139,11 @@ import time
 import zlib
 
 import tempnames  # daemon/sync/tempnames.py, registered by the bootstrap from verified source
+import wire  # daemon/sync/wire.py, likewise: the numbers both ends of the stream share
 
-VERSION = 1
-CHUNK = 1 << 20
-MAX_FRAME = 256 << 20
+VERSION = wire.PROTOCOL_VERSION
+CHUNK = wire.CHUNK
+MAX_FRAME = wire.MAX_FRAME
 RACY_NS = 2 * 10**9
 OWN_TTL_S = 10.0
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
@@ -366,7 +367,7 @@ def check_expect(dfd, name, expect, path):
 
 # ---------------------------------------------------------------- own writes (for watch)
 
-OWN = {}
+OWN = {}  # type: dict
 OWN_LOCK = threading.Lock()
 
 
@@ -379,7 +380,7 @@ def signature(st):
     return (kind, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode & 0o7777)
 
 
-REALPATHS = {}
+REALPATHS = {}  # type: dict
 
 
 def real_root(root):
@@ -429,26 +430,12 @@ def note_created(root, created):
 # ---------------------------------------------------------------- ignore rules and scan
 
 
-class Ignore:
-    def __init__(self, rules):
-        self.rules = []
-        for rule in rules or ():
-            if not isinstance(rule, list) or len(rule) != 2 or not isinstance(rule[0], str):
-                raise AgentError("invalid", "ignore rules are [regex, bool] pairs")
-            try:
-                self.rules.append((re.compile(rule[0]), bool(rule[1])))
-            except re.error as exc:
-                raise AgentError("invalid", "bad ignore regex %r: %s" % (rule[0], exc)) from None
-        self.rules.reverse()
-
-    def __call__(self, rel, is_dir):
-        if not self.rules:
-            return False
-        text = rel + "/" if is_dir else rel
-        for regex, ignored in self.rules:
-            if regex.match(text):
-                return ignored
-        return False
+def Ignore(rules):
+    """The request's ignore rules, matched as :class:`wire.WireRules` says."""
+    try:
+        return wire.WireRules(rules)
+    except ValueError as exc:
+        raise AgentError("invalid", str(exc)) from None
 
 
 def fs_name(text):
@@ -460,10 +447,10 @@ def fs_name(text):
         return False
 
 
-FOREIGN = "a backslash in its name (a separator on Windows and to tether's path rules)"
+FOREIGN = wire.FOREIGN_REASON
 
 
-DIGEST_CACHES = {}
+DIGEST_CACHES = {}  # type: dict
 CACHE_SAVE_EVERY_S = 30.0
 CACHE_KEEP_S = 30 * 86400
 """A root's digest cache and last scan that no agent used for this long are removed: a root
@@ -642,7 +629,7 @@ class Scanner:
                 is_dir = stat.S_ISDIR(st.st_mode)
                 if self.ignore(child, is_dir):
                     continue
-                if "\\" in name:
+                if wire.foreign_name(name) is not None:
                     self.entries[child] = ["untracked", 0, st.st_mtime_ns, 0, "", "", FOREIGN]
                     continue
                 self.add(child, d.path, st)
@@ -1008,7 +995,7 @@ class Upload:
         self.dfd = None
 
 
-UPLOADS = {}
+UPLOADS = {}  # type: dict
 
 
 def op_write(req, blob):
@@ -1801,7 +1788,7 @@ WATCH_MASK = (
     | IN_ONLYDIR
     | IN_DONT_FOLLOW
 )
-_LIBC = []
+_LIBC = []  # type: list
 
 
 def inotify_lib():
@@ -2026,7 +2013,7 @@ def op_watch(req, emit, stop):
 # ---------------------------------------------------------------- the loop
 
 OUT_LOCK = threading.Lock()
-STREAMS = {}
+STREAMS = {}  # type: dict
 PLAIN = {
     "hello": op_hello,
     "scan": op_scan,

@@ -30,6 +30,7 @@ from ..service.daemon import Daemon
 from ..sync.engine import sync_pair
 from ..sync.state import STATE_ENV
 from ..transport.bundle import local_package
+from ..transport.endpoints import SSH
 from .check import Status, check_host, first_failure
 from .demo_host import DemoHost, free_port
 
@@ -131,7 +132,7 @@ async def stage_check(project: DemoProject, out: Console) -> str:
 
 async def stage_sync(project: DemoProject, out: Console) -> str:
     config = project.config()
-    report = await sync_pair(config, config.pair("code"))
+    report = await sync_pair(config, config.pair("code"), SSH)
     return f"{report.copied} files pushed to ~/src/demo on the host in {report.total_s:.2f}s"
 
 

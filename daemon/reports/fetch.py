@@ -14,6 +14,7 @@ from ..sync.engine import Progress, SyncReport, sync_pair
 from ..sync.state import StateStore, pair_key
 from ..sync.tempnames import is_temp
 from ..transport.agent_client import AgentClient
+from ..transport.endpoints import SSH
 from .model import (
     LocalStatus,
     Report,
@@ -121,7 +122,7 @@ async def pull(
         result = Pulled(report)
         for _ in range(PULL_TRIES):
             result.sync = await sync_pair(
-                config, pair, client=agent, progress=progress, store=store, accept_empty=True
+                config, pair, SSH, client=agent, progress=progress, store=store, accept_empty=True
             )
             if result.sync.halted:
                 result.error = result.sync.message

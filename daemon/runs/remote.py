@@ -34,6 +34,7 @@ from ..errors import BadHostData, HostUnreachable, TetherError
 from ..sync.engine import SyncReport, sync_pair
 from ..sync.paths import check_relpath
 from ..transport.bundle import LAUNCHER, PACKAGE, cache_dir_of, upload_kernels
+from ..transport.endpoints import SSH
 from ..transport.link import Link
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ async def _follow(
         try:
             agent = await link.wait_agent(reconnect_timeout_s)
             attach = asyncio.create_task(agent.attach(spec.run_id, offset=offset, on_output=count))
-            watchers = [asyncio.create_task(stop.wait())]
+            watchers: list[asyncio.Task[object]] = [asyncio.create_task(stop.wait())]
             if deadline is not None:
                 watchers.append(
                     asyncio.create_task(asyncio.sleep(max(0, deadline - time.monotonic())))
@@ -293,8 +294,9 @@ def fetch_pair(pair: PairConfig, rel: str, *, is_dir: bool) -> PairConfig:
     results folder) do not hide what was asked for; a file becomes a pair rooted at its folder
     that ignores everything else.
     """
+    ignore: tuple[str, ...] = ()
     if is_dir:
-        local, remote, ignore = pair.local / rel, f"{pair.remote.rstrip('/')}/{rel}", ()
+        local, remote = pair.local / rel, f"{pair.remote.rstrip('/')}/{rel}"
     else:
         folder, _, name = rel.rpartition("/")
         local = pair.local / folder if folder else pair.local
@@ -326,7 +328,7 @@ async def fetch(
             )
         sub = fetch_pair(pair, rel, is_dir=bool(probe.get("is_dir")))
         sub.local.mkdir(parents=True, exist_ok=True)
-        reports.append(await sync_pair(config, sub, client=agent, accept_empty=True))
+        reports.append(await sync_pair(config, sub, SSH, client=agent, accept_empty=True))
     return reports
 
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import RemoteError
-from ..transport.agent_client import CHUNK
 from .entry import EntryKind
 from .paths import is_within
 from .reconcile import Action, ActionKind, Problem
 from .reconcile import Side as Where
 from .sides import Content, OpFailed, Side
 from .transfer import SourceChanged, copy_file
+from .wire import CHUNK
 
 ProgressFn = Callable[[str, int, int], None]
 """``on_progress(path, bytes_done, bytes_total)``, called as each file lands."""

@@ -1,7 +1,9 @@
 """One sync of one pair: scan both sides, check safety, reconcile, apply, save the new base.
 
-:func:`sync_pair` is what ``tether sync`` runs and what the daemon will run from its watchers
-(passing its own :class:`~tether.transport.agent_client.AgentClient` so the link is reused). The
+:func:`sync_pair` is what ``tether sync`` runs and what the daemon runs from its watchers
+(passing its own agent, an :class:`~.endpoint.Endpoint`, so the link is reused). The engine
+opens no connection itself: the caller hands in a :class:`~.endpoint.Connector`
+(:data:`tether.transport.endpoints.SSH`), so this layer imports no SSH library. The
 base is saved only from what actually landed, in one SQLite transaction, so a sync killed at any
 moment is finished by the next one with nothing lost or duplicated. A path edited between scan and
 apply is never clobbered: the apply reports it and the engine rescans and tries again (a few
@@ -23,21 +25,20 @@ import functools
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, PairConfig
 from ..errors import BadHostData, RemoteError
-from ..transport.agent_client import AgentClient, NoUsablePython
-from ..transport.ssh import open_connection, resolve_target
 from .apply import Outcome, ProgressFn, apply_plan, total_bytes
+from .endpoint import Connector, Endpoint
 from .entry import Entry, EntryKind, InvalidEntry, Snapshot
 from .identity import PairIdentity, remote_root
 from .ignore import GITIGNORE, IgnoreRules
 from .links import makes_link, refuse_escaping_links
-from .paths import case_collisions, foreign_name, is_within, parent_of
+from .paths import case_collisions, is_within, parent_of
 from .reconcile import (
     ActionKind,
     Conflict,
@@ -57,9 +58,9 @@ from .safety import (
     syncable,
 )
 from .scan import DigestCache, LocalScan, scan_local
-from .sftp_endpoint import SftpEndpoint
 from .sides import AgentSide, LocalSide
 from .state import ConflictRecord, StateStore, pair_key
+from .wire import foreign_name
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class Round:
     remote: Snapshot
     cache: DigestCache
     """The digest cache the scan started from (the saved one is the scan's own)."""
-    held: dict[Side, Callable[[], int]]
+    held: Mapping[Side, Callable[[], int]]
     """What each side holds in all (see ``_Session._guard``)."""
 
 
@@ -230,39 +231,14 @@ def local_is_case_insensitive(root: Path) -> bool:
     return swapped != probe and swapped.exists()
 
 
-@contextlib.asynccontextmanager
-async def remote_agent(
-    config: Config, pair: PairConfig, *, on_warning: Callable[[str], None] | None = None
-) -> AsyncIterator[AgentClient | SftpEndpoint]:
-    """Connect to the pair's host and start its agent; close both on exit.
-
-    A host without a usable python3 gets the SFTP endpoint instead (slower: it hashes every
-    file on each scan), with a warning that says so.
-    """
-    host = config.host(pair.host)
-    async with open_connection(host) as conn:
-        client: AgentClient | SftpEndpoint
-        try:
-            client = await AgentClient.start(conn, python=host.python)
-        except NoUsablePython as exc:
-            warning = f"{exc.message}; syncing over SFTP instead (slower: no digest cache there)"
-            log.warning("%s", warning)
-            if on_warning is not None:
-                on_warning(warning)
-            client = await SftpEndpoint.start(conn)
-        try:
-            yield client
-        finally:
-            await client.close()
-
-
 async def sync_pair(
     config: Config,
     pair: PairConfig,
+    connector: Connector,
     *,
     dry_run: bool = False,
     progress: Progress | None = None,
-    client: AgentClient | None = None,
+    client: Endpoint | None = None,
     store: StateStore | None = None,
     accept_empty: bool = False,
     accept_deletes: bool = False,
@@ -274,6 +250,7 @@ async def sync_pair(
 
     Args:
         config, pair: the project's config and the pair to sync.
+        connector: opens the host's end and local agents (:data:`tether.transport.endpoints.SSH`).
         dry_run: scan and plan only; nothing is written, the base is not touched.
         progress: hooks for phase and per-file progress.
         client: a running agent on the pair's host (the daemon's); else one is started here.
@@ -302,7 +279,7 @@ async def sync_pair(
     own_store = store is None
     store = store or StateStore()
     try:
-        session = _Session(config, pair, store, progress or Progress())
+        session = _Session(config, pair, connector, store, progress or Progress())
         run = functools.partial(
             session.run,
             dry_run=dry_run,
@@ -316,7 +293,7 @@ async def sync_pair(
         if scope is None:  # a one-shot full sync: scan this side while the link comes up
             session.prescan()
         try:
-            async with remote_agent(config, pair) as started:
+            async with connector.remote(config, pair) as started:
                 return await run(started)
         finally:
             await session.drop_prescan()
@@ -336,9 +313,15 @@ async def _hash_to_compare(scanned: LocalScan, base: Snapshot, remote: Snapshot)
 
 class _Session:
     def __init__(
-        self, config: Config, pair: PairConfig, store: StateStore, progress: Progress
+        self,
+        config: Config,
+        pair: PairConfig,
+        connector: Connector,
+        store: StateStore,
+        progress: Progress,
     ) -> None:
         self.config, self.pair, self.store = config, pair, store
+        self.connector = connector
         self.progress = progress
         self.key = pair_key(config.path, pair.name)
         self.report = SyncReport(pair.name, pair.mode.value)
@@ -368,7 +351,7 @@ class _Session:
 
     async def run(
         self,
-        client: AgentClient,
+        client: Endpoint,
         *,
         dry_run: bool,
         accept_empty: bool,
@@ -384,7 +367,7 @@ class _Session:
         self._check_identity(dry_run)
         if accept_deletes and not dry_run:
             self.store.accept_halt(self.key)
-        local_side = LocalSide(self.pair.local, AgentClient.spawn_local)
+        local_side = LocalSide(self.pair.local, self.connector.spawn_local)
         self.sides = {
             Side.LOCAL: local_side,
             Side.REMOTE: AgentSide(self.client, self.pair.remote, "remote"),
@@ -414,12 +397,9 @@ class _Session:
 
     def _identity(self) -> PairIdentity:
         """This pair's identity now (see :mod:`.identity`); reads only local files."""
-        target = resolve_target(self.config.host(self.pair.host))
-        host = target.display + (f" via {target.proxy_jump}" if target.proxy_jump else "")
-        info = getattr(self.client, "info", None)
-        home = info.get("home") if isinstance(info, dict) else getattr(self.client, "home", None)
+        host = self.connector.host_label(self.config.host(self.pair.host))
         return PairIdentity(
-            host, str(self.pair.local.resolve()), remote_root(self.pair.remote, home)
+            host, str(self.pair.local.resolve()), remote_root(self.pair.remote, self.client.home)
         )
 
     def _check_identity(self, dry_run: bool) -> None:
@@ -446,7 +426,7 @@ class _Session:
         else:
             self.store.adopt_identity(self.key, identity.key())
 
-    def _guard(self, plan: Plan, holding: dict[Side, Callable[[], int]]) -> bool:
+    def _guard(self, plan: Plan, holding: Mapping[Side, Callable[[], int]]) -> bool:
         """Halt the report when ``plan`` deletes most of a side (see :func:`deletion_verdict`)
         and the user has not accepted exactly these deletions. ``holding`` counts what a side
         holds now (called only when there are enough deletions to matter)."""
@@ -587,7 +567,7 @@ class _Session:
                     )
             finally:
                 remote_early = await early if early is not None else None
-            wire = [[r, i] for r, i in (scanned.rules or rules).to_wire()]
+            wire = (scanned.rules or rules).to_wire()
             if remote_early is not None and wire == cached:
                 remote = remote_early
             else:

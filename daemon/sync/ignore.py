@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 try:  # pathspec >= 1.0
     from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern as _Pattern
 except ImportError:  # pragma: no cover - older pathspec
-    from pathspec.patterns import GitWildMatchPattern as _Pattern
+    from pathspec.patterns.gitwildmatch import GitWildMatchPattern as _Pattern
 
 from ..config import DEFAULT_IGNORES
 

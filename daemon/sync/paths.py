@@ -55,17 +55,6 @@ def is_fs_name(path: str) -> bool:
     return raw.decode("utf-8", "surrogateescape") == path
 
 
-FOREIGN_REASON = "a backslash in its name (a separator on Windows and to tether's path rules)"
-
-
-def foreign_name(name: str) -> str | None:
-    """Why one side of a pair could not hold a file of this name, or None when both can.
-
-    A backslash is a separator on Windows and to tether's path rules, so such a name is
-    reported (an untracked entry) instead of synced."""
-    return FOREIGN_REASON if "\\" in name else None
-
-
 def shown(text: str) -> str:
     """``text`` fit for a terminal or a log: bytes that were not UTF-8 appear as ``\\xNN``."""
     if text.isascii():

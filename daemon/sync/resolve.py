@@ -13,8 +13,8 @@ import asyncio
 
 from ..config import Config, PairConfig
 from ..errors import UsageError
-from ..transport.agent_client import AgentClient
-from .engine import remote_agent, sync_pair
+from .endpoint import Connector, Endpoint
+from .engine import sync_pair
 from .entry import Entry
 from .ignore import IgnoreRules
 from .reconcile import Side
@@ -27,7 +27,7 @@ KEEP_CHOICES = ("local", "remote", "both")
 
 
 async def _entries(
-    pair: PairConfig, client: AgentClient, paths: list[str]
+    pair: PairConfig, client: Endpoint, paths: list[str]
 ) -> dict[Side, dict[str, Entry]]:
     local = await asyncio.to_thread(
         scan_local, pair.local, IgnoreRules(defaults=()), {}, paths=paths
@@ -37,7 +37,12 @@ async def _entries(
 
 
 async def resolve(
-    config: Config, pair: PairConfig, record: ConflictRecord, keep: str, store: StateStore
+    config: Config,
+    pair: PairConfig,
+    record: ConflictRecord,
+    keep: str,
+    store: StateStore,
+    connector: Connector,
 ) -> None:
     if keep not in KEEP_CHOICES:
         raise UsageError(f"--keep must be one of {', '.join(KEEP_CHOICES)}")
@@ -46,9 +51,9 @@ async def resolve(
         return
     winner = Side(record.winner)
     copy_sides = {Side(s) for s in record.copy_sides}
-    async with remote_agent(config, pair) as client:
-        sides = {
-            Side.LOCAL: LocalSide(pair.local, AgentClient.spawn_local),
+    async with connector.remote(config, pair) as client:
+        sides: dict[Side, LocalSide | AgentSide] = {
+            Side.LOCAL: LocalSide(pair.local, connector.spawn_local),
             Side.REMOTE: AgentSide(client, pair.remote, "remote"),
         }
         try:
@@ -81,7 +86,7 @@ async def resolve(
         finally:
             await sides[Side.LOCAL].close()
         store.drop_conflict(record.pair, record.path)
-        await sync_pair(config, pair, client=client, store=store)
+        await sync_pair(config, pair, connector, client=client, store=store)
 
 
 def find_record(

@@ -24,8 +24,9 @@ from pathlib import Path
 
 from .entry import Entry, EntryKind, Snapshot
 from .ignore import GITIGNORE, IgnoreRules
-from .paths import escaping_link_problem, foreign_name, symlink_stays_inside
+from .paths import escaping_link_problem, symlink_stays_inside
 from .tempnames import is_stale, is_temp, machine_id, pid_alive
+from .wire import foreign_name
 
 _Stat = tuple[int, int, int, int, int]
 """(size, mtime_ns, ino, st_mode, ctime_ns) of a file to hash."""
@@ -285,9 +286,9 @@ def scan_local(
         top=top,
         horizon=horizon,
     )
-    for path, st in to_hash:  # a placeholder until hashed: a file entry with no digest yet
-        entries[path] = Entry(EntryKind.FILE, st[0], st[1], st[3] & 0o7777)
-        scanned.unhashed[path] = st
+    for path, seen in to_hash:  # a placeholder until hashed: a file entry with no digest yet
+        entries[path] = Entry(EntryKind.FILE, seen[0], seen[1], seen[3] & 0o7777)
+        scanned.unhashed[path] = seen
     if not defer_hashing:
         scanned.hash(list(scanned.unhashed))
     return scanned

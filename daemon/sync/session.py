@@ -36,6 +36,7 @@ from typing import Any
 
 from ..config import Config, PairConfig, PairMode
 from ..errors import HostUnreachable, TetherError
+from ..transport.endpoints import SSH
 from ..transport.link import Link
 from .engine import SyncReport, sync_pair
 from .ignore import IgnoreRules
@@ -465,6 +466,7 @@ class PairSession:
             report = await sync_pair(
                 self.config,
                 self.pair,
+                SSH,
                 client=agent,
                 store=store,
                 accept_deletes=accept_deletes,

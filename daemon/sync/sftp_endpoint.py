@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import os
 import posixpath
-import re
 import stat
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -26,19 +25,11 @@ from typing import Any
 import asyncssh
 
 from ..errors import BadHostData
-from ..transport.agent_client import (
-    CHUNK,
-    WINDOW,
-    ExpectationFailed,
-    Range,
-    RemoteOpError,
-    ScanResult,
-    Seg,
-    WriteItem,
-)
+from .endpoint import ExpectationFailed, Range, RemoteOpError, ScanResult, Seg, WriteItem
 from .entry import Entry, EntryKind
-from .paths import check_relpath, escaping_link_problem, foreign_name, symlink_stays_inside
+from .paths import check_relpath, escaping_link_problem, symlink_stays_inside
 from .tempnames import is_stale, is_temp, machine_id, pid_alive, temp_name
+from .wire import CHUNK, WINDOW, WireRules, foreign_name
 
 _READ_CHUNK = 1 << 20
 _WRITING: set[str] = set()
@@ -65,10 +56,25 @@ def _error(exc: asyncssh.SFTPError, path: str) -> RemoteOpError:
     return RemoteOpError(kind, f"sftp: {exc.reason}", path)
 
 
+def _data(got: bytes | str) -> bytes:
+    """A read from a file opened ``"rb"``: asyncssh types it as str or bytes; binary mode
+    always gives bytes."""
+    if isinstance(got, str):
+        raise TypeError("an SFTP file opened in binary mode returned text")
+    return got
+
+
+def _filename(name: asyncssh.SFTPName) -> str:
+    """A listed name as a path string (the session decodes names; bytes only if it did not)."""
+    return os.fsdecode(name.filename)
+
+
 class SftpEndpoint:
     """The agent's file operations, spoken over an SFTP session."""
 
     remote_dir: str | None = None  # no agent install folder: runs need the agent
+    home: str
+    """The login's home folder, as the SFTP server resolves ``.``."""
 
     def __init__(self, sftp: asyncssh.SFTPClient, home: str) -> None:
         self.sftp, self.home = sftp, home
@@ -98,7 +104,7 @@ class SftpEndpoint:
     async def _hash(self, full: str) -> str:
         digest = hashlib.sha256()
         async with self.sftp.open(full, "rb") as fh:
-            while chunk := await fh.read(_READ_CHUNK):
+            while chunk := _data(await fh.read(_READ_CHUNK)):
                 digest.update(chunk)
         return digest.hexdigest()
 
@@ -129,14 +135,7 @@ class SftpEndpoint:
         **_: Any,
     ) -> ScanResult:
         """A full, validated snapshot of ``root`` (``paths`` narrows it; deltas are not kept)."""
-        rules = [(re.compile(r), bool(i)) for r, i in ignore]
-
-        def ignored(rel: str, is_dir: bool) -> bool:
-            subject, verdict = rel + "/" if is_dir else rel, False
-            for regex, value in rules:
-                if value != verdict and regex.match(subject):
-                    verdict = value
-            return verdict
+        ignored = WireRules(ignore)
 
         top = self._root(root)
         try:
@@ -152,7 +151,9 @@ class SftpEndpoint:
         files = sum(e.kind is EntryKind.FILE for e in entries.values())
         return ScanResult(True, True, entries, {"files": files, "hashed": files})
 
-    async def _walk(self, top: str, start: str, ignored: Any, entries: dict[str, Entry]) -> None:
+    async def _walk(
+        self, top: str, start: str, ignored: WireRules, entries: dict[str, Entry]
+    ) -> None:
         if start:
             try:
                 attrs = await self.sftp.lstat(posixpath.join(top, start))
@@ -168,14 +169,15 @@ class SftpEndpoint:
         while pending:
             folder = pending.pop()
             for name in await self.sftp.readdir(posixpath.join(top, folder) if folder else top):
-                if name.filename in (".", ".."):
+                filename = _filename(name)
+                if filename in (".", ".."):
                     continue
-                if is_temp(name.filename):
-                    await self._drop_if_stale(posixpath.join(top, folder, name.filename), name)
+                if is_temp(filename):
+                    await self._drop_if_stale(posixpath.join(top, folder, filename), name)
                     continue
-                rel = f"{folder}/{name.filename}" if folder else name.filename
+                rel = f"{folder}/{filename}" if folder else filename
                 is_dir = stat.S_ISDIR(name.attrs.permissions or 0)
-                foreign = foreign_name(name.filename)
+                foreign = foreign_name(filename)
                 try:
                     check_relpath(rel, foreign_ok=foreign is not None)
                 except BadHostData:
@@ -194,7 +196,7 @@ class SftpEndpoint:
         try:
             attrs = await self.sftp.lstat(full)
             async with self.sftp.open(full, "rb") as fh:
-                data = await fh.read()
+                data = _data(await fh.read())
         except asyncssh.SFTPError as exc:
             raise _error(exc, path) from None
         entry = Entry(
@@ -209,6 +211,10 @@ class SftpEndpoint:
     async def read(self, root: str, path: str) -> bytes:
         return (await self.read_entry(root, path))[0]
 
+    async def signature(self, root: str, path: str, block: int) -> None:
+        """None: SFTP cannot compute a delta signature on the host, so the file goes whole."""
+        return
+
     async def read_range(
         self, root: str, path: str, offset: int, length: int, *, holes: bool = True
     ) -> Range:
@@ -217,7 +223,7 @@ class SftpEndpoint:
         try:
             attrs = await self.sftp.lstat(full)
             async with self.sftp.open(full, "rb") as fh:
-                data = await fh.read(min(length, CHUNK), offset)
+                data = _data(await fh.read(min(length, CHUNK), offset))
         except asyncssh.SFTPError as exc:
             raise _error(exc, path) from None
         mtime_ns = int((attrs.mtime or 0) * 1e9)
@@ -267,7 +273,7 @@ class SftpEndpoint:
         if full in _WRITING or stat.S_ISDIR(name.attrs.permissions or 0):
             return
         age_s = time.time() - (name.attrs.mtime or 0)
-        if is_stale(name.filename, age_s, machine_id(), _writer_alive):
+        if is_stale(_filename(name), age_s, machine_id(), _writer_alive):
             with contextlib.suppress(asyncssh.SFTPError):
                 await self.sftp.remove(full)
 

@@ -17,9 +17,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..transport.agent_client import CHUNK, Range, RemoteOpError, Seg, WriteItem
+from .endpoint import Endpoint, Range, RemoteOpError, Seg, WriteItem
 from .entry import Entry
 from .sparse import read_pieces
+from .wire import CHUNK
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,11 +129,11 @@ async def _guard(call: Awaitable[Any], path: str) -> Any:
 
 
 class AgentSide:
-    """A side driven by a tether agent (:class:`tether.transport.agent_client.AgentClient`)."""
+    """A side driven by an :class:`~.endpoint.Endpoint`: a tether agent, or SFTP."""
 
     local = False
 
-    def __init__(self, client: Any, root: str, label: str) -> None:
+    def __init__(self, client: Endpoint, root: str, label: str) -> None:
         self.client, self.root, self.label = client, root, label
 
     async def read_range(self, path: str, offset: int, length: int) -> Range:
@@ -141,9 +142,9 @@ class AgentSide:
 
     async def signature(self, path: str, block: int) -> tuple[bytes, int] | None:
         """The delta signature of ``path``; None where the host cannot make one (SFTP)."""
-        if not hasattr(self.client, "signature"):
-            return None
-        got: tuple[bytes, int] = await _guard(self.client.signature(self.root, path, block), path)
+        got: tuple[bytes, int] | None = await _guard(
+            self.client.signature(self.root, path, block), path
+        )
         return got
 
     async def write_stream(
@@ -238,7 +239,7 @@ class LocalSide:
     label = "local"
     local = True
 
-    def __init__(self, root: Path, spawn: Callable[[], Awaitable[Any]]) -> None:
+    def __init__(self, root: Path, spawn: Callable[[], Awaitable[Endpoint]]) -> None:
         self.root = root
         self._spawn = spawn
         self._agent: AgentSide | None = None

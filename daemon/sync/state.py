@@ -18,7 +18,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,11 +266,19 @@ class StateStore:
 
     # -- ignore rules last sent to the host (lets the remote scan start before the local one) --
 
-    def load_rules(self, pair: str) -> list[list[object]] | None:
+    def load_rules(self, pair: str) -> list[tuple[str, bool]] | None:
+        """The ignore rules last sent to the host, ``[(regex, ignored)]``; None if none (or if
+        the stored ones are not rules: they are only a head start, sent again after the scan)."""
         row = self.db.execute("SELECT wire FROM rules WHERE pair = ?", (pair,)).fetchone()
-        return json.loads(row[0]) if row else None
+        raw = json.loads(row[0]) if row else None
+        if not isinstance(raw, list) or not all(
+            isinstance(r, list) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], bool)
+            for r in raw
+        ):
+            return None
+        return [(r[0], r[1]) for r in raw]
 
-    def save_rules(self, pair: str, wire: list[list[object]]) -> None:
+    def save_rules(self, pair: str, wire: Sequence[tuple[str, bool]]) -> None:
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO rules VALUES (?, ?)", (pair, json.dumps(wire)))
 
@@ -317,7 +325,7 @@ class StateStore:
             "SELECT path, size, mtime_ns, ino, ctime_ns, digest FROM file_digests WHERE pair = ?",
             (pair,),
         )
-        return {from_stored(path): tuple(row) for path, *row in rows}  # type: ignore[misc]
+        return {from_stored(path): tuple(row) for path, *row in rows}
 
     def load_digests_scope(self, pair: str, roots: Iterable[str]) -> DigestCache:
         """The digest cache rows at or below ``roots``."""
@@ -327,7 +335,7 @@ class StateStore:
             roots,
             False,
         )
-        return {from_stored(path): tuple(row) for path, *row in rows}  # type: ignore[misc]
+        return {from_stored(path): tuple(row) for path, *row in rows}
 
     def save_digests(self, pair: str, old: DigestCache, new: DigestCache) -> None:
         gone = [(pair, to_stored(p)) for p in old.keys() - new.keys()]

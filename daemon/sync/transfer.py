@@ -20,10 +20,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
-from ..transport.agent_client import CHUNK, WINDOW, Range, Seg
 from .delta import Copy, Event, Matcher, Signature, block_size, found_blocks, pull_plan
+from .endpoint import Range, Seg
 from .entry import Entry, EntryKind
 from .sparse import Piece, hash_zeros
+from .wire import CHUNK, WINDOW
 
 log = logging.getLogger(__name__)
 

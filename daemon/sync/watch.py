@@ -133,7 +133,9 @@ class WatchdogSource:
             "KqueueObserver": "kqueue",
             "WindowsApiObserver": "windows",
         }
-        return names.get(Observer.__name__, Observer.__name__)
+        # watchdog types Observer as a factory; at run time it is the platform's observer class.
+        kind: str = getattr(Observer, "__name__", "native")
+        return names.get(kind, kind)
 
     def start(self, emit: Emit) -> None:
         observer = PollingObserver(timeout=self.poll_interval_s) if self.polling else Observer()

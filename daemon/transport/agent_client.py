@@ -25,31 +25,34 @@ import struct
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeGuard
 
 import asyncssh
 
 from .. import __version__
 from ..errors import BadHostData, HostUnreachable, RemoteError, TetherError
+from ..sync.endpoint import (
+    ExpectationFailed,
+    Range,
+    RemoteOpError,
+    ScanResult,
+    Seg,
+    WriteItem,
+)
 from ..sync.entry import Entry, EntryKind, InvalidEntry
 from ..sync.paths import check_relpath, escaping_link_problem, parent_of, symlink_stays_inside
+from ..sync.wire import CHUNK, MAX_FRAME, PROTOCOL_VERSION, WINDOW
 
 log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-BUNDLE = ("sync/tempnames.py", "agent/agent.py")
+BUNDLE = ("sync/tempnames.py", "sync/wire.py", "agent/agent.py")
 """The agent's modules, relative to the package root (``daemon/``), in load order, laid out the
-same way in the host's cache folder: the agent imports the first by its bare name (``import
-tempnames``), registered by the bootstrap from verified source."""
+same way in the host's cache folder: the agent imports the others by their bare names (``import
+tempnames``, ``import wire``), registered by the bootstrap from verified source."""
 AGENT_PATH = PACKAGE_ROOT / BUNDLE[-1]
-PROTOCOL_VERSION = 1
-CHUNK = 1 << 20
-"""Files larger than this are written in several pipelined chunks, and read in ranges."""
-WINDOW = 8
-"""Chunks of one file in flight at once, either way: a transfer holds about WINDOW * CHUNK."""
-MAX_FRAME = 256 << 20
 HELLO_TIMEOUT_S = 30.0
 Blob: TypeAlias = bytes | Sequence[bytes]
 """A request's bytes after its header: whole, or in parts sent back to back."""
@@ -146,78 +149,12 @@ class NoUsablePython(RemoteError):
     """The host has no python3 >= 3.8 to run the agent (sync can fall back to SFTP)."""
 
 
-class RemoteOpError(RemoteError):
-    """An agent operation failed on the host; ``type`` is the agent's error type."""
-
-    def __init__(self, type_: str, message: str, path: str | None = None) -> None:
-        super().__init__(message, _HINTS.get(type_, ""))
-        self.type = type_
-        self.path = path
-
-
-class ExpectationFailed(RemoteOpError):
-    """The path no longer holds what the caller expected: rescan instead of overwriting."""
-
-
-_HINTS = {
-    "no_space": "free some disk space on the host",
-    "read_only": "the remote folder is on a read-only filesystem",
-    "permission": "check the remote folder's owner and permissions",
-    "changed": "the path changed on the host; it will be rescanned",
-    "no_venv": "create it there, or fix the host's venv in tether.toml",
-}
-
-
-@dataclass(frozen=True)
-class ScanResult:
-    """One side's snapshot as the agent saw it."""
-
-    exists: bool
-    is_dir: bool
-    entries: dict[str, Entry]
-    stats: dict[str, int] = field(default_factory=dict)
-    """files, hashed (read to compute a digest), hashed_bytes."""
-    token: str = ""
-    """With ``delta=True``: the host's name for this snapshot (pass it as ``since`` next time)."""
-    sent: int = -1
-    """How many entries the host actually sent (-1: all of them, no delta)."""
-
-
 @dataclass(frozen=True)
 class WatchBatch:
     """Paths that changed on the host (rescan their subtrees); ``rescan``: rescan everything."""
 
     paths: tuple[str, ...]
     rescan: bool = False
-
-
-@dataclass(frozen=True)
-class WriteItem:
-    """One file of :meth:`AgentClient.write_many`."""
-
-    path: str
-    data: bytes
-    mode: int
-    mtime_ns: int
-    expect: Entry | None
-    digest: str = ""
-    """The SHA-256 of ``data`` when the caller already has it (computed here otherwise)."""
-
-
-Seg: TypeAlias = bytes | int | tuple[int, int]
-"""Part of a streamed write: bytes, a hole of that many zeros, or (offset, length) copied from
-the target as it was (a delta)."""
-
-
-@dataclass(frozen=True)
-class Range:
-    """A range of a file as :meth:`AgentClient.read_range` got it, and the file's stat then."""
-
-    size: int
-    mtime_ns: int
-    mode: int
-    pieces: list[bytes | int]
-    """Data, and holes (ints: that many zero bytes), covering the range in order."""
 
 
 @dataclass(frozen=True)
@@ -267,11 +204,14 @@ def reports_from_wire(asked: Sequence[tuple[str, str]], raw: object) -> list[Rep
         for r in reports:
             if not isinstance(r, dict) or not isinstance(r.get("name"), str):
                 raise BadHostData(f"the host sent a malformed report under {path!r}: {r!r}")
-            numbers = (r.get("mtime_ns"), r.get("size"), r.get("files"))
-            if not all(_is_int(n) and n >= 0 for n in numbers):
+            mtime_ns, size, files = r.get("mtime_ns"), r.get("size"), r.get("files")
+            if not (
+                _is_int(mtime_ns) and _is_int(size) and _is_int(files)
+                and min(mtime_ns, size, files) >= 0
+            ):  # fmt: skip
                 raise BadHostData(f"the host sent bad numbers for a report under {path!r}: {r!r}")
             folder = check_relpath(r.get("folder"))
-            found.append(RemoteReport(folder, r["name"][:200], *numbers))
+            found.append(RemoteReport(folder, r["name"][:200], mtime_ns, size, files))
         out.append(ReportRoot(kind, path, tuple(found)))
     return out
 
@@ -297,7 +237,7 @@ def _entry_to_wire(entry: Entry | None) -> list[Any] | None:
     ]
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -413,6 +353,12 @@ class AgentClient:
             if stderr is not None
             else None
         )
+
+    @property
+    def home(self) -> str | None:
+        """The host user's home folder, as the agent's hello said (None before it)."""
+        home = self.info.get("home")
+        return home if isinstance(home, str) else None
 
     # ------------------------------------------------------------ starting
 
@@ -975,7 +921,7 @@ class AgentClient:
             for offset in range(0, len(data), CHUNK):
                 piece = bytes(view[offset : offset + CHUNK])
                 last = offset + CHUNK >= len(data)
-                args = dict(final) if last else {"root": root, "path": path}
+                args: dict[str, Any] = dict(final) if last else {"root": root, "path": path}
                 args.update(transfer=transfer, offset=offset, final=last)
                 calls.append(asyncio.ensure_future(self.call("write", piece, **args)))
             results = await asyncio.gather(*calls, return_exceptions=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
-from asyncssh.config import SSHClientConfig
+from asyncssh.config import SSHClientConfig, SSHConfig
 
 from ..config import HostConfig
 from ..errors import (
@@ -92,6 +92,12 @@ def _config_paths(host: HostConfig) -> tuple[Path, ...]:
     return (path,) if path.is_file() else ()
 
 
+def _option(cfg: SSHConfig, name: str) -> str | None:
+    """A single-valued ssh_config option as its text (asyncssh gives each as a plain object)."""
+    value = cfg.get(name)
+    return None if value is None or value == () else str(value)
+
+
 def resolve_target(host: HostConfig) -> Target:
     """Apply ~/.ssh/config (Host, HostName, Port, User, ProxyJump, ConnectTimeout, IdentityFile,
     Ciphers). What tether.toml spells out wins over that file, as ssh's command line does: a
@@ -102,12 +108,15 @@ def resolve_target(host: HostConfig) -> Target:
     cfg = SSHClientConfig.load(
         None, list(paths), False, False, False, local_user, user or (), alias, port or ()
     )
-    timeout = host.connect_timeout_s or cfg.get("ConnectTimeout") or DEFAULT_CONNECT_TIMEOUT_S
-    identities = tuple(Path(str(p)).expanduser() for p in (cfg.get("IdentityFile") or ()))
+    timeout = host.connect_timeout_s or _option(cfg, "ConnectTimeout") or DEFAULT_CONNECT_TIMEOUT_S
+    files = cfg.get("IdentityFile") or ()
+    identities = tuple(
+        Path(str(p)).expanduser() for p in (files if isinstance(files, list | tuple) else (files,))
+    )
     return Target(
         alias=alias,
         hostname=str(cfg.get("Hostname") or alias),
-        port=int(port or cfg.get("Port") or 22),
+        port=int(port or _option(cfg, "Port") or 22),
         username=str(user or cfg.get("User") or local_user),
         proxy_jump=host.proxy_jump or (str(cfg.get("ProxyJump")) if cfg.get("ProxyJump") else None),
         connect_timeout_s=float(timeout),

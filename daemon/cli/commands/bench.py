@@ -33,6 +33,7 @@ from ...runs.remote import RunSpec, new_run_id, run_to_end
 from ...sync.engine import sync_pair
 from ...transport.agent_client import RemoteOpError
 from ...transport.bundle import QUIET_TABLE_ENV, cache_dir_of, kernels_argv, upload_kernels
+from ...transport.endpoints import SSH
 from ...transport.link import Link
 from ..main import config_of
 from .run import STOP_SIGNALS
@@ -237,7 +238,7 @@ async def _bench(config: Config, bench: BenchPlan) -> int:
         agent = await link.wait_agent(60)
         if bench.files:
             assert bench.pair is not None
-            report = await sync_pair(config, bench.pair, client=agent)
+            report = await sync_pair(config, bench.pair, SSH, client=agent)
             if report.halted:
                 raise TetherError(f"sync halted: {report.message}", "fix it, then bench again")
             if report.copied or report.deleted:

@@ -9,6 +9,7 @@ import time
 from ...console import console, print_json
 from ...sync.resolve import KEEP_CHOICES, find_record, resolve
 from ...sync.state import StateStore, pair_key
+from ...transport.endpoints import SSH
 from ..main import config_of
 
 
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     with StateStore() as store:
         if getattr(args, "conflicts_command", None) == "resolve":
             pair, record = find_record(store, config, args.path, args.pair)
-            asyncio.run(resolve(config, pair, record, args.keep, store))
+            asyncio.run(resolve(config, pair, record, args.keep, store, SSH))
             console().print(f"resolved {record.path}: kept {args.keep}")
             return 0
         rows = []

@@ -172,6 +172,7 @@ async def _run(
     from ...runs.history import recording_run
     from ...runs.remote import fetch, run_to_end
     from ...sync.engine import sync_pair
+    from ...transport.endpoints import SSH
     from ...transport.link import Link
 
     err = console(stderr=True)
@@ -183,7 +184,7 @@ async def _run(
     async with Link(spec.host) as link:
         await link.wait_up(spec.host.connect_timeout_s or 15.0)
         if sync:
-            report = await sync_pair(config, spec.pair, client=await link.wait_agent(60))
+            report = await sync_pair(config, spec.pair, SSH, client=await link.wait_agent(60))
             if report.halted:
                 raise TetherError(f"sync halted: {report.message}", "fix it, or use --no-sync")
             if report.copied or report.deleted:

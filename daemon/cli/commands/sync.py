@@ -301,6 +301,7 @@ def _one_shot(args: argparse.Namespace, config: Config, pairs: list[PairConfig])
 
     from ...console import print_json
     from ...sync.engine import Progress, sync_pair
+    from ...transport.endpoints import SSH
 
     reports: list[SyncReport] = []
     tty = sys.stderr.isatty() and not args.json
@@ -313,6 +314,7 @@ def _one_shot(args: argparse.Namespace, config: Config, pairs: list[PairConfig])
                 sync_pair(
                     config,
                     pair,
+                    SSH,
                     dry_run=args.dry_run,
                     progress=progress,
                     accept_empty=args.accept_empty,
