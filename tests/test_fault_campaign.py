@@ -55,9 +55,13 @@ def _skipped() -> frozenset[str]:
     return frozenset(filter(None, os.environ.get("TETHER_CAMPAIGN_SKIP", "").split(",")))
 
 
-def _seed() -> int:
+def _seed(default: int | None) -> int:
+    """``$TETHER_CAMPAIGN_SEED``, else the run's fixed seed (the default runs replay seeds that
+    once found bugs, so CI is repeatable), else a fresh one (the long runs explore)."""
     env = os.environ.get("TETHER_CAMPAIGN_SEED")
-    return int(env) if env else random.SystemRandom().randrange(1 << 32)
+    if env:
+        return int(env)
+    return default if default is not None else random.SystemRandom().randrange(1 << 32)
 
 
 class Campaign:
@@ -532,27 +536,24 @@ def campaign_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _cli(tmp: Path, sshd: SshServer, steps: int) -> None:
-    camp = Campaign(tmp / "c", sshd.toml_host(), _seed(), "cli")
+def _cli(tmp: Path, sshd: SshServer, steps: int, seed: int | None) -> None:
+    camp = Campaign(tmp / "c", sshd.toml_host(), _seed(seed), "cli")
     try:
         run_cli_campaign(camp, steps)
     finally:
         print(camp.summary() if camp.step >= steps else "\n".join(camp.log[-40:]))
 
 
-ISSUE_12 = pytest.mark.xfail(strict=False, reason="issue 12 fixes land on other branches")
-
-
-@ISSUE_12
 @pytest.mark.timeout(300)
 def test_cli_campaign(campaign_env: Path, sshd: SshServer) -> None:
-    _cli(campaign_env, sshd, _steps(150))
+    """Seed 3891124327 once caught the oracle owing a version both users had given up."""
+    _cli(campaign_env, sshd, _steps(150), 3891124327)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(7200)
 def test_cli_campaign_long(campaign_env: Path, sshd: SshServer) -> None:
-    _cli(campaign_env, sshd, _steps(3000))
+    _cli(campaign_env, sshd, _steps(3000), None)
 
 
 # -- the daemon flavour -------------------------------------------------------------------------
@@ -658,7 +659,7 @@ def run_daemon_campaign(camp: Campaign, proxy: FaultProxy, steps: int) -> None:
 def settle(camp: Campaign, daemon: DaemonRunner) -> None:
     """Ask the agent to sync, wait for both sides to agree, then hold the oracle's verdict."""
     before = camp.trees()
-    code, report = tether.sync()
+    code, report = daemon.sync()
     camp.syncs += 1
     camp.note(
         f"sync (through the agent): exit {code}, {report.get('status')} {report.get('message', '')}"
@@ -668,11 +669,11 @@ def settle(camp: Campaign, daemon: DaemonRunner) -> None:
     if str(report.get("status", "")).startswith("halted") or halted_there:
         camp.halts += 1
         camp.verify(before, settled=False, problems=frozenset())
-        code, report = tether.sync("--accept-empty")
+        code, report = daemon.sync("--accept-empty")
         tether(daemon.cwd, "resume")
         camp.note(f"halted: the user accepts (sync --accept-empty) and resumes: exit {code}")
     elif report.get("status") == "error":  # the link was cut under it: the agent retries
-        code, report = tether.sync()
+        code, report = daemon.sync()
         camp.note(f"sync again: exit {code}, {report.get('status')}")
     trees = camp.trees()
     problems = excused(report)
@@ -684,7 +685,7 @@ def settle(camp: Campaign, daemon: DaemonRunner) -> None:
     camp.model.settled(*camp.trees().values())
 
 
-def _daemon(tmp: Path, sshd: SshServer, steps: int) -> None:
+def _daemon(tmp: Path, sshd: SshServer, steps: int, seed: int | None) -> None:
     with fault_proxy(sshd.port) as proxy:
         known = tmp / "known_hosts"
         entry = sshd.known_hosts.read_text().splitlines()[0].split(" ", 1)[1]
@@ -694,7 +695,7 @@ def _daemon(tmp: Path, sshd: SshServer, steps: int) -> None:
             f'identity_file = "{sshd.client_key}"\nknown_hosts = "{known}"\n'
             f'ssh_config = "{sshd.ssh_config}"\nconnect_timeout = "3s"\n'
         )
-        camp = Campaign(tmp / "c", host, _seed(), "daemon")
+        camp = Campaign(tmp / "c", host, _seed(seed), "daemon")
         camp.skipped |= {"retarget"}  # the CLI flavour covers it; a halt here needs a resume
         try:
             run_daemon_campaign(camp, proxy, steps)
@@ -702,13 +703,13 @@ def _daemon(tmp: Path, sshd: SshServer, steps: int) -> None:
             print(camp.summary() if camp.step >= steps else "\n".join(camp.log[-40:]))
 
 
-@ISSUE_12
 @pytest.mark.timeout(400)
 def test_daemon_campaign(campaign_env: Path, sshd: SshServer) -> None:
-    _daemon(campaign_env, sshd, _steps(40))
+    """Seed 1187763029 once caught the driver judging a pair the agent held halted as settled."""
+    _daemon(campaign_env, sshd, _steps(40), 1187763029)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(7200)
 def test_daemon_campaign_long(campaign_env: Path, sshd: SshServer) -> None:
-    _daemon(campaign_env, sshd, _steps(1000))
+    _daemon(campaign_env, sshd, _steps(1000), None)

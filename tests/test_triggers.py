@@ -167,3 +167,31 @@ def test_fetches_results_after_the_run(sshd: SshServer, tmp_path: Path) -> None:
                 await asyncio.sleep(0.05)
 
     asyncio.run(body())
+
+
+def test_auto_fetch_pulls_the_reports_the_run_made(sshd: SshServer, tmp_path: Path) -> None:
+    """A trigger with ``auto_fetch = true`` pulls, when its run ends, the report folders under
+    the configured roots that the run created; one that was there before is left alone."""
+    reports = tmp_path / "host-reports"
+    (reports / "old").mkdir(parents=True)
+    (reports / "old" / "db.sqlite").write_text("before the run")
+    script = f"mkdir -p {reports}/new && echo fresh > {reports}/new/db.sqlite"
+    extra = trigger_toml(script, extra="auto_fetch = true\n")
+    extra += f'\n[reports.tt]\nhost = "gpu"\nmemory = "{reports}"\n'
+    local, _ = write_project(tmp_path, sshd, extra=extra)
+    pulled = local / "reports" / "gpu" / "memory"
+
+    async def body() -> None:
+        async with running_daemon() as (_daemon, client):
+            config = await setup(client, local)
+            (local / "src" / "a.py").write_text("x = 1\n")
+            await client.flush(config, 30)
+            target = pulled / "new" / "db.sqlite"
+            await eventually(
+                lambda: target.is_file() and target.read_text() == "fresh\n",
+                60,
+                "the run's report pulled",
+            )
+
+    asyncio.run(body())
+    assert not (pulled / "old").exists()
