@@ -309,37 +309,52 @@ async def _push(
     on_bytes: BytesFn | None,
 ) -> str | None:
     """``there`` is this machine: match the new file against the host's signature of its old
-    one; send block references and the bytes the host lacks."""
-    block = block_size(old.size)
-    got = await here.signature(dst, block)
-    if got is None or got[1] != old.size:
-        return None
-    sig = Signature(block, got[0])
-    matcher = Matcher(sig)
+    one; send block references and the bytes the host lacks.
+
+    A file the scan left unhashed is hashed by a reader of its own that starts at once, so its
+    sha256 runs beside the host's signing and the matching (two cores, not one after the
+    other); the host checks the rebuilt file against that digest, so a file edited between the
+    two reads never lands under it (the edit fails the check and the whole send finds it).
+    With the scan's digest known, that check covers what was read, and nothing is hashed here.
+    """
+    hashing = None if new.digest else asyncio.ensure_future(_digest(there, src, new))
+    try:
+        block = block_size(old.size)
+        got = await here.signature(dst, block)
+        if got is None or got[1] != old.size:
+            return None
+        sig = Signature(block, got[0])
+        matcher = Matcher(sig)
+        whole = new.digest
+
+        async def frames() -> AsyncIterator[list[Seg]]:
+            nonlocal whole
+            done = 0
+            async for pieces in pieces_of(there, src, new):
+                data = _dense(pieces)
+                yield _segs(await asyncio.to_thread(matcher.feed, data), block)
+                done += len(data)
+                if on_bytes is not None:
+                    on_bytes(done)
+            yield _segs(matcher.finish(), block)
+            if hashing is not None:
+                whole = await hashing
+
+        return await _landed(
+            here.write_stream(dst, frames(), new, old, lambda: whole, True), lambda: whole
+        )
+    finally:
+        if hashing is not None:  # done or not: its failure is seen through frames() or moot
+            hashing.cancel()
+            await asyncio.gather(hashing, return_exceptions=True)
+
+
+async def _digest(side: StreamSide, path: str, entry: Entry) -> str:
+    """The sha256 of the file at ``path``, read as :func:`pieces_of` reads it."""
     h = hashlib.sha256()
-
-    def feed(data: bytes) -> list[Event]:
-        # With the scan's digest known, the host's check of the rebuilt file against it is the
-        # check of what was read too (a file edited since fails it, and the whole send that
-        # follows finds the edit): no second hash of every byte here.
-        if not new.digest:
-            h.update(data)
-        return matcher.feed(data)
-
-    def digest() -> str:
-        return new.digest or h.hexdigest()
-
-    async def frames() -> AsyncIterator[list[Seg]]:
-        done = 0
-        async for pieces in pieces_of(there, src, new):
-            data = _dense(pieces)
-            yield _segs(await asyncio.to_thread(feed, data), block)
-            done += len(data)
-            if on_bytes is not None:
-                on_bytes(done)
-        yield _segs(matcher.finish(), block)
-
-    return await _landed(here.write_stream(dst, frames(), new, old, digest, True), digest)
+    async for pieces in pieces_of(side, path, entry):
+        await _hash(h, pieces)
+    return h.hexdigest()
 
 
 async def _pull(
