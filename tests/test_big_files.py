@@ -254,3 +254,99 @@ def test_progress_shows_each_big_file_bytes_rate_and_eta(project, monkeypatch, c
     err = capsys.readouterr().err.splitlines()
     assert err[-2].startswith("  0/2 files, 5.2 MB/31.5 MB, ") and err[-2].endswith(" left")
     assert err[-1].startswith("  ckpt/model.pt: 5.2 MB/21.0 MB, ") and "/s, " in err[-1]
+
+
+def test_an_appended_big_file_sends_only_its_tail(project, monkeypatch) -> None:
+    """The host copies its own file and gets the tail: no signature, about 1 MiB written."""
+    tmp, local, remote, configure = project
+    configure("push")
+    source = local / "train.log"
+    write_random(source, 12 * MiB, seed=7)
+    code, report = sync(tmp)
+    assert code == 0, report
+    with source.open("ab") as fh:
+        fh.write(os.urandom(MiB + 123))
+    watch = Watch(monkeypatch)
+    code, report = sync(tmp)
+    assert code == 0, report
+    assert digest(remote / "train.log") == digest(source)
+    assert "signature" not in watch.sent
+    assert watch.moved("push") < MiB + 64 * 1024
+    assert sync(tmp)[1]["plan"] == []
+
+
+def test_a_rewrite_that_keeps_the_old_end_is_not_taken_for_an_append(project, monkeypatch) -> None:
+    """Same last bytes where the host's copy ends, a longer file, another start: it goes as a
+    delta (the start's digest gives it away before the tail is sent), and lands exact."""
+    tmp, local, remote, configure = project
+    configure("push")
+    source = local / "data.bin"
+    write_random(source, 12 * MiB, seed=8)
+    code, report = sync(tmp)
+    assert code == 0, report
+    with source.open("r+b") as fh:
+        fh.seek(MiB)
+        fh.write(os.urandom(1000))
+        fh.seek(0, os.SEEK_END)
+        fh.write(os.urandom(MiB))
+    watch = Watch(monkeypatch)
+    code, report = sync(tmp)
+    assert code == 0, report
+    assert digest(remote / "data.bin") == digest(source)
+    assert "signature" in watch.sent
+    assert watch.moved("push") < MiB + 256 * 1024  # the tail once, the changed block
+    assert sync(tmp)[1]["plan"] == []
+
+
+def hashed_by_scan(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the files the local scan reads to hash, as it hashes them."""
+    from tether.sync import scan
+
+    seen: list[str] = []
+    real = scan.hash_file
+
+    def spy(path: str) -> str:
+        seen.append(os.path.basename(path))
+        return real(path)
+
+    monkeypatch.setattr(scan, "hash_file", spy)
+    return seen
+
+
+def test_a_big_file_changed_here_only_is_hashed_as_it_is_sent(project, monkeypatch) -> None:
+    """Not read once by the scan and again by the delta: the transfer's digest of what it read
+    (checked by the host) is what the base and the digest cache keep."""
+    tmp, local, remote, configure = project
+    configure("push")
+    source = local / "weights.bin"
+    write_random(source, 12 * MiB, seed=9)
+    code, report = sync(tmp)
+    assert code == 0, report
+    with source.open("r+b") as fh:
+        fh.seek(6 * MiB)
+        fh.write(os.urandom(5000))
+    hashed = hashed_by_scan(monkeypatch)
+    code, report = sync(tmp)
+    assert code == 0, report
+    assert digest(remote / "weights.bin") == digest(source)
+    assert "weights.bin" not in hashed
+    code, report = sync(tmp)
+    assert report["plan"] == []  # the learned digest is the file's: nothing differs
+
+
+def test_a_big_file_changed_alike_on_both_sides_is_compared_not_conflicted(project) -> None:
+    """Both sides changed: the scan must hash it, and equal bytes are no conflict."""
+    tmp, local, remote, configure = project
+    configure("two-way")
+    write_random(local / "same.bin", 12 * MiB, seed=10)
+    code, report = sync(tmp)
+    assert code == 0, report
+    edit = os.urandom(5000)
+    for side in (local, remote):
+        with (side / "same.bin").open("r+b") as fh:
+            fh.seek(3 * MiB)
+            fh.write(edit)
+    code, report = sync(tmp)
+    assert code == 0, report
+    assert report["conflicts"] == [] and report["plan"] == []
+    assert digest(local / "same.bin") == digest(remote / "same.bin")

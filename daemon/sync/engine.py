@@ -60,6 +60,7 @@ from .safety import (
 from .scan import DigestCache, LocalScan, scan_local
 from .sides import AgentSide, LocalSide
 from .state import ConflictRecord, StateStore, pair_key
+from .transfer import hashed_as_sent
 from .wire import foreign_name
 
 log = logging.getLogger(__name__)
@@ -305,8 +306,14 @@ async def sync_pair(
 async def _hash_to_compare(scanned: LocalScan, base: Snapshot, remote: Snapshot) -> None:
     """Hash the local files the scan left unhashed that something will be compared with: a
     base entry or a remote one. The rest are new on this side only: whatever their content,
-    they are copied, and hashed as they are read to be sent."""
-    need = [p for p in scanned.unhashed if p in remote or p in base]
+    they are copied, and hashed as they are read to be sent; so are big files changed here
+    only (:func:`~tether.sync.transfer.hashed_as_sent`)."""
+    need = [
+        p
+        for p, st in scanned.unhashed.items()
+        if (p in remote or p in base)
+        and not hashed_as_sent(st[0], st[1], base.get(p), remote.get(p))
+    ]
     if need:
         await asyncio.to_thread(scanned.hash, need)
 

@@ -31,6 +31,31 @@ log = logging.getLogger(__name__)
 DELTA_MIN = 4 << 20
 """A changed file at least this big (both versions) goes as a delta."""
 
+
+def hashed_as_sent(size: int, mtime_ns: int, base: Entry | None, remote: Entry | None) -> bool:
+    """May this side's file (``size`` bytes, modified at ``mtime_ns``), which the scan left
+    unhashed, go unhashed into reconcile, its digest learned as it is sent?
+
+    Yes when it is big (a delta), its size or mtime is not the base's (it was written since the
+    last sync; a file that only lost its cache entry, e.g. one written just before that sync,
+    is hashed and found unchanged), and the other side still holds the base's content: then it
+    is this side's change whatever its bytes, so no comparison needs its digest, and the
+    transfer reads it once, hashing as it goes, instead of a scan reading it first (the digest
+    that lands in the base is the sha256 of what was read, checked where it landed, never a
+    guess). A rewrite with the same bytes costs a delta of block copies, as with rsync.
+    Anything else (the other side changed too, or no base) is hashed first: a conflict, a
+    deletion against a modification, or a first sync of two copies depends on the bytes.
+    """
+    return (
+        size >= DELTA_MIN
+        and base is not None
+        and base.kind is EntryKind.FILE
+        and base.size >= DELTA_MIN
+        and (size, mtime_ns) != (base.size, base.mtime_ns)
+        and base.same_content(remote)
+    )
+
+
 BytesFn = Callable[[int], None]
 """``on_bytes(done)``: how many of the file's bytes have landed (or been settled) so far."""
 T = TypeVar("T")
@@ -82,14 +107,18 @@ async def ordered(
             await asyncio.gather(*pending, return_exceptions=True)
 
 
-async def pieces_of(side: StreamSide, path: str, entry: Entry) -> AsyncIterator[list[Piece]]:
-    """The file at ``path`` range by range, as long as it is the one the scan saw (its size,
-    and its mtime where the scan left it unhashed; its digest is the caller's to check)."""
+async def pieces_of(
+    side: StreamSide, path: str, entry: Entry, start: int = 0, end: int | None = None
+) -> AsyncIterator[list[Piece]]:
+    """The file at ``path`` (bytes ``start`` to ``end``) range by range, as long as it is the
+    one the scan saw (its size, and its mtime where the scan left it unhashed; its digest is the
+    caller's to check)."""
+    stop = entry.size if end is None else end
 
     def job(offset: int) -> Callable[[], Awaitable[Range]]:
-        return lambda: side.read_range(path, offset, CHUNK)
+        return lambda: side.read_range(path, offset, min(CHUNK, stop - offset))
 
-    async for got in ordered(job(offset) for offset in range(0, entry.size, CHUNK)):
+    async for got in ordered(job(offset) for offset in range(start, stop, CHUNK)):
         if got.size != entry.size or (not entry.digest and got.mtime_ns != entry.mtime_ns):
             raise SourceChanged(f"{path} changed since it was scanned")
         yield got.pieces
@@ -141,6 +170,9 @@ async def copy_file(
     ):
         try:
             pushed = here.local is False
+            done = await _append(there, here, src, dst, new, old, on_bytes)
+            if done is not None:
+                return done
             done = await (
                 _push(there, here, src, dst, new, old, on_bytes)
                 if pushed
@@ -183,6 +215,75 @@ async def _whole(
     return h.hexdigest()
 
 
+APPEND_PROBE = 64 << 10
+"""Bytes compared at the end of the receiver's file before it is taken for the start of the
+new one."""
+
+
+class NotAppended(Exception):
+    """The new file does not begin with the receiver's: send it as an ordinary delta."""
+
+
+async def _append(
+    there: StreamSide,
+    here: StreamSide,
+    src: str,
+    dst: str,
+    new: Entry,
+    old: Entry,
+    on_bytes: BytesFn | None,
+) -> str | None:
+    """A push of ``new`` that is ``old`` with bytes added at its end (a growing log, a dataset
+    appended to): the host copies its own file and only the tail crosses the link; no
+    signature, no matching. None when it is not such a file: the caller sends a delta.
+
+    Tried only where ``old``'s last bytes are the same bytes of ``new`` (one small read each
+    side), and exact: the start of ``new``, read and hashed here while the host copies, must
+    hash to ``old``'s digest before any of the tail is sent, and the host checks the whole
+    result against ``new``'s digest before the rename. (A pull would need the host to hash the
+    start of its file for the same check; pulls go as deltas.)
+    """
+    if not there.local or new.size <= old.size or not old.digest:
+        return None
+    n = min(APPEND_PROBE, old.size)
+    ours = await there.read_range(src, old.size - n, n)
+    try:
+        theirs = await here.read_range(dst, old.size - n, n)
+    except Exception as exc:
+        if getattr(exc, "kind", ""):  # a per-path failure (gone, unreadable): the delta decides
+            return None
+        raise
+    if (theirs.size, ours.size) != (old.size, new.size) or _dense(theirs.pieces) != _dense(
+        ours.pieces
+    ):
+        return None
+    h = hashlib.sha256()
+
+    async def frames() -> AsyncIterator[list[Seg]]:
+        yield [(0, old.size)]  # the host starts copying while the start is hashed here
+        async for pieces in pieces_of(there, src, new, 0, old.size):
+            await _hash(h, pieces)
+        if h.copy().hexdigest() != old.digest:
+            raise NotAppended(f"{src} does not begin with the host's copy")
+        done = old.size
+        async for pieces in pieces_of(there, src, new, old.size):
+            await _hash(h, pieces)
+            yield list(pieces)
+            done += sum(seg_len(p) for p in pieces)
+            if on_bytes is not None:
+                on_bytes(done)
+        if new.digest and h.hexdigest() != new.digest:
+            raise SourceChanged(f"{src} changed since it was scanned")
+
+    try:
+        return await _landed(
+            here.write_stream(dst, frames(), new, old, h.hexdigest, True), h.hexdigest
+        )
+    except (NotAppended, DeltaFailed) as exc:
+        log.info("%s: not an append after all (%s); sending a delta", dst, exc)
+        return None
+
+
 def _segs(events: list[Event], block: int) -> list[Seg]:
     """Matcher events → write segments: block copies (neighbours merged) and literal bytes."""
     segs: list[Seg] = []
@@ -209,37 +310,52 @@ async def _push(
     on_bytes: BytesFn | None,
 ) -> str | None:
     """``there`` is this machine: match the new file against the host's signature of its old
-    one; send block references and the bytes the host lacks."""
-    block = block_size(old.size)
-    got = await here.signature(dst, block)
-    if got is None or got[1] != old.size:
-        return None
-    sig = Signature(block, got[0])
-    matcher = Matcher(sig)
+    one; send block references and the bytes the host lacks.
+
+    A file the scan left unhashed is hashed by a reader of its own that starts at once, so its
+    sha256 runs beside the host's signing and the matching (two cores, not one after the
+    other); the host checks the rebuilt file against that digest, so a file edited between the
+    two reads never lands under it (the edit fails the check and the whole send finds it).
+    With the scan's digest known, that check covers what was read, and nothing is hashed here.
+    """
+    hashing = None if new.digest else asyncio.ensure_future(_digest(there, src, new))
+    try:
+        block = block_size(old.size)
+        got = await here.signature(dst, block)
+        if got is None or got[1] != old.size:
+            return None
+        sig = Signature(block, got[0])
+        matcher = Matcher(sig)
+        whole = new.digest
+
+        async def frames() -> AsyncIterator[list[Seg]]:
+            nonlocal whole
+            done = 0
+            async for pieces in pieces_of(there, src, new):
+                data = _dense(pieces)
+                yield _segs(await asyncio.to_thread(matcher.feed, data), block)
+                done += len(data)
+                if on_bytes is not None:
+                    on_bytes(done)
+            yield _segs(matcher.finish(), block)
+            if hashing is not None:
+                whole = await hashing
+
+        return await _landed(
+            here.write_stream(dst, frames(), new, old, lambda: whole, True), lambda: whole
+        )
+    finally:
+        if hashing is not None:  # done or not: its failure is seen through frames() or moot
+            hashing.cancel()
+            await asyncio.gather(hashing, return_exceptions=True)
+
+
+async def _digest(side: StreamSide, path: str, entry: Entry) -> str:
+    """The sha256 of the file at ``path``, read as :func:`pieces_of` reads it."""
     h = hashlib.sha256()
-
-    def feed(data: bytes) -> list[Event]:
-        # With the scan's digest known, the host's check of the rebuilt file against it is the
-        # check of what was read too (a file edited since fails it, and the whole send that
-        # follows finds the edit): no second hash of every byte here.
-        if not new.digest:
-            h.update(data)
-        return matcher.feed(data)
-
-    def digest() -> str:
-        return new.digest or h.hexdigest()
-
-    async def frames() -> AsyncIterator[list[Seg]]:
-        done = 0
-        async for pieces in pieces_of(there, src, new):
-            data = _dense(pieces)
-            yield _segs(await asyncio.to_thread(feed, data), block)
-            done += len(data)
-            if on_bytes is not None:
-                on_bytes(done)
-        yield _segs(matcher.finish(), block)
-
-    return await _landed(here.write_stream(dst, frames(), new, old, digest, True), digest)
+    async for pieces in pieces_of(side, path, entry):
+        await _hash(h, pieces)
+    return h.hexdigest()
 
 
 async def _pull(
