@@ -13,8 +13,9 @@ from types import ModuleType
 
 
 def load_agent() -> ModuleType:
-    from tether.sync import tempnames, wire
+    from tether.sync import sparse, tempnames, wire
 
+    sys.modules.setdefault("sparse", sparse)
     sys.modules.setdefault("tempnames", tempnames)
     sys.modules.setdefault("wire", wire)
     return importlib.import_module("tether.agent.agent")

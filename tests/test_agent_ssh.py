@@ -61,6 +61,7 @@ def test_start_uploads_once(sshd: SshServer, tmp_path: Path) -> None:
         "agent",
         "agent/agent.py",
         "sync",
+        "sync/sparse.py",
         "sync/tempnames.py",
         "sync/wire.py",
     ]
@@ -107,7 +108,7 @@ def test_the_agent_runs_only_its_verified_source(sshd: SshServer, tmp_path: Path
                 assert "hashlib.py" in scan.entries
             finally:
                 await client.close()
-            for name in ("agent/agent.py", "sync/tempnames.py", "sync/wire.py"):
+            for name in ("agent/agent.py", "sync/tempnames.py", "sync/wire.py", "sync/sparse.py"):
                 plant_pyc(remote_dir / name, marker)
 
     over_ssh(sshd, body)

@@ -166,7 +166,7 @@ def test_the_agent_finds_holes_as_tether_does(tmp_path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         for start, end in [(0, 12 << 20), (50_000, 5 << 20), (6 << 20, 12 << 20), (0, 0)]:
-            assert agent.data_extents(fd, start, end) == sparse.data_extents(fd, start, end)
+            assert agent.sparse.data_extents(fd, start, end) == sparse.data_extents(fd, start, end)
         runs = sparse.data_extents(fd, 0, 12 << 20)
     finally:
         os.close(fd)

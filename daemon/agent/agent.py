@@ -138,8 +138,11 @@ import threading
 import time
 import zlib
 
-import tempnames  # daemon/sync/tempnames.py, registered by the bootstrap from verified source
-import wire  # daemon/sync/wire.py, likewise: the numbers both ends of the stream share
+# The bundle's other modules, registered under these bare names by the bootstrap from the
+# source it verified: holes found and hashed as tether finds them, temporary names, wire numbers.
+import sparse  # daemon/sync/sparse.py
+import tempnames  # daemon/sync/tempnames.py
+import wire  # daemon/sync/wire.py
 
 VERSION = wire.PROTOCOL_VERSION
 CHUNK = wire.CHUNK
@@ -787,7 +790,7 @@ def op_read(req):
         if offset < 0 or length < 0:
             raise AgentError("invalid", "bad range %d+%d" % (offset, length), rel)
         end = min(offset + length, st.st_size)
-        runs = data_extents(fd, offset, end) if req.get("holes") else [(offset, end)]
+        runs = sparse.data_extents(fd, offset, end) if req.get("holes") else [(offset, end)]
         segs, parts = [], []
         for start, stop in runs:
             data = pread_full(fd, stop - start, start)
@@ -810,43 +813,6 @@ def pread_full(fd, n, offset):
         n -= len(data)
         offset += len(data)
     return b"".join(parts)
-
-
-def data_extents(fd, start, end):
-    """The (start, stop) runs of data in [start, end) of ``fd``, holes left out, as
-    SEEK_DATA/SEEK_HOLE tell; one run where the platform or filesystem cannot tell.
-    (daemon/sync/sparse.py is this machine's copy; a test holds them to one answer.)"""
-    if start >= end:
-        return []
-    if not hasattr(os, "SEEK_DATA"):
-        return [(start, end)]
-    runs = []
-    pos = start
-    while pos < end:
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # nothing but a hole up to the end
-                break
-            return [(start, end)]
-        if data >= end:
-            break
-        stop = min(os.lseek(fd, data, os.SEEK_HOLE), end)
-        runs.append((data, stop))
-        pos = stop
-    return runs
-
-
-ZEROS = bytes(CHUNK)
-
-
-def hash_zeros(h, n):
-    """Feed ``n`` zero bytes to ``h`` in pieces (a hole of any size, never materialized)."""
-    view = memoryview(ZEROS)
-    while n > 0:
-        step = min(n, CHUNK)
-        h.update(view[:step])
-        n -= step
 
 
 SIG_MIN, SIG_MAX = 4096, 64 << 20
@@ -934,7 +900,7 @@ class Upload:
                 self.append(view[used : used + n])
                 used += n
             elif what == -2:
-                hash_zeros(self.hash, n)
+                sparse.hash_zeros(self.hash, n)
                 self.size += n
                 os.lseek(self.fd, self.size, os.SEEK_SET)
             elif isinstance(what, int) and what >= 0 and self.base is not None:

@@ -4,18 +4,18 @@ A transfer moves a file as *pieces*: ``bytes`` for data and an ``int`` for a hol
 zero bytes. The reader finds holes with SEEK_DATA/SEEK_HOLE (where the platform and filesystem
 have them) so a hole is neither read nor sent; the writer seeks over it, so it stays a hole; both
 hash it as the zeros it reads as, in bounded pieces (a 2 GiB hole is never a 2 GiB buffer).
-The host agent has its own copy of :func:`data_extents` (it imports nothing from tether); a test
-holds the two to one answer.
+The host agent uses this module too: it ships in the agent's verified bundle, so it stays
+stdlib-only and Python 3.8 (no ``X | Y`` outside annotations).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from typing import Any
+from typing import Any, Union
 
 CHUNK = 1 << 20
-Piece = bytes | int
+Piece = Union[bytes, int]
 """Data, or a hole of that many zero bytes."""
 _ZEROS = bytes(CHUNK)
 
