@@ -255,10 +255,10 @@ async def _bench(config: Config, bench: BenchPlan) -> int:
         if bench.simulate:
             env["NUMBA_ENABLE_CUDASIM"] = "1"
         workdir = bench.pair if bench.files and bench.pair is not None else None
+        pair = workdir or PairConfig(name="bench", host=host.name, local=config.root, remote=cache)
         spec = RunSpec(
             host=host,
-            pair=workdir
-            or PairConfig(name="bench", host=host.name, local=config.root, remote=cache),
+            pair=pair,
             argv=kernels_argv(host.python, cache, kargs),
             env=env,
             run_id=bench.run_id,
@@ -270,7 +270,7 @@ async def _bench(config: Config, bench: BenchPlan) -> int:
             spec.run_id,
             project=str(config.path),
             host=host.name,
-            pair=spec.pair.name,
+            pair=pair.name,
             command=display,
         ) as recorded:
             relay = _Relay(recorded.log, hide=(f"wrote {remote_json}",))

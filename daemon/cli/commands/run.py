@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(
         _run(
             config,
+            pair,
             spec,
             sync=not args.no_sync,
             fetch_paths=args.fetch,
@@ -163,8 +164,15 @@ def _lost(what: str, run_id: str) -> TetherError:
 
 
 async def _run(
-    config: Config, spec: RunSpec, *, sync: bool, fetch_paths: list[str], auto_fetch: bool = False
+    config: Config,
+    pair: PairConfig,
+    spec: RunSpec,
+    *,
+    sync: bool,
+    fetch_paths: list[str],
+    auto_fetch: bool = False,
 ) -> int:
+    """Run ``spec`` (which runs in ``pair``'s remote root) here, without the daemon."""
     import asyncio
     import contextlib
 
@@ -184,7 +192,7 @@ async def _run(
     async with Link(spec.host) as link:
         await link.wait_up(spec.host.connect_timeout_s or 15.0)
         if sync:
-            report = await sync_pair(config, spec.pair, SSH, client=await link.wait_agent(60))
+            report = await sync_pair(config, pair, SSH, client=await link.wait_agent(60))
             if report.halted:
                 raise TetherError(f"sync halted: {report.message}", "fix it, or use --no-sync")
             if report.copied or report.deleted:
@@ -194,7 +202,7 @@ async def _run(
             spec.run_id,
             project=str(config.path),
             host=spec.host.name,
-            pair=spec.pair.name,
+            pair=pair.name,
             command=spec.display,
         ) as recorded:
 
@@ -208,7 +216,7 @@ async def _run(
         if outcome.reason == "stopped":
             err.print(f"[yellow]stopped[/] run {spec.run_id} on {spec.host.name}")
         if fetch_paths:
-            reports = await fetch(config, link, spec.pair, fetch_paths)
+            reports = await fetch(config, link, pair, fetch_paths)
             copied = sum(r.copied for r in reports)
             err.print(f"[dim]fetched {copied} file(s): {', '.join(fetch_paths)}[/]")
         if before is not None:
