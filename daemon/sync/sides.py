@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from .endpoint import Endpoint, Range, RemoteOpError, Seg, WriteItem
 from .entry import Entry
 from .sparse import read_pieces
+from .transfer import StreamSide
 from .wire import CHUNK
 
 
@@ -73,25 +74,14 @@ class OpFailed(Exception):
         self.kind, self.message, self.path = kind, message, path
 
 
-class Side(Protocol):
-    """One end of a pair, as apply sees it."""
+class Side(StreamSide, Protocol):
+    """One end of a pair, as apply sees it: what a big file's transfer needs of it
+    (:class:`~tether.sync.transfer.StreamSide`: ``local``, ranged reads, signatures, streamed
+    writes) and the whole-file and per-path operations."""
 
     label: str
-    local: bool
-    """This machine's folder (read in-process), not the host's."""
 
     async def read(self, path: str, expect: Entry) -> Content: ...
-    async def read_range(self, path: str, offset: int, length: int) -> Range: ...
-    async def signature(self, path: str, block: int) -> tuple[bytes, int] | None: ...
-    async def write_stream(
-        self,
-        path: str,
-        frames: AsyncIterator[list[Seg]],
-        entry: Entry,
-        expect: Entry | None,
-        digest: Callable[[], str],
-        base: bool = False,
-    ) -> Entry: ...
     async def read_many(self, files: list[tuple[str, Entry]]) -> list[Content | OpFailed]: ...
     async def write(
         self, path: str, content: Content, entry: Entry, expect: Entry | None
