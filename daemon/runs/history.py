@@ -148,6 +148,29 @@ class RecordedRunOffLoop:
         await self._history.run(lambda h: _ended(h, self.record.id, outcome))
 
 
+def _new_record(
+    run_id: str,
+    project: str,
+    host: str,
+    pair: str,
+    command: str,
+    trigger: str | None,
+    changed: list[str] | None,
+) -> RunRecord:
+    """A run's "running" record, its log in the state folder's runs/."""
+    log_path = local_log_path(state_dir(), run_id)
+    return RunRecord(
+        id=run_id,
+        project=project,
+        host=host,
+        pair=pair,
+        command=command,
+        log=str(log_path),
+        trigger=trigger,
+        changed=list(changed or []),
+    )
+
+
 @contextlib.contextmanager
 def record_run(
     run_id: str,
@@ -164,18 +187,8 @@ def record_run(
     follows the run and calls :meth:`RecordedRun.finish`. Every way tether starts a run (the
     daemon, a trigger, `tether run`, `tether bench`) goes through here, so each leaves the same
     record; one the block never finishes stays "running" with no end (a run cut short)."""
-    log_path = local_log_path(state_dir(), run_id)
-    with RunHistory(history_path) as history, open_private(log_path, "wb") as log:
-        record = RunRecord(
-            id=run_id,
-            project=project,
-            host=host,
-            pair=pair,
-            command=command,
-            log=str(log_path),
-            trigger=trigger,
-            changed=list(changed or []),
-        )
+    record = _new_record(run_id, project, host, pair, command, trigger, changed)
+    with RunHistory(history_path) as history, open_private(Path(record.log), "wb") as log:
         history.begin(record)
         yield RecordedRun(history, record, log)
 
@@ -194,19 +207,9 @@ async def recording_run(
 ) -> AsyncIterator[RecordedRunOffLoop]:
     """:func:`record_run` for coroutines (the daemon, triggers, `tether run`): the same record
     and private log, with the log opened and SQLite written off the event loop."""
-    log_path = local_log_path(state_dir(), run_id)
-    record = RunRecord(
-        id=run_id,
-        project=project,
-        host=host,
-        pair=pair,
-        command=command,
-        log=str(log_path),
-        trigger=trigger,
-        changed=list(changed or []),
-    )
+    record = _new_record(run_id, project, host, pair, command, trigger, changed)
     async with OffLoop(lambda: RunHistory(history_path)) as history:
-        log = await asyncio.to_thread(open_private, log_path, "wb")
+        log = await asyncio.to_thread(open_private, Path(record.log), "wb")
         with log:
             await history.run(lambda h: h.begin(record))
             yield RecordedRunOffLoop(history, record, log)
