@@ -195,3 +195,40 @@ def test_auto_fetch_pulls_the_reports_the_run_made(sshd: SshServer, tmp_path: Pa
 
     asyncio.run(body())
     assert not (pulled / "old").exists()
+
+
+def test_run_now_and_reconnect_through_the_control_api(sshd: SshServer, tmp_path: Path) -> None:
+    """The tray's "Run trigger now" and "Reconnect" reach the daemon: /v1/trigger runs the
+    trigger with nothing changed, an unknown trigger is a 404 (NotFound), and /v1/reconnect
+    drops the link that looks up and makes it again."""
+    from tether.errors import NotFound
+
+    local, _ = write_project(tmp_path, sshd, extra=trigger_toml("echo fired"))
+
+    async def body() -> None:
+        async with running_daemon() as (_daemon, client):
+            config = await setup(client, local)
+            assert await client.request(
+                "POST", "/v1/trigger", {"project": config, "trigger": "bench"}
+            ) == {"fired": "bench"}
+            await eventually(lambda: any(r.ended for r in runs(tmp_path)), 30, "the run ended")
+            with pytest.raises(NotFound):
+                await client.request("POST", "/v1/trigger", {"project": config, "trigger": "nope"})
+
+            status = await client.status()
+            before = status["projects"][0]["hosts"][0]["reconnects"]
+            answer = await client.request("POST", "/v1/reconnect", {"project": config})
+            assert answer == {"reconnecting": ["gpu"]}
+
+            async def reconnected() -> bool:
+                doc = await client.status()
+                link = doc["projects"][0]["hosts"][0]
+                return link["reconnects"] > before and link["state"] == "up"
+
+            deadline = asyncio.get_running_loop().time() + 30
+            while not await reconnected():
+                assert asyncio.get_running_loop().time() < deadline, "no reconnect"
+                await asyncio.sleep(0.1)
+
+    asyncio.run(body())
+    assert [r.command for r in runs(tmp_path)] == ["echo fired"]
