@@ -13,8 +13,9 @@ from types import ModuleType
 
 
 def load_agent() -> ModuleType:
-    from tether.sync import sparse, tempnames, wire
+    from tether.sync import blocks, sparse, tempnames, wire
 
+    sys.modules.setdefault("blocks", blocks)
     sys.modules.setdefault("sparse", sparse)
     sys.modules.setdefault("tempnames", tempnames)
     sys.modules.setdefault("wire", wire)

@@ -246,6 +246,29 @@ def test_recently_changed_files_are_not_trusted_to_the_cache(root: Path) -> None
     assert arun(body) == [1, 1]
 
 
+def test_a_big_file_the_agent_landed_is_not_read_again_by_the_next_scan(root: Path) -> None:
+    """Its digest is known (checked as it landed) and its mtime is the source's, older than the
+    landing: the next scan takes it from the cache. A file landed with a recent mtime, a small
+    one, and one rewritten in place afterwards with its mtime put back are hashed."""
+    big, other = os.urandom(2 << 20), os.urandom(2 << 20)
+    recent = time.time_ns()
+
+    async def body(c: AgentClient) -> list[int]:
+        await c.scan(str(root), racy_ms=0)
+        for name, mtime in (("old", OLD_NS), ("recent", recent)):
+            await c.write(str(root), name, big, mode=0o644, mtime_ns=mtime, expect=None)
+        await c.write(str(root), "small", b"s", mode=0o644, mtime_ns=OLD_NS, expect=None)
+        first = await c.scan(str(root), racy_ms=60_000)
+        assert first.entries["old"].digest == sha(big)
+        (root / "old").write_bytes(other)
+        os.utime(root / "old", ns=(OLD_NS, OLD_NS))
+        second = await c.scan(str(root), racy_ms=60_000)
+        assert second.entries["old"].digest == sha(other)
+        return [first.stats["hashed"], second.stats["hashed"]]
+
+    assert arun(body) == [2, 3]  # recent and small; then old as well
+
+
 def test_partial_scan_includes_ancestors(root: Path) -> None:
     (root / "a" / "b").mkdir(parents=True)
     (root / "a" / "b" / "c").write_text("c")

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pytest
 from tether.errors import RemoteError
 from tether.sync.entry import EntryKind
-from tether.transport.agent_client import AGENT_PATH, AgentClient
+from tether.transport.agent_client import AGENT_PATH, BUNDLE, AgentClient
 from tether.transport.ssh import open_connection
 
 from tests.sshd import SshServer
@@ -61,6 +61,7 @@ def test_start_uploads_once(sshd: SshServer, tmp_path: Path) -> None:
         "agent",
         "agent/agent.py",
         "sync",
+        "sync/blocks.py",
         "sync/sparse.py",
         "sync/tempnames.py",
         "sync/wire.py",
@@ -90,7 +91,8 @@ def test_the_agent_runs_only_its_verified_source(sshd: SshServer, tmp_path: Path
     the digest with the real hashlib and runs the checked bytes themselves."""
     remote_dir, marker, planted = tmp_path / "cache", tmp_path / "marker", tmp_path / "home"
     planted.mkdir()
-    for name in ("hashlib", "json", "os", "re", "struct", "tempnames", "wire", "agent", "types"):
+    modules = ("hashlib", "json", "os", "re", "struct", "types", "agent", "blocks", "sparse")
+    for name in (*modules, "tempnames", "wire"):
         (planted / f"{name}.py").write_text(MARKER_CODE.format(marker=str(marker), label=name))
     # The host's python as a user's login would start it: in that folder, with it on PYTHONPATH.
     python = tmp_path / "python3"
@@ -108,7 +110,7 @@ def test_the_agent_runs_only_its_verified_source(sshd: SshServer, tmp_path: Path
                 assert "hashlib.py" in scan.entries
             finally:
                 await client.close()
-            for name in ("agent/agent.py", "sync/tempnames.py", "sync/wire.py", "sync/sparse.py"):
+            for name in BUNDLE:
                 plant_pyc(remote_dir / name, marker)
 
     over_ssh(sshd, body)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tether.sync.blocks import RECORD
 from tether.sync.reconcile import Side
 from tether.transport.agent_client import AgentClient
 
@@ -178,7 +179,7 @@ def test_a_delta_that_does_not_rebuild_the_file_is_sent_whole(project, monkeypat
 
     async def swapped(self: AgentClient, root: str, path: str, block: int) -> Any:
         raw, entry = await real(self, root, path, block)
-        n = 36
+        n = RECORD.size
         raw = raw[n : 2 * n] + raw[:n] + raw[2 * n :]
         return raw, entry
 

@@ -8,9 +8,10 @@ import os
 import random
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tether.sync import delta, sparse
+from tether.sync import blocks, delta, sparse
 from tether.sync.delta import Copy, Literal, Matcher, Signature
 
 from tests.agent_module import load_agent
@@ -23,7 +24,7 @@ agent = load_agent()
 def sign(data: bytes, block: int = BLOCK) -> Signature:
     full = len(data) - len(data) % block
     return Signature(
-        block, b"".join(delta.block_sig(data[i : i + block]) for i in range(0, full, block))
+        block, b"".join(blocks.block_sig(data[i : i + block]) for i in range(0, full, block))
     )
 
 
@@ -151,9 +152,19 @@ def test_the_matcher_holds_a_bounded_window_of_a_long_stream() -> None:
     assert most < 64 * 1024 + 4096 + delta.LITERAL + 128 * 1024
 
 
-def test_the_agent_signs_blocks_as_tether_reads_them() -> None:
-    for block in (os.urandom(4096), b"\0" * 4096, bytes(range(256)) * 16):
-        assert agent.block_sig(block) == delta.block_sig(block)
+def test_the_agent_signs_a_file_block_by_block(tmp_path: Path) -> None:
+    """The host's ``signature`` op: one record per full block, in order, the short tail unsigned,
+    each the record tether's matcher looks for."""
+    block = 4096
+    data = os.urandom(block) + b"\0" * block + bytes(range(256)) * 16 + os.urandom(100)
+    (tmp_path / "f").write_bytes(data)
+    reply, raw = agent.op_signature({"root": str(tmp_path), "path": "f", "block": block})
+    assert (reply["size"], reply["count"], reply["block"]) == (len(data), 3, block)
+    assert raw == b"".join(
+        blocks.block_sig(data[i : i + block]) for i in range(0, 3 * block, block)
+    )
+    sig = Signature(block, raw)
+    assert sig.twins(0) == [0] and sig.record(1) == (blocks.strong(bytes(block)), bytes(16))
 
 
 def test_the_agent_finds_holes_as_tether_does(tmp_path: Path) -> None:
@@ -172,3 +183,34 @@ def test_the_agent_finds_holes_as_tether_does(tmp_path: Path) -> None:
         os.close(fd)
     if len(runs) > 1:  # a filesystem that reports holes: they are found
         assert sum(b - a for a, b in runs) < 4 << 20
+
+
+def test_an_overwrite_takes_the_digest_the_scan_cached_for_exactly_that_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check before an overwrite reads a big file again only when the scan's digest may be
+    stale: a same-size rewrite with the old mtime put back moves the ctime, so it is hashed and
+    refused; an untouched file is not read a second time."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "big").write_bytes(b"a" * 4096)
+    agent.DIGEST_CACHES.clear()
+    scanned = agent.op_scan({"root": str(root), "racy_ms": 0})["entries"]["big"]
+    hashed: list[int] = []
+    real_hash = agent.hash_fd
+    monkeypatch.setattr(agent, "hash_fd", lambda fd: hashed.append(fd) or real_hash(fd))
+
+    def check() -> str:
+        dfd, name, _ = agent.open_parent(str(root), "big", False)
+        try:
+            return agent.check_expect(dfd, name, scanned, "big", str(root))
+        finally:
+            os.close(dfd)
+
+    assert check() == scanned[4] and hashed == []
+    (root / "big").write_bytes(b"b" * 4096)
+    os.utime(root / "big", ns=(scanned[2], scanned[2]))
+    with pytest.raises(agent.AgentError) as changed:
+        check()
+    assert changed.value.type == "changed" and len(hashed) == 1

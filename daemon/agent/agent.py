@@ -136,10 +136,11 @@ import struct
 import sys
 import threading
 import time
-import zlib
 
 # The bundle's other modules, registered under these bare names by the bootstrap from the
-# source it verified: holes found and hashed as tether finds them, temporary names, wire numbers.
+# source it verified: block signatures and holes found and hashed as tether finds them,
+# temporary names, wire numbers.
+import blocks  # daemon/sync/blocks.py
 import sparse  # daemon/sync/sparse.py
 import tempnames  # daemon/sync/tempnames.py
 import wire  # daemon/sync/wire.py
@@ -313,14 +314,6 @@ def read_full(fd, n):
     return b"".join(parts)
 
 
-def hash_at(dfd, name):
-    fd = os.open(name, os.O_RDONLY | O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0), dir_fd=dfd)
-    try:
-        return hash_fd(fd)
-    finally:
-        os.close(fd)
-
-
 def entry_of(st, digest="", target=""):
     kind = kind_of(st)
     mode = st.st_mode & 0o7777
@@ -335,13 +328,16 @@ def entry_at(dfd, name, digest=None):
     st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     kind = kind_of(st)
     if kind == "file" and digest is None:
-        digest = hash_at(dfd, name)
+        digest = digest_at(dfd, name, None, "")
     target = os.readlink(name, dir_fd=dfd) if kind == "symlink" else ""
     return entry_of(st, digest or "", target)
 
 
-def check_expect(dfd, name, expect, path):
-    """Raise ``changed`` unless ``expect`` describes what is at ``name``; returns a known digest."""
+def check_expect(dfd, name, expect, path, root=None):
+    """Raise ``changed`` unless ``expect`` describes what is at ``name``; returns a known digest.
+
+    ``root``: where ``path`` lives, to take a file's digest from the root's digest cache when
+    the cache holds it for exactly this file as it stands (see :func:`cached_digest`)."""
     st = lstat_at(dfd, name)
     if expect is None:
         if st is not None:
@@ -358,14 +354,49 @@ def check_expect(dfd, name, expect, path):
         if st.st_size != expect[1] or (st.st_mode & 0o111) != (int(expect[3]) & 0o111):
             raise AgentError("changed", "%s changed since it was scanned" % path, path)
         # Hashed even when the mtime matches: a same-size rewrite with its old mtime put back
-        # (``touch -r``, some editors and tools) looks unchanged to size and mtime alone.
-        digest = hash_at(dfd, name)
+        # (``touch -r``, some editors and tools) looks unchanged to size and mtime alone; a
+        # rewrite changes the ctime, which the cache's key holds.
+        digest = digest_at(dfd, name, root, path)
         if digest != expect[4]:
             raise AgentError("changed", "%s changed since it was scanned" % path, path)
         return digest
     if kind == "symlink" and os.readlink(name, dir_fd=dfd) != expect[5]:
         raise AgentError("changed", "%s points elsewhere now" % path, path)
     return None
+
+
+# ---------------------------------------------------------------- own writes
+
+LANDED_CACHE_MIN = 1 << 20
+"""Files at least this big that the agent lands go into the digest cache at once."""
+
+
+def remember_landed(root, rel, dfd, name, st, digest):
+    """Put a big file this agent just renamed into place (``st``: its stat before the rename)
+    into the root's digest cache, so the next scan does not read all of it again.
+
+    The scan keeps a file it hashes out of the cache while its mtime or ctime is recent (the
+    racy rule: a write in the same clock tick as the hash would leave the stat as it was). Here
+    the content is known without a hash, and the mtime is not the landing's but the one tether
+    set, the source's: it is taken only when that is older than the rename by the racy window.
+    Any later write sets the mtime to its own time, a move or a copy brings another inode, and
+    a rewrite in place that also puts this mtime back within the tick of the rename is what a
+    second copy of the same source would do; a kernel with fine-grained ctimes on queried
+    inodes (Linux 6.13+) tells even that apart, since the stat below queries it.
+    """
+    if st.st_size < LANDED_CACHE_MIN:
+        return
+    now = lstat_at(dfd, name)  # after the rename, which set the ctime
+    if (
+        now is None
+        or not stat.S_ISREG(now.st_mode)
+        or (now.st_ino, now.st_size, now.st_mtime_ns) != (st.st_ino, st.st_size, st.st_mtime_ns)
+        or now.st_ctime_ns - now.st_mtime_ns < RACY_NS
+    ):
+        return
+    cache = DigestCache.for_root(real_root(root))
+    cache.data[rel] = [now.st_size, now.st_mtime_ns, now.st_ino, now.st_ctime_ns, digest]
+    cache.dirty = True
 
 
 # ---------------------------------------------------------------- own writes (for watch)
@@ -384,6 +415,33 @@ def signature(st):
 
 
 REALPATHS = {}  # type: dict
+
+
+def digest_at(dfd, name, root, rel):
+    """The sha256 of the file at ``name``: the one the scan cached for ``rel`` when the open
+    file is exactly the one it hashed, else read now. (The stat is taken on the open file, not
+    the path: on NFS an open revalidates what a path's stat may serve from a cache.)"""
+    fd = os.open(name, os.O_RDONLY | O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0), dir_fd=dfd)
+    try:
+        return cached_digest(root, rel, os.fstat(fd)) or hash_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def cached_digest(root, rel, st):
+    """The digest the scan cached for ``rel`` if ``st`` is exactly the file it hashed, or None.
+
+    As safe as the scan's own use of the cache: an entry is kept only when the file's mtime and
+    ctime were older than the racy window when it was hashed, so any write since then has
+    moved the ctime (or size, or inode) in ``st``. Only a cache this process already loaded is
+    asked (a scan of the root ran first); nothing is read from disk for it.
+    """
+    cache = DIGEST_CACHES.get(real_root(root)) if root is not None else None
+    got = cache.data.get(rel) if cache is not None else None
+    key = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+    if isinstance(got, list) and len(got) == 5 and got[:4] == key and isinstance(got[4], str):
+        return got[4] or None
+    return None
 
 
 def real_root(root):
@@ -815,20 +873,10 @@ def pread_full(fd, n, offset):
     return b"".join(parts)
 
 
-SIG_MIN, SIG_MAX = 4096, 64 << 20
-
-
-def block_sig(data):
-    """adler32, sha256[:16], the first 16 bytes: daemon/sync/delta.py's block_sig (a test
-    holds the two to one answer)."""
-    strong = hashlib.sha256(data).digest()[:16]
-    return struct.pack(">I16s16s", zlib.adler32(data), strong, data[:16])
-
-
 def op_signature(req):
-    """The delta signature of a file: per full block, adler32 and a truncated sha256."""
+    """The delta signature of a file: a record per full block (daemon/sync/blocks.py)."""
     block = int(req.get("block", 0))
-    if not SIG_MIN <= block <= SIG_MAX:
+    if not blocks.SIG_MIN <= block <= blocks.SIG_MAX:
         raise AgentError("invalid", "bad block size %r" % (block,))
     root = root_of(req)
     rel = check_rel(req.get("path"))
@@ -841,15 +889,10 @@ def op_signature(req):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise AgentError("invalid", "%s is not a regular file" % rel, rel)
-        parts = []
-        while True:
-            data = read_full(fd, block)
-            if len(data) < block:
-                break
-            parts.append(block_sig(data))
+        raw, _ = blocks.sign_fd(fd, block)
         reply = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "mode": st.st_mode & 0o7777}
-        reply.update({"block": block, "count": len(parts)})
-        return reply, b"".join(parts)
+        reply.update({"block": block, "count": len(raw) // blocks.RECORD.size})
+        return reply, raw
     finally:
         os.close(fd)
 
@@ -931,11 +974,12 @@ class Upload:
         st = os.fstat(self.fd)  # what lands: the rename keeps the inode
         os.close(self.fd)
         self.fd = None
-        check_expect(self.dfd, self.name, req.get("expect"), self.rel)
+        check_expect(self.dfd, self.name, req.get("expect"), self.rel, self.root)
         os.replace(self.tmp, self.name, src_dir_fd=self.dfd, dst_dir_fd=self.dfd)
         self.tmp = None
         note_created(self.root, self.created)
         note_own(self.root, self.rel, self.dfd, self.name, st)
+        remember_landed(self.root, self.rel, self.dfd, self.name, st, digest)
         self.close()
         return {"entry": entry_of(st, digest)}
 
@@ -1109,7 +1153,7 @@ def op_delete(req):
         raise AgentError("invalid", "delete needs the entry expected at %s" % rel, rel)
     dfd, name, _ = open_parent(root, rel, False)
     try:
-        check_expect(dfd, name, expect, rel)
+        check_expect(dfd, name, expect, rel, root)
         if expect[0] == "dir":
             os.rmdir(name, dir_fd=dfd)
         else:
@@ -1131,7 +1175,7 @@ def op_rename(req):
     try:
         dfd, dname, created = open_parent(root, dst, True)
         try:
-            digest = check_expect(sfd, sname, expect, src)
+            digest = check_expect(sfd, sname, expect, src, root)
             if lstat_at(dfd, dname) is not None:
                 raise AgentError("exists", "%s already exists" % dst, dst)
             os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
@@ -1151,7 +1195,7 @@ def op_chmod(req):
     expect = req.get("expect")
     dfd, name, _ = open_parent(root, rel, False)
     try:
-        digest = check_expect(dfd, name, expect, rel)
+        digest = check_expect(dfd, name, expect, rel, root)
         if expect is None or expect[0] == "symlink":
             raise AgentError("invalid", "chmod needs a file or dir at %s" % rel, rel)
         os.chmod(name, int(req["mode"]) & 0o7777, dir_fd=dfd)

@@ -1,11 +1,9 @@
 """Deltas of big files: the receiver's block signatures, a matcher that finds those blocks in
 another stream of bytes, and the plan that rebuilds a file from blocks it has and bytes it lacks.
 
-The side that holds a file cuts it into fixed blocks and signs each: a weak checksum (adler32),
-the first 16 bytes of its sha256, and its first 16 bytes (its *head*). The agent signs
-(``signature`` in daemon/agent.py, stdlib only); :func:`block_sig` is the same recipe here and a
-test holds the two to one answer. The matcher always runs in tether's own process, over the
-file on *this* machine:
+The side that holds a file signs its blocks (daemon/sync/blocks.py, shipped to the host too, so
+both ends use one recipe). The matcher always runs in tether's own process, over the file on
+*this* machine:
 
 * push (this machine's file is new): the host signs its current version; the matcher walks the
   new file and says, per stretch, "block k of yours" or "these bytes"; the host rebuilds the
@@ -16,9 +14,9 @@ file on *this* machine:
 
 Why no byte-by-byte rolling checksum: in CPython one step costs ~3 us here (0.3 MB/s), so a
 1 MiB change would cost seconds and a file of new bytes minutes. Instead the matcher checks the
-block that would follow the last match at the aligned position (adler32 and sha256 run in C), and
-where that fails it looks for the heads of the next few expected blocks with ``bytearray.find``
-(C speed, ~GB/s) in a window ahead, confirming any hit with both checksums. That finds what a
+block that would follow the last match at the aligned position (sha256 runs in C), and where that
+fails it looks for the heads of the next few expected blocks with ``bytearray.find`` (C speed,
+~GB/s) in a window ahead, confirming any hit with the block's sum. That finds what a
 growing log, a rewritten middle, an insertion or a deletion leave behind; a file whose blocks were
 reordered wholesale is sent mostly whole, which is still correct. Correctness never rests on the
 search: the rebuilt file's sha256 is checked before it is renamed into place.
@@ -26,17 +24,11 @@ search: the rebuilt file's sha256 is checked before it is renamed into place.
 
 from __future__ import annotations
 
-import hashlib
-import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-BLOCK = 64 * 1024
-"""Smallest block; bigger files get bigger blocks so a signature stays at most MAX_BLOCKS long."""
-MAX_BLOCKS = 1 << 17
-RECORD = struct.Struct(">I16s16s")
-"""One block's signature: adler32, sha256[:16], the block's first 16 bytes."""
+from .blocks import RECORD, strong
+
 SEARCH = 1 << 20
 """How far past a mismatch the matcher looks for the next expected block at once."""
 CANDIDATES = 8
@@ -47,47 +39,34 @@ LITERAL = 1 << 20
 """Literal bytes are handed on in pieces of at most this size."""
 
 
-def block_size(size: int) -> int:
-    """The block size for a file of ``size`` bytes: BLOCK, doubled until MAX_BLOCKS cover it."""
-    block = BLOCK
-    while size // block > MAX_BLOCKS:
-        block *= 2
-    return block
-
-
-def block_sig(block: bytes | bytearray | memoryview) -> bytes:
-    """The signature record of one full block (the agent's ``signature`` op does the same)."""
-    return RECORD.pack(zlib.adler32(block), hashlib.sha256(block).digest()[:16], bytes(block[:16]))
-
-
 @dataclass(frozen=True)
 class Signature:
     """The signed blocks of one file: ``count`` records of RECORD.size bytes in ``raw``."""
 
     block: int
     raw: bytes
-    by_weak: dict[int, list[int]] = field(init=False, repr=False, compare=False)
+    by_strong: dict[bytes, list[int]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.raw) % RECORD.size or self.block < 16:
             raise ValueError("a signature is whole records of blocks of at least 16 bytes")
-        index: dict[int, list[int]] = {}
-        for k, (weak, _, _) in enumerate(RECORD.iter_unpack(self.raw)):
-            index.setdefault(weak, []).append(k)
-        object.__setattr__(self, "by_weak", index)
+        index: dict[bytes, list[int]] = {}
+        for k, (sum_, _) in enumerate(RECORD.iter_unpack(self.raw)):
+            index.setdefault(sum_, []).append(k)
+        object.__setattr__(self, "by_strong", index)
 
     @property
     def count(self) -> int:
         return len(self.raw) // RECORD.size
 
-    def record(self, k: int) -> tuple[int, bytes, bytes]:
-        weak, strong, head = RECORD.unpack_from(self.raw, k * RECORD.size)
-        return weak, strong, head
+    def record(self, k: int) -> tuple[bytes, bytes]:
+        """Block ``k``'s (sum, head)."""
+        sum_, head = RECORD.unpack_from(self.raw, k * RECORD.size)
+        return sum_, head
 
     def twins(self, k: int) -> list[int]:
         """Every block with block ``k``'s content (``k`` included)."""
-        weak, strong, _ = self.record(k)
-        return [j for j in self.by_weak.get(weak, ()) if self.record(j)[1] == strong]
+        return self.by_strong[self.record(k)[0]]
 
 
 @dataclass(frozen=True)
@@ -170,23 +149,15 @@ class Matcher:
 
     def _match(self, at: int, prefer: list[int]) -> int | None:
         """The signed block equal to buf[at:at+block], if any (an expected one first)."""
-        with memoryview(self.buf) as view:
-            piece = view[at : at + self.sig.block]
-            weak = zlib.adler32(piece)
-            ks = self.sig.by_weak.get(weak)
-            if not ks:
-                piece.release()
-                return None
-            strong = hashlib.sha256(piece).digest()[:16]
-            piece.release()
+        with memoryview(self.buf) as view, view[at : at + self.sig.block] as piece:
+            got = strong(piece)
+        ks = self.sig.by_strong.get(got)
+        if not ks:
+            return None
         for k in prefer:
-            w, s, _ = self.sig.record(k)
-            if w == weak and s == strong:
+            if self.sig.record(k)[0] == got:
                 return k
-        for k in ks:
-            if self.sig.record(k)[1] == strong:
-                return k
-        return None
+        return ks[0]
 
     def _probes(self) -> list[int]:
         """The blocks looked for past a mismatch: the next few (an edit or a small deletion),
@@ -204,7 +175,7 @@ class Matcher:
         back over the blocks that precede it there too."""
         best: tuple[int, int] | None = None
         for k in self._probes():
-            head = self.sig.record(k)[2]
+            head = self.sig.record(k)[1]
             end = hi if best is None else best[0] - 1
             pos = self.buf.find(head, lo, end + len(head))
             tries = 0

@@ -20,7 +20,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
-from .delta import Copy, Event, Matcher, Signature, block_size, found_blocks, pull_plan
+from .blocks import block_size
+from .delta import Copy, Event, Matcher, Signature, found_blocks, pull_plan
 from .endpoint import Range, Seg
 from .entry import Entry, EntryKind
 from .sparse import Piece, hash_zeros

@@ -48,7 +48,13 @@ from ..sync.wire import CHUNK, MAX_FRAME, PROTOCOL_VERSION, WINDOW
 log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-BUNDLE = ("sync/tempnames.py", "sync/wire.py", "sync/sparse.py", "agent/agent.py")
+BUNDLE = (
+    "sync/tempnames.py",
+    "sync/wire.py",
+    "sync/sparse.py",
+    "sync/blocks.py",
+    "agent/agent.py",
+)
 """The agent's modules, relative to the package root (``daemon/``), in load order, laid out the
 same way in the host's cache folder: the agent imports the others by their bare names (``import
 tempnames``, ``import wire``), registered by the bootstrap from verified source."""
