@@ -269,6 +269,21 @@ def test_a_big_file_the_agent_landed_is_not_read_again_by_the_next_scan(root: Pa
     assert arun(body) == [2, 3]  # recent and small; then old as well
 
 
+def test_the_digest_of_a_file_start(root: Path) -> None:
+    data = os.urandom(300_000)
+    (root / "f").write_bytes(data)
+
+    async def body(c: AgentClient) -> list[tuple[str, int]]:
+        return [await c.digest_prefix(str(root), "f", n) for n in (0, 1000, 300_000, 10**9)]
+
+    assert arun(body) == [
+        (sha(b""), 300_000),
+        (sha(data[:1000]), 300_000),
+        (sha(data), 300_000),
+        (sha(data), 300_000),
+    ]
+
+
 def test_partial_scan_includes_ancestors(root: Path) -> None:
     (root / "a" / "b").mkdir(parents=True)
     (root / "a" / "b" / "c").write_text("c")
@@ -818,6 +833,28 @@ def test_a_lying_agent_is_bad_host_data(tmp_path: Path, reply: str) -> None:
             await c.scan("/anything")
         with pytest.raises((BadHostData, HostUnreachable)):
             await c.hello()  # the client is unusable from then on
+
+    arun(body, wrapper=fake_agent(tmp_path, reply))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        '"digest": "nothex", "size": 5',
+        '"digest": "' + "A" * 64 + '", "size": 5',
+        '"size": 5',
+        '"digest": "' + "0" * 64 + '", "size": "5"',
+    ],
+    ids=["not-hex", "upper", "missing", "size-text"],
+)
+def test_a_lying_prefix_digest_is_bad_host_data(tmp_path: Path, fields: str) -> None:
+    """What the host says a file's start hashes to decides whether a pull goes as an append:
+    anything but a sha256 and a size is refused."""
+    reply = 'send(json.dumps({"id": req["id"], "ok": True, ' + fields + "}).encode())"
+
+    async def body(c: AgentClient) -> None:
+        with pytest.raises(BadHostData):
+            await c.digest_prefix("/anything", "f", 10)
 
     arun(body, wrapper=fake_agent(tmp_path, reply))
 

@@ -257,11 +257,13 @@ def test_progress_shows_each_big_file_bytes_rate_and_eta(project, monkeypatch, c
     assert err[-1].startswith("  ckpt/model.pt: 5.2 MB/21.0 MB, ") and "/s, " in err[-1]
 
 
-def test_an_appended_big_file_sends_only_its_tail(project, monkeypatch) -> None:
-    """The host copies its own file and gets the tail: no signature, about 1 MiB written."""
+@pytest.mark.parametrize("mode", ["push", "pull"])
+def test_an_appended_big_file_sends_only_its_tail(project, monkeypatch, mode) -> None:
+    """The receiver copies its own file and gets the tail: no signature, about 1 MiB moved
+    (a growing log pushed, or a results file growing on the host pulled)."""
     tmp, local, remote, configure = project
-    configure("push")
-    source = local / "train.log"
+    configure(mode)
+    source = (local if mode == "push" else remote) / "train.log"
     write_random(source, 12 * MiB, seed=7)
     code, report = sync(tmp)
     assert code == 0, report
@@ -270,18 +272,21 @@ def test_an_appended_big_file_sends_only_its_tail(project, monkeypatch) -> None:
     watch = Watch(monkeypatch)
     code, report = sync(tmp)
     assert code == 0, report
-    assert digest(remote / "train.log") == digest(source)
+    assert digest((remote if mode == "push" else local) / "train.log") == digest(source)
     assert "signature" not in watch.sent
-    assert watch.moved("push") < MiB + 64 * 1024
+    assert watch.moved(mode) < MiB + 160 * 1024  # the tail, and the probe of the old end
     assert sync(tmp)[1]["plan"] == []
 
 
-def test_a_rewrite_that_keeps_the_old_end_is_not_taken_for_an_append(project, monkeypatch) -> None:
-    """Same last bytes where the host's copy ends, a longer file, another start: it goes as a
-    delta (the start's digest gives it away before the tail is sent), and lands exact."""
+@pytest.mark.parametrize("mode", ["push", "pull"])
+def test_a_rewrite_that_keeps_the_old_end_is_not_taken_for_an_append(
+    project, monkeypatch, mode
+) -> None:
+    """Same last bytes where the receiver's copy ends, a longer file, another start: it goes as
+    a delta (the start's digest gives it away before the tail is sent), and lands exact."""
     tmp, local, remote, configure = project
-    configure("push")
-    source = local / "data.bin"
+    configure(mode)
+    source = (local if mode == "push" else remote) / "data.bin"
     write_random(source, 12 * MiB, seed=8)
     code, report = sync(tmp)
     assert code == 0, report
@@ -293,9 +298,11 @@ def test_a_rewrite_that_keeps_the_old_end_is_not_taken_for_an_append(project, mo
     watch = Watch(monkeypatch)
     code, report = sync(tmp)
     assert code == 0, report
-    assert digest(remote / "data.bin") == digest(source)
+    target = (remote if mode == "push" else local) / "data.bin"
+    assert digest(target) == digest(source)
+    assert list(target.parent.glob(".*.tmp")) == []
     assert "signature" in watch.sent
-    assert watch.moved("push") < MiB + 256 * 1024  # the tail once, the changed block
+    assert watch.moved(mode) < MiB + 256 * 1024  # the tail once, the changed block
     assert sync(tmp)[1]["plan"] == []
 
 

@@ -58,8 +58,10 @@ parents are opened one by one with O_NOFOLLOW and every change goes through that
         Reading a big file is the client's loop over ranges: it keeps a fixed window of them in
         flight and hashes what it gets, so neither end holds more than that window.
     signature {root, path, block}   -> {size, mtime_ns, mode, block, count}, blob: per full block,
-        its adler32 (4 bytes, big-endian), the first 16 bytes of its sha256, its first 16 bytes
-        (the delta signature; the short last block is not signed). See daemon/sync/delta.py.
+        the first 16 bytes of its sha256 and its first 16 bytes (the delta signature; the short
+        last block is not signed). See daemon/sync/blocks.py.
+    digest {root, path, length}   -> {size, mtime_ns, digest}: the sha256 of the file's first
+        ``length`` bytes (is the host's file the old one with bytes appended?).
     write {root, path, mode, mtime_ns, digest, expect, blob, fsync?}  -> {entry}
         Content goes to a temporary (:mod:`tempnames`) beside the target, its sha256 is checked
         against digest, expect is checked, mode and mtime are set, then os.replace. Missing parent
@@ -821,7 +823,9 @@ class LastScan:
 # ---------------------------------------------------------------- read and write
 
 
-def op_read(req):
+def open_file(req):
+    """The regular file a request names, opened for reading without following a symlink
+    anywhere below its root: (fd, its stat, its relative path). The caller closes the fd."""
     root = root_of(req)
     rel = check_rel(req.get("path"))
     dfd, name, _ = open_parent(root, rel, False)
@@ -837,6 +841,15 @@ def op_read(req):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise AgentError("invalid", "%s is not a regular file" % rel, rel)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st, rel
+
+
+def op_read(req):
+    fd, st, rel = open_file(req)
+    try:
         reply = {"mtime_ns": st.st_mtime_ns, "mode": st.st_mode & 0o7777}
         if "offset" not in req:
             data = read_full(fd, CHUNK + 1)
@@ -878,21 +891,31 @@ def op_signature(req):
     block = int(req.get("block", 0))
     if not blocks.SIG_MIN <= block <= blocks.SIG_MAX:
         raise AgentError("invalid", "bad block size %r" % (block,))
-    root = root_of(req)
-    rel = check_rel(req.get("path"))
-    dfd, name, _ = open_parent(root, rel, False)
+    fd, st, _ = open_file(req)
     try:
-        fd = os.open(name, os.O_RDONLY | O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0), dir_fd=dfd)
-    finally:
-        os.close(dfd)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise AgentError("invalid", "%s is not a regular file" % rel, rel)
         raw, _ = blocks.sign_fd(fd, block)
         reply = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "mode": st.st_mode & 0o7777}
         reply.update({"block": block, "count": len(raw) // blocks.RECORD.size})
         return reply, raw
+    finally:
+        os.close(fd)
+
+
+def op_digest(req):
+    """The sha256 of the first ``length`` bytes of a file (all of it if shorter), and its size."""
+    length = int(req.get("length", -1))
+    if length < 0:
+        raise AgentError("invalid", "bad length %r" % (req.get("length"),))
+    fd, st, _ = open_file(req)
+    try:
+        h = hashlib.sha256()
+        while length > 0:
+            data = os.read(fd, min(length, CHUNK))
+            if not data:
+                break
+            h.update(data)
+            length -= len(data)
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "digest": h.hexdigest()}
     finally:
         os.close(fd)
 
@@ -2201,6 +2224,8 @@ def handle(chan, req, blob):
         elif op == "signature":
             result, data = op_signature(req)
             finish(chan, rid, result, data)
+        elif op == "digest":
+            finish(chan, rid, op_digest(req))
         elif op in THREADED:
             run_threaded(chan, rid, THREADED[op], req)
         elif op in STREAMING:

@@ -114,6 +114,11 @@ class Endpoint(Protocol):
         cannot make one (SFTP): the file is then sent whole."""
         ...
 
+    async def digest_prefix(self, root: str, path: str, length: int) -> tuple[str, int] | None:
+        """The sha256 of the first ``length`` bytes of ``path`` and the file's size; None where
+        the end cannot hash on its side (SFTP)."""
+        ...
+
     async def write_stream(
         self,
         root: str,

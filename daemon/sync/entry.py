@@ -32,6 +32,11 @@ EXECUTABLE_BITS = 0o111
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
+def is_sha256(text: object) -> bool:
+    """Is ``text`` a sha256 as tether spells it (64 lowercase hex digits)?"""
+    return isinstance(text, str) and len(text) == 64 and _HEX64.fullmatch(text) is not None
+
+
 class InvalidEntry(ValueError):
     """An entry breaks a rule of its kind; the message names the path and the rule."""
 
@@ -75,7 +80,7 @@ class Entry:
         if self.size < 0 or self.mtime_ns < 0:
             raise InvalidEntry(f"{path!r}: negative size or mtime")
         if self.kind is EntryKind.FILE:
-            if len(self.digest) != 64 or not _HEX64.fullmatch(self.digest):
+            if not is_sha256(self.digest):
                 raise InvalidEntry(f"{path!r}: a file needs a sha256 hex digest")
         elif self.digest:
             raise InvalidEntry(f"{path!r}: only files carry a digest")

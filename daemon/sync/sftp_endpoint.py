@@ -215,6 +215,10 @@ class SftpEndpoint:
         """None: SFTP cannot compute a delta signature on the host, so the file goes whole."""
         return
 
+    async def digest_prefix(self, root: str, path: str, length: int) -> None:
+        """None: SFTP cannot hash on the host (an appended file then goes whole)."""
+        return
+
     async def read_range(
         self, root: str, path: str, offset: int, length: int, *, holes: bool = True
     ) -> Range:

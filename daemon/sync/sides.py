@@ -137,6 +137,13 @@ class AgentSide:
         )
         return got
 
+    async def digest_prefix(self, path: str, length: int) -> tuple[str, int] | None:
+        """The sha256 of the first ``length`` bytes of ``path``, and its size; None on SFTP."""
+        got: tuple[str, int] | None = await _guard(
+            self.client.digest_prefix(self.root, path, length), path
+        )
+        return got
+
     async def write_stream(
         self,
         path: str,
@@ -312,6 +319,9 @@ class LocalSide:
 
     async def signature(self, path: str, block: int) -> tuple[bytes, int] | None:
         return await (await self._writer()).signature(path, block)
+
+    async def digest_prefix(self, path: str, length: int) -> tuple[str, int] | None:
+        return await (await self._writer()).digest_prefix(path, length)
 
     async def write_stream(
         self,

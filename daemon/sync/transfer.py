@@ -69,6 +69,7 @@ class StreamSide(Protocol):
 
     async def read_range(self, path: str, offset: int, length: int) -> Range: ...
     async def signature(self, path: str, block: int) -> tuple[bytes, int] | None: ...
+    async def digest_prefix(self, path: str, length: int) -> tuple[str, int] | None: ...
     async def write_stream(
         self,
         path: str,
@@ -171,7 +172,8 @@ async def copy_file(
     ):
         try:
             pushed = here.local is False
-            done = await _append(there, here, src, dst, new, old, on_bytes)
+            append = _append if pushed else _append_pulled
+            done = await append(there, here, src, dst, new, old, on_bytes)
             if done is not None:
                 return done
             done = await (
@@ -202,18 +204,28 @@ async def _whole(
     h = hashlib.sha256()
 
     async def frames() -> AsyncIterator[list[Seg]]:
-        done = 0
-        async for pieces in pieces_of(there, src, new):
-            await _hash(h, pieces)
-            yield list(pieces)
-            done += sum(seg_len(p) for p in pieces)
-            if on_bytes is not None:
-                on_bytes(done)
+        async for segs in _sent(there, src, new, 0, h, on_bytes):
+            yield segs
         if new.digest and h.hexdigest() != new.digest:
             raise SourceChanged(f"{src} changed since it was scanned")
 
     await here.write_stream(dst, frames(), new, old, h.hexdigest)
     return h.hexdigest()
+
+
+async def _sent(
+    there: StreamSide, src: str, new: Entry, start: int, h: Any, on_bytes: BytesFn | None
+) -> AsyncIterator[list[Seg]]:
+    """The frames of ``new``'s bytes from ``start`` on as they are read, hashed into ``h``
+    (unless None) on the way, with progress counted from ``start``."""
+    done = start
+    async for pieces in pieces_of(there, src, new, start):
+        if h is not None:
+            await _hash(h, pieces)
+        yield list(pieces)
+        done += sum(seg_len(p) for p in pieces)
+        if on_bytes is not None:
+            on_bytes(done)
 
 
 APPEND_PROBE = 64 << 10
@@ -241,22 +253,11 @@ async def _append(
     Tried only where ``old``'s last bytes are the same bytes of ``new`` (one small read each
     side), and exact: the start of ``new``, read and hashed here while the host copies, must
     hash to ``old``'s digest before any of the tail is sent, and the host checks the whole
-    result against ``new``'s digest before the rename. (A pull would need the host to hash the
-    start of its file for the same check; pulls go as deltas.)
+    result against ``new``'s digest before the rename.
     """
     if not there.local or new.size <= old.size or not old.digest:
         return None
-    n = min(APPEND_PROBE, old.size)
-    ours = await there.read_range(src, old.size - n, n)
-    try:
-        theirs = await here.read_range(dst, old.size - n, n)
-    except Exception as exc:
-        if getattr(exc, "kind", ""):  # a per-path failure (gone, unreadable): the delta decides
-            return None
-        raise
-    if (theirs.size, ours.size) != (old.size, new.size) or _dense(theirs.pieces) != _dense(
-        ours.pieces
-    ):
+    if not await _ends_alike(there, here, src, dst, new, old):
         return None
     h = hashlib.sha256()
 
@@ -266,13 +267,8 @@ async def _append(
             await _hash(h, pieces)
         if h.copy().hexdigest() != old.digest:
             raise NotAppended(f"{src} does not begin with the host's copy")
-        done = old.size
-        async for pieces in pieces_of(there, src, new, old.size):
-            await _hash(h, pieces)
-            yield list(pieces)
-            done += sum(seg_len(p) for p in pieces)
-            if on_bytes is not None:
-                on_bytes(done)
+        async for segs in _sent(there, src, new, old.size, h, on_bytes):
+            yield segs
         if new.digest and h.hexdigest() != new.digest:
             raise SourceChanged(f"{src} changed since it was scanned")
 
@@ -281,6 +277,69 @@ async def _append(
             here.write_stream(dst, frames(), new, old, h.hexdigest, True), h.hexdigest
         )
     except (NotAppended, DeltaFailed) as exc:
+        log.info("%s: not an append after all (%s); sending a delta", dst, exc)
+        return None
+
+
+async def _ends_alike(
+    there: StreamSide, here: StreamSide, src: str, dst: str, new: Entry, old: Entry
+) -> bool:
+    """Are the last bytes of the receiver's ``old`` the same bytes of the sender's ``new``, both
+    still their scanned sizes? (One small read each side: is it worth trying as an append?)"""
+    n = min(APPEND_PROBE, old.size)
+    sent = await there.read_range(src, old.size - n, n)
+    try:
+        kept = await here.read_range(dst, old.size - n, n)
+    except Exception as exc:
+        if getattr(exc, "kind", ""):  # a per-path failure (gone, unreadable): the delta decides
+            return False
+        raise
+    return (kept.size, sent.size) == (old.size, new.size) and _dense(kept.pieces) == _dense(
+        sent.pieces
+    )
+
+
+async def _append_pulled(
+    there: StreamSide,
+    here: StreamSide,
+    src: str,
+    dst: str,
+    new: Entry,
+    old: Entry,
+    on_bytes: BytesFn | None,
+) -> str | None:
+    """A pull of the host's ``new`` that is this machine's ``old`` with bytes added at its end
+    (a training log, a results CSV growing on the host): this machine copies its own file and
+    fetches only the tail; no signature, no matching. None when it is not such a file.
+
+    Tried only where the ends agree (:func:`_ends_alike`) and the host's file begins with
+    ``old``'s bytes: the host hashes that start (one read there, instead of signing all of it
+    and matching all of this side's copy against that here). The rebuilt file must still hash
+    to ``new``'s digest (the host's scan) before it is renamed into place.
+    """
+    if not here.local or new.size <= old.size or not new.digest or not old.digest:
+        return None
+    if not await _ends_alike(there, here, src, dst, new, old):
+        return None
+    start = await there.digest_prefix(src, old.size)
+    if start is None:
+        return None
+    if start[1] != new.size:
+        raise SourceChanged(f"{src} changed since it was scanned")
+    if start[0] != old.digest:
+        return None
+
+    async def frames() -> AsyncIterator[list[Seg]]:
+        yield [(0, old.size)]
+        async for segs in _sent(there, src, new, old.size, None, on_bytes):
+            yield segs
+
+    try:
+        return await _landed(
+            here.write_stream(dst, frames(), new, old, lambda: new.digest, True),
+            lambda: new.digest,
+        )
+    except DeltaFailed as exc:
         log.info("%s: not an append after all (%s); sending a delta", dst, exc)
         return None
 

@@ -41,7 +41,7 @@ from ..sync.endpoint import (
     Seg,
     WriteItem,
 )
-from ..sync.entry import Entry, EntryKind, InvalidEntry
+from ..sync.entry import Entry, EntryKind, InvalidEntry, is_sha256
 from ..sync.paths import check_relpath, escaping_link_problem, parent_of, symlink_stays_inside
 from ..sync.wire import CHUNK, MAX_FRAME, PROTOCOL_VERSION, WINDOW
 
@@ -808,6 +808,14 @@ class AgentClient:
         if reply.get("block") != block or not isinstance(blob, bytes) or not _is_int(size):
             raise self._poison(BadHostData(f"{self._where} sent a malformed signature"))
         return blob, size
+
+    async def digest_prefix(self, root: str, path: str, length: int) -> tuple[str, int]:
+        """The sha256 of the first ``length`` bytes of ``path`` and the file's size."""
+        reply = await self.call("digest", root=root, path=_rel(path), length=length)
+        digest, size = reply.get("digest"), reply.get("size")
+        if not is_sha256(digest) or not _is_int(size):
+            raise self._poison(BadHostData(f"{self._where} sent a malformed digest"))
+        return str(digest), size
 
     async def write_stream(
         self,
