@@ -1003,6 +1003,9 @@ class Upload:
         note_created(self.root, self.created)
         note_own(self.root, self.rel, self.dfd, self.name, st)
         remember_landed(self.root, self.rel, self.dfd, self.name, st, digest)
+        if self.base is not None:  # the replaced file: freed by this close, off the reply
+            close_in_background(self.base)
+            self.base = None
         self.close()
         return {"entry": entry_of(st, digest)}
 
@@ -1026,6 +1029,16 @@ class Upload:
         if self.dfd is not None and self.owns_dfd:
             os.close(self.dfd)
         self.dfd = None
+
+
+def close_in_background(fd):
+    """Close ``fd``, the last reference to a file just replaced, on a thread of its own.
+
+    The filesystem frees the old version's blocks on that close: seconds for a GiB where it
+    discards them as it frees them (ext4 mounted with ``discard``, common on cloud disks), time
+    the sync need not wait for. (Closes still pending when the agent exits happen at its exit.)
+    """
+    threading.Thread(target=os.close, args=(fd,), daemon=True).start()
 
 
 UPLOADS = {}  # type: dict
