@@ -1,7 +1,7 @@
-"""The sync engine never uses the state database on the event loop: a base save of 100,000 paths
-takes seconds, and in the daemon the other pairs, the tunnels and the control API share the loop.
-Every kind of sync (first, with a conflict, incremental, halted, accepted) against a real sshd,
-with each StateStore call's thread noted."""
+"""The sync engine never uses the state database on the event loop, nor works out a plan or a new
+base there: for 100,000 paths each takes about a second, and in the daemon the other pairs, the
+tunnels and the control API share the loop. Every kind of sync (first, with a conflict,
+incremental, halted, accepted) against a real sshd, with each call's thread noted."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 from tether.config import load_config
+from tether.sync import engine
 from tether.sync.engine import SyncReport, sync_pair
 from tether.sync.safety import PairStatus
 from tether.transport.endpoints import SSH
 
 from tests.sshd import SshServer
-from tests.store_threads import on_this_thread, record_store_threads
+from tests.store_threads import on_this_thread, record_store_threads, record_threads
 from tests.test_sync_engine import write
 
 FILES = [f"f{i}.txt" for i in range(6)]
@@ -34,6 +35,7 @@ def test_every_kind_of_sync_keeps_sqlite_off_the_loop(
         + 'mode = "two-way"\n'
     )
     calls = record_store_threads(monkeypatch)
+    record_threads(monkeypatch, engine, ["reconcile", "next_base"], calls)
 
     def sync(**kw: object) -> SyncReport:
         config = load_config(tmp_path / "tether.toml")
@@ -54,5 +56,6 @@ def test_every_kind_of_sync_keeps_sqlite_off_the_loop(
     assert sync(accept_deletes=True).status is PairStatus.OK
 
     used = {name for name, _ in calls}
-    assert {"__init__", "save_base", "load_base_scope", "record_halt", "accept_halt"} <= used
     assert on_this_thread(calls) == []
+    assert {"__init__", "save_base", "load_base_scope", "record_halt", "accept_halt"} <= used
+    assert {"reconcile", "next_base"} <= used

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, PairConfig
+from ..config import Config, PairConfig, PairMode
 from ..errors import BadHostData, RemoteError
 from ..store import OffLoop
 from .apply import Outcome, ProgressFn, apply_plan, total_bytes
@@ -303,6 +303,13 @@ async def sync_pair(
             await session.drop_prescan()
 
 
+def _full_plan(base: Snapshot, local: Snapshot, remote: Snapshot, mode: PairMode, now: str) -> Plan:
+    """A full sync's plan, links that would escape a root refused. The engine works it out on a
+    worker thread: reconciling 100,000 paths takes about a second, which the daemon's other
+    pairs, tunnels and control API do not wait out."""
+    return refuse_escaping_links(reconcile(base, local, remote, mode, now=now), local, remote)
+
+
 async def _count(snap: Snapshot) -> int:
     """What a scanned side holds: a held-count for :class:`Round` that needs no store."""
     return syncable(snap)
@@ -536,7 +543,7 @@ class _Session:
                     return None  # this would empty a root: let the full scan's safety check judge
             report.local_files, report.remote_files = _files(local), _files(rem)
             report.hashed_remote += int(remote.stats.get("hashed", 0))
-            plan = reconcile(base, local, rem, pair.mode, now=stamp_now)
+            plan = await asyncio.to_thread(reconcile, base, local, rem, pair.mode, now=stamp_now)
             if any(makes_link(a) for a in plan.actions):
                 return None  # a link's chain may pass outside the scope: judge the whole tree
             held = {
@@ -656,8 +663,9 @@ class _Session:
                     continue
                 report.status, report.message = status, message
                 return False
-            plan = reconcile(base, local, remote.entries, pair.mode, now=stamp_now)
-            plan = refuse_escaping_links(plan, local, remote.entries)
+            plan = await asyncio.to_thread(
+                _full_plan, base, local, remote.entries, pair.mode, stamp_now
+            )
             sides = {Side.LOCAL: local, Side.REMOTE: remote.entries}
             held = {s: functools.partial(_count, snap) for s, snap in sides.items()}
             step = await self._round(
@@ -757,14 +765,6 @@ class _Session:
         """The new base from what landed; validated, then written in one transaction."""
         if outcome.fatal is not None:
             return base  # a full disk: leave the base exactly as it was
-        new = next_base(base, local, remote, outcome.done, outcome.learned)
-        for path, entry in new.items():
-            if base.get(path) is entry or (local.get(path) is entry and entry.digest):
-                continue  # already validated (scanned here, or loaded from a validated base)
-            try:
-                entry.check_valid(path)
-            except InvalidEntry as exc:
-                raise RemoteError(f"refusing to save an invalid base: {exc}") from None
         landed = {a.path for a in outcome.done}
         records = [
             ConflictRecord(
@@ -781,13 +781,32 @@ class _Session:
         ]
         key = self.key
 
-        def save(store: StateStore) -> list[str]:
-            """The base, the digest cache and the conflicts, on the store's thread."""
+        def save(store: StateStore) -> tuple[Snapshot, list[str]]:
+            """On the store's thread: working out a base of 100,000 paths takes as long as
+            writing it (about a second each), and the loop waits for neither."""
+            new = _validated_next_base(base, local, remote, outcome)
             moved = store.save_base(key, base, new)
             store.save_digests(key, old_cache, cache)
             if records:
                 store.add_conflicts(records)
-            return moved
+            return new, moved
 
-        self.report.base_moved.extend(await self.store.run(save))
+        new, moved = await self.store.run(save)
+        self.report.base_moved.extend(moved)
         return new
+
+
+def _validated_next_base(
+    base: Snapshot, local: Snapshot, remote: Snapshot, outcome: Outcome
+) -> Snapshot:
+    """:func:`next_base` from what landed, each entry not already validated checked (what the
+    host sent is never saved unchecked)."""
+    new = next_base(base, local, remote, outcome.done, outcome.learned)
+    for path, entry in new.items():
+        if base.get(path) is entry or (local.get(path) is entry and entry.digest):
+            continue  # already validated (scanned here, or loaded from a validated base)
+        try:
+            entry.check_valid(path)
+        except InvalidEntry as exc:
+            raise RemoteError(f"refusing to save an invalid base: {exc}") from None
+    return new
