@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Concatenate, Generic, ParamSpec, Protocol, TypeVar
 
 
 def open_private_db(path: Path, schema: str, *, autocommit: bool = True) -> sqlite3.Connection:
@@ -66,12 +66,13 @@ class _Closable(Protocol):
 
 S = TypeVar("S", bound=_Closable)
 R = TypeVar("R")
+P = ParamSpec("P")
 
 
 class OffLoop(Generic[S]):
     """A store opened, used and closed on a thread of its own, for coroutines.
 
-    ``async with OffLoop(RunHistory) as history: await history.run(lambda h: h.begin(record))``.
+    ``async with OffLoop(RunHistory) as history: await history.run(RunHistory.begin, record)``.
     One single-thread executor per store rather than ``check_same_thread=False`` and a lock: the
     connection never leaves the thread that made it, so SQLite's own check still fails loudly if
     a call slips back onto the loop, and the store's calls keep their order without a lock.
@@ -82,10 +83,15 @@ class OffLoop(Generic[S]):
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tether-store")
         self._store: S | None = None
 
-    async def run(self, call: Callable[[S], R]) -> R:
-        """``call(store)`` on the store's thread; the loop goes on meanwhile."""
+    async def run(
+        self, call: Callable[Concatenate[S, P], R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """``call(store, *args, **kwargs)`` on the store's thread; the loop goes on meanwhile.
+        The arguments are bound now, so a call made in a loop sees that round's values."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, lambda: call(self._opened()))
+        return await loop.run_in_executor(
+            self._thread, lambda: call(self._opened(), *args, **kwargs)
+        )
 
     def _opened(self) -> S:
         if self._store is None:

@@ -25,6 +25,7 @@ from tether.sync.state import StateStore
 
 from tests.faultproxy import FaultProxy
 from tests.sshd import SshServer, free_port
+from tests.store_threads import on_this_thread, record_store_threads
 
 
 @pytest.fixture(autouse=True)
@@ -388,8 +389,8 @@ def test_read_only_remote_folder_then_writable_again(sshd: SshServer, tmp_path: 
             (local / "while_ro.txt").write_text("kept")
             (local / "first.txt").write_text("first, edited")
             session = next(iter(daemon.projects.values())).sessions["code"]
-            await eventually(lambda: bool(session.snapshot()["problems"]), 20, "problem shown")
-            assert any("read" in p.lower() for p in session.snapshot()["problems"])
+            await eventually(lambda: bool(session.snapshot({})["problems"]), 20, "problem shown")
+            assert any("read" in p.lower() for p in session.snapshot({})["problems"])
             assert not (remote / "while_ro.txt").exists()
             with pytest.raises(TetherError, match="could not land"):  # says so, promptly
                 await client.flush(config, 30)
@@ -538,3 +539,30 @@ def test_status_counts_unresolved_conflicts_not_the_last_syncs(
             assert await conflicts(client) == 0
 
     asyncio.run(body())
+
+
+def test_the_daemon_keeps_sqlite_off_its_loop(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pair's cycles (full and incremental, with a conflict) and status's conflict count use
+    the state database on its own thread: a big base's save never stops the other pairs, the
+    tunnels or the control API, which share the daemon's loop."""
+    local, remote = write_project(tmp_path, sshd)
+    (local / "a.txt").write_text("mine")
+    (remote / "a.txt").write_text("theirs")
+    config = str(local / "tether.toml")
+    calls = record_store_threads(monkeypatch)
+
+    async def body() -> None:
+        async with running_daemon() as (_daemon, client):
+            await client.register(config)
+            await client.flush(config, 30)
+            (local / "b.txt").write_text("later")
+            await client.flush(config, 30)
+            assert text(remote / "b.txt") == "later"
+            assert (await client.status())["projects"][0]["pairs"][0]["conflicts"] == 1
+
+    asyncio.run(body())
+    assert on_this_thread(calls) == []
+    used = {name for name, _ in calls}
+    assert {"halt", "save_base", "load_base_scope", "add_conflicts", "conflict_counts"} <= used

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config, ReportsConfig
+from ..store import OffLoop
 from ..sync.engine import Progress, SyncReport, sync_pair
-from ..sync.state import StateStore, pair_key
+from ..sync.state import StateStore, off_loop, pair_key
 from ..sync.tempnames import is_temp
 from ..transport.agent_client import AgentClient
 from ..transport.endpoints import SSH
@@ -109,20 +110,18 @@ async def pull(
     report: Report,
     *,
     progress: Progress | None = None,
-    store: StateStore | None = None,
+    store: OffLoop[StateStore] | None = None,
 ) -> Pulled:
     """Pull one report whole: sync its folder, then ask the host again; a report that moved
     meanwhile is pulled again (:data:`PULL_TRIES` in all), else reported as still changing."""
     table = config.reports[report.table]
     pair = report_pair(table, report.kind, report.folder)
     pair.local.mkdir(parents=True, exist_ok=True)
-    own = store is None
-    store = store or StateStore()
-    try:
+    async with off_loop(store) as state:
         result = Pulled(report)
         for _ in range(PULL_TRIES):
             result.sync = await sync_pair(
-                config, pair, SSH, client=agent, progress=progress, store=store, accept_empty=True
+                config, pair, SSH, client=agent, progress=progress, store=state, accept_empty=True
             )
             if result.sync.halted:
                 result.error = result.sync.message
@@ -131,16 +130,13 @@ async def pull(
             if now is None:
                 result.error = "it is gone from the host"
                 return result
-            base = store.load_base(pair_key(config.path, pair.name))
+            base = await state.run(StateStore.load_base, pair_key(config.path, pair.name))
             result.report = with_status(now, LocalStatus.UP_TO_DATE)
             if not result.sync.unsettled and summarize(base) == now.summary:
                 result.changing = False
                 return result
             result.changing = True
         return result
-    finally:
-        if own:
-            store.close()
 
 
 async def _now_on_host(agent: AgentClient, table: ReportsConfig, report: Report) -> Report | None:

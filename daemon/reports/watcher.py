@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import Config, ReportsConfig
 from ..errors import TetherError
-from ..sync.state import StateStore
+from ..sync.state import off_loop
 from ..transport.link import Link
 from .fetch import list_host, pull, with_local_status
 from .model import LocalStatus, Settler
@@ -80,8 +80,9 @@ class ReportWatcher:
         ready = self.settler.observe(listing.reports, time.monotonic())
         if not ready:
             return
-        with StateStore() as store:
-            for report in with_local_status(self.config, store, ready):
+        async with off_loop() as store:
+            config = self.config
+            for report in await store.run(lambda s: with_local_status(config, s, ready)):
                 where = f"{self.table.name}.{report.kind}/{report.folder}"
                 if report.status is LocalStatus.EDITED:
                     self.emit(

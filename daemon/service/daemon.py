@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from ..runs.remote import fetch as fetch_paths
 from ..runs.triggers import TriggerRunner
 from ..store import OffLoop
 from ..sync.session import PairSession
-from ..sync.state import state_dir
+from ..sync.state import StateStore, state_dir
 from ..transport.link import Link
 from ..transport.tunnel import Tunnel
 from .control import serve
@@ -250,12 +250,13 @@ class Project:
             raise NotFound(f"no pair named {pair!r} in {self.name}", "see `tether status`")
         return [self.sessions[pair]]
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, conflicts: Mapping[str, int]) -> dict[str, Any]:
+        """The project as `tether status` shows it; ``conflicts``: unresolved, per pair key."""
         return {
             "project": self.name,
             "notify": dataclasses.asdict(self.config.notify),
             "hosts": [link.snapshot() for link in self.links.values()],
-            "pairs": [s.snapshot() for s in self.sessions.values()],
+            "pairs": [s.snapshot(conflicts) for s in self.sessions.values()],
             "tunnels": [t.snapshot() for t in self.tunnels],
             "triggers": [t.snapshot() for t in self.triggers],
             "reports": [w.snapshot() for w in self.reports],
@@ -353,10 +354,12 @@ class Daemon:
     # -- DaemonAPI ---------------------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
+        async with OffLoop(StateStore) as store:
+            conflicts = await store.run(StateStore.conflict_counts)
         return {
             "pid": os.getpid(),
             "started": self.started,
-            "projects": [p.snapshot() for p in self.projects.values()],
+            "projects": [p.snapshot(conflicts) for p in self.projects.values()],
         }
 
     async def register(self, config_path: str) -> dict[str, Any]:

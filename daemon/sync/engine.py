@@ -9,6 +9,10 @@ moment is finished by the next one with nothing lost or duplicated. A path edite
 apply is never clobbered: the apply reports it and the engine rescans and tries again (a few
 rounds).
 
+Every read and write of the state database runs on the store's own thread
+(:class:`~tether.store.OffLoop`): saving the base of 100,000 paths takes seconds, and the
+daemon's other pairs, its tunnels and its control API go on meanwhile.
+
 Before any plan runs, the base must be the one agreed for this pair's identity (its host and
 both roots, :mod:`.identity`): another identity's base is forgotten and the sync is a first sync,
 which never deletes. After it is planned, :mod:`.safety` judges it: a root gone, retyped or
@@ -25,13 +29,14 @@ import functools
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, PairConfig
+from ..config import Config, PairConfig, PairMode
 from ..errors import BadHostData, RemoteError
+from ..store import OffLoop
 from .apply import Outcome, ProgressFn, apply_plan, total_bytes
 from .endpoint import Connector, Endpoint
 from .entry import Entry, EntryKind, InvalidEntry, Snapshot
@@ -59,7 +64,7 @@ from .safety import (
 )
 from .scan import DigestCache, LocalScan, scan_local
 from .sides import AgentSide, LocalSide
-from .state import ConflictRecord, StateStore, pair_key
+from .state import ConflictRecord, StateStore, off_loop, pair_key
 from .transfer import hashed_as_sent
 from .wire import foreign_name
 
@@ -110,7 +115,7 @@ class Round:
     remote: Snapshot
     cache: DigestCache
     """The digest cache the scan started from (the saved one is the scan's own)."""
-    held: Mapping[Side, Callable[[], int]]
+    held: Mapping[Side, Callable[[], Awaitable[int]]]
     """What each side holds in all (see ``_Session._guard``)."""
 
 
@@ -240,7 +245,7 @@ async def sync_pair(
     dry_run: bool = False,
     progress: Progress | None = None,
     client: Endpoint | None = None,
-    store: StateStore | None = None,
+    store: OffLoop[StateStore] | None = None,
     accept_empty: bool = False,
     accept_deletes: bool = False,
     now: Callable[[], float] = time.time,
@@ -255,7 +260,7 @@ async def sync_pair(
         dry_run: scan and plan only; nothing is written, the base is not touched.
         progress: hooks for phase and per-file progress.
         client: a running agent on the pair's host (the daemon's); else one is started here.
-        store: the state database (default: the user's).
+        store: the state database, on its own thread (default: the user's, opened here).
         accept_empty: go on although a root emptied: it is filled from the other side as in a
             first sync (nothing is deleted on the side that kept its files).
         accept_deletes: go on with deletions the guard would halt: the ones of the stored halt
@@ -277,10 +282,8 @@ async def sync_pair(
         if local_paths is None and remote_paths is None
         else dirty_roots([*(local_paths or ()), *(remote_paths or ())])
     )
-    own_store = store is None
-    store = store or StateStore()
-    try:
-        session = _Session(config, pair, connector, store, progress or Progress())
+    async with off_loop(store) as state:
+        session = _Session(config, pair, connector, state, progress or Progress())
         run = functools.partial(
             session.run,
             dry_run=dry_run,
@@ -298,9 +301,18 @@ async def sync_pair(
                 return await run(started)
         finally:
             await session.drop_prescan()
-    finally:
-        if own_store:
-            store.close()
+
+
+def _full_plan(base: Snapshot, local: Snapshot, remote: Snapshot, mode: PairMode, now: str) -> Plan:
+    """A full sync's plan, links that would escape a root refused. The engine works it out on a
+    worker thread: reconciling 100,000 paths takes about a second, which the daemon's other
+    pairs, tunnels and control API do not wait out."""
+    return refuse_escaping_links(reconcile(base, local, remote, mode, now=now), local, remote)
+
+
+async def _count(snap: Snapshot) -> int:
+    """What a scanned side holds: a held-count for :class:`Round` that needs no store."""
+    return syncable(snap)
 
 
 async def _hash_to_compare(scanned: LocalScan, base: Snapshot, remote: Snapshot) -> None:
@@ -324,7 +336,7 @@ class _Session:
         config: Config,
         pair: PairConfig,
         connector: Connector,
-        store: StateStore,
+        store: OffLoop[StateStore],
         progress: Progress,
     ) -> None:
         self.config, self.pair, self.store = config, pair, store
@@ -341,13 +353,14 @@ class _Session:
 
     def prescan(self) -> None:
         """Start the full local scan now (in a thread), for the first round to take."""
-        cache = self.store.load_digests(self.key)
-        rules = IgnoreRules(extra=self.pair.ignore)
-        self._prescan = asyncio.ensure_future(
-            asyncio.to_thread(
-                lambda: (cache, scan_local(self.pair.local, rules, cache, defer_hashing=True))
-            )
-        )
+        self._prescan = asyncio.ensure_future(self._scan_ahead())
+
+    async def _scan_ahead(self) -> tuple[DigestCache, LocalScan]:
+        pair = self.pair
+        cache = await self.store.run(StateStore.load_digests, self.key)
+        rules = IgnoreRules(extra=pair.ignore)
+        scanned = await asyncio.to_thread(scan_local, pair.local, rules, cache, defer_hashing=True)
+        return cache, scanned
 
     async def drop_prescan(self) -> None:
         """Let an untaken prescan finish (a thread cannot be stopped) and forget it."""
@@ -371,9 +384,9 @@ class _Session:
         report = self.report
         report.dry_run = dry_run
         self.accept_deletes = accept_deletes
-        self._check_identity(dry_run)
+        await self._check_identity(dry_run)
         if accept_deletes and not dry_run:
-            self.store.accept_halt(self.key)
+            await self.store.run(StateStore.accept_halt, self.key)
         local_side = LocalSide(self.pair.local, self.connector.spawn_local)
         self.sides = {
             Side.LOCAL: local_side,
@@ -389,14 +402,18 @@ class _Session:
                 finished = await self._full(dry_run, accept_empty, stamp_now)
             if not finished:
                 if report.halted and not dry_run:
-                    self.store.record_halt(
-                        self.key, report.status.value, report.message, self._halted_plan
+                    await self.store.run(
+                        StateStore.record_halt,
+                        self.key,
+                        report.status.value,
+                        report.message,
+                        self._halted_plan,
                     )
                 return report  # halted, or a dry run
         finally:
             await local_side.close()
             report.total_s = time.monotonic() - started
-        self.store.clear_halt(self.key)
+        await self.store.run(StateStore.clear_halt, self.key)
         if report.conflicts:
             report.status = PairStatus.CONFLICTS
         self.progress.phase("done", self.pair.name)
@@ -409,14 +426,14 @@ class _Session:
             host, str(self.pair.local.resolve()), remote_root(self.pair.remote, self.client.home)
         )
 
-    def _check_identity(self, dry_run: bool) -> None:
+    async def _check_identity(self, dry_run: bool) -> None:
         """Make the base the one agreed for this identity: another one's is forgotten (kept,
         unused, by a dry run), and the sync is a first sync, with a notice when there was one."""
         identity = self._identity()
-        stored = self.store.identity(self.key)
+        stored = await self.store.run(StateStore.identity, self.key)
         if stored == identity.key():
             return
-        if self.store.has_base(self.key):
+        if await self.store.run(StateStore.has_base, self.key):
             parts = (stored or "").split("\n")
             was = (
                 f"was {PairIdentity(*parts).describe()}"
@@ -431,9 +448,11 @@ class _Session:
         if dry_run:
             self.fresh = True
         else:
-            self.store.adopt_identity(self.key, identity.key())
+            await self.store.run(StateStore.adopt_identity, self.key, identity.key())
 
-    def _guard(self, plan: Plan, holding: Mapping[Side, Callable[[], int]]) -> bool:
+    async def _guard(
+        self, plan: Plan, holding: Mapping[Side, Callable[[], Awaitable[int]]]
+    ) -> bool:
         """Halt the report when ``plan`` deletes most of a side (see :func:`deletion_verdict`)
         and the user has not accepted exactly these deletions. ``holding`` counts what a side
         holds now (called only when there are enough deletions to matter)."""
@@ -442,11 +461,11 @@ class _Session:
             count = sum(1 for a in deletes if a.side is side)
             if count < BIG_DELETION_MIN:
                 continue  # too few to matter: do not count what the side holds
-            verdict = deletion_verdict(side.value, deleting=count, holding=holding[side]())
+            verdict = deletion_verdict(side.value, deleting=count, holding=await holding[side]())
             if verdict is None:
                 continue
             fingerprint = plan_fingerprint((a.side.value, a.path) for a in deletes)
-            halt = self.store.halt(self.key)
+            halt = await self.store.run(StateStore.halt, self.key)
             if halt is None and self.accept_deletes:
                 return False
             if halt is not None and halt.accepted and halt.plan == fingerprint:
@@ -462,19 +481,24 @@ class _Session:
             return True
         return False
 
-    def _held(self, snap: Snapshot, base: Snapshot, scope: list[str]) -> int:
+    async def _held(self, snap: Snapshot, base: Snapshot, scope: list[str]) -> int:
         """What a side holds in all, from its scan of ``scope`` and the base outside it."""
-        outside = self.store.count_syncable(self.key) - syncable(_inside(base, scope))
+        outside = await self._outside(base, scope)
         return outside + syncable(_inside(snap, scope))
+
+    async def _outside(self, base: Snapshot, scope: list[str]) -> int:
+        """What the base holds outside ``scope`` (counting it scans all the pair's rows)."""
+        held = await self.store.run(StateStore.count_syncable, self.key)
+        return held - syncable(_inside(base, scope))
 
     async def _incremental(self, scope: list[str], dry_run: bool, stamp_now: str) -> bool | None:
         """Sync only the subtrees in ``scope``: True when done, False to return the report now
         (a dry run), None when only a full scan can decide safely (nothing was written)."""
-        report, pair, store = self.report, self.pair, self.store
+        report, pair, store, key = self.report, self.pair, self.store, self.key
         if local_is_case_insensitive(pair.local):
             return None  # a clash may be with a name outside the scope
-        cached = store.load_rules(self.key)
-        if self.fresh or cached is None or not store.has_base(self.key):
+        cached = await store.run(StateStore.load_rules, key)
+        if self.fresh or cached is None or not await store.run(StateStore.has_base, key):
             return None  # first sync (or an empty base): the emptied checks need everything
         wire = [(str(r), bool(i)) for r, i in cached]
         known = set(wire)
@@ -483,8 +507,8 @@ class _Session:
             report.rounds = round_no
             t0 = time.monotonic()
             self.progress.phase("scan", pair.name)
-            base = store.load_base_scope(self.key, scope)
-            cache = store.load_digests_scope(self.key, scope)
+            base = await store.run(StateStore.load_base_scope, key, scope)
+            cache = await store.run(StateStore.load_digests_scope, key, scope)
             remote_scan = asyncio.ensure_future(
                 self.client.scan(pair.remote, ignore=wire, paths=scope)
             )
@@ -511,7 +535,7 @@ class _Session:
             if not (syncable(_inside(local, scope)) and syncable(_inside(rem, scope))):
                 # A side keeps nothing here: would the whole root be empty? (Counting the base
                 # scans all its rows, so only now.)
-                outside = store.count_syncable(self.key) - syncable(_inside(base, scope))
+                outside = await self._outside(base, scope)
                 if (
                     outside + syncable(_inside(local, scope)) == 0
                     or outside + syncable(_inside(rem, scope)) == 0
@@ -519,7 +543,7 @@ class _Session:
                     return None  # this would empty a root: let the full scan's safety check judge
             report.local_files, report.remote_files = _files(local), _files(rem)
             report.hashed_remote += int(remote.stats.get("hashed", 0))
-            plan = reconcile(base, local, rem, pair.mode, now=stamp_now)
+            plan = await asyncio.to_thread(reconcile, base, local, rem, pair.mode, now=stamp_now)
             if any(makes_link(a) for a in plan.actions):
                 return None  # a link's chain may pass outside the scope: judge the whole tree
             held = {
@@ -539,10 +563,13 @@ class _Session:
 
     async def _full(self, dry_run: bool, accept_empty: bool, stamp_now: str) -> bool:
         """Scan both roots whole; False when the report is to be returned as it is."""
-        report, pair, store = self.report, self.pair, self.store
-        base = {} if self.fresh else store.load_base(self.key)
+        report, pair, store, key = self.report, self.pair, self.store, self.key
+        base = {} if self.fresh else await store.run(StateStore.load_base, key)
         prescan, self._prescan = self._prescan, None
-        cache = store.load_digests(self.key) if prescan is None else (await prescan)[0]
+        if prescan is None:
+            cache = await store.run(StateStore.load_digests, key)
+        else:
+            cache = (await prescan)[0]
         for round_no in range(1, MAX_ROUNDS + 1):
             report.rounds = round_no
             t0 = time.monotonic()
@@ -550,8 +577,12 @@ class _Session:
             rules = IgnoreRules(extra=pair.ignore)
             # Start the host's scan with last time's rules while this side scans; if the
             # .gitignore files changed meanwhile, scan the host again with the new ones.
-            cached = store.load_rules(self.key)
-            last = None if self.fresh else store.load_remote_scan(self.key, pair.remote)
+            cached = await store.run(StateStore.load_rules, key)
+            last = (
+                None
+                if self.fresh
+                else await store.run(StateStore.load_remote_scan, key, pair.remote)
+            )
             early = (
                 asyncio.ensure_future(
                     self.client.scan(
@@ -581,11 +612,13 @@ class _Session:
                 if remote_early is not None and remote_early.token:
                     last = (remote_early.token, remote_early.entries)
                 remote = await self.client.scan(pair.remote, ignore=wire, delta=True, since=last)
-                store.save_rules(self.key, wire)
+                await store.run(StateStore.save_rules, key, wire)
             if remote.token and (last is None or last[0] != remote.token):
-                store.save_remote_scan(self.key, pair.remote, remote.token, remote.entries)
+                await store.run(
+                    StateStore.save_remote_scan, key, pair.remote, remote.token, remote.entries
+                )
             elif not remote.token and last is not None:
-                store.forget_remote_scan(self.key)
+                await store.run(StateStore.forget_remote_scan, key)
             await _hash_to_compare(scanned, base, remote.entries)
             report.scan_s += time.monotonic() - t0
             local = scanned.entries
@@ -625,15 +658,16 @@ class _Session:
                 if status is PairStatus.HALTED_ROOT_EMPTIED and accept_empty:
                     # A first sync: the empty side is filled, nothing is deleted.
                     if not dry_run:
-                        store.save_base(self.key, base, {})
+                        await store.run(StateStore.save_base, key, base, {})
                     base = {}
                     continue
                 report.status, report.message = status, message
                 return False
-            plan = reconcile(base, local, remote.entries, pair.mode, now=stamp_now)
-            plan = refuse_escaping_links(plan, local, remote.entries)
+            plan = await asyncio.to_thread(
+                _full_plan, base, local, remote.entries, pair.mode, stamp_now
+            )
             sides = {Side.LOCAL: local, Side.REMOTE: remote.entries}
-            held = {s: functools.partial(syncable, snap) for s, snap in sides.items()}
+            held = {s: functools.partial(_count, snap) for s, snap in sides.items()}
             step = await self._round(
                 Round(round_no, plan, base, scanned, remote.entries, cache, held),
                 dry_run=dry_run,
@@ -660,7 +694,7 @@ class _Session:
             report.plan = [a.describe() for a in plan.actions]
             report.conflicts = list(plan.conflicts)
         report.problems = list(plan.problems)
-        if self._guard(plan, r.held) or dry_run:
+        if await self._guard(plan, r.held) or dry_run:
             return Step(finished=False)
         if create_local and plan.actions:
             self.pair.local.mkdir(parents=True, exist_ok=True)
@@ -668,7 +702,7 @@ class _Session:
             await self.client.probe(self.pair.remote, create=True)
         outcome = await self._apply(plan, r.scanned)
         local = r.scanned.entries
-        base = self._save(r.base, local, r.remote, plan, outcome, r.cache, r.scanned.cache)
+        base = await self._save(r.base, local, r.remote, plan, outcome, r.cache, r.scanned.cache)
         if outcome.fatal is not None:
             raise outcome.fatal
         report.problems.extend(outcome.problems)
@@ -718,7 +752,7 @@ class _Session:
         report.bytes += outcome.bytes
         return outcome
 
-    def _save(
+    async def _save(
         self,
         base: Snapshot,
         local: Snapshot,
@@ -731,16 +765,6 @@ class _Session:
         """The new base from what landed; validated, then written in one transaction."""
         if outcome.fatal is not None:
             return base  # a full disk: leave the base exactly as it was
-        new = next_base(base, local, remote, outcome.done, outcome.learned)
-        for path, entry in new.items():
-            if base.get(path) is entry or (local.get(path) is entry and entry.digest):
-                continue  # already validated (scanned here, or loaded from a validated base)
-            try:
-                entry.check_valid(path)
-            except InvalidEntry as exc:
-                raise RemoteError(f"refusing to save an invalid base: {exc}") from None
-        self.report.base_moved.extend(self.store.save_base(self.key, base, new))
-        self.store.save_digests(self.key, old_cache, cache)
         landed = {a.path for a in outcome.done}
         records = [
             ConflictRecord(
@@ -755,6 +779,34 @@ class _Session:
             for c in plan.conflicts
             if c.root in landed
         ]
-        if records:
-            self.store.add_conflicts(records)
+        key = self.key
+
+        def save(store: StateStore) -> tuple[Snapshot, list[str]]:
+            """On the store's thread: working out a base of 100,000 paths takes as long as
+            writing it (about a second each), and the loop waits for neither."""
+            new = _validated_next_base(base, local, remote, outcome)
+            moved = store.save_base(key, base, new)
+            store.save_digests(key, old_cache, cache)
+            if records:
+                store.add_conflicts(records)
+            return new, moved
+
+        new, moved = await self.store.run(save)
+        self.report.base_moved.extend(moved)
         return new
+
+
+def _validated_next_base(
+    base: Snapshot, local: Snapshot, remote: Snapshot, outcome: Outcome
+) -> Snapshot:
+    """:func:`next_base` from what landed, each entry not already validated checked (what the
+    host sent is never saved unchecked)."""
+    new = next_base(base, local, remote, outcome.done, outcome.learned)
+    for path, entry in new.items():
+        if base.get(path) is entry or (local.get(path) is entry and entry.digest):
+            continue  # already validated (scanned here, or loaded from a validated base)
+        try:
+            entry.check_valid(path)
+        except InvalidEntry as exc:
+            raise RemoteError(f"refusing to save an invalid base: {exc}") from None
+    return new

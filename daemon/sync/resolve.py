@@ -20,7 +20,7 @@ from .ignore import IgnoreRules
 from .reconcile import Side
 from .scan import scan_local
 from .sides import AgentSide, LocalSide, OpFailed
-from .state import ConflictRecord, StateStore, pair_key
+from .state import ConflictRecord, StateStore, off_loop, pair_key
 from .transfer import SourceChanged, copy_file
 
 KEEP_CHOICES = ("local", "remote", "both")
@@ -41,52 +41,60 @@ async def resolve(
     pair: PairConfig,
     record: ConflictRecord,
     keep: str,
-    store: StateStore,
     connector: Connector,
 ) -> None:
+    """Settle ``record`` by keeping ``keep``'s version, then sync the pair to record it."""
     if keep not in KEEP_CHOICES:
         raise UsageError(f"--keep must be one of {', '.join(KEEP_CHOICES)}")
-    if keep == "both" or not record.copy:
-        store.drop_conflict(record.pair, record.path)
-        return
+    async with off_loop() as store:
+        if keep == "both" or not record.copy:
+            await store.run(StateStore.drop_conflict, record.pair, record.path)
+            return
+        async with connector.remote(config, pair) as client:
+            await _keep_one(pair, record, keep, client, connector)
+            await store.run(StateStore.drop_conflict, record.pair, record.path)
+            await sync_pair(config, pair, connector, client=client, store=store)
+
+
+async def _keep_one(
+    pair: PairConfig, record: ConflictRecord, keep: str, client: Endpoint, connector: Connector
+) -> None:
+    """Leave ``keep``'s version at the path on both sides, and no conflict copy."""
     winner = Side(record.winner)
     copy_sides = {Side(s) for s in record.copy_sides}
-    async with connector.remote(config, pair) as client:
-        sides: dict[Side, LocalSide | AgentSide] = {
-            Side.LOCAL: LocalSide(pair.local, connector.spawn_local),
-            Side.REMOTE: AgentSide(client, pair.remote, "remote"),
-        }
-        try:
-            found = await _entries(pair, client, [record.path, record.copy])
-            if Side(keep) is winner:
-                for side in copy_sides:
-                    entry = found[side].get(record.copy)
-                    if entry is not None:
-                        await sides[side].delete(record.copy, entry)
-            else:
-                source = next(iter(copy_sides))
-                kept = found[source].get(record.copy)
-                if kept is None:
-                    raise UsageError(f"the conflict copy {record.copy} is gone; nothing to keep")
-                for side in Side:
-                    current = found[side].get(record.path)
-                    if side in copy_sides:
-                        entry = found[side][record.copy]
-                        if current is not None:
-                            await sides[side].delete(record.path, current)
-                        await sides[side].rename(record.copy, record.path, entry)
-                    else:
-                        await copy_file(
-                            sides[source], sides[side], record.copy, record.path, kept, current
-                        )
-        except (OpFailed, SourceChanged) as exc:
-            raise UsageError(
-                f"cannot resolve {record.path}: {exc}", "run `tether sync` and try again"
-            ) from None
-        finally:
-            await sides[Side.LOCAL].close()
-        store.drop_conflict(record.pair, record.path)
-        await sync_pair(config, pair, connector, client=client, store=store)
+    sides: dict[Side, LocalSide | AgentSide] = {
+        Side.LOCAL: LocalSide(pair.local, connector.spawn_local),
+        Side.REMOTE: AgentSide(client, pair.remote, "remote"),
+    }
+    try:
+        found = await _entries(pair, client, [record.path, record.copy])
+        if Side(keep) is winner:
+            for side in copy_sides:
+                entry = found[side].get(record.copy)
+                if entry is not None:
+                    await sides[side].delete(record.copy, entry)
+        else:
+            source = next(iter(copy_sides))
+            kept = found[source].get(record.copy)
+            if kept is None:
+                raise UsageError(f"the conflict copy {record.copy} is gone; nothing to keep")
+            for side in Side:
+                current = found[side].get(record.path)
+                if side in copy_sides:
+                    entry = found[side][record.copy]
+                    if current is not None:
+                        await sides[side].delete(record.path, current)
+                    await sides[side].rename(record.copy, record.path, entry)
+                else:
+                    await copy_file(
+                        sides[source], sides[side], record.copy, record.path, kept, current
+                    )
+    except (OpFailed, SourceChanged) as exc:
+        raise UsageError(
+            f"cannot resolve {record.path}: {exc}", "run `tether sync` and try again"
+        ) from None
+    finally:
+        await sides[Side.LOCAL].close()
 
 
 def find_record(

@@ -30,12 +30,13 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from enum import Enum
 from typing import Any
 
 from ..config import Config, PairConfig, PairMode
 from ..errors import HostUnreachable, TetherError
+from ..store import OffLoop
 from ..transport.endpoints import SSH
 from ..transport.link import Link
 from .engine import SyncReport, sync_pair
@@ -132,13 +133,11 @@ class PairSession:
         on_landed: OnLanded | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         coalesce_ms: float = 10,
-        store: StateStore | None = None,
     ) -> None:
         self.config, self.pair, self.link = config, pair, link
         self.coalesce_ms = coalesce_ms
         self._on_landed = on_landed
         self._on_event = on_event
-        self._store = store
         self.state = SessionState.STARTING
         self.message = ""
         self.last_sync: float | None = None
@@ -334,7 +333,11 @@ class PairSession:
                 "changes are kept and will land when the host is back",
             ) from None
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, conflicts: Mapping[str, int]) -> dict[str, Any]:
+        """The pair as `tether status` shows it. ``conflicts``: the unresolved conflicts of every
+        pair (:meth:`~.state.StateStore.conflict_counts`, read by the caller off the loop): the
+        last sync's own count would hide those earlier syncs left unresolved (and count ones
+        already resolved)."""
         report = self.last_report
         return {
             "pair": self.pair.name,
@@ -347,20 +350,11 @@ class PairSession:
             "pending": self.pending,
             "last_sync": self.last_sync,
             "syncs": self.syncs,
-            "conflicts": self._unresolved_conflicts(),
+            "conflicts": conflicts.get(pair_key(self.config.path, self.pair.name), 0),
             "problems": [f"{p.path}: {p.message}" for p in report.problems] if report else [],
             "failing": len(self._failed),
             "watch": self.watch_mode,
         }
-
-    def _unresolved_conflicts(self) -> int:
-        """How many conflicts of this pair `tether conflicts` still lists: the last sync's own
-        count would hide those earlier syncs left unresolved (and count ones already resolved)."""
-        key = pair_key(self.config.path, self.pair.name)
-        if self._store is not None:
-            return len(self._store.conflicts(key))
-        with StateStore() as store:
-            return len(store.conflicts(key))
 
     # -- watchers ----------------------------------------------------------------------------
 
@@ -419,9 +413,8 @@ class PairSession:
     # -- the sync loop -----------------------------------------------------------------------
 
     async def _run(self) -> None:
-        store = self._store or StateStore()
-        try:
-            halt = store.halt(pair_key(self.config.path, self.pair.name))
+        async with OffLoop(StateStore) as store:
+            halt = await store.run(StateStore.halt, pair_key(self.config.path, self.pair.name))
             if halt is not None and not halt.accepted:  # kept from before a restart
                 self._halt(halt.message)
             while True:
@@ -436,11 +429,8 @@ class PairSession:
                 if self._release_due:  # after the cycle, when its locals are gone too
                     self._release_due = False
                     release_memory()
-        finally:
-            if self._store is None:
-                store.close()
 
-    async def _cycle(self, store: StateStore) -> None:
+    async def _cycle(self, store: OffLoop[StateStore]) -> None:
         if self.link.state.value != "up":
             self.state = SessionState.WAITING
             self._idle.set()
@@ -459,7 +449,7 @@ class PairSession:
         dirty, from_host = set(taken.local) | set(self._failed), set(taken.remote)
         accept_deletes = taken.accept_deletes
         if taken.accept_halt:
-            store.accept_halt(pair_key(self.config.path, self.pair.name))
+            await store.run(StateStore.accept_halt, pair_key(self.config.path, self.pair.name))
         full = taken.full or accept_deletes or time.monotonic() - self._last_full > FULL_EVERY_S
         started = time.monotonic()
         try:

@@ -10,6 +10,9 @@ The base belongs to the pair's identity (host and both roots, :mod:`.identity`),
 agreed for the old one. A base from before identities were recorded has none, and is forgotten
 the same way (its next sync is a first sync, which never deletes). A halt is kept in ``halts``
 with its reason, so it outlives the daemon.
+
+Coroutines reach the store through :func:`off_loop` (its calls run on a thread of its own); a
+one-shot command that has no event loop may use a :class:`StateStore` directly.
 """
 
 from __future__ import annotations
@@ -18,14 +21,14 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..dirs import private_folder
-from ..store import open_private_db
+from ..store import OffLoop, open_private_db
 from .entry import Entry, EntryKind, Snapshot
 from .paths import from_stored, to_stored
 from .scan import DigestCache
@@ -110,6 +113,17 @@ class ConflictRecord:
     copy_sides: tuple[str, ...]
     detail: str
     created: float
+
+
+@asynccontextmanager
+async def off_loop(store: OffLoop[StateStore] | None = None) -> AsyncIterator[OffLoop[StateStore]]:
+    """``store`` (a caller's, left open), or the user's state database opened for this block
+    alone: either way used through its own thread, never on the event loop."""
+    if store is not None:
+        yield store
+        return
+    async with OffLoop(StateStore) as own:
+        yield own
 
 
 class StateStore:
@@ -367,6 +381,11 @@ class StateStore:
                     for r in records
                 ],
             )
+
+    def conflict_counts(self) -> dict[str, int]:
+        """How many conflicts each pair has unresolved (one query for `tether status`)."""
+        rows = self.db.execute("SELECT pair, count(*) FROM conflicts GROUP BY pair")
+        return {pair: int(count) for pair, count in rows}
 
     def conflicts(self, pair: str | None = None) -> list[ConflictRecord]:
         query = "SELECT pair, path, copy, winner, copy_sides, detail, created FROM conflicts"

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     with StateStore() as store:
         if getattr(args, "conflicts_command", None) == "resolve":
             pair, record = find_record(store, config, args.path, args.pair)
-            asyncio.run(resolve(config, pair, record, args.keep, store, SSH))
+            asyncio.run(resolve(config, pair, record, args.keep, SSH))
             console().print(f"resolved {record.path}: kept {args.keep}")
             return 0
         rows = []

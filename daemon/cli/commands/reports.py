@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 async def _listing(config: Config, tables: list[str], kind: str | None) -> Listing:
     """One round trip per host for all its roots; local status from the sync state."""
     from ...reports.fetch import Listing, list_host, tables_for, with_local_status
-    from ...sync.state import StateStore
+    from ...sync.state import off_loop
     from ...transport.agent_client import AgentClient
     from ...transport.ssh import open_connection
 
@@ -100,8 +100,9 @@ async def _listing(config: Config, tables: list[str], kind: str | None) -> Listi
         listing.errors.extend(part.errors)
         listing.reports.extend(part.reports)
     listing.reports.sort(key=lambda r: (-r.mtime_ns, r.kind, r.folder))
-    with StateStore() as store:
-        listing.reports = with_local_status(config, store, listing.reports)
+    found = listing.reports
+    async with off_loop() as store:
+        listing.reports = await store.run(lambda s: with_local_status(config, s, found))
     return listing
 
 
