@@ -183,7 +183,9 @@ class PynvmlSource:
 
     def __init__(self, index: int = 0, nvml: Any = None) -> None:
         if nvml is None:
-            import pynvml as nvml
+            import pynvml
+
+            nvml = pynvml
         self.nvml = nvml
         nvml.nvmlInit()
         self.handle = nvml.nvmlDeviceGetHandleByIndex(index)

@@ -27,6 +27,7 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 Version = tuple[int, ...]
 
@@ -152,13 +153,15 @@ def apply() -> bool:
     """
     import numpy
 
+    # Any: numpy's own stubs declare row_stack up to 2.4 and not after, so neither typing fits both.
+    np: Any = numpy
     if LOWERING_MODULE in sys.modules or not needs_row_stack_stand_in(
-        hasattr(numpy, "row_stack"), installed_versions()["numba-cuda"]
+        hasattr(np, "row_stack"), installed_versions()["numba-cuda"]
     ):
         return False
-    numpy.row_stack = _row_stack_removed  # type: ignore[attr-defined]
+    np.row_stack = _row_stack_removed
     try:
         importlib.import_module(LOWERING_MODULE)
     finally:
-        del numpy.row_stack
+        del np.row_stack
     return True

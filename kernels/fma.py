@@ -132,6 +132,7 @@ def compile_target(fmas: int, variant: str, precision: str) -> tuple[Any, tuple]
     """(kernel, signature) of a variant at a precision, for PTX checks (half2: uint32 arrays)."""
     from numba import types
 
+    t: Any  # numba's scalar types share no base that can be sliced into an array type
     if variant == "half2" or (variant and precision == "fp16"):
         t = uint32
     else:

@@ -139,7 +139,7 @@ def max_rel_err(out: np.ndarray, expected: np.ndarray) -> float:
 def simulator_enabled() -> bool:
     from numba import config
 
-    return bool(config.ENABLE_CUDASIM)
+    return bool(config.ENABLE_CUDASIM)  # type: ignore[attr-defined]  # set from the environment
 
 
 _SM_COUNT: list[int] = []

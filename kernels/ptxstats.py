@@ -66,7 +66,7 @@ def key_kernels(rungs: bool = True) -> list[tuple[str, Any, tuple]]:
             continue
         k = gemm.kernel(variant, "fp32")
         if variant in gemm_rungs.RUNGS:
-            sig: tuple = (float32[::1],) * 3 + (uint32,) * 4
+            sig = (float32[::1],) * 3 + (uint32,) * 4
         else:
             sig = (float32[:, :],) * 3
         out.append((f"gemm/{variant} fp32", k, sig))

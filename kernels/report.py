@@ -21,7 +21,7 @@ SCHEMA_ID = "tether.bench/1"
 
 _NUM = ["number", "null"]
 _PREC = {"enum": list(roofline.ALL_PRECISIONS)}
-_PEAKS = {
+_PEAKS: dict[str, Any] = {
     "type": "object",
     "required": ["flops", "dram_bytes_per_s"],
     "properties": {

@@ -28,7 +28,7 @@ FULL_BYTES = 512 << 20
 QUICK_N = 1000  # not a multiple of the simulator grid, so the loop tail is exercised
 QUICK_N_VEC = 1002  # not a whole number of 16-byte vectors at any precision: the tail runs
 VARIANTS = ("grid-stride", "vec16")
-_NUMBA = {"fp64": float64, "fp32": float32, "fp16": types.float16}
+_NUMBA: dict[str, Any] = {"fp64": float64, "fp32": float32, "fp16": types.float16}
 
 
 @cuda.jit

@@ -52,23 +52,23 @@ def _pack(lo: float, hi: float) -> int:
 
 if simulator_enabled():
 
-    def vload(a, i):  # type: ignore[no-redef]
+    def vload(a, i):
         n = lanes(a.dtype.itemsize)
         flat = a.reshape(-1) if a.ndim > 1 else a  # shared arrays: the vector index is flat
         return tuple(flat[i * n + c] for c in range(n))
 
-    def vstore(a, i, values):  # type: ignore[no-redef]
+    def vstore(a, i, values):
         n = lanes(a.dtype.itemsize)
         flat = a.reshape(-1) if a.ndim > 1 else a
         for c in range(n):
             flat[i * n + c] = values[c]
 
-    def hfma2(x, y, z):  # type: ignore[no-redef]
+    def hfma2(x, y, z):
         """One rounding of the exact x*y+z per lane (float64 holds the fp16 product exactly)."""
         r = _h2(int(x)) * _h2(int(y)) + _h2(int(z))
         return np.uint32(_pack(r[0], r[1]))
 
-    def h2f(x):  # type: ignore[no-redef]
+    def h2f(x):
         v = _h2(int(x))
         return np.float32(v[0]), np.float32(v[1])
 
@@ -79,7 +79,7 @@ else:
     try:
         from numba.cuda.extending import intrinsic
     except ImportError:  # numba-cuda before 0.22 registers CUDA intrinsics through numba
-        from numba.extending import intrinsic
+        from numba.extending import intrinsic  # type: ignore[assignment]  # typed apart
 
     def _vector_ptr(context, builder, aryty, idxty, ary, index, n):
         """Pointer to the ``index``-th ``<n x T>`` vector of the array's data (no wrap-around:
@@ -92,7 +92,7 @@ else:
         return builder.bitcast(ptr, vty.as_pointer()), vty
 
     @intrinsic
-    def vload(typingctx, a, i):  # type: ignore[no-redef]
+    def vload(typingctx, a, i):
         n = lanes(a.dtype.bitwidth // 8)
         sig = types.UniTuple(a.dtype, n)(a, i)
 
@@ -106,7 +106,7 @@ else:
         return sig, codegen
 
     @intrinsic
-    def vstore(typingctx, a, i, values):  # type: ignore[no-redef]
+    def vstore(typingctx, a, i, values):
         n = lanes(a.dtype.bitwidth // 8)
         sig = types.void(a, i, types.UniTuple(a.dtype, n))
 
@@ -124,7 +124,7 @@ else:
         return sig, codegen
 
     @intrinsic
-    def hfma2(typingctx, x, y, z):  # type: ignore[no-redef]
+    def hfma2(typingctx, x, y, z):
         sig = types.uint32(types.uint32, types.uint32, types.uint32)
 
         def codegen(context, builder, signature, args):
@@ -136,7 +136,7 @@ else:
         return sig, codegen
 
     @intrinsic
-    def h2f(typingctx, x):  # type: ignore[no-redef]
+    def h2f(typingctx, x):
         sig = types.UniTuple(types.float32, 2)(types.uint32)
 
         def codegen(context, builder, signature, args):

@@ -118,7 +118,8 @@ class Step:
 
 class _Recorder:
     def __init__(self, host: str, on_step: Callable[[Step], None] | None) -> None:
-        self.host, self.steps, self._on_step = host, [], on_step
+        self.host, self._on_step = host, on_step
+        self.steps: list[Step] = []
 
     def add(self, name: str, status: Status, detail: str, seconds: float = 0.0, **kw: Any) -> Step:
         step = Step(self.host, name, status, detail, seconds, **kw)

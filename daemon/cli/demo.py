@@ -26,7 +26,7 @@ from ..console import console
 from ..dirs import RUNTIME_ENV
 from ..errors import TetherError
 from ..service.control import ControlServer, serve
-from ..service.daemon import Daemon
+from ..service.daemon import Daemon, Project
 from ..sync.engine import sync_pair
 from ..sync.state import STATE_ENV
 from ..transport.bundle import local_package
@@ -74,6 +74,12 @@ class DemoProject:
 
     def config(self) -> Config:
         return load_config(self.config_path)
+
+    def running(self) -> Project:
+        """The project as the demo's daemon holds it; the stages after stage_daemon need it."""
+        if self.daemon is None:
+            raise TetherError("demo: the agent has not been started")
+        return next(iter(self.daemon.projects.values()))
 
 
 def write_sample_project(host: DemoHost, root: Path, *, api_port: int) -> DemoProject:
@@ -162,7 +168,7 @@ async def stage_daemon(project: DemoProject, out: Console) -> str:
 
 
 async def stage_trigger(project: DemoProject, out: Console) -> str:
-    runner = next(iter(project.daemon.projects.values())).triggers[0]
+    runner = project.running().triggers[0]
     await _eventually(lambda: runner.fired >= 1, 20, "the trigger firing")
     await _eventually(lambda: not runner.busy, 120, "the run finishing")
     last = runner.last or {}
@@ -182,8 +188,7 @@ async def stage_trigger(project: DemoProject, out: Console) -> str:
 
 
 async def stage_tunnel(project: DemoProject, out: Console) -> str:
-    project_state = next(iter(project.daemon.projects.values()))
-    port = project_state.tunnels[0].port
+    port = project.running().tunnels[0].port
 
     async def get() -> bytes:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -127,16 +127,17 @@ class DemoHost:
             env=env,
         )
         assert local.stdin and local.stdout and local.stderr
+        stdin = local.stdin
 
         async def feed() -> None:
             try:
                 while data := await process.stdin.read(_CHUNK):
-                    local.stdin.write(data)
-                    await local.stdin.drain()
+                    stdin.write(data)
+                    await stdin.drain()
             except (asyncssh.Error, BrokenPipeError, ConnectionResetError):
                 pass
             finally:
-                local.stdin.close()
+                stdin.close()
 
         async def pump(source: asyncio.StreamReader, sink: asyncssh.SSHWriter) -> None:
             while data := await source.read(_CHUNK):

@@ -108,10 +108,17 @@ class RunHistory(SqliteStore):
             f"exit_code, signal, reason FROM runs {tail}",
             args,
         )
-        return [
-            RunRecord(*row[:7], json.loads(row[7]), *row[8:])  # type: ignore[misc]
-            for row in cursor.fetchall()
-        ]
+        return [_record(row) for row in cursor.fetchall()]
+
+
+def _record(row: tuple[Any, ...]) -> RunRecord:
+    """A RunRecord from one row of `_select`'s columns (changed is stored as JSON text)."""
+    (run_id, project, host, pair, command, log, trigger, changed,
+     started, ended, exit_code, signal, reason) = row  # fmt: skip
+    return RunRecord(
+        run_id, project, host, pair, command, log, trigger, json.loads(changed),
+        started, ended, exit_code, signal, reason,
+    )  # fmt: skip
 
 
 def _ended(history: RunHistory, run_id: str, outcome: RunOutcome | None) -> None:

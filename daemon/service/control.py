@@ -62,7 +62,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path, PurePath
 from typing import Any, Protocol
 
@@ -137,7 +137,7 @@ class DaemonAPI(Protocol):
 
     def run(
         self, project: str, pair: str | None, argv: list[str], sync: bool, fetch: list[str]
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """A run on the project's host over the daemon's link: events until ``exit``."""
         ...
 
@@ -151,7 +151,7 @@ class DaemonAPI(Protocol):
         """Make the links (of one project, or all) connect again now."""
         ...
 
-    def events(self) -> AsyncIterator[dict[str, Any]]:
+    def events(self) -> AsyncGenerator[dict[str, Any], None]:
         """A live event stream, one per subscriber: ``{"ts", "level", "project", "kind",
         "message", ...}``. Closed (``aclose``) when its client goes away."""
         ...
@@ -607,14 +607,12 @@ class ControlServer:
         if not argv:
             raise UsageError("argv must be a non-empty list of strings")
         fetch = _str_list(body.get("fetch") or [], "fetch", "a list of paths")
-        events = aiter(
-            self.api.run(
-                _req_str(body, "project"),
-                _opt_str(body, "pair"),
-                argv,
-                bool(body.get("sync", True)),
-                fetch,
-            )
+        events = self.api.run(
+            _req_str(body, "project"),
+            _opt_str(body, "pair"),
+            argv,
+            bool(body.get("sync", True)),
+            fetch,
         )
         try:
             first = await anext(events)
@@ -877,7 +875,7 @@ class ControlClient:
 
     async def follow_events(
         self, *, idle_timeout_s: float = 3 * HEARTBEAT_S
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Live events, in order, until the daemon closes the stream (the iteration ends).
 
         Leaving early: wrap it in ``contextlib.aclosing(...)`` so the connection closes at once

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +49,7 @@ def not_running(path: Path, exc: BaseException) -> DaemonNotRunning:
 
 
 @functools.cache
-def _unix_http() -> type[http.client.HTTPConnection]:
+def _unix_http() -> Callable[[Path, float | None], http.client.HTTPConnection]:
     """HTTP/1.1 over the daemon's Unix socket. http.client is imported on the first request,
     not with this module: it brings email and ssl (~25 ms), and most one-shot `tether sync`
     runs find no daemon to ask."""

@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ class EventBus:
     def recent(self, limit: int) -> list[dict[str, Any]]:
         return list(self._recent)[-limit:] if limit > 0 else []
 
-    async def follow(self) -> AsyncIterator[dict[str, Any]]:
+    async def follow(self) -> AsyncGenerator[dict[str, Any], None]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._followers.add(queue)
         try:
@@ -221,7 +221,9 @@ class Project:
             await trigger.close()
         for service in self.services:
             await service.close(stop_remote=stop_services)
-        for part in [*self.sessions.values(), *self.tunnels, *self.reports]:
+        parts: list[PairSession | Tunnel | ReportWatcher]
+        parts = [*self.sessions.values(), *self.tunnels, *self.reports]
+        for part in parts:
             await part.close()
         for link in self.links.values():
             await link.close()
@@ -443,7 +445,7 @@ class Daemon:
 
     async def run(
         self, project: str, pair: str | None, argv: list[str], sync: bool, fetch: list[str]
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """`tether run` through the daemon: its open link and warm agent, no connect, no start.
 
         Events: ``synced`` (when asked), ``started``, ``output`` (base64), ``fetched``, ``exit``.
@@ -523,7 +525,7 @@ class Daemon:
             records = await history.run(lambda h: h.recent(limit, path))
         return {"runs": [r.to_json() for r in records]}
 
-    def events(self) -> AsyncIterator[dict[str, Any]]:
+    def events(self) -> AsyncGenerator[dict[str, Any], None]:
         return self.bus.follow()
 
     def recent_events(self, limit: int) -> list[dict[str, Any]]:

@@ -183,7 +183,7 @@ def install(
             manifest.files.append(str(target))
         say(f"wrote {target} (runs {executable})")
     if manager is Manager.LAUNCHD:
-        params.log_dir.mkdir(parents=True, exist_ok=True)
+        Path(params.log_dir).mkdir(parents=True, exist_ok=True)
     manifest.save()
     if manager is Manager.SYSTEMD:
         return _systemd_install(parts, start=start, env=env, say=say)

@@ -46,4 +46,4 @@ def icon_image(state: IconState, size: int = SIZE) -> Image.Image:
         amber = (191, 135, 0, 255)
         draw.rectangle((m * 2, m, m * 2 + 2 * w, big - m), fill=amber)
         draw.rectangle((big - m * 2 - 2 * w, m, big - m * 2, big - m), fill=amber)
-    return image.resize((size, size), Image.LANCZOS)
+    return image.resize((size, size), Image.Resampling.LANCZOS)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import RemoteError
-from .entry import EntryKind
+from .entry import Entry, EntryKind
 from .paths import is_within
 from .reconcile import Action, ActionKind, Problem
 from .reconcile import Side as Where
@@ -218,7 +218,7 @@ class _Apply:
         if not group:
             return
         here, there = self.sides[group[0].side], self.sides[group[0].side.other]
-        read = await there.read_many([(a.source_path, a.new) for a in group])  # type: ignore[arg-type]
+        read = await there.read_many([(a.source_path, _made(a)) for a in group])
         ready: list[tuple[Action, Content]] = []
         for a, content in zip(group, read, strict=True):
             if isinstance(content, OpFailed):
@@ -227,9 +227,9 @@ class _Apply:
                 ready.append((a, content))
         if not ready:
             return
-        files = [(a.path, content, a.new, a.old) for a, content in ready]
+        files = [(a.path, content, _made(a), a.old) for a, content in ready]
         try:
-            results = await here.write_many(files)  # type: ignore[arg-type]
+            results = await here.write_many(files)
         except OpFailed as exc:  # the whole request failed (not one file)
             for a, _ in ready:
                 self.fail(a, exc)
@@ -239,6 +239,12 @@ class _Apply:
                 self.fail(a, result)
             else:
                 self.landed(a, content.digest)
+
+
+def _made(a: Action) -> Entry:
+    """What a COPY action makes: its ``new``, which reconcile sets on every copy it plans."""
+    assert a.new is not None, f"a copy of {a.path} without the entry it makes"
+    return a.new
 
 
 def _batchable(a: Action) -> bool:

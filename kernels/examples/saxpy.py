@@ -38,8 +38,9 @@ def reference(h, shape):
     return h["a"] * h["x"].astype(np.float64) + h["y"]
 
 
-BENCHMARKS = [
-    Benchmark(
+def benchmark(precision):
+    itemsize = np.dtype(DTYPES[precision]).itemsize
+    return Benchmark(
         name="saxpy",
         variant="user",
         precision=precision,
@@ -49,7 +50,8 @@ BENCHMARKS = [
         launch=launch,
         reference=reference,
         flops=lambda s: 2 * s[0],
-        bytes_moved=lambda s, _prec=precision: 3 * s[0] * np.dtype(DTYPES[_prec]).itemsize,
+        bytes_moved=lambda s: 3 * s[0] * itemsize,  # read x and y, write out
     )
-    for precision in ("fp32", "fp64")
-]
+
+
+BENCHMARKS = [benchmark(precision) for precision in ("fp32", "fp64")]

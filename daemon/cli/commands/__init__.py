@@ -58,7 +58,7 @@ VERBS: dict[str, Verb] = {
 
 
 def add_verbs(
-    subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
+    subparsers: argparse._SubParsersAction,
     with_arguments: Collection[str] | None = None,
 ) -> None:
     """Register every verb with its help line; import and fill in the arguments of the verbs in

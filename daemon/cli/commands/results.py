@@ -77,14 +77,14 @@ def run(args: argparse.Namespace) -> int:
         if args.list:
             infos = store.runs()
             if args.json:
-                print_json([vars(i) for i in infos])
+                print_json([vars(info) for info in infos])
                 return 0
             table = Table(title="stored results")
             for name in ("run", "created", "host", "device", "points"):
                 table.add_column(name)
-            for i in infos:
-                device = i.device + (" (simulator)" if i.simulator else "")
-                table.add_row(i.run_id, i.created, i.host, device, str(i.points))
+            for info in infos:
+                device = info.device + (" (simulator)" if info.simulator else "")
+                table.add_row(info.run_id, info.created, info.host, device, str(info.points))
             out.print(table)
             return 0
         if args.compare:

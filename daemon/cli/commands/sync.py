@@ -23,6 +23,8 @@ from ...sync.paths import shown
 from ..main import config_of
 
 if TYPE_CHECKING:
+    from rich.progress import TaskID
+
     from ...config import Config, PairConfig
     from ...sync.engine import Progress, SyncReport
 
@@ -181,10 +183,10 @@ class _RichProgress:
             console=console(stderr=True),
             transient=True,
         )
-        self.task: int | None = None
+        self.task: TaskID | None = None
         self.count = self.files = self.landed = 0
         self.moving = _Moving()
-        self.tasks: dict[str, Any] = {}
+        self.tasks: dict[str, TaskID] = {}
 
     def phase(self, name: str, detail: str = "") -> None:
         if name == "scan":
