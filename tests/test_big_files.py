@@ -138,6 +138,37 @@ def test_a_sparse_file_stays_sparse_and_its_holes_are_not_sent(project, monkeypa
 
 
 @pytest.mark.parametrize("mode", ["push", "pull"])
+def test_a_sparse_file_changed_in_its_data_stays_sparse_after_the_delta(
+    project, monkeypatch, mode
+) -> None:
+    """The delta copies the receiver's own blocks; where those lie in a hole, the rebuilt file
+    keeps the hole instead of writing zeros."""
+    tmp, local, remote, configure = project
+    configure(mode)
+    source = (local if mode == "push" else remote) / "disk.img"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    with source.open("wb") as fh:
+        for offset in (0, 100 * MiB, 200 * MiB + 12345):
+            fh.seek(offset)
+            fh.write(os.urandom(MiB))
+        fh.truncate(256 * MiB)
+    if source.stat().st_blocks * 512 > 16 * MiB:
+        pytest.skip("this filesystem does not keep holes")
+    code, report = sync(tmp)
+    assert code == 0, report
+    with source.open("r+b") as fh:
+        fh.seek(100 * MiB + 1000)
+        fh.write(os.urandom(100_000))
+    watch = Watch(monkeypatch)
+    code, report = sync(tmp)
+    assert code == 0, report
+    target = (remote if mode == "push" else local) / "disk.img"
+    assert digest(target) == digest(source)
+    assert "signature" in watch.sent  # it went as a delta
+    assert target.stat().st_blocks * 512 <= 16 * MiB, "the delta filled the holes"
+
+
+@pytest.mark.parametrize("mode", ["push", "pull"])
 def test_a_changed_big_file_goes_as_a_delta(project, monkeypatch, mode) -> None:
     """A rewritten middle and an append cost about what changed; the result is exact."""
     tmp, local, remote, configure = project

@@ -966,21 +966,39 @@ class Upload:
                 self.append(view[used : used + n])
                 used += n
             elif what == -2:
-                sparse.hash_zeros(self.hash, n)
-                self.size += n
-                os.lseek(self.fd, self.size, os.SEEK_SET)
+                self.hole(n)
             elif isinstance(what, int) and what >= 0 and self.base is not None:
-                while n > 0:
-                    data = os.pread(self.base, min(n, CHUNK), what)
-                    if not data:
-                        raise AgentError("changed", "%s shrank under a delta" % self.rel, self.rel)
-                    self.append(data)
-                    what += len(data)
-                    n -= len(data)
+                self.copy(what, n)
             else:
                 raise AgentError("invalid", "bad segment %r" % (what,), self.rel)
         if used != len(view):
             raise AgentError("invalid", "segments do not cover the blob", self.rel)
+
+    def hole(self, n):
+        """``n`` zero bytes, not written but seeked over: they stay a hole."""
+        sparse.hash_zeros(self.hash, n)
+        self.size += n
+        os.lseek(self.fd, self.size, os.SEEK_SET)
+
+    def copy(self, start, n):
+        """``n`` bytes of the base from ``start``: its data copied, its holes kept holes (a
+        delta of a sparse file leaves it as sparse as it was)."""
+        end = start + n
+        if os.fstat(self.base).st_size < end:
+            raise AgentError("changed", "%s shrank under a delta" % self.rel, self.rel)
+        pos = start
+        for lo, hi in sparse.data_extents(self.base, start, end):
+            if lo > pos:
+                self.hole(lo - pos)
+            while lo < hi:
+                data = os.pread(self.base, min(hi - lo, CHUNK), lo)
+                if not data:
+                    raise AgentError("changed", "%s shrank under a delta" % self.rel, self.rel)
+                self.append(data)
+                lo += len(data)
+            pos = hi
+        if pos < end:
+            self.hole(end - pos)
 
     def finish(self, req):
         digest = req.get("digest")
