@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -207,6 +208,7 @@ def main() -> int:
                 )
     finally:
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)  # gigabytes of test files
 
     head = f"{'tether':>8} {'rsync':>8} {'ratio':>6} {'goal':>8} {'RSS+':>7} {'agent+':>7}"
     print(f"\n{'case':<40} {head}")
