@@ -10,16 +10,10 @@ from pathlib import Path
 import pytest
 from tether.runs.history import RunHistory
 
+from tests.helpers import eventually, running_daemon, write_project
 from tests.sshd import SshServer
-from tests.test_daemon import eventually, running_daemon, write_project
 
-
-@pytest.fixture(autouse=True)
-def private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
-    runtime = tmp_path / "rt"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("TETHER_RUNTIME_DIR", str(runtime))
+pytestmark = pytest.mark.usefixtures("private_dirs")
 
 
 def trigger_toml(run: str, *, on_busy: str = "restart", extra: str = "") -> str:
