@@ -114,7 +114,14 @@ def test_pause_collects_and_resume_syncs(sshd: SshServer, tmp_path: Path) -> Non
             await client.flush(config, 30)
             await client.pause(config, "code")
             (local / "while_paused.txt").write_text("held")
-            await asyncio.sleep(0.5)
+
+            async def pending() -> int:
+                return int((await client.status())["projects"][0]["pairs"][0]["pending"])
+
+            deadline = time.monotonic() + 20  # the paused pair has seen the save and holds it
+            while await pending() == 0:
+                assert time.monotonic() < deadline, "the paused pair never collected the save"
+                await asyncio.sleep(0.05)
             assert not (remote / "while_paused.txt").exists()
             with pytest.raises(TetherError, match="paused"):
                 await client.flush(config, 5)
