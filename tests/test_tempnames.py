@@ -139,6 +139,7 @@ SFTP_SYNC = textwrap.dedent(
     """
     import sys
     from pathlib import Path
+    from tests.helpers import sync_over_sftp
     sync_over_sftp(Path(sys.argv[1]))
     """
 )
