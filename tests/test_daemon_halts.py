@@ -68,7 +68,9 @@ def test_big_deletion_halts_survives_restart_and_never_freezes_the_daemon(
     for i in range(20):
         (local / f"more-{i}.txt").write_text(str(i))
     before = cpu_s(daemon_home.pid)
-    time.sleep(3)
+    # The halted pair has seen the saves (and had its chance to act on them) ...
+    until(lambda: pairs(local, env)["code"]["pending"] >= 20, "the halted pair holds the saves")
+    time.sleep(3)  # ... and this is the window its CPU is measured over: a spin would fill it
     (local / "other").mkdir(exist_ok=True)
     (local / "other" / "o.txt").write_text("still synced")
     until(lambda: (other_remote / "o.txt").exists(), "the other pair syncs")
@@ -81,7 +83,8 @@ def test_big_deletion_halts_survives_restart_and_never_freezes_the_daemon(
     daemon_home.start(local)
     code = until(lambda: pairs(local, env)["code"], "status")
     assert code["state"] == "halted" and "would delete" in code["message"]
-    time.sleep(1)
+    # The restarted daemon has had its chance: the other pair's first cycle is done.
+    until(lambda: pairs(local, env)["other"]["state"] == "watching", "the other pair syncs")
     assert all((local / n).exists() for n in FILES)
 
     # `tether resume` accepts the plan shown (new local files are copies, not deletions).
