@@ -1,12 +1,16 @@
-"""Shared fixtures: a real sshd on loopback, and hosts built from it."""
+"""Shared fixtures: a real sshd on loopback, hosts built from it, private state folders, and the
+projects the sync and daemon tests work in."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import DaemonHome, ended
 from tests.sshd import SshServer, start_sshd
 
 
@@ -24,3 +28,63 @@ def private_sshd(tmp_path: Path) -> Iterator[SshServer]:
     server = start_sshd(tmp_path / "sshd")
     yield server
     server.stop()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's own state folder (pair bases, halts, run history), for tether run in this
+    process and in the `tether` processes it starts."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("TETHER_STATE_DIR", str(state))
+    return state
+
+
+@pytest.fixture
+def private_dirs(state_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """This test's own state folder and runtime folder (the control socket), so that an
+    in-process daemon neither sees nor disturbs the user's or another test's."""
+    runtime = tmp_path / "rt"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("TETHER_RUNTIME_DIR", str(runtime))
+
+
+@pytest.fixture
+def daemon_home(tmp_path: Path) -> Iterator[DaemonHome]:
+    """Private folders for a daemon started as a user starts it (`tether start`), passed in the
+    environment of the `tether` processes; a daemon the test left running is killed after."""
+    runtime = tmp_path / "rt"
+    runtime.mkdir(mode=0o700)
+    env = {
+        **os.environ,
+        "TETHER_STATE_DIR": str(tmp_path / "state"),
+        "TETHER_RUNTIME_DIR": str(runtime),
+    }
+    home = DaemonHome(env)
+    yield home
+    if home.pid is not None and not ended(home.pid, wait_s=5):
+        os.kill(home.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def sync_project(
+    tmp_path: Path, sshd: SshServer, state_dir: Path
+) -> tuple[Path, Path, Path, Callable[..., Path]]:
+    """A two-way pair ``code`` from ``tmp_path/local`` to ``tmp_path/remote`` (not created: the
+    first sync makes it) with its config in ``tmp_path/tether.toml`` and a private state folder.
+
+    Returns (tmp_path, local, remote, configure); ``configure(mode, ignore)`` rewrites the
+    config with another mode or ignore list (a TOML array, as text)."""
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    local.mkdir()
+
+    def configure(mode: str = "two-way", ignore: str = "") -> Path:
+        extra = f"ignore = {ignore}\n" if ignore else ""
+        (tmp_path / "tether.toml").write_text(
+            sshd.toml_host()
+            + f'\n[pairs.code]\nhost = "test"\nlocal = "local"\nremote = "{remote}"\n'
+            f'mode = "{mode}"\n{extra}'
+        )
+        return tmp_path / "tether.toml"
+
+    configure()
+    return tmp_path, local, remote, configure

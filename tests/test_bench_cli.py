@@ -19,6 +19,7 @@ from tether.transport.bundle import ensure_kernels, kernels_argv, package_files,
 from tether.transport.link import Link
 from tether_kernels.report import validate
 
+from tests.helpers import tether, write_cli_project
 from tests.sshd import SshServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,22 +37,9 @@ def _toml(sshd: SshServer, remote: Path, python: str | None = sys.executable) ->
 
 
 @pytest.fixture
-def project(sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
-    root = tmp_path / "proj"
-    root.mkdir()
-    (root / "tether.toml").write_text(_toml(sshd, tmp_path / "remote" / "code"))
-    return root
-
-
-def tether(project: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether.cli.main", *args],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env_of(),
+def project(sshd: SshServer, tmp_path: Path, state_dir: Path) -> Path:
+    return write_cli_project(
+        tmp_path, sshd, host=f'python = "{sys.executable}"\n', pair='ignore = ["results/"]\n'
     )
 
 

@@ -19,10 +19,8 @@ from tether.sync.reconcile import Side
 from tether.transport.agent_client import AgentClient
 
 from tests.faultproxy import FaultProxy
+from tests.helpers import sync, write_project
 from tests.sshd import SshServer
-from tests.test_daemon import write_project
-from tests.test_sync_engine import project as project
-from tests.test_sync_engine import sync
 
 MiB = 1 << 20
 
@@ -87,10 +85,12 @@ class Watch:
 
 
 @pytest.mark.parametrize("mode", ["push", "pull"])
-def test_a_big_transfer_holds_a_few_chunk_windows_not_the_file(project, monkeypatch, mode) -> None:
+def test_a_big_transfer_holds_a_few_chunk_windows_not_the_file(
+    sync_project, monkeypatch, mode
+) -> None:
     """256 MiB either way: this process allocates a few windows at most (tracemalloc), and
     neither agent (the host's, this machine's writer) grows by the file either (peak RSS)."""
-    tmp, local, remote, configure = project
+    tmp, local, remote, configure = sync_project
     configure(mode)
     size = 256 * MiB
     source = (local if mode == "push" else remote) / "data" / "big.bin"
@@ -113,8 +113,10 @@ def test_a_big_transfer_holds_a_few_chunk_windows_not_the_file(project, monkeypa
 
 
 @pytest.mark.parametrize("mode", ["push", "pull"])
-def test_a_sparse_file_stays_sparse_and_its_holes_are_not_sent(project, monkeypatch, mode) -> None:
-    tmp, local, remote, configure = project
+def test_a_sparse_file_stays_sparse_and_its_holes_are_not_sent(
+    sync_project, monkeypatch, mode
+) -> None:
+    tmp, local, remote, configure = sync_project
     configure(mode)
     source = (local if mode == "push" else remote) / "sparse.img"
     source.parent.mkdir(parents=True, exist_ok=True)
@@ -139,11 +141,11 @@ def test_a_sparse_file_stays_sparse_and_its_holes_are_not_sent(project, monkeypa
 
 @pytest.mark.parametrize("mode", ["push", "pull"])
 def test_a_sparse_file_changed_in_its_data_stays_sparse_after_the_delta(
-    project, monkeypatch, mode
+    sync_project, monkeypatch, mode
 ) -> None:
     """The delta copies the receiver's own blocks; where those lie in a hole, the rebuilt file
     keeps the hole instead of writing zeros."""
-    tmp, local, remote, configure = project
+    tmp, local, remote, configure = sync_project
     configure(mode)
     source = (local if mode == "push" else remote) / "disk.img"
     source.parent.mkdir(parents=True, exist_ok=True)
@@ -169,9 +171,9 @@ def test_a_sparse_file_changed_in_its_data_stays_sparse_after_the_delta(
 
 
 @pytest.mark.parametrize("mode", ["push", "pull"])
-def test_a_changed_big_file_goes_as_a_delta(project, monkeypatch, mode) -> None:
+def test_a_changed_big_file_goes_as_a_delta(sync_project, monkeypatch, mode) -> None:
     """A rewritten middle and an append cost about what changed; the result is exact."""
-    tmp, local, remote, configure = project
+    tmp, local, remote, configure = sync_project
     configure(mode)
     source = (local if mode == "push" else remote) / "log.csv"
     write_random(source, 32 * MiB, seed=3)
@@ -194,10 +196,12 @@ def test_a_changed_big_file_goes_as_a_delta(project, monkeypatch, mode) -> None:
 
 
 @pytest.mark.parametrize("mode", ["push", "pull"])
-def test_a_delta_that_does_not_rebuild_the_file_is_sent_whole(project, monkeypatch, mode) -> None:
+def test_a_delta_that_does_not_rebuild_the_file_is_sent_whole(
+    sync_project, monkeypatch, mode
+) -> None:
     """The host's signature lies (two blocks swapped): the rebuilt file fails its digest, is
     dropped, and the file goes whole; what lands is exact and nothing staged is left."""
-    tmp, local, remote, configure = project
+    tmp, local, remote, configure = sync_project
     configure(mode)
     source = (local if mode == "push" else remote) / "model.bin"
     write_random(source, 12 * MiB, seed=5)
@@ -263,13 +267,13 @@ def test_a_link_cut_mid_transfer_leaves_no_partial_file_and_the_rerun_lands_it(
         proxy.stop()
 
 
-def test_progress_shows_each_big_file_bytes_rate_and_eta(project, monkeypatch, capsys) -> None:
+def test_progress_shows_each_big_file_bytes_rate_and_eta(sync_project, monkeypatch, capsys) -> None:
     """The engine reports a big file's bytes as they move (not only when it lands), and the
     plain progress prints per file: bytes done of its size, rate, time left; and the total."""
     from tether.cli.commands.sync import _PlainProgress
     from tether.sync.engine import Progress
 
-    tmp, local, _remote, configure = project
+    tmp, local, _remote, configure = sync_project
     configure("push")
     write_random(local / "big.bin", 20 * MiB)
     seen: list[tuple[str, int, int]] = []
@@ -289,10 +293,10 @@ def test_progress_shows_each_big_file_bytes_rate_and_eta(project, monkeypatch, c
 
 
 @pytest.mark.parametrize("mode", ["push", "pull"])
-def test_an_appended_big_file_sends_only_its_tail(project, monkeypatch, mode) -> None:
+def test_an_appended_big_file_sends_only_its_tail(sync_project, monkeypatch, mode) -> None:
     """The receiver copies its own file and gets the tail: no signature, about 1 MiB moved
     (a growing log pushed, or a results file growing on the host pulled)."""
-    tmp, local, remote, configure = project
+    tmp, local, remote, configure = sync_project
     configure(mode)
     source = (local if mode == "push" else remote) / "train.log"
     write_random(source, 12 * MiB, seed=7)
@@ -311,11 +315,11 @@ def test_an_appended_big_file_sends_only_its_tail(project, monkeypatch, mode) ->
 
 @pytest.mark.parametrize("mode", ["push", "pull"])
 def test_a_rewrite_that_keeps_the_old_end_is_not_taken_for_an_append(
-    project, monkeypatch, mode
+    sync_project, monkeypatch, mode
 ) -> None:
     """Same last bytes where the receiver's copy ends, a longer file, another start: it goes as
     a delta (the start's digest gives it away before the tail is sent), and lands exact."""
-    tmp, local, remote, configure = project
+    tmp, local, remote, configure = sync_project
     configure(mode)
     source = (local if mode == "push" else remote) / "data.bin"
     write_random(source, 12 * MiB, seed=8)
@@ -352,10 +356,10 @@ def hashed_by_scan(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-def test_a_big_file_changed_here_only_is_hashed_as_it_is_sent(project, monkeypatch) -> None:
+def test_a_big_file_changed_here_only_is_hashed_as_it_is_sent(sync_project, monkeypatch) -> None:
     """Not read once by the scan and again by the delta: the transfer's digest of what it read
     (checked by the host) is what the base and the digest cache keep."""
-    tmp, local, remote, configure = project
+    tmp, local, remote, configure = sync_project
     configure("push")
     source = local / "weights.bin"
     write_random(source, 12 * MiB, seed=9)
@@ -373,9 +377,9 @@ def test_a_big_file_changed_here_only_is_hashed_as_it_is_sent(project, monkeypat
     assert report["plan"] == []  # the learned digest is the file's: nothing differs
 
 
-def test_a_big_file_changed_alike_on_both_sides_is_compared_not_conflicted(project) -> None:
+def test_a_big_file_changed_alike_on_both_sides_is_compared_not_conflicted(sync_project) -> None:
     """Both sides changed: the scan must hash it, and equal bytes are no conflict."""
-    tmp, local, remote, configure = project
+    tmp, local, remote, configure = sync_project
     configure("two-way")
     write_random(local / "same.bin", 12 * MiB, seed=10)
     code, report = sync(tmp)

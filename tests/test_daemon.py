@@ -9,8 +9,6 @@ import json
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,71 +17,15 @@ import pytest
 from tether.cli.main import main
 from tether.config import MAX_CONFIG_BYTES, load_config
 from tether.errors import ConfigError, HostUnreachable, TetherError
-from tether.service.control import ControlClient, default_socket_path, serve
-from tether.service.daemon import Daemon
+from tether.service.control import ControlClient, default_socket_path
 from tether.sync.state import StateStore
 
 from tests.faultproxy import FaultProxy
+from tests.helpers import eventually, running_daemon, text, write_project
 from tests.sshd import SshServer, free_port
 from tests.store_threads import on_this_thread, record_store_threads
 
-
-@pytest.fixture(autouse=True)
-def private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
-    runtime = tmp_path / "rt"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("TETHER_RUNTIME_DIR", str(runtime))
-
-
-def write_project(
-    tmp_path: Path,
-    server: SshServer,
-    *,
-    port: int | None = None,
-    extra: str = "",
-    mode: str = "two-way",
-) -> tuple[Path, Path]:
-    """A project whose host is ``server`` (reached through ``port`` when a proxy sits between)."""
-    local, remote = tmp_path / "proj", tmp_path / "remote"
-    local.mkdir(exist_ok=True)
-    remote.mkdir(exist_ok=True)
-    port = port or server.port
-    known = tmp_path / "known_hosts"
-    entry = server.known_hosts.read_text().splitlines()[0].split(" ", 1)[1]
-    known.write_text(f"[127.0.0.1]:{port} {entry}\n")
-    (local / "tether.toml").write_text(
-        f'[hosts.gpu]\nssh = "{server.user}@127.0.0.1:{port}"\n'
-        f'identity_file = "{server.client_key}"\nknown_hosts = "{known}"\n'
-        f'ssh_config = "{server.ssh_config}"\nconnect_timeout = "3s"\n'
-        f'[pairs.code]\nhost = "gpu"\nremote = "{remote}"\nmode = "{mode}"\n{extra}'
-    )
-    return local, remote
-
-
-@asynccontextmanager
-async def running_daemon() -> AsyncIterator[tuple[Daemon, ControlClient]]:
-    daemon = Daemon()
-    async with await serve(daemon) as _server, ControlClient() as client:
-        try:
-            yield daemon, client
-        finally:
-            await daemon.close()
-
-
-async def eventually(check: Callable[[], bool], timeout_s: float = 20, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout_s}s: {what}")
-        await asyncio.sleep(0.05)
-
-
-def text(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except OSError:
-        return None
+pytestmark = pytest.mark.usefixtures("private_dirs")
 
 
 def test_live_two_way_sync_and_flush(sshd: SshServer, tmp_path: Path) -> None:
@@ -173,7 +115,14 @@ def test_pause_collects_and_resume_syncs(sshd: SshServer, tmp_path: Path) -> Non
             await client.flush(config, 30)
             await client.pause(config, "code")
             (local / "while_paused.txt").write_text("held")
-            await asyncio.sleep(0.5)
+
+            async def pending() -> int:
+                return int((await client.status())["projects"][0]["pairs"][0]["pending"])
+
+            deadline = time.monotonic() + 20  # the paused pair has seen the save and holds it
+            while await pending() == 0:
+                assert time.monotonic() < deadline, "the paused pair never collected the save"
+                await asyncio.sleep(0.05)
             assert not (remote / "while_paused.txt").exists()
             with pytest.raises(TetherError, match="paused"):
                 await client.flush(config, 5)

@@ -10,66 +10,21 @@ import signal
 import stat
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from tether.cli import main as cli
 from tether.cli.commands import daemon as daemon_command
 
+from tests.helpers import DaemonHome, ended, tether, write_project
 from tests.sshd import SshServer
-from tests.test_daemon import write_project
 
 
-def tether(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether.cli.main", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-@dataclass
-class DaemonHome:
-    """A private state and runtime folder for one test's daemon, and the daemon's pid once
-    `tether start` has spawned it (the fixture kills a daemon the test left running)."""
-
-    env: dict[str, str]
-    pid: int | None = None
-
-    def start(self, cwd: Path) -> subprocess.CompletedProcess[str]:
-        started = tether(cwd, self.env, "start")
-        assert started.returncode == 0, started.stderr
-        self.pid = json.loads(tether(cwd, self.env, "status", "--json").stdout)["pid"]
-        return started
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Iterator[DaemonHome]:
-    runtime = tmp_path / "rt"
-    runtime.mkdir(mode=0o700)
-    env = {
-        **os.environ,
-        "TETHER_STATE_DIR": str(tmp_path / "state"),
-        "TETHER_RUNTIME_DIR": str(runtime),
-    }
-    daemon_home = DaemonHome(env)
-    yield daemon_home
-    if daemon_home.pid is not None and not ended(daemon_home.pid, wait_s=5):
-        os.kill(daemon_home.pid, signal.SIGKILL)
-
-
-def test_start_status_flush_stop(sshd: SshServer, tmp_path: Path, home: DaemonHome) -> None:
+def test_start_status_flush_stop(sshd: SshServer, tmp_path: Path, daemon_home: DaemonHome) -> None:
     local, remote = write_project(tmp_path, sshd)
-    env = home.env
-    assert "started the daemon" in home.start(local).stdout
-    status = json.loads(tether(local, env, "status", "--json").stdout)
+    env = daemon_home.env
+    assert "started the daemon" in daemon_home.start(local).stdout
+    status = json.loads(tether(local, "status", "--json", env=env).stdout)
     assert status["projects"][0]["project"] == str(local / "tether.toml")
     heavy = "print(sorted(m for m in ('aiohttp', 'asyncssh', 'rich') if m in sys.modules))"
     probe = subprocess.run(  # the verbs run most often stay on the stdlib client: no 0.3 s import
@@ -86,28 +41,28 @@ def test_start_status_flush_stop(sshd: SshServer, tmp_path: Path, home: DaemonHo
         timeout=60,
     )
     assert probe.stdout.splitlines()[-1] == "[]", probe.stderr
-    pid = home.pid
+    pid = daemon_home.pid
     if glibc_linux() and "PYTHONMALLOC" not in env:  # started again on glibc's malloc
         assert b"PYTHONMALLOC=malloc" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
 
     (local / "k.py").write_text("x = 1\n")
-    flushed = tether(local, env, "flush", "--timeout", "30s")
+    flushed = tether(local, "flush", "--timeout", "30s", env=env)
     assert flushed.returncode == 0, flushed.stderr
     assert (remote / "k.py").read_text() == "x = 1\n"
 
-    text = tether(local, env, "status").stdout
+    text = tether(local, "status", env=env).stdout
     assert "up" in text and "code" in text and "two-way" in text
-    logs = tether(local, env, "logs", "-n", "50").stdout
+    logs = tether(local, "logs", "-n", "50", env=env).stdout
     assert "link.up" in logs and "pair.synced" in logs
 
-    assert tether(local, env, "pause").returncode == 0
-    paused = tether(local, env, "flush", "--timeout", "5s")
+    assert tether(local, "pause", env=env).returncode == 0
+    paused = tether(local, "flush", "--timeout", "5s", env=env)
     assert paused.returncode == 1 and "paused" in paused.stderr
-    assert tether(local, env, "resume").returncode == 0
+    assert tether(local, "resume", env=env).returncode == 0
 
-    assert "already" not in tether(local, env, "start").stdout  # idempotent re-register
-    assert tether(local, env, "stop", "--all").returncode == 0
-    gone = tether(local, env, "status")
+    assert "already" not in tether(local, "start", env=env).stdout  # idempotent re-register
+    assert tether(local, "stop", "--all", env=env).returncode == 0
+    gone = tether(local, "status", env=env)
     assert gone.returncode == 69 and "tether start" in gone.stderr
     assert "Traceback" not in gone.stderr
     assert pid is not None and ended(pid), "stop --all left the daemon running"
@@ -150,35 +105,20 @@ def test_daemon_execs_itself_again_on_glibc_malloc(monkeypatch: pytest.MonkeyPat
     assert len(execs) == 1
 
 
-def ended(pid: int, wait_s: float = 15.0) -> bool:
-    """Gone, or a zombie nobody reaped yet (it has exited either way)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return True
-        if state == "Z":
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-
-
 def test_run_goes_through_a_running_daemon(
-    sshd: SshServer, tmp_path: Path, home: DaemonHome
+    sshd: SshServer, tmp_path: Path, daemon_home: DaemonHome
 ) -> None:
     """With the daemon watching the project, `tether run` uses its link and warm agent: the
     run shows up in the daemon's own events, output and exit status arrive intact, Ctrl-C stops
     the remote process group."""
     local, _remote = write_project(tmp_path, sshd)
-    env = home.env
-    home.start(local)
+    env = daemon_home.env
+    daemon_home.start(local)
     (local / "echo_args.py").write_text("import sys\nprint(sys.argv[1:])\nsys.exit(4)\n")
-    result = tether(local, env, "run", "--", "echo_args.py", "a b", "$HOME", "ü")
+    result = tether(local, "run", "--", "echo_args.py", "a b", "$HOME", "ü", env=env)
     assert result.returncode == 4, result.stderr
     assert result.stdout.strip() == "['a b', '$HOME', 'ü']"
-    logs = tether(local, env, "logs", "-n", "100").stdout
+    logs = tether(local, "logs", "-n", "100", env=env).stdout
     assert "run.started" in logs and "echo_args.py" in logs  # the daemon ran it
 
     marker = f"sleep {6000 + os.getpid() % 1000}"
@@ -204,34 +144,34 @@ def test_run_goes_through_a_running_daemon(
     assert proc.returncode in (130, 137), err
     left = subprocess.run(["pgrep", "-f", f"^{marker}$"], capture_output=True, text=True)
     assert left.stdout.strip() == ""
-    tether(local, env, "stop", "--all")
+    tether(local, "stop", "--all", env=env)
 
 
 def test_run_in_a_project_the_daemon_does_not_watch_goes_one_shot(
-    sshd: SshServer, tmp_path: Path, home: DaemonHome
+    sshd: SshServer, tmp_path: Path, daemon_home: DaemonHome
 ) -> None:
     """The daemon runs for project A; `tether run` in project B still works, on its own."""
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
     watched, _ = write_project(tmp_path / "a", sshd)
     other, _ = write_project(tmp_path / "b", sshd)
-    env = home.env
-    home.start(watched)
-    result = tether(other, env, "run", "--", "sh", "-c", "echo from-b; exit 6")
+    env = daemon_home.env
+    daemon_home.start(watched)
+    result = tether(other, "run", "--", "sh", "-c", "echo from-b; exit 6", env=env)
     assert result.returncode == 6, result.stderr
     assert result.stdout.strip() == "from-b"
-    logs = tether(watched, env, "logs", "-n", "100").stdout
+    logs = tether(watched, "logs", "-n", "100", env=env).stdout
     assert "run.started" not in logs  # not the daemon's: B is not registered there
-    tether(watched, env, "stop", "--all")
+    tether(watched, "stop", "--all", env=env)
 
 
 def test_logs_and_state_folder_are_private_under_a_loose_umask(
-    sshd: SshServer, tmp_path: Path, home: DaemonHome
+    sshd: SshServer, tmp_path: Path, daemon_home: DaemonHome
 ) -> None:
     """Under umask 022 the daemon's log, a run's log and the folders holding them are the user's
     alone; a state folder made 0755 before tether ran is narrowed to 0700."""
     local, _remote = write_project(tmp_path, sshd)
-    state = Path(home.env["TETHER_STATE_DIR"])
+    state = Path(daemon_home.env["TETHER_STATE_DIR"])
     (state / "runs").mkdir(mode=0o755, parents=True)
     os.chmod(state, 0o755)
     os.chmod(state / "runs", 0o755)
@@ -240,7 +180,7 @@ def test_logs_and_state_folder_are_private_under_a_loose_umask(
         return subprocess.run(
             [sys.executable, "-m", "tether.cli.main", *args],
             cwd=local,
-            env=home.env,
+            env=daemon_home.env,
             capture_output=True,
             text=True,
             timeout=60,
@@ -249,7 +189,7 @@ def test_logs_and_state_folder_are_private_under_a_loose_umask(
         )
 
     assert loose("start").returncode == 0
-    home.pid = json.loads(loose("status", "--json").stdout)["pid"]
+    daemon_home.pid = json.loads(loose("status", "--json").stdout)["pid"]
     result = loose("run", "--", "sh", "-c", "echo secret")
     assert result.returncode == 0, result.stderr
     [run_log] = (state / "runs").glob("*.log")

@@ -22,8 +22,6 @@ import random
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -34,6 +32,7 @@ from tether.cli.main import main
 
 from tests.campaign import SIDES, Model, Tree, check, digest, read_tree
 from tests.faultproxy import FaultProxy, fault_proxy
+from tests.helpers import ended, tether
 from tests.sshd import SshServer
 
 ACTIONS = {
@@ -528,11 +527,9 @@ def run_cli_campaign(camp: Campaign, steps: int) -> None:
 
 
 @pytest.fixture
-def campaign_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
-    runtime = tmp_path / "rt"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("TETHER_RUNTIME_DIR", str(runtime))  # no daemon: one-shot syncs
+def campaign_env(tmp_path: Path, private_dirs: None) -> Path:
+    """The campaign's folder, with private state and runtime folders (no daemon there: the CLI
+    flavour's syncs are one-shot)."""
     return tmp_path
 
 
@@ -559,17 +556,6 @@ def test_cli_campaign_long(campaign_env: Path, sshd: SshServer) -> None:
 # -- the daemon flavour -------------------------------------------------------------------------
 
 
-def tether(cwd: Path, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether.cli.main", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 class DaemonRunner:
     """The user's agent, started as ``tether start`` does, killed -9 at will."""
 
@@ -588,9 +574,7 @@ class DaemonRunner:
         if self.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while _alive(self.pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
+            ended(self.pid, wait_s=10)
             self.pid = None
 
     def sync(self, *extra: str) -> tuple[int, dict]:
@@ -600,14 +584,6 @@ class DaemonRunner:
         if done.returncode not in (0, 1) or not report:
             report = {"status": "error", "message": done.stderr.strip()}
         return done.returncode, report
-
-
-def _alive(pid: int) -> bool:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z"
 
 
 def _agree(camp: Campaign, problems: frozenset[str]) -> bool:

@@ -4,7 +4,6 @@ exactly as the user's Python would: a user's own `kernels` (Hugging Face's impor
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import zipfile
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import tether, write_cli_project
 from tests.sshd import SshServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,47 +42,35 @@ def user_package(where: Path, name: str) -> None:
 
 
 @pytest.fixture
-def project(sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def project(sshd: SshServer, tmp_path: Path, state_dir: Path) -> Path:
     """A project holding its own `kernels` and `daemon` packages, and a host venv holding a
     `daemon` and a `kernels` of its own too (the project's come first, as with plain python)."""
-    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
-    root = tmp_path / "proj"
-    root.mkdir()
-    user_package(root, "kernels")
     venv = tmp_path / "hostvenv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     (site,) = venv.glob("lib/python3*/site-packages")
     user_package(site, "daemon")
     user_package(site, "kernels")
-    (root / "tether.toml").write_text(
-        sshd.toml_host("gpu")
-        + f'python = "{sys.executable}"\nvenv = "{venv}"\n'
-        + f'\n[pairs.code]\nhost = "gpu"\nremote = "{tmp_path}/remote/code"\n'
-        + 'ignore = ["results/"]\n'
+    root = write_cli_project(
+        tmp_path,
+        sshd,
+        host=f'python = "{sys.executable}"\nvenv = "{venv}"\n',
+        pair='ignore = ["results/"]\n',
     )
+    user_package(root, "kernels")
     return root
-
-
-def tether(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether", *args],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "200"},
-    )
 
 
 def test_a_run_sees_the_users_kernels_and_daemon(project: Path, tmp_path: Path) -> None:
     code = "import daemon, kernels; print(kernels.WHOSE); print(daemon.WHOSE)"
-    result = tether(project, "run", "--", "python", "-c", code)
+    result = tether(project, "run", "--", "python", "-c", code, module="tether")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "the user kernels in proj",  # the project's, synced to the host's pair root
         "the user daemon in site-packages",  # the host venv's
     ]
-    env = tether(project, "run", "--no-sync", "--", "sh", "-c", 'echo "[$PYTHONPATH]"')
+    env = tether(
+        project, "run", "--no-sync", "--", "sh", "-c", 'echo "[$PYTHONPATH]"', module="tether"
+    )
     assert env.stdout.strip() == "[]", "tether put something on a user run's PYTHONPATH"
 
 
@@ -93,6 +81,6 @@ def test_the_suite_still_runs_beside_a_users_kernels(project: Path) -> None:
     lines = config.read_text().splitlines()
     config.write_text("\n".join(ln for ln in lines if not ln.startswith("venv =")))
     result = tether(project, "bench", "--simulate", "--quick", "--gemm", "16x16x16",
-                    "--precisions", "fp32")  # fmt: skip
+                    "--precisions", "fp32", module="tether")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "gemm/naive" in result.stdout and "SIMULATOR" in result.stdout

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tether.sync.entry import Entry, EntryKind
 from tether.sync.links import resolve
 
-from tests.test_sync_engine import project, sync  # noqa: F401 - the fixture
+from tests.helpers import sync
 
 NAMES = st.sampled_from(["a", "b", "c", "..", "."])
 TARGETS = st.one_of(
@@ -88,10 +88,10 @@ def test_the_issues_chain_escapes() -> None:
     assert resolve(tree, "loop").loop
 
 
-def test_a_chain_out_of_the_root_is_refused_both_ways(project) -> None:  # noqa: F811
+def test_a_chain_out_of_the_root_is_refused_both_ways(sync_project) -> None:
     """The issue's chain, made on the host (pull) and locally (push): the escaping link is not
     made on the other side and is reported; the in-tree chain beside it syncs."""
-    tmp, local, remote, configure = project
+    tmp, local, remote, configure = sync_project
     for mode, src, dst in (("push", local, remote), ("pull", remote, local)):
         configure(mode)
         source, dest = src / mode, dst / mode  # each case in its own folder
@@ -108,11 +108,11 @@ def test_a_chain_out_of_the_root_is_refused_both_ways(project) -> None:  # noqa:
                    for p in report["problems"]), report  # fmt: skip
 
 
-def test_different_escaping_links_at_one_path_are_reported_not_called_agreed(project) -> None:  # noqa: F811
+def test_different_escaping_links_at_one_path_are_reported_not_called_agreed(sync_project) -> None:
     """Each side has its own link at one path, each leading out of its root: neither is synced,
     so the sync reports the path; it used to call the two "the same" (both untracked) and say
     nothing. The same link on both sides agrees: nothing to report."""
-    tmp, local, remote, _ = project
+    tmp, local, remote, _ = sync_project
     remote.mkdir()
     os.symlink("/etc", local / "out")
     os.symlink("/usr", remote / "out")
@@ -126,12 +126,12 @@ def test_different_escaping_links_at_one_path_are_reported_not_called_agreed(pro
     assert code == 0 and report["problems"] == [], report
 
 
-def test_a_link_through_the_other_sides_escaping_link_is_not_made(project) -> None:  # noqa: F811
+def test_a_link_through_the_other_sides_escaping_link_is_not_made(sync_project) -> None:
     """``l -> esc`` stays inside here, where ``esc`` leads to a folder of the tree; on the host
     ``esc`` is the user's link out of the root (never synced). Made there, ``l`` would lead out
     too: it is refused and reported. The chain used to stop at the host's ``esc`` as if it
     were a plain name, and the sync made a link that escapes."""
-    tmp, local, remote, _ = project
+    tmp, local, remote, _ = sync_project
     remote.mkdir()
     (local / "x").mkdir()
     os.symlink("x", local / "esc")

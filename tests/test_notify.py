@@ -19,8 +19,8 @@ import pytest
 from tether.service.control_lite import request
 from tether.service.notify import Notifier, summary
 
+from tests.helpers import write_project
 from tests.sshd import SshServer
-from tests.test_daemon import write_project
 
 WATCHDOG_USEC = 200_000  # pings every 0.1 s
 

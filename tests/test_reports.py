@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 from tether.reports.model import LocalStatus, Report, Settler, changed_since, local_status
 
+from tests.helpers import tether, write_cli_project
 from tests.sshd import SshServer
 
 MEMORY = "gen/ttnn/reports"
@@ -46,28 +46,14 @@ def tree(host: Path) -> None:
 
 
 @pytest.fixture
-def project(sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
+def project(sshd: SshServer, tmp_path: Path, state_dir: Path) -> Path:
     host = tmp_path / "host"
     tree(host)
-    root = tmp_path / "proj"
-    root.mkdir()
-    (root / "tether.toml").write_text(
-        sshd.toml_host("gpu") + f'\n[pairs.code]\nhost = "gpu"\nremote = "{tmp_path}/remote/code"\n'
-        f'\n[reports.tt]\nhost = "gpu"\nmemory = "{host / MEMORY}"\n'
-        f'performance = "{host / PERF}"\ntune = "{host / "tune"}"\n'
-    )
-    return root
-
-
-def tether(project: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether.cli.main", *args],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=os.environ.copy(),
+    return write_cli_project(
+        tmp_path,
+        sshd,
+        pair=f'\n[reports.tt]\nhost = "gpu"\nmemory = "{host / MEMORY}"\n'
+        f'performance = "{host / PERF}"\ntune = "{host / "tune"}"\n',
     )
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import ended, tether, within, write_project
 from tests.sshd import SshServer
-from tests.test_daemon import write_project
 
 _markers = count(1)
 
@@ -42,39 +42,13 @@ def host_pids(*args: str) -> list[int]:
     return found
 
 
-def wait_until(predicate, wait_s: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + wait_s
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def project(tmp_path: Path, server: SshServer, orphan_timeout: str = "2s") -> tuple[Path, dict]:
-    local, _remote = write_project(tmp_path, server)
-    toml = local / "tether.toml"
-    toml.write_text(
-        toml.read_text().replace(
-            'connect_timeout = "3s"\n',
-            f'connect_timeout = "3s"\norphan_timeout = "{orphan_timeout}"\n',
-        )
+    local, _remote = write_project(
+        tmp_path, server, host_extra=f'orphan_timeout = "{orphan_timeout}"\n'
     )
     env = {**os.environ, "TETHER_STATE_DIR": str(tmp_path / "state")}
     env["TETHER_RUNTIME_DIR"] = str(tmp_path / "rt")  # no daemon there: runs are one-shot
     return local, env
-
-
-def tether(cwd: Path, env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "tether.cli.main", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def start_run(cwd: Path, env: dict, *markers: str) -> subprocess.Popen:
@@ -90,12 +64,12 @@ def start_run(cwd: Path, env: dict, *markers: str) -> subprocess.Popen:
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stdout.readline() == b"started\n"
-    assert wait_until(lambda: len(host_pids(*markers)) == len(markers), 10)
+    assert within(lambda: len(host_pids(*markers)) == len(markers), 10)
     return proc
 
 
 def runs(cwd: Path, env: dict) -> list[dict]:
-    listed = tether(cwd, env, "runs", "--json")
+    listed = tether(cwd, "runs", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     return json.loads(listed.stdout)
 
@@ -112,7 +86,7 @@ def test_a_killed_tether_run_leaves_nothing_on_the_host(
     proc = start_run(local, env, *markers)
     proc.send_signal(sig)
     proc.communicate(timeout=60)
-    assert wait_until(lambda: not host_pids(*markers)), f"still on the host after {sig!r}"
+    assert within(lambda: not host_pids(*markers)), f"still on the host after {sig!r}"
     [record] = runs(local, env)
     assert record["ended"] is not None, record
     expected = "orphaned" if sig == signal.SIGKILL else "stopped"
@@ -142,7 +116,7 @@ def test_a_run_reattached_within_orphan_timeout_goes_on(sshd: SshServer, tmp_pat
     time.sleep(6)  # twice orphan_timeout: only the follower keeps the run alive now
     assert host_pids(mark), "the run was stopped while someone followed it"
     assert runs(local, env)[0]["ended"] is None  # the host says it goes on
-    stopped = tether(local, env, "runs", "stop", record["id"][:12])
+    stopped = tether(local, "runs", "stop", record["id"][:12], env=env)
     assert stopped.returncode == 0, stopped.stderr
     assert f"stopped run {record['id']}" in stopped.stdout
     _out, err = follower.communicate(timeout=30)
@@ -156,7 +130,6 @@ def test_stop_all_stops_keep_running_services(sshd: SshServer, tmp_path: Path) -
     """`tether stop --all` ends the daemon and the keep_running service it kept on the host
     (a daemon that is merely restarted would adopt it again)."""
     from tests.sshd import free_port
-    from tests.test_daemon_cli import ended
 
     mark = marker()
     local, env = project(tmp_path, sshd, orphan_timeout="10m")
@@ -166,15 +139,15 @@ def test_stop_all_stops_keep_running_services(sshd: SshServer, tmp_path: Path) -
             f'[tunnels.svc]\nhost = "gpu"\nlocal = {free_port()}\n'
             f'remote = "localhost:{free_port()}"\nkeep_running = "sleep {mark}"\n'
         )
-    started = tether(local, env, "start")
+    started = tether(local, "start", env=env)
     assert started.returncode == 0, started.stderr
-    pid = json.loads(tether(local, env, "status", "--json").stdout)["pid"]
+    pid = json.loads(tether(local, "status", "--json", env=env).stdout)["pid"]
     try:
-        assert wait_until(lambda: bool(host_pids(mark))), "the service never started"
-        stopped = tether(local, env, "stop", "--all")
+        assert within(lambda: bool(host_pids(mark))), "the service never started"
+        stopped = tether(local, "stop", "--all", env=env)
         assert stopped.returncode == 0, stopped.stderr
         assert ended(pid)
-        assert wait_until(lambda: not host_pids(mark)), "the service outlived stop --all"
+        assert within(lambda: not host_pids(mark)), "the service outlived stop --all"
     finally:
         if not ended(pid, wait_s=0):
             os.kill(pid, signal.SIGKILL)

@@ -27,30 +27,13 @@ from tether.runs.remote import (
 from tether.transport.link import Link
 
 from tests.faultproxy import FaultProxy
+from tests.helpers import tether, write_cli_project
 from tests.sshd import SshServer
 
 
 @pytest.fixture
-def project(sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
-    root = tmp_path / "proj"
-    root.mkdir()
-    (root / "tether.toml").write_text(
-        sshd.toml_host("gpu") + f'\n[pairs.code]\nhost = "gpu"\nremote = "{tmp_path}/remote/code"\n'
-        'ignore = ["results/"]\n'
-    )
-    return root
-
-
-def tether(project: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether.cli.main", *args],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=os.environ.copy(),
-    )
+def project(sshd: SshServer, tmp_path: Path, state_dir: Path) -> Path:
+    return write_cli_project(tmp_path, sshd, pair='ignore = ["results/"]\n')
 
 
 @pytest.mark.parametrize(

@@ -3,23 +3,9 @@ real sshd (the daemon's side of the same rules is in tests/test_daemon_halts.py)
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from tests.test_sync_engine import project, sync, tree, write  # noqa: F401
-
-FILES = ["a.txt", "b.txt", "d/c.txt", "d/e.txt", "f.txt"]
-
-
-def fill(root: Path, names: list[str] = FILES, text: str = "x") -> None:
-    for name in names:
-        write(root / name, f"{text}:{name}")
-
-
-def wipe(root: Path) -> None:
-    """``rm -rf root/*``."""
-    for child in root.iterdir():
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
+from tests.helpers import FILES, fill, sync, tree, wipe, write
 
 
 def retarget(tmp: Path, remote: Path, mode: str) -> None:
@@ -30,8 +16,8 @@ def retarget(tmp: Path, remote: Path, mode: str) -> None:
         'mode = "two-way"', f'mode = "{mode}"'))  # fmt: skip
 
 
-def test_two_way_retarget_to_an_existing_folder_deletes_nothing(project) -> None:  # noqa: F811
-    tmp, local, remote, _ = project
+def test_two_way_retarget_to_an_existing_folder_deletes_nothing(sync_project) -> None:
+    tmp, local, remote, _ = sync_project
     fill(local)
     assert sync(tmp)[0] == 0 and tree(remote) == tree(local)
     other = tmp / "B"
@@ -48,8 +34,8 @@ def test_two_way_retarget_to_an_existing_folder_deletes_nothing(project) -> None
     assert code == 0 and report["notice"] == "" and report["copied"] == 0
 
 
-def test_push_retarget_to_a_missing_folder_creates_it(project) -> None:  # noqa: F811
-    tmp, local, _remote, configure = project
+def test_push_retarget_to_a_missing_folder_creates_it(sync_project) -> None:
+    tmp, local, _remote, configure = sync_project
     configure("push")
     fill(local)
     assert sync(tmp)[0] == 0
@@ -60,8 +46,8 @@ def test_push_retarget_to_a_missing_folder_creates_it(project) -> None:  # noqa:
     assert tree(fresh) == tree(local)
 
 
-def test_accept_empty_fills_the_empty_side_and_deletes_nothing(project) -> None:  # noqa: F811
-    tmp, local, remote, _ = project
+def test_accept_empty_fills_the_empty_side_and_deletes_nothing(sync_project) -> None:
+    tmp, local, remote, _ = sync_project
     fill(local)
     assert sync(tmp)[0] == 0
     wipe(remote)
@@ -72,8 +58,8 @@ def test_accept_empty_fills_the_empty_side_and_deletes_nothing(project) -> None:
     assert tree(remote) == tree(local)
 
 
-def test_most_of_a_side_deleted_halts_until_accepted(project) -> None:  # noqa: F811
-    tmp, local, remote, _ = project
+def test_most_of_a_side_deleted_halts_until_accepted(sync_project) -> None:
+    tmp, local, remote, _ = sync_project
     fill(local)
     assert sync(tmp)[0] == 0
     wipe(remote)
@@ -89,8 +75,8 @@ def test_most_of_a_side_deleted_halts_until_accepted(project) -> None:  # noqa: 
     assert tree(local) == tree(remote) == {"new.txt": "one new file"}
 
 
-def test_an_accepted_plan_that_changed_is_judged_again(project) -> None:  # noqa: F811
-    tmp, local, remote, _ = project
+def test_an_accepted_plan_that_changed_is_judged_again(sync_project) -> None:
+    tmp, local, remote, _ = sync_project
     fill(local, [*FILES, "g.txt", "h.txt"])
     assert sync(tmp)[0] == 0
     wipe(remote)

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
 import pytest
-from tether.config import load_config
-from tether.sync.engine import sync_pair
-from tether.sync.sftp_endpoint import SftpEndpoint
-from tether.transport.endpoints import SSH
-from tether.transport.ssh import open_connection
 
+from tests.helpers import sync_over_sftp
 from tests.sshd import SshServer
 
 
 @pytest.fixture
-def project(sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
+def project(sshd: SshServer, tmp_path: Path, state_dir: Path) -> Path:
     local = tmp_path / "local"
     local.mkdir()
     (local / "tether.toml").write_text(
@@ -26,20 +20,6 @@ def project(sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         + f'[pairs.code]\nhost = "gpu"\nremote = "{tmp_path}/remote"\nmode = "two-way"\n'
     )
     return local
-
-
-def sync_over_sftp(config_path: Path):  # type: ignore[no-untyped-def]
-    config = load_config(config_path)
-
-    async def body():  # type: ignore[no-untyped-def]
-        async with open_connection(config.host("gpu")) as conn:
-            endpoint = await SftpEndpoint.start(conn)
-            try:
-                return await sync_pair(config, config.pair("code"), SSH, client=endpoint)
-            finally:
-                await endpoint.close()
-
-    return asyncio.run(body())
 
 
 def test_two_way_over_sftp(project: Path, tmp_path: Path) -> None:

@@ -14,21 +14,16 @@ from pathlib import Path
 import pytest
 from tether.cli.main import main
 
+from tests.helpers import sync, write
 from tests.sshd import SshServer
-from tests.test_sync_engine import sync, write
 
 
 @pytest.fixture
-def project(tmp_path: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
-    local, remote = tmp_path / "local", tmp_path / "remote"
-    local.mkdir()
+def project(sync_project):  # type: ignore[no-untyped-def]
+    """The shared two-way pair, with the remote root there before the first sync."""
+    tmp, local, remote, _configure = sync_project
     remote.mkdir()
-    (tmp_path / "tether.toml").write_text(
-        sshd.toml_host() + f'\n[pairs.code]\nhost = "test"\nlocal = "local"\nremote = "{remote}"\n'
-        'mode = "two-way"\n'
-    )
-    return tmp_path, local, remote
+    return tmp, local, remote
 
 
 def rewrite_in_place(path: Path, data: bytes) -> None:
@@ -162,7 +157,7 @@ def test_the_daemon_reports_a_changing_host_file_and_lands_it_once_still(
 ) -> None:
     import asyncio
 
-    from tests.test_daemon import eventually, running_daemon, write_project
+    from tests.helpers import eventually, running_daemon, write_project
 
     monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
     (tmp_path / "rt").mkdir(mode=0o700)
@@ -275,7 +270,7 @@ def test_the_daemon_syncs_names_that_are_not_utf8_and_is_never_wedged(
 
     from tether.errors import TetherError
 
-    from tests.test_daemon import running_daemon, write_project
+    from tests.helpers import running_daemon, write_project
 
     monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
     (tmp_path / "rt").mkdir(mode=0o700)

@@ -14,54 +14,10 @@ from pathlib import Path
 import pytest
 from tether.cli.main import main
 
+from tests.helpers import sync, tree, write
 from tests.sshd import SshServer
 
 ROOT = Path(__file__).parents[1]
-
-
-@pytest.fixture
-def project(tmp_path: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
-    local, remote = tmp_path / "local", tmp_path / "remote"
-    local.mkdir()
-
-    def configure(mode: str = "two-way", ignore: str = "") -> Path:
-        extra = f"ignore = {ignore}\n" if ignore else ""
-        (tmp_path / "tether.toml").write_text(
-            sshd.toml_host()
-            + f'\n[pairs.code]\nhost = "test"\nlocal = "local"\nremote = "{remote}"\n'
-            f'mode = "{mode}"\n{extra}'
-        )
-        return tmp_path / "tether.toml"
-
-    configure()
-    return tmp_path, local, remote, configure
-
-
-def sync(tmp: Path, *extra: str) -> tuple[int, dict]:
-    import contextlib
-    import io
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(["--config", str(tmp / "tether.toml"), "sync", "--json", *extra])
-    text = buf.getvalue()
-    return code, (json.loads(text)["pairs"][0] if text.strip().startswith("{") else {})
-
-
-def tree(root: Path) -> dict[str, str]:
-    out = {}
-    for dirpath, dirs, files in os.walk(root):
-        for name in dirs + files:
-            full = Path(dirpath, name)
-            rel = full.relative_to(root).as_posix()
-            if full.is_symlink():
-                out[rel] = "-> " + os.readlink(full)
-            elif full.is_dir():
-                out[rel] = "/"
-            else:
-                out[rel] = full.read_text()
-    return out
 
 
 def count_scanner_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -77,13 +33,6 @@ def count_scanner_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr("tether.sync.scan.hash_file", counting)
     return reads
-
-
-def write(path: Path, text: str, *, mtime: float | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    if mtime is not None:
-        os.utime(path, (mtime, mtime))
 
 
 def edit_before_first_apply(monkeypatch, path: Path, text: str) -> list:
@@ -105,8 +54,8 @@ def edit_before_first_apply(monkeypatch, path: Path, text: str) -> list:
     return applies
 
 
-def test_two_way_round_trip(project, monkeypatch) -> None:
-    tmp, local, remote, _ = project
+def test_two_way_round_trip(sync_project, monkeypatch) -> None:
+    tmp, local, remote, _ = sync_project
     monkeypatch.setattr("tether.sync.scan.RACY_NS", 0)  # cache digests of just-written files
     write(local / "a.txt", "one")
     write(local / "src" / "k.py", "print(1)")
@@ -145,8 +94,8 @@ def test_two_way_round_trip(project, monkeypatch) -> None:
     assert report["plan"] == [] and report["hashed"]["local"] == 0
 
 
-def test_two_way_conflict_keeps_both(project) -> None:
-    tmp, local, remote, _ = project
+def test_two_way_conflict_keeps_both(sync_project) -> None:
+    tmp, local, remote, _ = sync_project
     write(local / "notes.md", "base")
     assert sync(tmp)[0] == 0
     now = time.time()
@@ -180,13 +129,15 @@ def test_two_way_conflict_keeps_both(project) -> None:
     assert not [p for p in os.listdir(remote) if ".conflict-" in p]
 
 
-def test_a_new_local_folder_losing_to_a_host_file_is_kept_and_the_sync_finishes(project) -> None:
+def test_a_new_local_folder_losing_to_a_host_file_is_kept_and_the_sync_finishes(
+    sync_project,
+) -> None:
     """A folder made here and a file of the same name made on the host, both new: the folder
     steps aside as a conflict copy and its files, never hashed by the scan (nothing compared
     them), are copied from their new name. The digests read on the way belong to the scan's
     paths, so the base is complete; the sync used to stop with "refusing to save an invalid
     base" after it had moved and copied everything."""
-    tmp, local, remote, _ = project
+    tmp, local, remote, _ = sync_project
     remote.mkdir()
     now = time.time()
     write(local / "a.txt" / "src" / "b.py", "local folder's file", mtime=now - 100)
@@ -204,14 +155,14 @@ def test_a_new_local_folder_losing_to_a_host_file_is_kept_and_the_sync_finishes(
     assert code == 0 and again["status"] == "ok" and again["plan"] == [], again
 
 
-def test_a_folder_conflict_copies_what_it_can_and_reports_the_rest(project) -> None:
+def test_a_folder_conflict_copies_what_it_can_and_reports_the_rest(sync_project) -> None:
     """The losing folder holds a FIFO and a link leading out of the root: it steps aside whole,
     and only its files travel to the other side. The two others stay where the user has them,
     reported; neither is opened (a FIFO's read waits for a writer that never comes: the sync
     used to hang there) nor made on the host."""
     import threading
 
-    tmp, local, remote, _ = project
+    tmp, local, remote, _ = sync_project
     remote.mkdir()
     now = time.time()
     write(local / "a.txt" / "f", "local folder's file", mtime=now - 100)
@@ -247,8 +198,8 @@ def test_a_folder_conflict_copies_what_it_can_and_reports_the_rest(project) -> N
     assert sorted(p["path"] for p in report["problems"]) == [f"{copy}/fifo", f"{copy}/out"]
 
 
-def test_push_keeps_remote_edit_as_conflict_copy(project) -> None:
-    tmp, local, remote, configure = project
+def test_push_keeps_remote_edit_as_conflict_copy(sync_project) -> None:
+    tmp, local, remote, configure = sync_project
     configure("push")
     write(local / "a.txt", "v1")
     assert sync(tmp)[0] == 0
@@ -263,8 +214,8 @@ def test_push_keeps_remote_edit_as_conflict_copy(project) -> None:
     assert (remote / "only-remote.txt").exists() and not (local / "only-remote.txt").exists()
 
 
-def test_pull_and_mirror(project) -> None:
-    tmp, local, remote, configure = project
+def test_pull_and_mirror(sync_project) -> None:
+    tmp, local, remote, configure = sync_project
     configure("pull")
     write(remote / "results" / "r.json", "{}")
     write(local / "local-only.txt", "mine")
@@ -277,8 +228,8 @@ def test_pull_and_mirror(project) -> None:
     assert tree(remote) == tree(local)
 
 
-def test_emptied_root_halts_instead_of_deleting(project) -> None:
-    tmp, local, remote, _ = project
+def test_emptied_root_halts_instead_of_deleting(sync_project) -> None:
+    tmp, local, remote, _ = sync_project
     write(local / "a.txt", "keep me")
     write(local / "d" / "b.txt", "me too")
     assert sync(tmp)[0] == 0
@@ -293,8 +244,8 @@ def test_emptied_root_halts_instead_of_deleting(project) -> None:
     assert (local / "d" / "b.txt").exists()
 
 
-def test_edit_between_scan_and_apply_is_not_clobbered(project, monkeypatch) -> None:
-    tmp, local, remote, configure = project
+def test_edit_between_scan_and_apply_is_not_clobbered(sync_project, monkeypatch) -> None:
+    tmp, local, remote, configure = sync_project
     configure("push")
     write(local / "a.txt", "v1")
     assert sync(tmp)[0] == 0
@@ -316,13 +267,13 @@ def test_edit_between_scan_and_apply_is_not_clobbered(project, monkeypatch) -> N
     assert [(remote / k).read_text() for k in kept] == ["edited on the host meanwhile"]
 
 
-def test_a_new_local_file_is_read_once_and_its_digest_kept(project, monkeypatch) -> None:
+def test_a_new_local_file_is_read_once_and_its_digest_kept(sync_project, monkeypatch) -> None:
     """Files only this side has are hashed as they are read to be sent, not scanned twice."""
     import hashlib
 
     from tether.sync.state import StateStore, pair_key
 
-    tmp, local, remote, configure = project
+    tmp, local, remote, configure = sync_project
     configure("push")
     monkeypatch.setattr("tether.sync.scan.RACY_NS", 0)
     scanner_reads = count_scanner_reads(monkeypatch)
@@ -350,13 +301,13 @@ def test_a_new_local_file_is_read_once_and_its_digest_kept(project, monkeypatch)
     assert (remote / "d/f0.txt").read_text() == "edited"
 
 
-def test_a_new_file_edited_before_it_is_read_is_rescanned(project, monkeypatch) -> None:
+def test_a_new_file_edited_before_it_is_read_is_rescanned(sync_project, monkeypatch) -> None:
     """An unhashed file whose size or mtime moved since the scan is not sent as scanned."""
     import hashlib
 
     from tether.sync.state import StateStore, pair_key
 
-    tmp, local, remote, configure = project
+    tmp, local, remote, configure = sync_project
     configure("push")
     write(local / "new.txt", "first")
     applies = edit_before_first_apply(monkeypatch, local / "new.txt", "second, longer")
@@ -369,10 +320,10 @@ def test_a_new_file_edited_before_it_is_read_is_rescanned(project, monkeypatch) 
     assert base["new.txt"].digest == hashlib.sha256(b"second, longer").hexdigest()
 
 
-def test_pull_rescans_a_host_file_edited_before_it_is_read(project, monkeypatch) -> None:
+def test_pull_rescans_a_host_file_edited_before_it_is_read(sync_project, monkeypatch) -> None:
     """The host's small files are read in batches too; one edited since the host's scan fails
     on its own (``changed``), its neighbours land, and the next round brings the new version."""
-    tmp, local, remote, configure = project
+    tmp, local, remote, configure = sync_project
     configure("pull")
     write(remote / "edited.txt", "first")
     write(remote / "steady.txt", "steady")
@@ -385,7 +336,7 @@ def test_pull_rescans_a_host_file_edited_before_it_is_read(project, monkeypatch)
     assert (local / "edited.txt").read_text() == "second, longer"
 
 
-def test_a_big_new_file_travels_in_chunks_hashed_once(project, monkeypatch) -> None:
+def test_a_big_new_file_travels_in_chunks_hashed_once(sync_project, monkeypatch) -> None:
     """A new file past the batch size and the chunk size: read off the event loop, sent in
     pipelined chunks with the digest computed as it was read, and that digest kept."""
     import hashlib
@@ -393,7 +344,7 @@ def test_a_big_new_file_travels_in_chunks_hashed_once(project, monkeypatch) -> N
     from tether.sync.state import StateStore, pair_key
     from tether.sync.wire import CHUNK
 
-    tmp, local, remote, configure = project
+    tmp, local, remote, configure = sync_project
     configure("push")
     scanner_reads = count_scanner_reads(monkeypatch)
     data = os.urandom(2 * CHUNK + 12345)
@@ -434,10 +385,10 @@ def test_one_shot_sync_to_a_host_that_is_down_exits_69(tmp_path: Path, monkeypat
         assert store.load_base(pair_key(tmp_path / "tether.toml", "code")) == {}
 
 
-def test_permission_denied_is_reported_and_the_rest_goes_on(project) -> None:
+def test_permission_denied_is_reported_and_the_rest_goes_on(sync_project) -> None:
     if os.geteuid() == 0:
         pytest.skip("root reads everything")
-    tmp, local, remote, _ = project
+    tmp, local, remote, _ = sync_project
     write(local / "secret.txt", "no")
     os.chmod(local / "secret.txt", 0)
     write(local / "fine.txt", "yes")
@@ -446,8 +397,8 @@ def test_permission_denied_is_reported_and_the_rest_goes_on(project) -> None:
     assert [p["path"] for p in report["problems"]] == ["secret.txt"]
 
 
-def test_gitignore_and_pair_ignore(project) -> None:
-    tmp, local, remote, configure = project
+def test_gitignore_and_pair_ignore(sync_project) -> None:
+    tmp, local, remote, configure = sync_project
     configure(ignore='["*.log", "!keep.log"]')
     write(local / ".gitignore", "build/\n")
     write(local / "sub" / ".gitignore", "/local-only.txt\n")
@@ -462,8 +413,8 @@ def test_gitignore_and_pair_ignore(project) -> None:
     assert not {"build", "sub/local-only.txt", "a.log"} & got
 
 
-def test_killed_sync_leaves_no_partial_file_and_rerun_finishes(project) -> None:
-    tmp, local, remote, _ = project
+def test_killed_sync_leaves_no_partial_file_and_rerun_finishes(sync_project) -> None:
+    tmp, local, remote, _ = sync_project
     for i in range(300):
         write(local / "big" / f"f{i:03}.bin", f"{i}" * 40_000)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -489,10 +440,10 @@ def test_killed_sync_leaves_no_partial_file_and_rerun_finishes(project) -> None:
     assert report["plan"] == []
 
 
-def test_host_modes_are_masked_with_the_local_umask(project) -> None:
+def test_host_modes_are_masked_with_the_local_umask(sync_project) -> None:
     """A folder the host made 0777 and files it made 0666/0777 land locally under the local
     umask (022 here): nobody else can write them, and the executable bit still travels."""
-    tmp, local, remote, _configure = project
+    tmp, local, remote, _configure = sync_project
     write(remote / "shared" / "data.txt", "d")
     write(remote / "shared" / "run.sh", "#!/bin/sh\n")
     os.chmod(remote / "shared" / "data.txt", 0o666)

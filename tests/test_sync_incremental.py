@@ -14,24 +14,14 @@ from tether.sync.safety import PairStatus
 from tether.sync.state import StateStore, pair_key
 from tether.transport.endpoints import SSH
 
-from tests.sshd import SshServer
-from tests.test_sync_engine import tree, write
+from tests.helpers import tree, write
 
 
 @pytest.fixture
-def pair(tmp_path: Path, sshd: SshServer, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
-    local, remote = tmp_path / "local", tmp_path / "remote"
-    local.mkdir()
-
-    def configure(mode: str = "two-way") -> None:
-        (tmp_path / "tether.toml").write_text(
-            sshd.toml_host()
-            + f'\n[pairs.code]\nhost = "test"\nlocal = "local"\nremote = "{remote}"\n'
-            f'mode = "{mode}"\n'
-        )
-
-    configure()
+def pair(sync_project):  # type: ignore[no-untyped-def]
+    """The shared two-way pair, and ``run(local_paths, remote_paths)``: one (incremental)
+    sync of it in this process, returning the engine's report."""
+    tmp_path, local, remote, configure = sync_project
 
     def run(local_paths=None, remote_paths=None, **kw) -> SyncReport:
         config = load_config(tmp_path / "tether.toml")

@@ -15,18 +15,16 @@ from tether.service.daemon import Daemon
 from tether.sync import session as pair_session
 from tether.sync.engine import SyncReport
 
+from tests.helpers import running_daemon, text, write_project
 from tests.sshd import SshServer
-from tests.test_daemon import running_daemon, text, write_project
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
-    runtime = tmp_path / "rt"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("TETHER_RUNTIME_DIR", str(runtime))
+def native_watcher(private_dirs: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Private folders, and the platform's watcher even where the environment forces polling
+    (the tests that want polling ask for it themselves)."""
     monkeypatch.delenv("TETHER_FORCE_POLLING", raising=False)
 
 

@@ -19,9 +19,9 @@ from tether.sync import tempnames
 from tether.sync.tempnames import STALE_AGE_S, is_stale, is_temp, machine_id, temp_name
 from tether.transport.agent_client import BUNDLE
 
+from tests.helpers import sync, sync_over_sftp
+from tests.helpers import write as write_text
 from tests.sshd import SshServer
-from tests.test_sync_engine import project, sync  # noqa: F401 - the fixture
-from tests.test_sync_engine import write as write_text
 
 ROOT = Path(__file__).parents[1]
 BIG = 96 << 20
@@ -103,10 +103,10 @@ def wait_for_temporary(root: Path, proc: subprocess.Popen[bytes]) -> Path:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("mode", ["push", "pull"])
-def test_an_agent_killed_midway_leaves_no_temporary(project, mode: str) -> None:  # noqa: F811
+def test_an_agent_killed_midway_leaves_no_temporary(sync_project, mode: str) -> None:
     """push: the host's agent is killed writing; pull: the local one. The next sync removes
     the leftover, syncs the look-alike user files, and lists no temporary as a user file."""
-    tmp, local, remote, configure = project
+    tmp, local, remote, configure = sync_project
     configure(mode)
     source, dest = (local, remote) if mode == "push" else (remote, local)
     source.mkdir(exist_ok=True)
@@ -139,7 +139,7 @@ SFTP_SYNC = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from tests.test_sftp_fallback import sync_over_sftp
+    from tests.helpers import sync_over_sftp
     sync_over_sftp(Path(sys.argv[1]))
     """
 )
@@ -149,7 +149,6 @@ SFTP_SYNC = textwrap.dedent(
 def test_a_sync_over_sftp_killed_midway_leaves_no_temporary(
     sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.test_sftp_fallback import sync_over_sftp
 
     monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
     local, remote = tmp_path / "local", tmp_path / "remote"

@@ -10,16 +10,10 @@ from pathlib import Path
 import pytest
 from tether.runs.history import RunHistory
 
+from tests.helpers import eventually, running_daemon, write_project
 from tests.sshd import SshServer
-from tests.test_daemon import eventually, running_daemon, write_project
 
-
-@pytest.fixture(autouse=True)
-def private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
-    runtime = tmp_path / "rt"
-    runtime.mkdir(mode=0o700)
-    monkeypatch.setenv("TETHER_RUNTIME_DIR", str(runtime))
+pytestmark = pytest.mark.usefixtures("private_dirs")
 
 
 def trigger_toml(run: str, *, on_busy: str = "restart", extra: str = "") -> str:
@@ -56,7 +50,10 @@ def test_one_run_per_burst_and_only_for_matching_paths(sshd: SshServer, tmp_path
                 (local / "src" / f"k{i}.py").write_text(f"# kernel {i}")
             await client.flush(config, 30)
             await eventually(lambda: runner.fired >= 1 and not runner.busy, 20, "run ends")
-            await asyncio.sleep(0.3)
+            # The daemon has had its chance to fire again: the run's output came back from the
+            # host and a full cycle ran after it (a landing notifies the trigger in its cycle).
+            await eventually(lambda: (local / "listing.txt").exists(), 20, "listing comes back")
+            await client.flush(config, 30)
             assert runner.fired == 1
             record = runs(tmp_path)[-1]
             assert record.trigger == "bench" and record.exit_code == 0
@@ -119,7 +116,9 @@ def test_queue_and_ignore(sshd: SshServer, tmp_path: Path, policy: str, expected
                 (local / "src" / "a.py").write_text(value)
                 await client.flush(config, 30)
             await eventually(lambda: runner.fired == expected_runs and not runner.busy, 30, "done")
-            await asyncio.sleep(1.0)
+            # A queued run starts before the one ahead of it ends (never idle in between); a
+            # full cycle after that is the daemon's chance to fire once more for the bursts.
+            await client.flush(config, 30)
             assert runner.fired == expected_runs
             assert all(r.reason == "exited" and r.exit_code == 0 for r in runs(tmp_path))
 
