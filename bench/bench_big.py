@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -83,6 +84,27 @@ class AgentPeaks:
         self._thread.join()
 
 
+def cpu_seconds(server: SshServer) -> float:
+    """CPU time (user + system) used so far by this process's finished children (a `tether
+    sync` and its local agent; rsync and its ssh) and by the sshd's finished sessions (the
+    host's agent, the remote rsync): the work a run cost, whatever else the machine was doing."""
+    own = resource.getrusage(resource.RUSAGE_CHILDREN)
+    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()  # type: ignore[union-attr]
+    ticks = os.sysconf("SC_CLK_TCK")
+    return own.ru_utime + own.ru_stime + (int(fields[13]) + int(fields[14])) / ticks
+
+
+def settled_cpu(server: SshServer, before: float) -> float:
+    """CPU seconds since ``before``, once the session the run used has ended on the host."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+        p != server.proc.pid
+        for p in _descendants(server.proc.pid)  # type: ignore[union-attr]
+    ):
+        time.sleep(0.05)
+    return cpu_seconds(server) - before
+
+
 def tether_sync(cfg: Path, env: dict[str, str], server: SshServer) -> tuple[float, int, int]:
     """Wall time, peak RSS of the CLI (and its local agent), peak RSS of the host's agent."""
     code = (
@@ -139,6 +161,7 @@ def main() -> int:
     server = start_sshd(work / "sshd")
     env = dict(os.environ, PYTHONPATH=str(ROOT), TETHER_STATE_DIR=str(work / "state"))
     rows: list[tuple[str, float, float, int, int, str]] = []
+    cpu: list[tuple[float, float]] = []
     try:
         src = work / "src"
         src.mkdir()
@@ -155,11 +178,20 @@ def main() -> int:
 
         def case(name: str, goal: str, rsync_extra: tuple[str, ...] = (), dst: str = "r") -> None:
             settle(src)
+            before = cpu_seconds(server)
             ours, rss, agent = tether_sync(cfg, env, server)
+            our_cpu = settled_cpu(server, before)
             settle(src)
+            before = cpu_seconds(server)
             theirs = rsync(server, src, work / dst, *rsync_extra)
+            their_cpu = settled_cpu(server, before)
             rows.append((name, ours, theirs, rss - idle, agent - idle_agent, goal))
-            print(f"{name}: tether {ours:.2f}s, rsync {theirs:.2f}s", flush=True)
+            cpu.append((our_cpu, their_cpu))
+            print(
+                f"{name}: tether {ours:.2f}s ({our_cpu:.2f} CPU s), "
+                f"rsync {theirs:.2f}s ({their_cpu:.2f} CPU s)",
+                flush=True,
+            )
 
         gib = f"{args.gib:g} GiB"
         case(f"first transfer, {gib}", "<= 1.20")
@@ -211,15 +243,18 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)  # gigabytes of test files
 
     head = f"{'tether':>8} {'rsync':>8} {'ratio':>6} {'goal':>8} {'RSS+':>7} {'agent+':>7}"
-    print(f"\n{'case':<40} {head}")
-    for name, ours, theirs, rss, agent, goal in rows:
+    print(f"\n{'case':<40} {head} {'CPU s':>13} {'CPU ratio':>9}")
+    for (name, ours, theirs, rss, agent, goal), (our_cpu, their_cpu) in zip(rows, cpu, strict=True):
         print(
             f"{name:<40} {ours:>7.2f}s {theirs:>7.2f}s {ours / theirs:>6.2f} {goal:>8} "
-            f"{rss / MiB:>6.0f}M {agent / MiB:>6.0f}M"
+            f"{rss / MiB:>6.0f}M {agent / MiB:>6.0f}M {our_cpu:>6.1f}/{their_cpu:<6.1f} "
+            f"{our_cpu / max(their_cpu, 1e-9):>9.2f}"
         )
     print(
         "RSS+: peak RSS of `tether sync` (its local agent included) above idle; "
-        "agent+: the host's agent above idle (goal: both under 200 MB)"
+        "agent+: the host's agent above idle (goal: both under 200 MB); CPU s: user + system "
+        "seconds of every process of the run on both ends (tether/rsync), which the machine's "
+        "other load moves far less than wall time"
     )
     return 0
 
