@@ -839,6 +839,27 @@ def test_a_lying_agent_is_bad_host_data(tmp_path: Path, reply: str) -> None:
 
 @pytest.mark.parametrize(
     "fields",
+    ['"size": 10, "block": 4096', '"size": 8192, "block": 4096', '"size": -1, "block": 4096'],
+    ids=["records-for-no-block", "too-few-records", "negative-size"],
+)
+def test_a_lying_signature_is_bad_host_data(tmp_path: Path, fields: str) -> None:
+    """A signature must be one record per full block of the size it claims: anything else
+    would be read as other blocks than the host has."""
+    reply = (
+        'body = b"x" * 32; send(json.dumps({"id": req["id"], "ok": True, "blob": len(body), '
+        + fields
+        + "}).encode()); out.write(body); out.flush()"
+    )
+
+    async def body(c: AgentClient) -> None:
+        with pytest.raises(BadHostData):
+            await c.signature("/anything", "f", 4096)
+
+    arun(body, wrapper=fake_agent(tmp_path, reply))
+
+
+@pytest.mark.parametrize(
+    "fields",
     [
         '"digest": "nothex", "size": 5',
         '"digest": "' + "A" * 64 + '", "size": 5',

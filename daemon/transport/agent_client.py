@@ -33,6 +33,7 @@ import asyncssh
 
 from .. import __version__
 from ..errors import BadHostData, HostUnreachable, RemoteError, TetherError
+from ..sync.blocks import RECORD
 from ..sync.endpoint import (
     ExpectationFailed,
     Range,
@@ -805,7 +806,13 @@ class AgentClient:
         it was made of."""
         reply = await self.call("signature", root=root, path=_rel(path), block=block)
         blob, size = reply.get("blob", b""), reply.get("size")
-        if reply.get("block") != block or not isinstance(blob, bytes) or not _is_int(size):
+        if (
+            reply.get("block") != block
+            or not isinstance(blob, bytes)
+            or not _is_int(size)
+            or size < 0
+            or len(blob) != size // block * RECORD.size  # one record per full block
+        ):
             raise self._poison(BadHostData(f"{self._where} sent a malformed signature"))
         return blob, size
 
