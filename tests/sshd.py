@@ -106,8 +106,12 @@ MaxSessions 50
 ClientAliveInterval 0
 Subsystem sftp internal-sftp
 LogLevel ERROR
+SetEnv PYENV_REHASH_TIMEOUT=1
 """
         )
+        # SetEnv: a login shell here may run `pyenv rehash` from ~/.bashrc (pyenv's init does),
+        # which waits up to 60 s on a lock file that a login killed by a fault test leaves
+        # behind; every later login to this sshd would then stall for a minute.
 
     def start(self) -> SshServer:
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)

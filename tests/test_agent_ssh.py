@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from tether.errors import RemoteError
+from tether.errors import HostUnreachable, RemoteError
 from tether.sync.entry import EntryKind
 from tether.transport.agent_client import AGENT_PATH, BUNDLE, AgentClient
 from tether.transport.ssh import open_connection
@@ -215,3 +215,23 @@ def test_exec_over_ssh_survives_the_agent(sshd: SshServer, tmp_path: Path) -> No
     output, status = over_ssh(sshd, collect)
     assert output == b"started\ndone\n"
     assert status["exit_code"] == 5
+
+
+def test_an_agent_that_does_not_start_in_time_is_a_one_line_error(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host whose login hangs before the agent answers (a login script waiting on a lock):
+    HostUnreachable naming what to try, not a TimeoutError traceback."""
+    from tether.transport import agent_client
+
+    monkeypatch.setattr(agent_client, "HELLO_TIMEOUT_S", 1.0)
+    python = tmp_path / "python3"
+    python.write_text(f'#!/bin/sh\nsleep 20\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+
+    async def body(conn: Any) -> None:
+        with pytest.raises(HostUnreachable) as info:
+            await AgentClient.start(conn, python=str(python), remote_dir=str(tmp_path / "c"))
+        assert "did not start on the host within 1 s" in str(info.value)
+
+    over_ssh(sshd, body)

@@ -397,6 +397,12 @@ class AgentClient:
             uploaded, path = await asyncio.wait_for(
                 cls._bootstrap(process, python, files), HELLO_TIMEOUT_S
             )
+        except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11 on
+            process.close()
+            raise HostUnreachable(
+                f"tether's agent did not start on the host within {HELLO_TIMEOUT_S:.0f} s "
+                "(a login script that waits? try: ssh HOST true)"
+            ) from None
         except BaseException:
             process.close()
             raise
