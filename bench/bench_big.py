@@ -196,7 +196,12 @@ def main() -> int:
         gib = f"{args.gib:g} GiB"
         case(f"first transfer, {gib}", "<= 1.20")
         settle(src)
-        print(f"asyncssh floor (stream {gib} into `cat` on the host): {floor(server, size):.2f}s")
+        before = cpu_seconds(server)
+        seconds = floor(server, size)
+        print(
+            f"asyncssh floor (stream {gib} into `cat` on the host): {seconds:.2f}s, "
+            f"{settled_cpu(server, before):.1f} CPU s"
+        )
         with big.open("r+b") as fh:
             fh.seek(size // 2)
             fh.write(os.urandom(MiB))
