@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import pytest
@@ -57,15 +57,10 @@ def test_start_uploads_once(sshd: SshServer, tmp_path: Path) -> None:
     shipped = AGENT_PATH.parent.parent / "sync" / "tempnames.py"
     assert (remote_dir / "sync" / "tempnames.py").read_bytes() == shipped.read_bytes()
     # The verified sources only: run from the bytes checked, so no bytecode is written.
-    assert sorted(p.relative_to(remote_dir).as_posix() for p in remote_dir.rglob("*")) == [
-        "agent",
-        "agent/agent.py",
-        "sync",
-        "sync/blocks.py",
-        "sync/sparse.py",
-        "sync/tempnames.py",
-        "sync/wire.py",
-    ]
+    assert sorted(p.relative_to(remote_dir).as_posix() for p in remote_dir.rglob("*")) == sorted(
+        {"agent", "sync", *BUNDLE}
+    )
+    assert {"agent/agent.py", "agent/agent_base.py", "sync/wire.py"} <= set(BUNDLE)
 
 
 MARKER_CODE = "open({marker!r}, 'a').write({label!r} + chr(10))\n"
@@ -91,8 +86,8 @@ def test_the_agent_runs_only_its_verified_source(sshd: SshServer, tmp_path: Path
     the digest with the real hashlib and runs the checked bytes themselves."""
     remote_dir, marker, planted = tmp_path / "cache", tmp_path / "marker", tmp_path / "home"
     planted.mkdir()
-    modules = ("hashlib", "json", "os", "re", "struct", "types", "agent", "blocks", "sparse")
-    for name in (*modules, "tempnames", "wire"):
+    bundled = tuple(PurePosixPath(rel).stem for rel in BUNDLE)  # agent, agent_base, wire, ...
+    for name in ("hashlib", "json", "os", "re", "struct", "types", *bundled):
         (planted / f"{name}.py").write_text(MARKER_CODE.format(marker=str(marker), label=name))
     # The host's python as a user's login would start it: in that folder, with it on PYTHONPATH.
     python = tmp_path / "python3"

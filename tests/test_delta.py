@@ -18,7 +18,9 @@ from tests.agent_module import load_agent
 
 BLOCK = 64
 
-agent = load_agent()
+agent_base, agent_digests = load_agent("agent_base"), load_agent("agent_digests")
+agent_scan, agent_read = load_agent("agent_scan"), load_agent("agent_read")
+agent_write = load_agent("agent_write")
 
 
 def sign(data: bytes, block: int = BLOCK) -> Signature:
@@ -158,7 +160,7 @@ def test_the_agent_signs_a_file_block_by_block(tmp_path: Path) -> None:
     block = 4096
     data = os.urandom(block) + b"\0" * block + bytes(range(256)) * 16 + os.urandom(100)
     (tmp_path / "f").write_bytes(data)
-    reply, raw = agent.op_signature({"root": str(tmp_path), "path": "f", "block": block})
+    reply, raw = agent_read.op_signature({"root": str(tmp_path), "path": "f", "block": block})
     assert (reply["size"], reply["count"], reply["block"]) == (len(data), 3, block)
     assert raw == b"".join(
         blocks.block_sig(data[i : i + block]) for i in range(0, 3 * block, block)
@@ -177,7 +179,9 @@ def test_the_agent_finds_holes_as_tether_does(tmp_path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         for start, end in [(0, 12 << 20), (50_000, 5 << 20), (6 << 20, 12 << 20), (0, 0)]:
-            assert agent.sparse.data_extents(fd, start, end) == sparse.data_extents(fd, start, end)
+            assert agent_read.sparse.data_extents(fd, start, end) == sparse.data_extents(
+                fd, start, end
+            )
         runs = sparse.data_extents(fd, 0, 12 << 20)
     finally:
         os.close(fd)
@@ -195,22 +199,22 @@ def test_an_overwrite_takes_the_digest_the_scan_cached_for_exactly_that_file(
     root = tmp_path / "root"
     root.mkdir()
     (root / "big").write_bytes(b"a" * 4096)
-    agent.DIGEST_CACHES.clear()
-    scanned = agent.op_scan({"root": str(root), "racy_ms": 0})["entries"]["big"]
+    agent_digests.DIGEST_CACHES.clear()
+    scanned = agent_scan.op_scan({"root": str(root), "racy_ms": 0})["entries"]["big"]
     hashed: list[int] = []
-    real_hash = agent.hash_fd
-    monkeypatch.setattr(agent, "hash_fd", lambda fd: hashed.append(fd) or real_hash(fd))
+    real_hash = agent_digests.hash_fd
+    monkeypatch.setattr(agent_digests, "hash_fd", lambda fd: hashed.append(fd) or real_hash(fd))
 
     def check() -> str:
-        dfd, name, _ = agent.open_parent(str(root), "big", False)
+        dfd, name, _ = agent_base.open_parent(str(root), "big", False)
         try:
-            return agent.check_expect(dfd, name, scanned, "big", str(root))
+            return agent_write.check_expect(dfd, name, scanned, "big", str(root))
         finally:
             os.close(dfd)
 
     assert check() == scanned[4] and hashed == []
     (root / "big").write_bytes(b"b" * 4096)
     os.utime(root / "big", ns=(scanned[2], scanned[2]))
-    with pytest.raises(agent.AgentError) as changed:
+    with pytest.raises(agent_base.AgentError) as changed:
         check()
     assert changed.value.type == "changed" and len(hashed) == 1

@@ -73,13 +73,14 @@ def test_both_ends_of_the_stream_read_one_definition_of_its_numbers() -> None:
     """The agent ships :mod:`tether.sync.wire` in its verified bundle and takes its numbers
     from it; this process takes them from the same module, and nobody keeps a copy."""
     assert "sync/wire.py" in BUNDLE and BUNDLE.index("sync/wire.py") < len(BUNDLE) - 1
-    agent = load_agent()
-    assert (agent.VERSION, agent.CHUNK, agent.MAX_FRAME) == (
+    agent_base, agent_checks = load_agent("agent_base"), load_agent("agent_checks")
+    assert (agent_checks.VERSION, agent_base.CHUNK, agent_base.MAX_FRAME) == (
         wire.PROTOCOL_VERSION,
         wire.CHUNK,
         wire.MAX_FRAME,
     )
-    for rel in ("daemon/agent/agent.py", "daemon/transport/agent_client.py"):
+    agent_files = [f"daemon/{rel}" for rel in BUNDLE if rel.startswith("agent/")]
+    for rel in (*agent_files, "daemon/transport/agent_client.py"):
         source = (ROOT / rel).read_text()
         for name in ("CHUNK = 1", "WINDOW = ", "MAX_FRAME = 2", "VERSION = 1"):
             assert name not in source, f"{rel} keeps its own {name.split()[0]}"
@@ -92,10 +93,10 @@ def test_host_side_scanners_match_ignore_rules_with_one_matcher() -> None:
     rules = wire.WireRules([["^build/$", True], ["^.*\\.log$", True], ["^keep\\.log$", False]])
     assert rules("build", True) and not rules("build", False)
     assert rules("x.log", False) and not rules("keep.log", False)
-    agent = load_agent()
-    assert isinstance(agent.Ignore([["^a$", True]]), wire.WireRules)
-    with pytest.raises(agent.AgentError):
-        agent.Ignore([["(", True]])
+    agent_base = load_agent("agent_base")
+    assert isinstance(agent_base.Ignore([["^a$", True]]), wire.WireRules)
+    with pytest.raises(agent_base.AgentError):
+        agent_base.Ignore([["(", True]])
     sftp_source = (ROOT / "daemon/sync/sftp_endpoint.py").read_text()
     assert "WireRules(" in sftp_source and "re.compile" not in sftp_source
-    assert agent.FOREIGN == wire.FOREIGN_REASON
+    assert load_agent("agent_scan").FOREIGN == wire.FOREIGN_REASON

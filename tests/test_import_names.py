@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from tether.transport.agent_client import BUNDLE
 
 from tests.helpers import tether, write_cli_project
 from tests.sshd import SshServer
@@ -30,9 +31,7 @@ def test_the_wheel_holds_only_tethers_own_top_level_names(tmp_path: Path) -> Non
         top = {name.split("/")[0] for name in zf.namelist()}
         names = zf.namelist()
     assert {t for t in top if not t.endswith(".dist-info")} == {"tether", "tether_kernels"}
-    assert {"tether/agent/agent.py", "tether/sync/tempnames.py", "tether/sync/wire.py"} <= set(
-        names
-    )
+    assert {f"tether/{rel}" for rel in BUNDLE} <= set(names)
     assert "tether_kernels/examples/saxpy.py" in names and "tether/py.typed" in names
 
 

@@ -63,9 +63,16 @@ def test_every_side_takes_its_temporaries_from_one_module() -> None:
         "sync/tempnames.py" in BUNDLE
         and Path(tempnames.__file__) == ROOT / "daemon/sync/tempnames.py"
     )
-    for rel in ("daemon/agent/agent.py", "daemon/sync/scan.py", "daemon/sync/sftp_endpoint.py"):
+    for rel in (
+        "daemon/agent/agent_scan.py",
+        "daemon/sync/scan.py",
+        "daemon/sync/sftp_endpoint.py",
+    ):
         source = (ROOT / rel).read_text()
         assert "tempnames" in source and "tether-" not in source.replace("tether-agent", ""), rel
+    for rel in (r for r in BUNDLE if r.startswith("agent/")):  # nor does any other agent module
+        source = (ROOT / "daemon" / rel).read_text()
+        assert "tether-" not in source.replace("tether-agent", ""), rel
 
 
 def holder_of(path: Path) -> int | None:

@@ -1,8 +1,9 @@
 """The asyncio client of the remote agent (:mod:`tether.agent.agent`): one channel, many requests.
 
 :meth:`AgentClient.start` opens one SSH exec channel running a tiny bootstrap with the host's
-``python3``: it compares the digest of ``~/.cache/tether/<version>/agent.py`` with ours, takes a
-new copy over the same channel only when they differ, then runs the agent; we say hello.
+``python3``: it compares the digest of the agent's modules (:data:`BUNDLE`) in
+``~/.cache/tether/<version>/`` with ours, takes new copies over the same channel only when they
+differ, then runs the agent; we say hello.
 :meth:`AgentClient.spawn_local` runs the same agent as a local subprocess (tests, the demo).
 
 Requests are multiplexed by id: callers may ``asyncio.gather`` many writes and they go out
@@ -54,11 +55,22 @@ BUNDLE = (
     "sync/wire.py",
     "sync/sparse.py",
     "sync/blocks.py",
+    "agent/agent_base.py",
+    "agent/agent_digests.py",
+    "agent/agent_own.py",
+    "agent/agent_scan.py",
+    "agent/agent_read.py",
+    "agent/agent_write.py",
+    "agent/agent_reports.py",
+    "agent/agent_checks.py",
+    "agent/agent_runs.py",
+    "agent/agent_watch.py",
     "agent/agent.py",
 )
-"""The agent's modules, relative to the package root (``daemon/``), in load order, laid out the
-same way in the host's cache folder: the agent imports the others by their bare names (``import
-tempnames``, ``import wire``), registered by the bootstrap from verified source."""
+"""The agent's modules, relative to the package root (``daemon/``), in load order (each after
+those it imports; the last has ``main``), laid out the same way in the host's cache folder: they
+import each other by their bare names (``import wire``, ``from agent_base import ...``), each
+registered by the bootstrap from verified source, so every basename is unique in the bundle."""
 AGENT_PATH = PACKAGE_ROOT / BUNDLE[-1]
 HELLO_TIMEOUT_S = 30.0
 Blob: TypeAlias = bytes | Sequence[bytes]
