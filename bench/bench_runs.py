@@ -159,16 +159,17 @@ def import_profile(env: dict[str, str]) -> tuple[list[tuple[str, float]], float]
 
 def agent_costs(work: Path, n: int = 5) -> dict[str, list[float]]:
     """Two costs inside the host's share, measured here (the host is this machine): compiling
-    agent.py (it runs as a script, so no bytecode is cached) on each agent start, and one
-    `exec` answered by a running agent (it forks the run's supervisor, which reports the pid)."""
-    from tether.transport.agent_client import AgentClient
+    the agent's bundle (the bootstrap compiles the source it verified, so no bytecode is cached)
+    on each agent start, and one `exec` answered by a running agent (it forks the run's
+    supervisor, which reports the pid)."""
+    from tether.transport.agent_client import AgentClient, bundle_files
 
-    agent = ROOT / "daemon" / "agent" / "agent.py"
-    source = agent.read_text()
+    sources = bundle_files()
     compile_s = []
     for _ in range(n):
         started = time.perf_counter()
-        compile(source, str(agent), "exec")
+        for name, source in sources:
+            compile(source, name, "exec")
         compile_s.append(time.perf_counter() - started)
 
     async def execs() -> list[float]:
@@ -372,7 +373,7 @@ def print_report(out: dict[str, Any]) -> None:
     print(f"  {'sync of the unchanged tree (in-process; the with-sync extra)':<62} "
           f"{ms(median(steps['sync'])):>8}")  # fmt: skip
     print(
-        f"  inside those: agent.py is run as a script, so each agent start compiles it: "
+        f"  inside those: each agent start compiles the agent's bundle from source: "
         f"{ms(median(steps['compile_agent']))}; a running agent's exec "
         f"(it forks the supervisor) answers after {ms(median(steps['exec_answered']))}"
     )

@@ -1,7 +1,7 @@
 """The numbers both ends of the agent's stream must agree on, defined once.
 
 This process (:mod:`tether.transport.agent_client`, the sync engine's transfers) and the agent
-on the host (:mod:`tether.agent.agent`) read them from here: the agent's verified bundle ships
+on the host (the modules in `daemon/agent/`) read them from here: the agent's verified bundle ships
 this module beside it, so a change here reaches both ends together instead of two copies drifting
 apart. So are the rules every host-side scanner applies the same way (ignore rules as sent,
 names no side can hold). Shipped to the host: Python >= 3.8, standard library only.
