@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,33 @@ def test_link_comes_up_with_agent(private_sshd: SshServer) -> None:
             assert 0 < link.snapshot()["rtt_ms"] < 10_000
         assert link.state is LinkState.STOPPED
         assert any(e["kind"] == "link.up" for e in events)
+
+    asyncio.run(body())
+
+
+@pytest.mark.timeout(60)  # today's failure is a frozen event loop: only a signal ends it
+def test_agent_that_dies_as_it_starts_gets_a_new_connection(
+    private_sshd: SshServer, tmp_path: Path
+) -> None:
+    """The agent's first start on a live connection fails (its process ends right after the
+    bootstrap's go-ahead, as a host that kills it would): the link replaces the connection and
+    the next start works. Waiting callers must not loop on the failed start without yielding."""
+    started_once = tmp_path / "started-once"
+    python = tmp_path / "python-dies-first"
+    python.write_text(
+        "#!/bin/sh\n"
+        f'if [ ! -e "{started_once}" ]; then\n'
+        f'  : > "{started_once}"; echo "TETHER-RUN /gone/agent.py"; exit 0\n'
+        "fi\n"
+        f'exec "{sys.executable}" "$@"\n'
+    )
+    python.chmod(0o755)
+
+    async def body() -> None:
+        async with Link(private_sshd.host_config(python=str(python))) as link:
+            agent = await asyncio.wait_for(link.wait_agent(), 30)  # as the sessions wait
+            assert (await agent.hello())["version"]
+            assert started_once.exists() and link.generation == 2
 
     asyncio.run(body())
 

@@ -128,30 +128,69 @@ class Link:
         """The agent on the live connection (raises if the host has no usable python3).
 
         The agent starts beside the connection, not before it is reported up, so tunnels do
-        not wait for the host's python to start.
+        not wait for the host's python to start. A start that failed (the connection died under
+        it, or the host ended or refused the agent) is waited past: see :meth:`_move_past`.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
         while True:
-            await self.wait_up(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            await self.wait_up(left())
             starting = self._agent_starting
             if starting is None:  # dropped between wait_up and here: wait for the next one
                 await asyncio.sleep(0.01)
                 continue
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                agent = await asyncio.wait_for(asyncio.shield(starting), left)
-            except asyncio.TimeoutError:
-                raise HostUnreachable(
-                    f"{self.host.name}: the agent did not start in time"
-                ) from None
-            except (HostUnreachable, asyncssh.Error, OSError):
-                continue  # the connection died under it; wait for the next one
+            # Not `await shield(starting)`: a start the link cancels (its connection dropped)
+            # would cancel this caller too, and a session's sync loop would end for good.
+            done, _ = await asyncio.wait({starting}, timeout=left())
+            if not done:
+                raise HostUnreachable(f"{self.host.name}: the agent did not start in time")
+            failure = None if starting.cancelled() else starting.exception()
+            if starting.cancelled() or isinstance(
+                failure, (HostUnreachable, asyncssh.Error, OSError)
+            ):
+                await self._move_past(starting, left())
+                continue
+            if failure is not None:
+                raise failure
+            agent = starting.result()
             if agent is not None:
                 return agent
             raise TetherError(
                 f"{self.host.name}: no agent on the host: {self.agent_problem}",
                 "install python3 >= 3.8 there, or set `python` in tether.toml",
             )
+
+    async def _move_past(
+        self, starting: asyncio.Task[AgentClient | None], timeout_s: float | None
+    ) -> None:
+        """Wait until the link holds a connection other than the one whose agent start failed.
+
+        Looping straight back would find the same failed start on a link that still says up,
+        without ever yielding: the supervisor could not mark it down, and the whole event loop
+        (every pair's flush, the tunnels, the control API) would freeze. When the connection
+        outlived the failed start (the host ended the agent or refused its session; the start
+        timed out), it is dropped, so that the link reconnects and starts a fresh agent.
+        """
+        if self._agent_starting is starting and not starting.cancelled():
+            self._event(
+                "warning", f"the agent did not start ({starting.exception()}); reconnecting"
+            )
+            self.cut()
+
+        def moved() -> bool:
+            gone = self.state in (LinkState.FAILED, LinkState.STOPPED)
+            return gone or self._agent_starting is not starting
+
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(moved), timeout_s)
+            except asyncio.TimeoutError:
+                raise HostUnreachable(
+                    f"{self.host.name}: the agent did not start in time"
+                ) from None
 
     def snapshot(self) -> dict[str, Any]:
         """What `tether status` shows for this link."""
