@@ -91,10 +91,13 @@ def test_agent_that_dies_as_it_starts_gets_a_new_connection(
     python.chmod(0o755)
 
     async def body() -> None:
-        async with Link(private_sshd.host_config(python=str(python))) as link:
+        events: list[dict] = []
+        config = private_sshd.host_config(python=str(python))
+        async with Link(config, on_event=events.append) as link:
             agent = await asyncio.wait_for(link.wait_agent(), 30)  # as the sessions wait
             assert (await agent.hello())["version"]
             assert started_once.exists() and link.generation == 2
+        assert any("the agent did not start" in e["message"] for e in events), events
 
     asyncio.run(body())
 

@@ -175,9 +175,9 @@ class Link:
         timed out), it is dropped, so that the link reconnects and starts a fresh agent.
         """
         if self._agent_starting is starting and not starting.cancelled():
-            self._event(
-                "warning", f"the agent did not start ({starting.exception()}); reconnecting"
-            )
+            error = starting.exception()
+            reason = str(error) or type(error).__name__  # a timeout's text is empty
+            self._event("warning", f"the agent did not start ({reason}); reconnecting")
             self.cut()
 
         def moved() -> bool:
