@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tether.config import HostConfig, TunnelConfig
 from tether.errors import AuthRefused, HostUnreachable
-from tether.transport.link import Link, LinkState
+from tether.transport.link import Link, LinkState, cancel_and_wait
 from tether.transport.tunnel import Tunnel
 
 from tests.faultproxy import FaultProxy
@@ -98,6 +98,30 @@ def test_agent_that_dies_as_it_starts_gets_a_new_connection(
             assert (await agent.hello())["version"]
             assert started_once.exists() and link.generation == 2
         assert any("the agent did not start" in e["message"] for e in events), events
+
+    asyncio.run(body())
+
+
+def test_close_ends_a_supervisor_that_lost_its_cancel() -> None:
+    """Before Python 3.12, asyncio.wait_for drops a cancel that lands as the call it waits on
+    ends (asyncssh's connect and the link's probes wait that way): a link closed at that moment
+    went on reconnecting to a host that was down, and close() never returned. Here the cancel is
+    made to land at that moment; closing must still end the task."""
+
+    async def body() -> None:
+        answered = asyncio.get_running_loop().create_future()
+
+        async def supervisor() -> None:
+            await asyncio.wait_for(answered, 10)
+            await asyncio.sleep(3600)  # reconnecting on and on, as if never cancelled
+
+        task = asyncio.create_task(supervisor())
+        await asyncio.sleep(0)  # the task now waits inside wait_for
+        answered.set_result(None)  # the call ends, and in the same turn the close begins:
+        closing = asyncio.ensure_future(cancel_and_wait(task))
+        done, _ = await asyncio.wait({closing}, timeout=10)
+        assert done, "the task outlived its cancel"
+        assert task.cancelled()
 
     asyncio.run(body())
 
