@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,42 @@ def test_flush_fails_fast_with_69_when_host_is_down(
                 await client.flush(config, 60)
             assert time.monotonic() - started < 10  # promptly, not after the 60 s timeout
             assert info.value.exit_code == 69
+
+    asyncio.run(body())
+
+
+@pytest.mark.timeout(90)  # a frozen event loop is ended only by a signal
+def test_host_down_while_the_agent_starts_fails_fast_then_heals(
+    private_sshd: SshServer, tmp_path: Path
+) -> None:
+    """The host goes down while the link's agent is still starting (a slow login shell makes
+    that window seconds long): flush says 69 as it does for a host that went down with its
+    agent up, and once the host is back the edit made meanwhile lands."""
+    held = tmp_path / "agent-start-held"
+    python = tmp_path / "python-held-once"  # the host's python: its first start never ends
+    python.write_text(
+        f'#!/bin/sh\nif [ ! -e "{held}" ]; then : > "{held}"; while :; do sleep 1; done; fi\n'
+        f'exec "{sys.executable}" "$@"\n'
+    )
+    python.chmod(0o755)
+    local, remote = write_project(tmp_path, private_sshd, host_extra=f'python = "{python}"\n')
+    config = str(local / "tether.toml")
+
+    async def body() -> None:
+        async with running_daemon() as (daemon, client):
+            await client.register(config)
+            await eventually(held.exists, 20, "the agent's start is under way")
+            private_sshd.stop()
+            next(iter(daemon.projects.values())).links["gpu"].cut()
+            (local / "during.txt").write_text("offline edit")
+            started = time.monotonic()
+            with pytest.raises(HostUnreachable) as info:
+                await client.flush(config, 60)
+            assert time.monotonic() - started < 10  # promptly, not after the 60 s timeout
+            assert info.value.exit_code == 69
+            private_sshd.start()
+            await client.flush(config, 30)
+            assert text(remote / "during.txt") == "offline edit"
 
     asyncio.run(body())
 

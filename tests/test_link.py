@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from tether.config import HostConfig, TunnelConfig
 from tether.errors import AuthRefused, HostUnreachable
-from tether.transport.link import Link, LinkState
+from tether.transport.link import Link, LinkState, cancel_and_wait
 from tether.transport.tunnel import Tunnel
 
 from tests.faultproxy import FaultProxy
@@ -67,6 +68,60 @@ def test_link_comes_up_with_agent(private_sshd: SshServer) -> None:
             assert 0 < link.snapshot()["rtt_ms"] < 10_000
         assert link.state is LinkState.STOPPED
         assert any(e["kind"] == "link.up" for e in events)
+
+    asyncio.run(body())
+
+
+@pytest.mark.timeout(60)  # today's failure is a frozen event loop: only a signal ends it
+def test_agent_that_dies_as_it_starts_gets_a_new_connection(
+    private_sshd: SshServer, tmp_path: Path
+) -> None:
+    """The agent's first start on a live connection fails (its process ends right after the
+    bootstrap's go-ahead, as a host that kills it would): the link replaces the connection and
+    the next start works. Waiting callers must not loop on the failed start without yielding."""
+    started_once = tmp_path / "started-once"
+    python = tmp_path / "python-dies-first"
+    python.write_text(
+        "#!/bin/sh\n"
+        f'if [ ! -e "{started_once}" ]; then\n'
+        f'  : > "{started_once}"; echo "TETHER-RUN /gone/agent.py"; exit 0\n'
+        "fi\n"
+        f'exec "{sys.executable}" "$@"\n'
+    )
+    python.chmod(0o755)
+
+    async def body() -> None:
+        events: list[dict] = []
+        config = private_sshd.host_config(python=str(python))
+        async with Link(config, on_event=events.append) as link:
+            agent = await asyncio.wait_for(link.wait_agent(), 30)  # as the sessions wait
+            assert (await agent.hello())["version"]
+            assert started_once.exists() and link.generation == 2
+        assert any("the agent did not start" in e["message"] for e in events), events
+
+    asyncio.run(body())
+
+
+def test_close_ends_a_supervisor_that_lost_its_cancel() -> None:
+    """Before Python 3.12, asyncio.wait_for drops a cancel that lands as the call it waits on
+    ends (asyncssh's connect and the link's probes wait that way): a link closed at that moment
+    went on reconnecting to a host that was down, and close() never returned. Here the cancel is
+    made to land at that moment; closing must still end the task."""
+
+    async def body() -> None:
+        answered = asyncio.get_running_loop().create_future()
+
+        async def supervisor() -> None:
+            await asyncio.wait_for(answered, 10)
+            await asyncio.sleep(3600)  # reconnecting on and on, as if never cancelled
+
+        task = asyncio.create_task(supervisor())
+        await asyncio.sleep(0)  # the task now waits inside wait_for
+        answered.set_result(None)  # the call ends, and in the same turn the close begins:
+        closing = asyncio.ensure_future(cancel_and_wait(task))
+        done, _ = await asyncio.wait({closing}, timeout=10)
+        assert done, "the task outlived its cancel"
+        assert task.cancelled()
 
     asyncio.run(body())
 

@@ -31,6 +31,8 @@ from .ssh import Target, connect, resolve_target
 log = logging.getLogger(__name__)
 
 PERMANENT_ERRORS = (AuthRefused, ConfigError, BadHostData)
+CANCEL_AGAIN_S = 0.2
+"""How long :func:`cancel_and_wait` gives a cancelled task to end before cancelling it again."""
 
 
 class LinkState(str, Enum):
@@ -128,30 +130,69 @@ class Link:
         """The agent on the live connection (raises if the host has no usable python3).
 
         The agent starts beside the connection, not before it is reported up, so tunnels do
-        not wait for the host's python to start.
+        not wait for the host's python to start. A start that failed (the connection died under
+        it, or the host ended or refused the agent) is waited past: see :meth:`_move_past`.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
         while True:
-            await self.wait_up(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            await self.wait_up(left())
             starting = self._agent_starting
             if starting is None:  # dropped between wait_up and here: wait for the next one
                 await asyncio.sleep(0.01)
                 continue
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                agent = await asyncio.wait_for(asyncio.shield(starting), left)
-            except asyncio.TimeoutError:
-                raise HostUnreachable(
-                    f"{self.host.name}: the agent did not start in time"
-                ) from None
-            except (HostUnreachable, asyncssh.Error, OSError):
-                continue  # the connection died under it; wait for the next one
+            # Not `await shield(starting)`: a start the link cancels (its connection dropped)
+            # would cancel this caller too, and a session's sync loop would end for good.
+            done, _ = await asyncio.wait({starting}, timeout=left())
+            if not done:
+                raise HostUnreachable(f"{self.host.name}: the agent did not start in time")
+            failure = None if starting.cancelled() else starting.exception()
+            if starting.cancelled() or isinstance(
+                failure, (HostUnreachable, asyncssh.Error, OSError)
+            ):
+                await self._move_past(starting, left())
+                continue
+            if failure is not None:
+                raise failure
+            agent = starting.result()
             if agent is not None:
                 return agent
             raise TetherError(
                 f"{self.host.name}: no agent on the host: {self.agent_problem}",
                 "install python3 >= 3.8 there, or set `python` in tether.toml",
             )
+
+    async def _move_past(
+        self, starting: asyncio.Task[AgentClient | None], timeout_s: float | None
+    ) -> None:
+        """Wait until the link holds a connection other than the one whose agent start failed.
+
+        Looping straight back would find the same failed start on a link that still says up,
+        without ever yielding: the supervisor could not mark it down, and the whole event loop
+        (every pair's flush, the tunnels, the control API) would freeze. When the connection
+        outlived the failed start (the host ended the agent or refused its session; the start
+        timed out), it is dropped, so that the link reconnects and starts a fresh agent.
+        """
+        if self._agent_starting is starting and not starting.cancelled():
+            error = starting.exception()
+            reason = str(error) or type(error).__name__  # a timeout's text is empty
+            self._event("warning", f"the agent did not start ({reason}); reconnecting")
+            self.cut()
+
+        def moved() -> bool:
+            gone = self.state in (LinkState.FAILED, LinkState.STOPPED)
+            return gone or self._agent_starting is not starting
+
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(moved), timeout_s)
+            except asyncio.TimeoutError:
+                raise HostUnreachable(
+                    f"{self.host.name}: the agent did not start in time"
+                ) from None
 
     def snapshot(self) -> dict[str, Any]:
         """What `tether status` shows for this link."""
@@ -190,8 +231,7 @@ class Link:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)  # our own cancel propagates
+            await cancel_and_wait(self._task)
             self._task = None
         await self._drop()
         await self._set(LinkState.STOPPED)
@@ -342,6 +382,21 @@ class Link:
         log.info("link %s: %s", self.host.name, message)
         if self._on_event is not None:
             self._on_event({"kind": f"link.{kind}", "host": self.host.name, "message": message})
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling it again while it has not.
+
+    One cancel is not always enough: before Python 3.12, ``asyncio.wait_for`` drops a cancel
+    that arrives just as the call it waits on finishes (it returns that call's result or raises
+    its error instead), and asyncssh's connect and the link's port probes wait that way. A
+    supervisor that lost its cancel goes on reconnecting to a host that is down, and whoever
+    closes the link (the daemon, on unregister or shutdown) would wait for it forever.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=CANCEL_AGAIN_S)
+    await asyncio.gather(task, return_exceptions=True)  # its end is ours: take what it raised
 
 
 async def _port_open(host: str, port: int, timeout_s: float) -> bool:
