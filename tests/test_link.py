@@ -10,10 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tether.aio import cancel_and_wait
 from tether.config import HostConfig, TunnelConfig
 from tether.errors import AuthRefused, HostUnreachable
-from tether.transport.link import Link, LinkState
+from tether.transport.link import Link, LinkState, cancel_and_wait
 from tether.transport.tunnel import Tunnel
 
 from tests.faultproxy import FaultProxy

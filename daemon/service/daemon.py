@@ -23,7 +23,6 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..aio import cancel_and_wait
 from ..config import Config, TunnelConfig, load_config
 from ..errors import NotFound, NotRegistered, TetherError
 from ..reports.watcher import ReportWatcher
@@ -92,7 +91,8 @@ class Service:
         """Stop keeping it; with ``stop_remote`` also stop it on the host (the project was
         unregistered). A daemon that merely restarts leaves it running and adopts it again."""
         if self._task is not None:
-            await cancel_and_wait(self._task)
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         if stop_remote and self.run_id is not None:
             try:
                 agent = await self.link.wait_agent(5)

@@ -34,7 +34,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from enum import Enum
 from typing import Any
 
-from ..aio import cancel_and_wait
 from ..config import Config, PairConfig, PairMode
 from ..errors import HostUnreachable, TetherError
 from ..store import OffLoop
@@ -183,7 +182,9 @@ class PairSession:
     async def close(self) -> None:
         if self._retry_timer is not None:
             self._retry_timer.cancel()
-        await asyncio.gather(*(cancel_and_wait(task) for task in self._tasks))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
     def pause(self) -> None:

@@ -23,7 +23,6 @@ from typing import Any
 import asyncssh
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
-from ..aio import cancel_and_wait
 from ..config import HostConfig
 from ..errors import AuthRefused, BadHostData, ConfigError, HostUnreachable, TetherError
 from .agent_client import AgentClient
@@ -32,6 +31,8 @@ from .ssh import Target, connect, resolve_target
 log = logging.getLogger(__name__)
 
 PERMANENT_ERRORS = (AuthRefused, ConfigError, BadHostData)
+CANCEL_AGAIN_S = 0.2
+"""How long :func:`cancel_and_wait` gives a cancelled task to end before cancelling it again."""
 
 
 class LinkState(str, Enum):
@@ -381,6 +382,21 @@ class Link:
         log.info("link %s: %s", self.host.name, message)
         if self._on_event is not None:
             self._on_event({"kind": f"link.{kind}", "host": self.host.name, "message": message})
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling it again while it has not.
+
+    One cancel is not always enough: before Python 3.12, ``asyncio.wait_for`` drops a cancel
+    that arrives just as the call it waits on finishes (it returns that call's result or raises
+    its error instead), and asyncssh's connect and the link's port probes wait that way. A
+    supervisor that lost its cancel goes on reconnecting to a host that is down, and whoever
+    closes the link (the daemon, on unregister or shutdown) would wait for it forever.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=CANCEL_AGAIN_S)
+    await asyncio.gather(task, return_exceptions=True)  # its end is ours: take what it raised
 
 
 async def _port_open(host: str, port: int, timeout_s: float) -> bool:
