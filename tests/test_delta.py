@@ -4,6 +4,7 @@ what changed, and the agent's signing and hole-finding give the same answers as 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from pathlib import Path
@@ -218,3 +219,33 @@ def test_an_overwrite_takes_the_digest_the_scan_cached_for_exactly_that_file(
     with pytest.raises(agent_base.AgentError) as changed:
         check()
     assert changed.value.type == "changed" and len(hashed) == 1
+
+
+@pytest.mark.parametrize(
+    ("op", "args"),
+    [
+        ("op_signature", {"block": 100}),  # below the smallest block a signer accepts
+        ("op_signature", {"block": 1 << 30}),  # above the largest
+        ("op_digest", {"length": -1}),
+        ("op_digest", {}),
+    ],
+)
+def test_the_agent_refuses_a_bad_block_or_length(tmp_path: Path, op: str, args: dict) -> None:
+    """A request the client could never make is refused as invalid, before any file is read."""
+    (tmp_path / "f").write_bytes(b"x" * 10_000)
+    with pytest.raises(agent_base.AgentError) as refused:
+        getattr(agent_read, op)({"root": str(tmp_path), "path": "f", **args})
+    assert refused.value.type == "invalid"
+
+
+def test_the_agent_hashes_a_file_start_and_refuses_what_is_not_a_file(tmp_path: Path) -> None:
+    data = os.urandom(70_000)
+    (tmp_path / "f").write_bytes(data)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "l").symlink_to("f")
+    got = agent_read.op_digest({"root": str(tmp_path), "path": "f", "length": 65_536})
+    assert (got["size"], got["digest"]) == (70_000, hashlib.sha256(data[:65_536]).hexdigest())
+    for name in ("d", "l"):
+        with pytest.raises(agent_base.AgentError) as refused:
+            agent_read.op_digest({"root": str(tmp_path), "path": name, "length": 1})
+        assert refused.value.type == "invalid", name

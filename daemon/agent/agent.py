@@ -348,7 +348,3 @@ def main(argv):
         UPLOADS.clear()
         for cache in DIGEST_CACHES.values():
             cache.save(force=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))
