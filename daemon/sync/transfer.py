@@ -255,9 +255,7 @@ async def _append(
     hash to ``old``'s digest before any of the tail is sent, and the host checks the whole
     result against ``new``'s digest before the rename.
     """
-    if not there.local or new.size <= old.size or not old.digest:
-        return None
-    if not await _ends_alike(there, here, src, dst, new, old):
+    if not there.local or not await _ends_alike(there, here, src, dst, new, old):
         return None
     h = hashlib.sha256()
 
@@ -284,8 +282,11 @@ async def _append(
 async def _ends_alike(
     there: StreamSide, here: StreamSide, src: str, dst: str, new: Entry, old: Entry
 ) -> bool:
-    """Are the last bytes of the receiver's ``old`` the same bytes of the sender's ``new``, both
-    still their scanned sizes? (One small read each side: is it worth trying as an append?)"""
+    """Could ``new`` be ``old`` (known by its digest) with bytes added: is it longer, and are the
+    last bytes of the receiver's ``old`` the same bytes of the sender's ``new``, both still
+    their scanned sizes? (One small read each side: is it worth trying as an append?)"""
+    if new.size <= old.size or not old.digest:
+        return False
     n = min(APPEND_PROBE, old.size)
     sent = await there.read_range(src, old.size - n, n)
     try:
@@ -317,9 +318,7 @@ async def _append_pulled(
     and matching all of this side's copy against that here). The rebuilt file must still hash
     to ``new``'s digest (the host's scan) before it is renamed into place.
     """
-    if not here.local or new.size <= old.size or not new.digest or not old.digest:
-        return None
-    if not await _ends_alike(there, here, src, dst, new, old):
+    if not here.local or not new.digest or not await _ends_alike(there, here, src, dst, new, old):
         return None
     start = await there.digest_prefix(src, old.size)
     if start is None:
