@@ -393,3 +393,34 @@ def test_a_big_file_changed_alike_on_both_sides_is_compared_not_conflicted(sync_
     assert code == 0, report
     assert report["conflicts"] == [] and report["plan"] == []
     assert digest(local / "same.bin") == digest(remote / "same.bin")
+
+
+def test_a_host_file_that_grows_again_during_a_tail_pull_lands_whole_and_current(
+    sync_project, monkeypatch
+) -> None:
+    """The host's log grows once more between the scan and the hash of its start: the tail pull
+    sees the new size, stages nothing, and the same sync rescans and lands the file as it now
+    is."""
+    tmp, local, remote, configure = sync_project
+    configure("pull")
+    source = remote / "train.log"
+    write_random(source, 12 * MiB, seed=11)
+    code, report = sync(tmp)
+    assert code == 0, report
+    with source.open("ab") as fh:
+        fh.write(os.urandom(MiB))
+    real = AgentClient.digest_prefix
+    grown: list[int] = []
+
+    async def growing(self: AgentClient, root: str, path: str, length: int) -> Any:
+        if not grown:
+            with source.open("ab") as fh:
+                grown.append(fh.write(os.urandom(4096)))
+        return await real(self, root, path, length)
+
+    monkeypatch.setattr(AgentClient, "digest_prefix", growing)
+    code, report = sync(tmp)
+    assert grown, "the tail pull was not tried"
+    assert code == 0, report
+    assert digest(local / "train.log") == digest(source)
+    assert list(local.glob(".*.tmp")) == []
