@@ -88,3 +88,21 @@ def sync_project(
 
     configure()
     return tmp_path, local, remote, configure
+
+
+@pytest.fixture
+def agent_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home of the test's own, so that an agent's caches (digests, scans, runs) stay inside
+    the test's folder."""
+    folder = tmp_path / "home"
+    folder.mkdir()
+    monkeypatch.setenv("HOME", str(folder))
+    return folder
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """An empty folder for an agent to sync into or scan."""
+    folder = tmp_path / "root"
+    folder.mkdir()
+    return folder

@@ -13,10 +13,10 @@ import sys
 import textwrap
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from pathspec.patterns import GitWildMatchPattern
@@ -24,38 +24,10 @@ from tether.errors import BadHostData, HostUnreachable
 from tether.sync.entry import Entry, EntryKind
 from tether.transport.agent_client import AgentClient, ExpectationFailed, RemoteOpError, WatchBatch
 
-T = TypeVar("T")
+from tests.local_agent import OLD_NS, arun, leftovers, sha
+
+pytestmark = pytest.mark.usefixtures("agent_home")
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-OLD_NS = 1_600_000_000 * 10**9
-
-
-def arun(body: Callable[[AgentClient], Awaitable[T]], **spawn: Any) -> T:
-    """Run ``body(client)`` against a fresh local agent, closing it afterwards."""
-
-    async def main() -> T:
-        client = await AgentClient.spawn_local(**spawn)
-        try:
-            return await asyncio.wait_for(body(client), 30)
-        finally:
-            await client.close()
-
-    return asyncio.run(main())
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Keep the agent's caches (digests, runs) inside the test's folder."""
-    folder = tmp_path / "home"
-    folder.mkdir()
-    monkeypatch.setenv("HOME", str(folder))
-    return folder
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    folder = tmp_path / "root"
-    folder.mkdir()
-    return folder
 
 
 def rules(*patterns: str) -> list[tuple[str, bool]]:
@@ -67,14 +39,6 @@ def rules(*patterns: str) -> list[tuple[str, bool]]:
         if regex is not None:
             compiled.append((regex, bool(include)))
     return compiled
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.rglob("*.tmp"))
 
 
 # ------------------------------------------------------------------ scan
@@ -137,21 +101,21 @@ def test_scan_of_missing_root_and_of_a_file(tmp_path: Path) -> None:
     assert (file.exists, file.is_dir, file.entries) == (True, False, {})
 
 
-def test_scan_expands_tilde(home: Path) -> None:
-    (home / "proj").mkdir()
-    (home / "proj" / "a").write_text("a")
+def test_scan_expands_tilde(agent_home: Path) -> None:
+    (agent_home / "proj").mkdir()
+    (agent_home / "proj" / "a").write_text("a")
     result = arun(lambda c: c.scan("~/proj"))
     assert set(result.entries) == {"a"}
 
 
 def test_caches_unused_for_30_days_are_removed_the_one_in_use_is_kept(
-    home: Path, root: Path
+    agent_home: Path, root: Path
 ) -> None:
     """A root deleted or moved on the host leaves its digest cache and last scan behind (~10 MB
     each at 100,000 files): the agent removes those no agent used for 30 days, and keeps (and
     marks as used) the scanning root's own, however old they were."""
     (root / "a").write_text("a")
-    cache = home / ".cache" / "tether"
+    cache = agent_home / ".cache" / "tether"
     key = hashlib.sha256(os.path.realpath(root).encode()).hexdigest()
     (cache / "digests").mkdir(parents=True)
     (cache / "scans").mkdir()

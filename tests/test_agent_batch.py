@@ -19,9 +19,9 @@ from tether.transport.agent_client import (
     apply_scan_delta,
 )
 
-from tests.test_agent import OLD_NS, arun, leftovers, sha
-from tests.test_agent import home as home
-from tests.test_agent import root as root
+from tests.local_agent import OLD_NS, arun, leftovers, sha
+
+pytestmark = pytest.mark.usefixtures("agent_home")
 
 
 def test_write_many_lands_each_file_or_fails_it_alone(root: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tether_kernels import cli, gpus, plot
 
-from tests.test_kernels_report import document, result
+from tests.bench_documents import document, result
 
 H200 = gpus.lookup("H200")
 

@@ -15,9 +15,9 @@ from tether.sync.engine import SyncReport, sync_pair
 from tether.sync.safety import PairStatus
 from tether.transport.endpoints import SSH
 
+from tests.helpers import write
 from tests.sshd import SshServer
 from tests.store_threads import on_this_thread, record_store_threads, record_threads
-from tests.test_sync_engine import write
 
 FILES = [f"f{i}.txt" for i in range(6)]
 
