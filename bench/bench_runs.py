@@ -162,7 +162,8 @@ def agent_costs(work: Path, n: int = 5) -> dict[str, list[float]]:
     the agent's bundle (the bootstrap compiles the source it verified, so no bytecode is cached)
     on each agent start, and one `exec` answered by a running agent (it forks the run's
     supervisor, which reports the pid)."""
-    from tether.transport.agent_client import AgentClient, bundle_files
+    from tether.transport.agent_boot import bundle_files
+    from tether.transport.agent_client import AgentClient
 
     sources = bundle_files()
     compile_s = []

@@ -12,7 +12,7 @@ import sys
 from pathlib import PurePosixPath
 from types import ModuleType
 
-from tether.transport.agent_client import BUNDLE
+from tether.transport.agent_boot import BUNDLE
 
 
 def load_agent(name: str = "agent") -> ModuleType:

@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 from pathspec.patterns import GitWildMatchPattern
 from tether.errors import BadHostData, HostUnreachable
+from tether.sync.endpoint import ExpectationFailed, RemoteOpError
 from tether.sync.entry import Entry, EntryKind
-from tether.transport.agent_client import AgentClient, ExpectationFailed, RemoteOpError, WatchBatch
+from tether.transport.agent_client import AgentClient
+from tether.transport.host_data import WatchBatch
 
 from tests.local_agent import OLD_NS, arun, leftovers, sha
 

@@ -10,14 +10,10 @@ from pathlib import Path
 
 import pytest
 from tether.errors import BadHostData, HostUnreachable
+from tether.sync.endpoint import ExpectationFailed, RemoteOpError, WriteItem
 from tether.sync.entry import Entry, EntryKind
-from tether.transport.agent_client import (
-    AgentClient,
-    ExpectationFailed,
-    RemoteOpError,
-    WriteItem,
-    apply_scan_delta,
-)
+from tether.transport.agent_client import AgentClient
+from tether.transport.host_data import apply_scan_delta
 
 from tests.local_agent import OLD_NS, arun, leftovers, sha
 

@@ -9,7 +9,7 @@ import ast
 import sys
 from pathlib import PurePosixPath
 
-from tether.transport.agent_client import BUNDLE, PACKAGE_ROOT
+from tether.transport.agent_boot import BUNDLE, PACKAGE_ROOT
 
 MAX_LINES = 500
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tether.transport.agent_client import BUNDLE
+from tether.transport.agent_boot import BUNDLE
 
 PACKAGE = Path(__file__).resolve().parents[1] / "daemon"
 VERMIN = str(Path(sys.executable).with_name("vermin"))  # installed beside this Python

@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 import pytest
 from tether.errors import HostUnreachable, RemoteError
 from tether.sync.entry import EntryKind
-from tether.transport.agent_client import AGENT_PATH, BUNDLE, AgentClient
+from tether.transport.agent_boot import AGENT_PATH, BUNDLE
+from tether.transport.agent_client import AgentClient
 from tether.transport.ssh import open_connection
 
 from tests.sshd import SshServer

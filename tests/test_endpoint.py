@@ -12,7 +12,8 @@ import pytest
 from tether.sync import wire
 from tether.sync.endpoint import Connector, Endpoint
 from tether.sync.sftp_endpoint import SftpEndpoint
-from tether.transport.agent_client import BUNDLE, AgentClient
+from tether.transport.agent_boot import BUNDLE
+from tether.transport.agent_client import AgentClient
 from tether.transport.endpoints import SshConnector
 
 from tests.agent_module import load_agent
@@ -80,7 +81,7 @@ def test_both_ends_of_the_stream_read_one_definition_of_its_numbers() -> None:
         wire.MAX_FRAME,
     )
     agent_files = [f"daemon/{rel}" for rel in BUNDLE if rel.startswith("agent/")]
-    for rel in (*agent_files, "daemon/transport/agent_client.py"):
+    for rel in (*agent_files, "daemon/transport/agent_client.py", "daemon/transport/agent_boot.py"):
         source = (ROOT / rel).read_text()
         for name in ("CHUNK = 1", "WINDOW = ", "MAX_FRAME = 2", "VERSION = 1"):
             assert name not in source, f"{rel} keeps its own {name.split()[0]}"

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from tether.transport.agent_client import BUNDLE
+from tether.transport.agent_boot import BUNDLE
 
 from tests.helpers import tether, write_cli_project
 from tests.sshd import SshServer

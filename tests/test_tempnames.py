@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from tether.sync import tempnames
 from tether.sync.tempnames import STALE_AGE_S, is_stale, is_temp, machine_id, temp_name
-from tether.transport.agent_client import BUNDLE
+from tether.transport.agent_boot import BUNDLE
 
 from tests.helpers import sync, sync_over_sftp
 from tests.helpers import write as write_text

@@ -132,7 +132,7 @@ import sys
 import threading
 
 # The bundle's other modules, registered under these bare names by the bootstrap from the
-# source it verified (BUNDLE in tether.transport.agent_client says which, in load order).
+# source it verified (BUNDLE in tether.transport.agent_boot says which, in load order).
 from agent_base import MAX_FRAME, AgentError, error_reply, log
 from agent_checks import op_hello, op_probe, op_tcp_check
 from agent_digests import DIGEST_CACHES

@@ -9,7 +9,7 @@ from enum import Enum
 
 from ..config import PairConfig, PairMode, ReportsConfig
 from ..sync.entry import EntryKind, Snapshot
-from ..transport.agent_client import ReportRoot
+from ..transport.host_data import ReportRoot
 
 Summary = tuple[int, int, int]
 """(newest file mtime_ns, bytes, files) of a report: what the host lists for each one cheaply,

@@ -1,9 +1,10 @@
 """The asyncio client of the remote agent (:mod:`tether.agent.agent`): one channel, many requests.
 
 :meth:`AgentClient.start` opens one SSH exec channel running a tiny bootstrap with the host's
-``python3``: it compares the digest of the agent's modules (:data:`BUNDLE`) in
+``python3``: it compares the digest of the agent's modules (``agent_boot.BUNDLE``) in
 ``~/.cache/tether/<version>/`` with ours, takes new copies over the same channel only when they
-differ, then runs the agent; we say hello.
+differ, then runs the agent (:mod:`.agent_boot`); we say hello. Every reply is checked by
+:mod:`.host_data` before anything acts on it.
 :meth:`AgentClient.spawn_local` runs the same agent as a local subprocess (tests, the demo).
 
 Requests are multiplexed by id: callers may ``asyncio.gather`` many writes and they go out
@@ -25,10 +26,9 @@ import shlex
 import struct
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeAlias, TypeGuard
+from typing import Any, TypeAlias
 
 import asyncssh
 
@@ -43,196 +43,32 @@ from ..sync.endpoint import (
     Seg,
     WriteItem,
 )
-from ..sync.entry import Entry, EntryKind, InvalidEntry, is_sha256
-from ..sync.paths import check_relpath, escaping_link_problem, parent_of, symlink_stays_inside
+from ..sync.entry import Entry, EntryKind, is_sha256
+from ..sync.paths import check_relpath
 from ..sync.wire import CHUNK, MAX_FRAME, PROTOCOL_VERSION, WINDOW
+from .agent_boot import PACKAGE_ROOT, bootstrap_argv, bundle_files, cache_folder_of
+from .host_data import (
+    ReportRoot,
+    WatchBatch,
+    apply_scan_delta,
+    as_text,
+    entry_from_wire,
+    entry_to_wire,
+    is_int,
+    reports_from_wire,
+    validate_snapshot,
+)
 
 log = logging.getLogger(__name__)
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-BUNDLE = (
-    "sync/tempnames.py",
-    "sync/wire.py",
-    "sync/sparse.py",
-    "sync/blocks.py",
-    "agent/agent_base.py",
-    "agent/agent_digests.py",
-    "agent/agent_own.py",
-    "agent/agent_scan.py",
-    "agent/agent_read.py",
-    "agent/agent_write.py",
-    "agent/agent_reports.py",
-    "agent/agent_checks.py",
-    "agent/agent_runs.py",
-    "agent/agent_watch.py",
-    "agent/agent.py",
-)
-"""The agent's modules, relative to the package root (``daemon/``), in load order (each after
-those it imports; the last has ``main``), laid out the same way in the host's cache folder: they
-import each other by their bare names (``import wire``, ``from agent_base import ...``), each
-registered by the bootstrap from verified source, so every basename is unique in the bundle."""
-AGENT_PATH = PACKAGE_ROOT / BUNDLE[-1]
 HELLO_TIMEOUT_S = 30.0
 Blob: TypeAlias = bytes | Sequence[bytes]
 """A request's bytes after its header: whole, or in parts sent back to back."""
 STDERR_TAIL = 20
 
-_BOOTSTRAP = r"""
-import sys
-if sys.version_info < (3, 8):
-    sys.stdout.write("TETHER-OLD %d.%d.%d\n" % tuple(sys.version_info[:3]))
-    sys.stdout.flush()
-    sys.exit(3)
-import hashlib, os
-folder, want, names = os.path.expanduser(sys.argv[1]), sys.argv[2], sys.argv[3:]
-def digest(files):
-    h = hashlib.sha256()
-    for name, data in files:
-        h.update(b"%s\n%d\n" % (name.encode("utf-8"), len(data)))
-        h.update(data)
-    return h.hexdigest()
-def installed():
-    files = []
-    for name in names:
-        try:
-            with open(os.path.join(folder, name), "rb") as fh:
-                files.append((name, fh.read()))
-        except OSError:
-            return []
-    return files
-out, inp = sys.stdout.buffer, sys.stdin.buffer
-files = installed()
-if digest(files) != want:
-    out.write(b"TETHER-SEND\n")
-    out.flush()
-    files = []
-    for name in names:
-        size = int(inp.readline())
-        files.append((name, inp.read(size)))
-    if digest(files) != want:
-        sys.exit(4)
-    for name, data in files:
-        path = os.path.join(folder, name)
-        os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
-        tmp = "%s.%d.tmp" % (path, os.getpid())
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-out.write(b"TETHER-RUN " + os.path.join(folder, names[-1]).encode("utf-8") + b"\n")
-out.flush()
-for name, data in files:
-    module = type(sys)(os.path.basename(name)[:-3])
-    module.__file__ = os.path.join(folder, name)
-    sys.modules[module.__name__] = module
-    exec(compile(data, module.__file__, "exec", dont_inherit=True), module.__dict__)
-sys.exit(module.main(sys.argv))
-"""
-"""Run by the host's python: read the installed agent's modules once, check their digest, take
-new copies on stdin only when it differs, then run exactly the bytes it checked: compiled here
-from that source, never imported, so no bytecode cache beside them (tampered or stale) and no
-module found on a path is ever run in their place, and nothing is read twice. ``-I``: isolated,
-so neither the login folder (``-c`` puts it first on sys.path) nor ``PYTHON*`` variables nor the
-user's site-packages can plant a ``hashlib`` or ``os`` for the check itself; ``-S``: no site
-either (a site-packages full of ``.pth`` hooks can cost a start more than the rest of it);
-``-B``: the standard modules it imports write no bytecode; ``-u``: its log lines on stderr go
-out at once (Python 3.8 buffers a piped stderr)."""
-PYTHON_FLAGS = ("-I", "-S", "-B", "-u")
-
-
-def bundle_files() -> list[tuple[str, bytes]]:
-    """The agent's modules as shipped: (path relative to its folder, source)."""
-    return [(name, (PACKAGE_ROOT / name).read_bytes()) for name in BUNDLE]
-
-
-def cache_folder_of(agent_path: str) -> str:
-    """The cache folder the bootstrap installed into, from the agent's path it reports."""
-    return str(Path(agent_path).parents[len(Path(BUNDLE[-1]).parts) - 1])
-
-
-def bundle_digest(files: Sequence[tuple[str, bytes]]) -> str:
-    """The bootstrap's ``digest()``: SHA-256 over each module's name, size and bytes."""
-    h = hashlib.sha256()
-    for name, data in files:
-        h.update(b"%s\n%d\n" % (name.encode("utf-8"), len(data)))
-        h.update(data)
-    return h.hexdigest()
-
-
-def bootstrap_argv(folder: str, files: Sequence[tuple[str, bytes]]) -> list[str]:
-    """The bootstrap's arguments after the interpreter: flags, script, folder, digest, modules."""
-    names = [name for name, _ in files]
-    return [*PYTHON_FLAGS, "-c", _BOOTSTRAP, folder, bundle_digest(files), *names]
-
 
 class NoUsablePython(RemoteError):
     """The host has no python3 >= 3.8 to run the agent (sync can fall back to SFTP)."""
-
-
-@dataclass(frozen=True)
-class WatchBatch:
-    """Paths that changed on the host (rescan their subtrees); ``rescan``: rescan everything."""
-
-    paths: tuple[str, ...]
-    rescan: bool = False
-
-
-@dataclass(frozen=True)
-class RemoteReport:
-    """One report folder the host listed (the ``reports`` op), validated."""
-
-    folder: str
-    """Relative to its root."""
-    name: str
-    """Its display name (TT-NN's ``config.json`` ``report_name``), else ""."""
-    mtime_ns: int
-    """Its newest file's."""
-    size: int
-    files: int
-
-
-@dataclass(frozen=True)
-class ReportRoot:
-    """One root of report folders as the host saw it: its reports, or why it could not."""
-
-    kind: str
-    path: str
-    reports: tuple[RemoteReport, ...] = ()
-    error: str = ""
-    """Empty when listed; else the reason (the root is missing, not a folder, unreadable)."""
-
-
-def reports_from_wire(asked: Sequence[tuple[str, str]], raw: object) -> list[ReportRoot]:
-    """The ``reports`` op's reply → one :class:`ReportRoot` per root asked, in that order:
-    every folder a safe relative path, every number an int, or :class:`BadHostData`."""
-    roots = raw.get("roots") if isinstance(raw, dict) else None
-    if not isinstance(roots, list) or len(roots) != len(asked):
-        raise BadHostData("the host sent a malformed report listing")
-    out = []
-    for (kind, path), item in zip(asked, roots, strict=True):
-        if not isinstance(item, dict) or (item.get("kind"), item.get("path")) != (kind, path):
-            raise BadHostData(f"the host sent a listing for another root than {path!r}")
-        error = item.get("error")
-        if error is not None:
-            message = error.get("message") if isinstance(error, dict) else None
-            out.append(ReportRoot(kind, path, error=_text(message) or "unreadable"))
-            continue
-        reports = item.get("reports")
-        if not isinstance(reports, list):
-            raise BadHostData(f"the host sent a malformed listing of {path!r}")
-        found = []
-        for r in reports:
-            if not isinstance(r, dict) or not isinstance(r.get("name"), str):
-                raise BadHostData(f"the host sent a malformed report under {path!r}: {r!r}")
-            mtime_ns, size, files = r.get("mtime_ns"), r.get("size"), r.get("files")
-            if not (
-                _is_int(mtime_ns) and _is_int(size) and _is_int(files)
-                and min(mtime_ns, size, files) >= 0
-            ):  # fmt: skip
-                raise BadHostData(f"the host sent bad numbers for a report under {path!r}: {r!r}")
-            folder = check_relpath(r.get("folder"))
-            found.append(RemoteReport(folder, r["name"][:200], mtime_ns, size, files))
-        out.append(ReportRoot(kind, path, tuple(found)))
-    return out
 
 
 @dataclass
@@ -240,97 +76,6 @@ class _Call:
     op: str
     future: asyncio.Future[dict[str, Any]]
     events: asyncio.Queue[dict[str, Any]] | None = None
-
-
-def _entry_to_wire(entry: Entry | None) -> list[Any] | None:
-    if entry is None:
-        return None
-    return [
-        entry.kind.value,
-        entry.size,
-        entry.mtime_ns,
-        entry.mode,
-        entry.digest,
-        entry.target,
-        entry.problem,
-    ]
-
-
-def _is_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def entry_from_wire(path: str, raw: object) -> Entry:
-    """One wire entry → a valid :class:`Entry`, or :class:`BadHostData`."""
-    if not isinstance(raw, list) or len(raw) != 7:
-        raise BadHostData(f"the host sent a malformed entry for {path!r}: {raw!r}")
-    kind, size, mtime_ns, mode, digest, target, problem = raw
-    if not (_is_int(size) and _is_int(mtime_ns) and _is_int(mode) and 0 <= mode <= 0o7777):
-        raise BadHostData(f"the host sent bad numbers for {path!r}: {raw!r}")
-    if not (isinstance(digest, str) and isinstance(target, str) and isinstance(problem, str)):
-        raise BadHostData(f"the host sent a malformed entry for {path!r}: {raw!r}")
-    try:
-        entry = Entry(EntryKind(kind), size, mtime_ns, mode, digest, target, problem)
-        entry.check_valid(path)
-    except (ValueError, InvalidEntry) as exc:
-        raise BadHostData(f"the host sent an invalid entry: {exc}") from None
-    return entry
-
-
-def validate_snapshot(raw: object) -> dict[str, Entry]:
-    """Every path safe, every entry valid, every parent a directory; escaping links untracked."""
-    if not isinstance(raw, dict):
-        raise BadHostData("the host sent a scan without an entries object")
-    entries = validate_entries(raw)
-    _check_parents(entries, entries)
-    return entries
-
-
-def _check_parents(entries: dict[str, Entry], paths: Iterable[str]) -> None:
-    for path in paths:
-        parent = parent_of(path)
-        if parent and (parent not in entries or entries[parent].kind is not EntryKind.DIRECTORY):
-            raise BadHostData(f"the host listed {path!r} without its parent directory")
-
-
-def apply_scan_delta(
-    previous: dict[str, Entry], changed: object, removed: object
-) -> dict[str, Entry]:
-    """``previous`` (a validated snapshot) with the host's changes: validated like a full scan."""
-    if not isinstance(changed, dict) or not isinstance(removed, list):
-        raise BadHostData("the host sent a malformed scan delta")
-    entries = dict(previous)
-    retyped = False
-    for path in removed:
-        check_relpath(path, foreign_ok=True)  # only dropped from the snapshot
-        gone = entries.pop(path, None)
-        retyped = retyped or (gone is not None and gone.kind is EntryKind.DIRECTORY)
-    fresh = validate_entries(changed)
-    for path, entry in fresh.items():
-        old = entries.get(path)
-        retyped = retyped or (
-            old is not None
-            and old.kind is EntryKind.DIRECTORY
-            and entry.kind is not EntryKind.DIRECTORY
-        )
-        entries[path] = entry
-    # A dir that went away (or became something else) must take its children with it.
-    _check_parents(entries, entries if retyped else fresh)
-    return entries
-
-
-def validate_entries(raw: dict[str, object]) -> dict[str, Entry]:
-    """Safe paths, valid entries; links escaping the root become untracked."""
-    entries: dict[str, Entry] = {}
-    for path, value in raw.items():
-        entry = entry_from_wire(path, value)
-        # A name tether's rules refuse (a backslash) may be listed, as untracked: reported only.
-        check_relpath(path, foreign_ok=entry.kind is EntryKind.UNTRACKED)
-        if entry.kind is EntryKind.SYMLINK and not symlink_stays_inside(path, entry.target):
-            why = escaping_link_problem(entry.target)
-            entry = Entry(EntryKind.UNTRACKED, 0, entry.mtime_ns, entry.mode, problem=why)
-        entries[path] = entry
-    return entries
 
 
 class AgentClient:
@@ -452,7 +197,7 @@ class AgentClient:
             return uploaded, line[len(b"TETHER-RUN ") :].decode("utf-8", "replace").rstrip("\n")
         if line.startswith(b"TETHER-OLD"):
             raise NoUsablePython(
-                f"`{python}` on the host is Python {_text(line[11:]).strip()}; tether's agent "
+                f"`{python}` on the host is Python {as_text(line[11:]).strip()}; tether's agent "
                 "needs 3.8 or newer",
                 "install a newer python3 on the host or set `python` for this host",
             )
@@ -462,11 +207,11 @@ class AgentClient:
         status = process.exit_status
         if status == 127 or b"not found" in stderr or b"No such file" in stderr:
             raise NoUsablePython(
-                f"the host has no `{python}` to run tether's agent: {_text(stderr).strip()}",
+                f"the host has no `{python}` to run tether's agent: {as_text(stderr).strip()}",
                 "install python3 (>= 3.8) on the host, or set `python` for this host",
             )
         raise RemoteError(
-            f"tether's agent did not start on the host: {_text(stderr).strip() or _text(line)}",
+            f"tether's agent did not start on the host: {as_text(stderr).strip() or as_text(line)}",
             "check free space and permissions of ~/.cache/tether on the host",
         )
 
@@ -494,7 +239,7 @@ class AgentClient:
         if not line.startswith(b"TETHER-RUN "):  # its own files, read as it ran: never sent
             process.kill()
             await process.wait()
-            raise RemoteError(f"the local agent did not start: {_text(line).strip()!r}")
+            raise RemoteError(f"the local agent did not start: {as_text(line).strip()!r}")
 
         def close_stdin() -> None:
             assert process.stdin is not None
@@ -538,12 +283,12 @@ class AgentClient:
             raise BadHostData(
                 f"{self._where} sent a frame that is not JSON: {body[:80]!r}"
             ) from None
-        if not isinstance(message, dict) or not _is_int(message.get("id")):
+        if not isinstance(message, dict) or not is_int(message.get("id")):
             raise BadHostData(f"{self._where} sent a message without an id: {body[:80]!r}")
         blob = None
         if "blob" in message:
             length = message["blob"]
-            if not _is_int(length) or not 0 <= length <= MAX_FRAME:
+            if not is_int(length) or not 0 <= length <= MAX_FRAME:
                 raise BadHostData(f"{self._where} sent a bad blob length: {length!r}")
             blob = await self._reader.readexactly(length)
         return message, blob
@@ -624,7 +369,7 @@ class AgentClient:
                 line = await stream.readline()
                 if not line:
                     return
-                text = _text(line).rstrip()
+                text = as_text(line).rstrip()
                 self._stderr_tail.append(text)
                 log.debug("agent: %s", text)
 
@@ -799,13 +544,13 @@ class AgentClient:
         )
         blob, segs = reply.get("blob", b""), reply.get("segs")
         size, mtime_ns, mode = reply.get("size"), reply.get("mtime_ns"), reply.get("mode")
-        if not (_is_int(size) and _is_int(mtime_ns) and _is_int(mode) and isinstance(segs, list)):
+        if not (is_int(size) and is_int(mtime_ns) and is_int(mode) and isinstance(segs, list)):
             raise self._poison(BadHostData(f"{self._where} sent a malformed range of {path!r}"))
         end = max(0, min(offset + min(length, CHUNK), size) - offset)
         pieces: list[bytes | int] = []
         pos = used = 0
         for seg in segs:
-            ok = isinstance(seg, list) and len(seg) == 2 and all(_is_int(v) for v in seg)
+            ok = isinstance(seg, list) and len(seg) == 2 and all(is_int(v) for v in seg)
             if not ok or seg[0] < pos or seg[1] <= 0 or seg[0] + seg[1] > end:
                 raise self._poison(BadHostData(f"{self._where} sent a bad range of {path!r}"))
             if seg[0] > pos:
@@ -827,7 +572,7 @@ class AgentClient:
         if (
             reply.get("block") != block
             or not isinstance(blob, bytes)
-            or not _is_int(size)
+            or not is_int(size)
             or size < 0
             or len(blob) != size // block * RECORD.size  # one record per full block
         ):
@@ -838,7 +583,7 @@ class AgentClient:
         """The sha256 of the first ``length`` bytes of ``path`` and the file's size."""
         reply = await self.call("digest", root=root, path=_rel(path), length=length)
         digest, size = reply.get("digest"), reply.get("size")
-        if not is_sha256(digest) or not _is_int(size):
+        if not is_sha256(digest) or not is_int(size):
             raise self._poison(BadHostData(f"{self._where} sent a malformed digest"))
         return str(digest), size
 
@@ -897,7 +642,7 @@ class AgentClient:
                 "mode": mode,
                 "mtime_ns": mtime_ns,
                 "digest": digest(),
-                "expect": _entry_to_wire(expect),
+                "expect": entry_to_wire(expect),
                 "fsync": fsync,
             }
             args = dict(common, offset=offset, final=True, segs=[], **final)
@@ -948,7 +693,7 @@ class AgentClient:
             "mode": mode,
             "mtime_ns": mtime_ns,
             "digest": digest,
-            "expect": _entry_to_wire(expect),
+            "expect": entry_to_wire(expect),
             "fsync": fsync,
         }
         if len(data) <= CHUNK:
@@ -991,7 +736,7 @@ class AgentClient:
                     "mode": item.mode,
                     "mtime_ns": item.mtime_ns,
                     "digest": item.digest or hashlib.sha256(item.data).hexdigest(),
-                    "expect": _entry_to_wire(item.expect),
+                    "expect": entry_to_wire(item.expect),
                     "fsync": fsync,
                 }
             )
@@ -1025,28 +770,28 @@ class AgentClient:
         self, root: str, path: str, *, mode: int | None = None, expect: Entry | None = None
     ) -> Entry:
         reply = await self.call(
-            "mkdir", root=root, path=_rel(path), mode=mode, expect=_entry_to_wire(expect)
+            "mkdir", root=root, path=_rel(path), mode=mode, expect=entry_to_wire(expect)
         )
         return entry_from_wire(path, reply.get("entry"))
 
     async def symlink(self, root: str, path: str, target: str, *, expect: Entry | None) -> Entry:
         reply = await self.call(
-            "symlink", root=root, path=_rel(path), target=target, expect=_entry_to_wire(expect)
+            "symlink", root=root, path=_rel(path), target=target, expect=entry_to_wire(expect)
         )
         return entry_from_wire(path, reply.get("entry"))
 
     async def delete(self, root: str, path: str, *, expect: Entry) -> None:
-        await self.call("delete", root=root, path=_rel(path), expect=_entry_to_wire(expect))
+        await self.call("delete", root=root, path=_rel(path), expect=entry_to_wire(expect))
 
     async def rename(self, root: str, src: str, dst: str, *, expect: Entry) -> Entry:
         reply = await self.call(
-            "rename", root=root, src=_rel(src), dst=_rel(dst), expect=_entry_to_wire(expect)
+            "rename", root=root, src=_rel(src), dst=_rel(dst), expect=entry_to_wire(expect)
         )
         return entry_from_wire(dst, reply.get("entry"))
 
     async def chmod(self, root: str, path: str, mode: int, *, expect: Entry) -> Entry:
         reply = await self.call(
-            "chmod", root=root, path=_rel(path), mode=mode, expect=_entry_to_wire(expect)
+            "chmod", root=root, path=_rel(path), mode=mode, expect=entry_to_wire(expect)
         )
         return entry_from_wire(path, reply.get("entry"))
 
@@ -1185,24 +930,3 @@ class AgentClient:
 
 def _rel(path: str) -> str:
     return check_relpath(path, origin="the caller")
-
-
-def _text(data: bytes | str | None) -> str:
-    if data is None:
-        return ""
-    return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-
-
-__all__ = [
-    "AGENT_PATH",
-    "AgentClient",
-    "ExpectationFailed",
-    "RemoteOpError",
-    "RemoteReport",
-    "ReportRoot",
-    "ScanResult",
-    "WatchBatch",
-    "WriteItem",
-    "entry_from_wire",
-    "validate_snapshot",
-]

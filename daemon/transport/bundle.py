@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TetherError
+from ..sync.endpoint import ExpectationFailed
 from ..sync.entry import Entry, EntryKind
-from .agent_client import AgentClient, ExpectationFailed
+from .agent_client import AgentClient
 
 PACKAGE = "tether_kernels"
 LIB = "lib"

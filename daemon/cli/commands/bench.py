@@ -30,8 +30,8 @@ from ...errors import EX_UNAVAILABLE, TetherError, UsageError
 from ...results.store import ResultsStore, load_document
 from ...runs.history import record_run
 from ...runs.remote import RunSpec, new_run_id, run_to_end
+from ...sync.endpoint import RemoteOpError
 from ...sync.engine import sync_pair
-from ...transport.agent_client import RemoteOpError
 from ...transport.bundle import QUIET_TABLE_ENV, cache_dir_of, kernels_argv, upload_kernels
 from ...transport.endpoints import SSH
 from ...transport.link import Link
