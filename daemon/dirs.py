@@ -1,4 +1,8 @@
-"""Where tether keeps per-user runtime files (the control socket); the check that they are private.
+"""Where tether keeps per-user files: state (the sync database, logs, results) and runtime files
+(the control socket); the check that they are private.
+
+The state folder is ``$TETHER_STATE_DIR``, else ``platformdirs.user_state_dir("tether")``
+(``~/.local/state/tether`` on Linux, ``~/Library/Application Support/tether`` on macOS).
 
 The runtime folder is, in order: ``$TETHER_RUNTIME_DIR``;
 ``platformdirs.user_runtime_dir("tether")`` (``$XDG_RUNTIME_DIR/tether`` on Linux,
@@ -19,11 +23,12 @@ import warnings
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from platformdirs import user_runtime_dir
+from platformdirs import user_runtime_dir, user_state_dir
 
 from .errors import EX_NOPERM, TetherError
 
 RUNTIME_ENV = "TETHER_RUNTIME_DIR"
+STATE_ENV = "TETHER_STATE_DIR"
 APP_NAME = "tether"
 
 
@@ -118,3 +123,11 @@ def open_private(path: Path, mode: Literal["ab", "wb"]) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def state_dir() -> Path:
+    """Where tether keeps its state (created 0700 when missing, narrowed to 0700 when wider)."""
+    override = os.environ.get(STATE_ENV)
+    if override:
+        return private_folder(Path(override).expanduser())
+    return private_folder(Path(user_state_dir(APP_NAME, appauthor=False)))

@@ -27,8 +27,8 @@ from tether.config import load_config
 from tether.service.control import ControlClient, serve
 from tether.service.daemon import Daemon
 from tether.sync.engine import SyncReport, sync_pair
-from tether.sync.sftp_endpoint import SftpEndpoint
 from tether.transport.endpoints import SSH
+from tether.transport.sftp_endpoint import SftpEndpoint
 from tether.transport.ssh import open_connection
 
 from tests.sshd import SshServer

@@ -81,7 +81,7 @@ def test_a_host_watch_that_cannot_start_delays_the_first_sync_only_briefly(
     """The first full cycle waits for the host's watch, but not for ever: here the remote root
     is a file (the watch fails, and keeps failing), and the cycle still runs and halts the pair
     with the reason, instead of waiting in silence."""
-    monkeypatch.setattr("tether.sync.session.HOST_WATCH_WAIT_S", 0.5)
+    monkeypatch.setattr("tether.service.pair_session.HOST_WATCH_WAIT_S", 0.5)
     local, remote = write_project(tmp_path, sshd)
     remote.rmdir()
     remote.write_text("a file where the remote folder should be")

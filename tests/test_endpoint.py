@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from tether.sync import wire
 from tether.sync.endpoint import Connector, Endpoint
-from tether.sync.sftp_endpoint import SftpEndpoint
 from tether.transport.agent_boot import BUNDLE
 from tether.transport.agent_client import AgentClient
 from tether.transport.endpoints import SshConnector
+from tether.transport.sftp_endpoint import SftpEndpoint
 
 from tests.agent_module import load_agent
 
@@ -98,6 +98,6 @@ def test_host_side_scanners_match_ignore_rules_with_one_matcher() -> None:
     assert isinstance(agent_base.Ignore([["^a$", True]]), wire.WireRules)
     with pytest.raises(agent_base.AgentError):
         agent_base.Ignore([["(", True]])
-    sftp_source = (ROOT / "daemon/sync/sftp_endpoint.py").read_text()
+    sftp_source = (ROOT / "daemon/transport/sftp_endpoint.py").read_text()
     assert "WireRules(" in sftp_source and "re.compile" not in sftp_source
     assert load_agent("agent_scan").FOREIGN == wire.FOREIGN_REASON

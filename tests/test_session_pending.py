@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from tether.sync.session import Pending
+from tether.service.pair_session import Pending
 
 
 def test_pending_counts_what_waits() -> None:

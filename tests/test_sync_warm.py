@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from tether.service import pair_session
 from tether.service.daemon import Daemon
-from tether.sync import session as pair_session
 from tether.sync.engine import SyncReport
 
 from tests.helpers import running_daemon, text, write_project

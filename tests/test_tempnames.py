@@ -66,7 +66,7 @@ def test_every_side_takes_its_temporaries_from_one_module() -> None:
     for rel in (
         "daemon/agent/agent_scan.py",
         "daemon/sync/scan.py",
-        "daemon/sync/sftp_endpoint.py",
+        "daemon/transport/sftp_endpoint.py",
     ):
         source = (ROOT / rel).read_text()
         assert "tempnames" in source and "tether-" not in source.replace("tether-agent", ""), rel

@@ -23,12 +23,11 @@ from rich.console import Console
 
 from ..config import Config, load_config
 from ..console import console
-from ..dirs import RUNTIME_ENV
+from ..dirs import RUNTIME_ENV, STATE_ENV
 from ..errors import TetherError
 from ..service.control import ControlServer, serve
 from ..service.daemon import Daemon, Project
 from ..sync.engine import sync_pair
-from ..sync.state import STATE_ENV
 from ..transport.bundle import local_package
 from ..transport.endpoints import SSH
 from .check import Status, check_host, first_failure

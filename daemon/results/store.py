@@ -1,6 +1,6 @@
 """The results store: every ``tether.bench/1`` document tether fetched, one row per point.
 
-SQLite in :func:`~tether.sync.state.state_dir` (file 0600). A document is validated with
+SQLite in :func:`~tether.dirs.state_dir` (file 0600). A document is validated with
 :func:`tether_kernels.report.validate` before anything is stored: a malformed one raises
 :class:`~tether.errors.BadHostData` (exit 65) and leaves the store untouched. Ingesting the same
 run again replaces it, so a re-fetch never duplicates points.
@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..dirs import state_dir
 from ..errors import BadHostData, TetherError, UsageError
 from ..store import SqliteStore
-from ..sync.state import state_dir
 
 DB_NAME = "results.sqlite3"
 REGRESSION = 0.05

@@ -15,9 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..dirs import open_private
+from ..dirs import open_private, state_dir
 from ..store import OffLoop, SqliteStore
-from ..sync.state import state_dir
 from .remote import RunOutcome, exit_status, local_log_path
 
 DB_NAME = "runs.sqlite3"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, TunnelConfig, load_config
+from ..dirs import state_dir
 from ..errors import NotFound, NotRegistered, TetherError
 from ..reports.watcher import ReportWatcher
 from ..results.store import ingest_file
@@ -32,12 +33,12 @@ from ..runs.remote import RunSpec, command_argv, follow, start
 from ..runs.remote import fetch as fetch_paths
 from ..runs.triggers import TriggerRunner
 from ..store import OffLoop
-from ..sync.session import PairSession
-from ..sync.state import StateStore, state_dir
+from ..sync.state import StateStore
 from ..transport.link import Link
 from ..transport.tunnel import Tunnel
 from .control import serve
 from .notify import NOTIFY_ENV, Notifier, summary
+from .pair_session import PairSession
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..dirs import state_dir
 from ..errors import EX_CONFIG, EX_UNAVAILABLE, TetherError
-from ..sync.state import state_dir
 from .units import (
     LAUNCHD_LABELS,
     SYSTEMD_UNITS,

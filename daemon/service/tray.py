@@ -22,10 +22,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..dirs import state_dir
 from ..errors import TetherError
-from ..sync.state import state_dir
 from .control import ControlClient
 from .control_lite import DaemonNotRunning
+from .launch import ensure_daemon
 from .tray_icons import icon_image
 from .tray_model import (
     SEPARATOR,
@@ -200,8 +201,6 @@ class TrayApp:
             self.icon.stop()
             return
         if kind == "start-agent":
-            from ..cli.commands.start import ensure_daemon
-
             await asyncio.get_running_loop().run_in_executor(None, ensure_daemon)
             return
         if kind == "open-logs":

@@ -3,7 +3,7 @@
 Two implementations answer it: the tether agent over its stream
 (:class:`tether.transport.agent_client.AgentClient`, on the host over SSH or here as a
 subprocess) and the SFTP fallback for a host without Python
-(:class:`tether.sync.sftp_endpoint.SftpEndpoint`). The engine, apply and the sides are typed
+(:class:`tether.transport.sftp_endpoint.SftpEndpoint`). The engine, apply and the sides are typed
 against :class:`Endpoint` and the plain data below, never against either class, so they import
 no SSH library: the layer that opens connections builds the endpoints and hands them in
 (:class:`Connector`, implemented in :mod:`tether.transport.endpoints`).

@@ -18,7 +18,6 @@ one-shot command that has no event loop may use a :class:`StateStore` directly.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -27,13 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..dirs import private_folder
+from ..dirs import state_dir
 from ..store import OffLoop, open_private_db
 from .entry import Entry, EntryKind, Snapshot
 from .paths import from_stored, to_stored
 from .scan import DigestCache
 
-STATE_ENV = "TETHER_STATE_DIR"
 _SYNCABLE = "kind IN ('file', 'dir', 'symlink')"
 DB_NAME = "sync.sqlite3"
 
@@ -71,18 +69,6 @@ CREATE TABLE IF NOT EXISTS halts (
 _PER_PAIR = ("base", "file_digests", "rules", "remote_scans", "halts")
 """What was agreed or learnt for one identity of a pair (conflict records stay: their copies
 are still on disk)."""
-
-
-def state_dir() -> Path:
-    """Where tether keeps its state (created 0700 when missing, narrowed to 0700 when wider)."""
-    override = os.environ.get(STATE_ENV)
-    if override:
-        path = Path(override).expanduser()
-    else:
-        from platformdirs import user_state_dir
-
-        path = Path(user_state_dir("tether", appauthor=False))
-    return private_folder(path)
 
 
 def pair_key(config_path: Path | str, pair_name: str) -> str:

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Callable
 
 from ..config import Config, HostConfig, PairConfig
 from ..sync.endpoint import Endpoint
-from ..sync.sftp_endpoint import SftpEndpoint
 from .agent_client import AgentClient, NoUsablePython
+from .sftp_endpoint import SftpEndpoint
 from .ssh import open_connection, resolve_target
 
 log = logging.getLogger(__name__)

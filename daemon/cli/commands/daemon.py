@@ -64,10 +64,10 @@ def use_system_malloc() -> None:
 
     A long-running daemon that once synced a big tree sits on pymalloc's 1 MiB arenas, each kept
     whole by any live object in it: after a first sync of 100,000 files, 56 arenas held 23 MB of
-    objects. glibc's ``malloc_trim`` (:func:`tether.sync.session.release_memory`) returns the free
-    pages between live objects too: idle RSS 126 -> 87 MB there, with the same peak and sync
-    time. Linux with glibc only; a ``PYTHONMALLOC`` already set (``pymalloc`` to opt out) is kept.
-    Returns only where it does nothing (or the exec failed).
+    objects. glibc's ``malloc_trim`` (:func:`tether.service.pair_session.release_memory`) returns
+    the free pages between live objects too: idle RSS 126 -> 87 MB there, with the same peak and
+    sync time. Linux with glibc only; a ``PYTHONMALLOC`` already set (``pymalloc`` to opt out) is
+    kept. Returns only where it does nothing (or the exec failed).
     """
     if MALLOC_ENV in os.environ or not sys.platform.startswith("linux"):
         return

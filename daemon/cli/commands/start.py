@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
-import time
 
 from ...console import console
-from ...dirs import open_private
-from ...errors import TetherError
 from ...service.control_lite import call, daemon_running
-from ...sync.state import state_dir
+from ...service.launch import ensure_daemon
 from ..main import config_of
-
-START_TIMEOUT_S = 15.0
 
 
 def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
@@ -28,29 +20,6 @@ def add_arguments(p: argparse.ArgumentParser, verb: str) -> None:
         p.set_defaults(handler=run_stop)
     else:  # start
         p.set_defaults(handler=run_start)
-
-
-def ensure_daemon() -> bool:
-    """Start `tether daemon` detached if nothing answers on the socket; True if started."""
-    if daemon_running():
-        return False
-    log_path = state_dir() / "daemon.log"
-    with open_private(log_path, "ab") as log_file:
-        subprocess.Popen(
-            [sys.executable, "-m", "tether.cli.main", "daemon"],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            start_new_session=True,
-            env=os.environ.copy(),
-            cwd="/",
-        )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if daemon_running():
-            return True
-        time.sleep(0.05)
-    raise TetherError(f"the daemon did not start within {START_TIMEOUT_S:g}s", f"see {log_path}")
 
 
 def run_start(args: argparse.Namespace) -> int:

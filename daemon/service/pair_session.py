@@ -37,14 +37,14 @@ from typing import Any
 from ..config import Config, PairConfig, PairMode
 from ..errors import HostUnreachable, TetherError
 from ..store import OffLoop
+from ..sync.engine import SyncReport, sync_pair
+from ..sync.ignore import IgnoreRules
+from ..sync.paths import shown
+from ..sync.safety import PairStatus
+from ..sync.state import StateStore, pair_key
+from ..sync.watch import LocalWatcher
 from ..transport.endpoints import SSH
 from ..transport.link import Link
-from .engine import SyncReport, sync_pair
-from .ignore import IgnoreRules
-from .paths import shown
-from .safety import PairStatus
-from .state import StateStore, pair_key
-from .watch import LocalWatcher
 
 log = logging.getLogger(__name__)
 

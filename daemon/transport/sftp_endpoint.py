@@ -25,11 +25,11 @@ from typing import Any
 import asyncssh
 
 from ..errors import BadHostData
-from .endpoint import ExpectationFailed, Range, RemoteOpError, ScanResult, Seg, WriteItem
-from .entry import Entry, EntryKind
-from .paths import check_relpath, escaping_link_problem, symlink_stays_inside
-from .tempnames import is_stale, is_temp, machine_id, pid_alive, temp_name
-from .wire import CHUNK, WINDOW, WireRules, foreign_name
+from ..sync.endpoint import ExpectationFailed, Range, RemoteOpError, ScanResult, Seg, WriteItem
+from ..sync.entry import Entry, EntryKind
+from ..sync.paths import check_relpath, escaping_link_problem, symlink_stays_inside
+from ..sync.tempnames import is_stale, is_temp, machine_id, pid_alive, temp_name
+from ..sync.wire import CHUNK, WINDOW, WireRules, foreign_name
 
 _READ_CHUNK = 1 << 20
 _WRITING: set[str] = set()
