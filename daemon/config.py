@@ -179,7 +179,7 @@ class Config:
             )
         if name not in self.hosts:
             raise ConfigError(
-                f"{self.path}: no host named {name!r}", _choices(name, list(self.hosts))
+                f"{self.path}: no host named {name!r}", choices_hint(name, list(self.hosts))
             )
         return self.hosts[name]
 
@@ -196,12 +196,13 @@ class Config:
             )
         if name not in self.pairs:
             raise ConfigError(
-                f"{self.path}: no pair named {name!r}", _choices(name, list(self.pairs))
+                f"{self.path}: no pair named {name!r}", choices_hint(name, list(self.pairs))
             )
         return self.pairs[name]
 
 
-def _choices(bad: str, allowed: list[str]) -> str:
+def choices_hint(bad: str, allowed: list[str]) -> str:
+    """The hint for a name that is not one of ``allowed``: the closest one, then all of them."""
     close = difflib.get_close_matches(bad, allowed, n=1)
     listing = ", ".join(allowed) if allowed else "(none)"
     return f"did you mean {close[0]!r}? allowed: {listing}" if close else f"allowed: {listing}"
@@ -351,7 +352,7 @@ class _Table:
     def finish(self) -> None:
         for extra in self.raw:
             raise ConfigError(
-                f"{self.file}: unknown key {self.key}.{extra}", _choices(extra, self.known)
+                f"{self.file}: unknown key {self.key}.{extra}", choices_hint(extra, self.known)
             )
 
 
@@ -393,7 +394,7 @@ def parse_config(text: str, path: Path) -> Config:
     }
     notify = _notify(path, top._take("notify", {}, lambda v: isinstance(v, dict), "a table"))
     for extra in top.raw:
-        raise ConfigError(f"{path}: unknown table [{extra}]", _choices(extra, top.known))
+        raise ConfigError(f"{path}: unknown table [{extra}]", choices_hint(extra, top.known))
     if not tables["hosts"]:
         raise ConfigError(
             f"{path}: no [hosts.NAME] table", 'add one, e.g. [hosts.gpu] ssh = "gpu-box"'
@@ -443,7 +444,8 @@ def _names(path: Path, table: str, raw: dict[str, Any]) -> dict[str, Any]:
 def _reference(path: Path, key: str, value: str, allowed: Mapping[str, Any], kind: str) -> str:
     if value not in allowed:
         raise ConfigError(
-            f'{path}: {key} = "{value}" names no [{kind}.{value}]', _choices(value, list(allowed))
+            f'{path}: {key} = "{value}" names no [{kind}.{value}]',
+            choices_hint(value, list(allowed)),
         )
     return value
 
@@ -536,7 +538,7 @@ def _reports(path: Path, name: str, raw: Any, hosts: Mapping[str, HostConfig]) -
     t = _Table(path, key, raw)
     host_name = t.string("host", name if name in hosts else None)
     if host_name is None:
-        raise ConfigError(f"{path}: {key}.host is missing", _choices(name, list(hosts)))
+        raise ConfigError(f"{path}: {key}.host is missing", choices_hint(name, list(hosts)))
     host = _reference(path, f"{key}.host", host_name, hosts, "hosts")
     local = t.string("local")
     watch = t._take("watch", False, lambda v: isinstance(v, bool), "true or false")
@@ -564,7 +566,7 @@ def _reports(path: Path, name: str, raw: Any, hosts: Mapping[str, HostConfig]) -
         if kind not in roots:
             raise ConfigError(
                 f"{path}: {key}.markers.{kind}: no report folder of kind {kind!r}",
-                _choices(kind, list(roots)),
+                choices_hint(kind, list(roots)),
             )
         files = [files] if isinstance(files, str) else files
         if not isinstance(files, list) or not all(

@@ -486,7 +486,7 @@ def test_full_and_read_only_filesystems(tmp_path: Path) -> None:
                 )
             assert info.value.type == "no_space"
             probe = await c.probe(str(small))
-            assert probe["writable"] and probe["free_bytes"] < 300_000
+            assert probe.writable and probe.free_bytes is not None and probe.free_bytes < 300_000
 
         arun(full)
         assert list(small.iterdir()) == []
@@ -496,7 +496,7 @@ def test_full_and_read_only_filesystems(tmp_path: Path) -> None:
             with pytest.raises(RemoteOpError) as info:
                 await c.write(str(ro), "f", b"x", mode=0o644, mtime_ns=OLD_NS, expect=None)
             assert info.value.type == "read_only"
-            assert (await c.probe(str(ro)))["writable"] is False
+            assert (await c.probe(str(ro))).writable is False
 
         arun(read_only)
 
@@ -516,9 +516,9 @@ def test_probe_and_tcp_check(tmp_path: Path) -> None:
 
     async def body(c: AgentClient) -> None:
         absent = await c.probe(str(tmp_path / "new" / "dir"))
-        assert absent["exists"] is False and absent["free_bytes"] > 0
+        assert absent.exists is False and absent.free_bytes is not None and absent.free_bytes > 0
         made = await c.probe(str(tmp_path / "new" / "dir"), create=True)
-        assert made["created"] and made["is_dir"] and made["writable"]
+        assert made.created and made.is_dir and made.writable
         assert (await c.tcp_check("127.0.0.1", port))["reachable"] is True
         refused = await c.tcp_check("127.0.0.1", closed_port, timeout=2)
         assert refused["reachable"] is False and refused["reason"]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from tether.config import load_config
 from tether.results.store import ResultsStore
+from tether.runs.bundle import ensure_kernels, kernels_argv, package_files, upload_kernels
 from tether.runs.remote import RunSpec, run_to_end
-from tether.transport.bundle import ensure_kernels, kernels_argv, package_files, upload_kernels
 from tether.transport.link import Link
 from tether_kernels.report import validate
 

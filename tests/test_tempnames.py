@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 from tether.sync import tempnames
-from tether.sync.tempnames import STALE_AGE_S, is_stale, is_temp, machine_id, temp_name
+from tether.sync.tempnames import (
+    STALE_AGE_S,
+    barrier_name,
+    barrier_token,
+    is_stale,
+    is_temp,
+    machine_id,
+    temp_name,
+)
 from tether.transport.agent_boot import BUNDLE
 
 from tests.helpers import sync, sync_over_sftp
@@ -57,6 +65,17 @@ def test_the_name_says_who_writes_it() -> None:
     assert len(temp_name("é" * 200).encode()) < 255
 
 
+def test_a_flush_barrier_is_a_temporary_no_scanner_lists() -> None:
+    """The daemon's flush barrier lands in the user's folder: it must be a temporary (never
+    synced, never listed, cleaned once stale), and only its own name gives back a token."""
+    name = barrier_name("0123abcd")
+    assert is_temp(name) and barrier_token(name) == "0123abcd"
+    assert is_stale(name, STALE_AGE_S + 1, machine_id(), lambda pid: True)
+    others = [temp_name(".flush"), name + ".x", name[1:], name.upper(), "sub/" + name, name[:-5]]
+    for other in others:
+        assert barrier_token(other) is None, other
+
+
 def test_every_side_takes_its_temporaries_from_one_module() -> None:
     """The agent (shipped in its bundle), the local scanner, the SFTP endpoint: one definition."""
     assert (
@@ -67,6 +86,7 @@ def test_every_side_takes_its_temporaries_from_one_module() -> None:
         "daemon/agent/agent_scan.py",
         "daemon/sync/scan.py",
         "daemon/transport/sftp_endpoint.py",
+        "daemon/service/pair_session.py",
     ):
         source = (ROOT / rel).read_text()
         assert "tempnames" in source and "tether-" not in source.replace("tether-agent", ""), rel

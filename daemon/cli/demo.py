@@ -25,10 +25,10 @@ from ..config import Config, load_config
 from ..console import console
 from ..dirs import RUNTIME_ENV, STATE_ENV
 from ..errors import TetherError
+from ..runs.bundle import local_package
 from ..service.control import ControlServer, serve
 from ..service.daemon import Daemon, Project
 from ..sync.engine import sync_pair
-from ..transport.bundle import local_package
 from ..transport.endpoints import SSH
 from .check import Status, check_host, first_failure
 from .demo_host import DemoHost, free_port

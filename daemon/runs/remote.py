@@ -33,9 +33,9 @@ from ..dirs import private_folder
 from ..errors import BadHostData, HostUnreachable, TetherError
 from ..sync.engine import SyncReport, sync_pair
 from ..sync.paths import check_relpath
-from ..transport.bundle import LAUNCHER, PACKAGE, cache_dir_of, upload_kernels
 from ..transport.endpoints import SSH
 from ..transport.link import Link
+from .bundle import LAUNCHER, PACKAGE, cache_dir_of, upload_kernels
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class RunOutcome:
 
 
 _KERNELS_MODULE = re.compile(
-    r"(?<![^\s;&|(])(?P<python>\S*python[0-9.]*)\s+-m\s+tether_kernels(?=\s|$|;)"
+    r"(?<![^\s;&|(])(?P<python>\S*python[0-9.]*)\s+-m\s+" + re.escape(PACKAGE) + r"(?=\s|$|;)"
 )
 
 
@@ -152,7 +152,7 @@ def uses_kernels(spec: RunSpec) -> bool:
 
 def pin_kernels(spec: RunSpec, cache: str) -> RunSpec:
     """Make ``python -m tether_kernels`` run tether's uploaded copy: the launcher puts the suite's
-    folder in the host's cache first on sys.path (see :mod:`tether.transport.bundle`)."""
+    folder in the host's cache first on sys.path (see :mod:`tether.runs.bundle`)."""
     if spec.argv is not None:
         argv = list(spec.argv)
         for i in range(len(argv) - 1):
@@ -321,12 +321,12 @@ async def fetch(
     for raw in paths:
         rel = check_relpath(raw.strip().strip("/").removeprefix("./"), origin="--fetch")
         probe = await agent.probe(f"{pair.remote.rstrip('/')}/{rel}")
-        if not probe.get("exists"):
+        if not probe.exists:
             raise TetherError(
                 f"--fetch {raw}: nothing there on the host ({pair.remote}/{rel})",
                 "check the path; it is relative to the pair's remote folder",
             )
-        sub = fetch_pair(pair, rel, is_dir=bool(probe.get("is_dir")))
+        sub = fetch_pair(pair, rel, is_dir=probe.is_dir)
         sub.local.mkdir(parents=True, exist_ok=True)
         reports.append(await sync_pair(config, sub, SSH, client=agent, accept_empty=True))
     return reports

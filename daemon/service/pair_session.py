@@ -26,7 +26,6 @@ import dataclasses
 import gc
 import logging
 import os
-import re
 import secrets
 import sys
 import time
@@ -42,6 +41,7 @@ from ..sync.ignore import IgnoreRules
 from ..sync.paths import shown
 from ..sync.safety import PairStatus
 from ..sync.state import StateStore, pair_key
+from ..sync.tempnames import barrier_name, barrier_token
 from ..sync.watch import LocalWatcher
 from ..transport.endpoints import SSH
 from ..transport.link import Link
@@ -58,8 +58,6 @@ milliseconds, too much to pay on every flush of a small tree, and small scans fr
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
 """Paths that failed to land are retried after 1 s, 2 s, 4 s ... at most every 30 s."""
-BARRIER_RE = re.compile(r"^\.flush\.tether-([0-9a-f]{8})\.tmp$")
-"""The flush barrier file (a staged-file name: no scanner ever lists it, it is never synced)."""
 BARRIER_TIMEOUT_S = 2.0
 HOST_WATCH_WAIT_S = 5.0
 """How long a full cycle waits for the host's watch to be up (see ``_host_watching``)."""
@@ -295,7 +293,7 @@ class PairSession:
         and handed over everything reported before it. False if it did not come in time."""
         loop = asyncio.get_running_loop()
         token = secrets.token_hex(4)
-        path = self.pair.local / f".flush.tether-{token}.tmp"
+        path = self.pair.local / barrier_name(token)
         arrived = self._barriers[token] = loop.create_future()
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -364,9 +362,9 @@ class PairSession:
         loop = asyncio.get_running_loop()
 
         def ignore(path: str, is_dir: bool) -> bool:  # runs on the observer's thread
-            barrier = BARRIER_RE.match(path)
-            if barrier is not None:
-                loop.call_soon_threadsafe(self._barrier_seen, barrier.group(1))
+            token = barrier_token(path)
+            if token is not None:
+                loop.call_soon_threadsafe(self._barrier_seen, token)
                 return True
             return rules(path, is_dir)
 

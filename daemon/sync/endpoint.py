@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeAlias
+from typing import Protocol, TypeAlias
 
 from ..config import Config, HostConfig, PairConfig
 from ..errors import RemoteError
@@ -86,6 +86,19 @@ class Range:
     """Data, and holes (ints: that many zero bytes), covering the range in order."""
 
 
+@dataclass(frozen=True)
+class Probe:
+    """A host folder as :meth:`Endpoint.probe` found it (before a first sync, a fetch, a bench)."""
+
+    exists: bool
+    created: bool
+    """It was missing and the probe made it (``create=True``)."""
+    is_dir: bool
+    writable: bool
+    free_bytes: int | None
+    """Room left on its filesystem (or its nearest existing parent's); None when unknown."""
+
+
 class Endpoint(Protocol):
     """One end of a pair that holds its files elsewhere than this process: every path is
     relative to ``root``, and every change carries the entry expected there (``expect``), so
@@ -153,7 +166,7 @@ class Endpoint(Protocol):
     ) -> Entry: ...
     async def delete(self, root: str, path: str, *, expect: Entry) -> None: ...
     async def rename(self, root: str, src: str, dst: str, *, expect: Entry) -> Entry: ...
-    async def probe(self, path: str, *, create: bool = False) -> dict[str, Any]: ...
+    async def probe(self, path: str, *, create: bool = False) -> Probe: ...
     async def close(self) -> None: ...
 
 

@@ -68,6 +68,22 @@ def is_temp(name: str) -> bool:
     return name.endswith(".tmp") and TEMP_RE.match(name) is not None
 
 
+_BARRIER_RE = re.compile(r"^\.flush\.tether-([0-9a-f]{8})\.tmp$")
+
+
+def barrier_name(token: str) -> str:
+    """The flush barrier for ``token`` (8 hex digits), written in a pair's local root so that
+    its watcher reports everything saved before it. A temporary's name (the older 8-hex form):
+    no scanner lists it, nothing syncs it, and one a killed daemon left is stale after a day."""
+    return ".flush.tether-%s.tmp" % token
+
+
+def barrier_token(name: str) -> str | None:
+    """The token of the flush barrier called ``name``; None for any other name."""
+    found = _BARRIER_RE.match(name)
+    return found.group(1) if found else None
+
+
 def is_stale(name: str, age_s: float, machine: str, alive: Callable[[int], bool]) -> bool:
     """Whether the temporary ``name``, last written ``age_s`` seconds ago, can go.
 

@@ -37,6 +37,7 @@ from ..errors import BadHostData, HostUnreachable, RemoteError, TetherError
 from ..sync.blocks import RECORD
 from ..sync.endpoint import (
     ExpectationFailed,
+    Probe,
     Range,
     RemoteOpError,
     ScanResult,
@@ -55,6 +56,7 @@ from .host_data import (
     entry_from_wire,
     entry_to_wire,
     is_int,
+    probe_from_wire,
     reports_from_wire,
     validate_snapshot,
 )
@@ -795,9 +797,13 @@ class AgentClient:
         )
         return entry_from_wire(path, reply.get("entry"))
 
-    async def probe(self, path: str, *, create: bool = False) -> dict[str, Any]:
+    async def probe(self, path: str, *, create: bool = False) -> Probe:
         """Does the remote folder exist (or could it be created), is it writable, how much room?"""
-        return await self.call("probe", path=path, create=create)
+        reply = await self.call("probe", path=path, create=create)
+        try:
+            return probe_from_wire(reply)
+        except BadHostData as exc:
+            raise self._poison(exc) from None
 
     async def reports(self, roots: Sequence[tuple[str, str, Sequence[str]]]) -> list[ReportRoot]:
         """The report folders under each ``(kind, path, markers)`` root, in one round trip."""

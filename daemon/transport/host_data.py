@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from ..errors import BadHostData
+from ..sync.endpoint import Probe
 from ..sync.entry import Entry, EntryKind, InvalidEntry
 from ..sync.paths import check_relpath, escaping_link_problem, parent_of, symlink_stays_inside
 
@@ -172,6 +173,17 @@ def validate_entries(raw: dict[str, object]) -> dict[str, Entry]:
             entry = Entry(EntryKind.UNTRACKED, 0, entry.mtime_ns, entry.mode, problem=why)
         entries[path] = entry
     return entries
+
+
+def probe_from_wire(raw: object) -> Probe:
+    """The ``probe`` op's reply → a :class:`Probe`: four booleans and a size, or BadHostData."""
+    flags = ("exists", "created", "is_dir", "writable")
+    if not isinstance(raw, dict) or not all(isinstance(raw.get(k), bool) for k in flags):
+        raise BadHostData(f"the host sent a malformed folder probe: {raw!r}")
+    free = raw.get("free_bytes")
+    if free is not None and not (is_int(free) and free >= 0):
+        raise BadHostData(f"the host sent bad free space in a folder probe: {raw!r}")
+    return Probe(raw["exists"], raw["created"], raw["is_dir"], raw["writable"], free)
 
 
 def as_text(data: bytes | str | None) -> str:

@@ -1,14 +1,13 @@
 """The host end of a pair over plain SFTP, for hosts without a usable python3.
 
-It offers the subset of :class:`tether.transport.agent_client.AgentClient` the sync engine uses
-(scan, read, write, write_many, mkdir, symlink, delete, rename, probe), so the engine runs
-unchanged. It keeps the agent's rules: every path the host names is validated, a symlink escaping
-the root becomes UNTRACKED, nothing is written except to a temporary name beside its target and
-renamed into place (``posix-rename``), and each change first checks that the target still is what
-the caller expects. What it cannot do as well: no digest cache on the host (every file is read to
-hash it on each scan), one round trip per directory, and mtimes at SFTP's one-second resolution.
-That is why it is a fallback, announced with a warning.
-"""
+It implements the :class:`~tether.sync.endpoint.Endpoint` Protocol as the agent's client does (scan,
+reads, writes, mkdir, symlink, delete, rename, probe), so the engine runs unchanged. It keeps the
+agent's rules: every path the host names is validated, a symlink escaping the root becomes
+UNTRACKED, nothing is written except to a temporary name beside its target and renamed into place
+(``posix-rename``), and each change first checks that the target still is what the caller expects.
+What it cannot do as well: no digest cache on the host (every file is read to hash it on each scan),
+one round trip per directory, and mtimes at SFTP's one-second resolution. That is why it is a
+fallback, announced with a warning."""
 
 from __future__ import annotations
 
@@ -25,7 +24,15 @@ from typing import Any
 import asyncssh
 
 from ..errors import BadHostData
-from ..sync.endpoint import ExpectationFailed, Range, RemoteOpError, ScanResult, Seg, WriteItem
+from ..sync.endpoint import (
+    ExpectationFailed,
+    Probe,
+    Range,
+    RemoteOpError,
+    ScanResult,
+    Seg,
+    WriteItem,
+)
 from ..sync.entry import Entry, EntryKind
 from ..sync.paths import check_relpath, escaping_link_problem, symlink_stays_inside
 from ..sync.tempnames import is_stale, is_temp, machine_id, pid_alive, temp_name
@@ -458,7 +465,7 @@ class SftpEndpoint:
             raise _error(exc, src) from None
         return expect
 
-    async def probe(self, path: str, *, create: bool = False) -> dict[str, Any]:
+    async def probe(self, path: str, *, create: bool = False) -> Probe:
         full = self._root(path)
         exists = await self.sftp.exists(full)
         created = False
@@ -472,10 +479,4 @@ class SftpEndpoint:
             free = vfs.bavail * vfs.frsize
         except asyncssh.SFTPError:
             pass
-        return {
-            "exists": exists,
-            "created": created,
-            "is_dir": is_dir,
-            "writable": is_dir,
-            "free_bytes": free,
-        }
+        return Probe(exists, created, is_dir, writable=is_dir, free_bytes=free)

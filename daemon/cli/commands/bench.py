@@ -1,11 +1,11 @@
 """`tether bench [--host H] [--pair P] [--gemm MxNxK] [--precisions LIST|all] [--quick]
 [--suite NAME] [--simulate] [--json] [--plot FILE] [FILES...]`
 
-Run the roofline suite on the host in one command: upload ``kernels`` beside the agent (only what
-changed), sync the pair when user benchmark FILES are given, run the suite there with the host's
-progress on stderr, fetch and validate its ``tether.bench/1`` document into ``results/``, print
-the table, draw the roofline locally (matplotlib may be missing on the host) and store the points
-(`tether results`).
+Run the roofline suite on the host in one command: upload ``tether_kernels`` beside the agent
+(only what changed), sync the pair when user benchmark FILES are given, run the suite there with
+the host's progress on stderr, fetch and validate its ``tether.bench/1`` document into
+``results/``, print the table, draw the roofline locally (matplotlib may be missing on the host)
+and store the points (`tether results`).
 
 ``--simulate`` runs under the Numba CUDA simulator on the host (implies ``--quick``): for tests and
 demos on machines without a GPU. Simulated times are labelled and never placed on the roofline.
@@ -28,11 +28,11 @@ from ...config import Config, HostConfig, PairConfig
 from ...console import console, print_json
 from ...errors import EX_UNAVAILABLE, TetherError, UsageError
 from ...results.store import ResultsStore, load_document
+from ...runs.bundle import QUIET_TABLE_ENV, cache_dir_of, kernels_argv, upload_kernels
 from ...runs.history import record_run
 from ...runs.remote import RunSpec, new_run_id, run_to_end
-from ...sync.endpoint import RemoteOpError
+from ...sync.endpoint import Endpoint, RemoteOpError
 from ...sync.engine import sync_pair
-from ...transport.bundle import QUIET_TABLE_ENV, cache_dir_of, kernels_argv, upload_kernels
 from ...transport.endpoints import SSH
 from ...transport.link import Link
 from ..main import config_of
@@ -301,10 +301,10 @@ async def _bench(config: Config, bench: BenchPlan) -> int:
     return outcome.status
 
 
-async def _check_synced(agent: Any, pair: PairConfig, files: list[str]) -> None:
+async def _check_synced(agent: Endpoint, pair: PairConfig, files: list[str]) -> None:
     for rel in files:
         probe = await agent.probe(f"{pair.remote.rstrip('/')}/{rel}")
-        if not probe.get("exists"):
+        if not probe.exists:
             raise UsageError(
                 f"{rel} did not reach the host (is it ignored in pair {pair.name}?)",
                 "check the pair's ignore rules",

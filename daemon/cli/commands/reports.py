@@ -61,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--all and --outdated are for `tether reports pull`")
         for name in args.names:
             if name not in config.reports:
-                from ...config import _choices
+                from ...config import choices_hint
 
-                raise UsageError(f"no [reports.{name}]", _choices(name, list(config.reports)))
+                raise UsageError(f"no [reports.{name}]", choices_hint(name, list(config.reports)))
         return asyncio.run(_list(config, args))
     if not (args.names or args.all or args.outdated):
         raise UsageError(
@@ -81,10 +81,10 @@ async def _listing(config: Config, tables: list[str], kind: str | None) -> Listi
 
     hosts = sorted({t.host for t in config.reports.values()})
     if kind is not None and not any(kind in t.roots for t in config.reports.values()):
-        from ...config import _choices
+        from ...config import choices_hint
 
         kinds = sorted({k for t in config.reports.values() for k in t.roots})
-        raise UsageError(f"no report folder of kind {kind!r}", _choices(kind, kinds))
+        raise UsageError(f"no report folder of kind {kind!r}", choices_hint(kind, kinds))
     listing = Listing()
     for name in hosts:
         chosen = [t for t in tables_for(config, name, tables) if kind is None or kind in t.roots]

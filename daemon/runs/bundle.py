@@ -24,7 +24,7 @@ from pathlib import Path
 from ..errors import TetherError
 from ..sync.endpoint import ExpectationFailed
 from ..sync.entry import Entry, EntryKind
-from .agent_client import AgentClient
+from ..transport.agent_client import AgentClient
 
 PACKAGE = "tether_kernels"
 LIB = "lib"
