@@ -186,6 +186,15 @@ def gemm_tol_scale(k: int) -> float:
     return math.sqrt(max(1, k))
 
 
+def _rate(value: object) -> float | None:
+    """A measured rate as a float; None for anything else (missing, a bool, text, NaN, inf, <= 0):
+    a result without a usable rate defines no ceiling."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    rate = float(value)
+    return rate if math.isfinite(rate) and rate > 0 else None
+
+
 def measured_ceilings(results: list[Mapping[str, object]]) -> dict[str, object]:
     """Best measured FLOP/s per precision (from compute-ceiling kernels), best DRAM bytes/s
     (from stream kernels) and, under ``library``, the vendor library's best FLOP/s per
@@ -197,21 +206,18 @@ def measured_ceilings(results: list[Mapping[str, object]]) -> dict[str, object]:
     bw: float | None = None
     source: dict[str, str] = {}
     for r in results:
-        if r.get("simulated") or not r.get("verified") or r.get("flops_per_s") is None:
+        if r.get("simulated") or not r.get("verified"):
             continue
         family = r.get("family")
         prec = str(r.get("compute_precision") or r.get("precision"))
         label = f"{r.get('kernel')}/{r.get('variant')} {r.get('precision')}"
-        if family == "fma" and prec in flops:
+        flop_rate, byte_rate = _rate(r.get("flops_per_s")), _rate(r.get("bytes_per_s"))
+        if family == "fma" and prec in flops and flop_rate is not None:
             cur = flops[prec]
-            val = float(r["flops_per_s"])  # type: ignore[arg-type]
-            if cur is None or val > cur:
-                flops[prec], source[prec] = val, label
-        if family == "stream":
-            val = float(r["bytes_per_s"])  # type: ignore[arg-type]
-            if bw is None or val > bw:
-                bw, source["dram"] = val, label
-        if family == "library" and r.get("kernel") == "gemm":
-            val = float(r["flops_per_s"])  # type: ignore[arg-type]
-            library[prec] = max(library.get(prec, 0.0), val)
+            if cur is None or flop_rate > cur:
+                flops[prec], source[prec] = flop_rate, label
+        if family == "stream" and byte_rate is not None and (bw is None or byte_rate > bw):
+            bw, source["dram"] = byte_rate, label
+        if family == "library" and r.get("kernel") == "gemm" and flop_rate is not None:
+            library[prec] = max(library.get(prec, 0.0), flop_rate)
     return {"flops": flops, "dram_bytes_per_s": bw, "library": library, "from": source}

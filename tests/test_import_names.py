@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -43,12 +44,15 @@ def user_package(where: Path, name: str) -> None:
 @pytest.fixture
 def project(sshd: SshServer, tmp_path: Path, state_dir: Path) -> Path:
     """A project holding its own `kernels` and `daemon` packages, and a host venv holding a
-    `daemon` and a `kernels` of its own too (the project's come first, as with plain python)."""
+    `daemon`, a `kernels` and a `venvonly` of its own too (the project's come first, as with
+    plain python). The venv also sees this interpreter's packages through a ``.pth`` (after its
+    own), so the suite finds numba there as it would in a user's venv on a GPU host."""
     venv = tmp_path / "hostvenv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     (site,) = venv.glob("lib/python3*/site-packages")
-    user_package(site, "daemon")
-    user_package(site, "kernels")
+    for name in ("daemon", "kernels", "venvonly"):
+        user_package(site, name)
+    (site / "zz-test-host-packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     root = write_cli_project(
         tmp_path,
         sshd,
@@ -56,16 +60,18 @@ def project(sshd: SshServer, tmp_path: Path, state_dir: Path) -> Path:
         pair='ignore = ["results/"]\n',
     )
     user_package(root, "kernels")
+    user_package(root, "daemon")
     return root
 
 
 def test_a_run_sees_the_users_kernels_and_daemon(project: Path, tmp_path: Path) -> None:
-    code = "import daemon, kernels; print(kernels.WHOSE); print(daemon.WHOSE)"
+    code = "import daemon, kernels, venvonly\nfor m in (kernels, daemon, venvonly): print(m.WHOSE)"
     result = tether(project, "run", "--", "python", "-c", code, module="tether")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "the user kernels in proj",  # the project's, synced to the host's pair root
-        "the user daemon in site-packages",  # the host venv's
+        "the user daemon in proj",
+        "the user venvonly in site-packages",  # the host venv's: it is active for the run
     ]
     env = tether(
         project, "run", "--no-sync", "--", "sh", "-c", 'echo "[$PYTHONPATH]"', module="tether"
@@ -74,11 +80,8 @@ def test_a_run_sees_the_users_kernels_and_daemon(project: Path, tmp_path: Path) 
 
 
 def test_the_suite_still_runs_beside_a_users_kernels(project: Path) -> None:
-    """`tether bench` reaches tether's suite (no venv: the suite needs numba, which this test's
-    host venv lacks; the user's `kernels` in the project is what could shadow it)."""
-    config = project / "tether.toml"
-    lines = config.read_text().splitlines()
-    config.write_text("\n".join(ln for ln in lines if not ln.startswith("venv =")))
+    """`tether bench` reaches tether's suite with the user's `kernels` and `daemon` both in the
+    project (the run's working folder) and in the host's active venv."""
     result = tether(project, "bench", "--simulate", "--quick", "--gemm", "16x16x16",
                     "--precisions", "fp32", module="tether")  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -236,3 +236,25 @@ def test_measured_ceilings_ignore_simulated_and_unverified() -> None:
         "library": {"bf16": 7e14},  # the vendor GEMM's tensor-core roof, not the copy
         "from": {"fp32": "fma/chain128 fp32", "dram": "triad/v4 fp64"},  # which variant set it
     }
+
+
+def test_measured_ceilings_skip_a_result_without_a_usable_rate() -> None:
+    """A document read back from the host may carry a missing, textual, boolean or non-finite
+    rate (an older suite, a failed kernel): it defines no ceiling and breaks nothing."""
+    base = {"verified": True, "simulated": False, "kernel": "k", "variant": "v"}
+    bad_rates = [None, "3e12", True, float("nan"), float("inf"), -1.0, 0]
+    results = [
+        {**base, "family": fam, "precision": "fp32", key: bad}
+        for bad in bad_rates
+        for fam, key in (
+            ("fma", "flops_per_s"),
+            ("stream", "bytes_per_s"),
+            ("library", "flops_per_s"),
+        )
+    ]
+    results += [
+        {**base, "family": "stream", "precision": "fp32", "bytes_per_s": 2e12, "flops_per_s": None}
+    ]
+    m = roofline.measured_ceilings(results)
+    assert m["flops"] == {"fp64": None, "fp32": None, "fp16": None}
+    assert m["dram_bytes_per_s"] == 2e12 and m["library"] == {}

@@ -14,10 +14,10 @@ import errno
 import os
 from typing import Any, Union
 
-CHUNK = 1 << 20
 Piece = Union[bytes, int]
 """Data, or a hole of that many zero bytes."""
-_ZEROS = bytes(CHUNK)
+_ZEROS = bytes(1 << 20)
+"""What a hole is hashed as, a piece at a time (the hash needs the zeros the disk never held)."""
 
 
 def data_extents(fd: int, start: int, end: int) -> list[tuple[int, int]]:
@@ -64,9 +64,9 @@ def read_pieces(fd: int, offset: int, length: int, size: int) -> list[Piece]:
 
 
 def hash_zeros(h: Any, n: int) -> None:
-    """Feed ``n`` zero bytes to the hash ``h`` in pieces of at most CHUNK."""
+    """Feed ``n`` zero bytes to the hash ``h`` in pieces of at most ``len(_ZEROS)``."""
     view = memoryview(_ZEROS)
     while n > 0:
-        step = min(n, CHUNK)
+        step = min(n, len(view))
         h.update(view[:step])
         n -= step

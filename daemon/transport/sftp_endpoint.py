@@ -38,7 +38,6 @@ from ..sync.paths import check_relpath, escaping_link_problem, symlink_stays_ins
 from ..sync.tempnames import is_stale, is_temp, machine_id, pid_alive, temp_name
 from ..sync.wire import CHUNK, WINDOW, WireRules, foreign_name
 
-_READ_CHUNK = 1 << 20
 _WRITING: set[str] = set()
 """The host paths of the temporaries this process is writing now, over any SFTP session. One of
 this process's that is not here was left by a write the link cut: stale."""
@@ -111,7 +110,7 @@ class SftpEndpoint:
     async def _hash(self, full: str) -> str:
         digest = hashlib.sha256()
         async with self.sftp.open(full, "rb") as fh:
-            while chunk := _data(await fh.read(_READ_CHUNK)):
+            while chunk := _data(await fh.read(CHUNK)):
                 digest.update(chunk)
         return digest.hexdigest()
 
