@@ -31,6 +31,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from enum import Enum
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ..config import Config, PairConfig, PairMode
@@ -79,44 +81,112 @@ class SessionState(str, Enum):
 
 
 @dataclasses.dataclass(frozen=True)
+class Cycle:
+    """What one sync cycle takes from :class:`Pending`: the paths to rescan (or the whole
+    roots) and the user's go-aheads. A cycle that cannot run gives its paths back."""
+
+    local: frozenset[str]
+    """Local paths to rescan: those reported changed and those that failed to land before."""
+    remote: frozenset[str]
+    """Paths the host reported changing: they came *from* the host (not landed by tether)."""
+    full: bool
+    """Both roots scanned whole (then ``local`` and ``remote`` only say what was reported)."""
+    accept_halt: bool
+    accept_deletes: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class Pending:
     """The work a session owes, as one value: every change makes a new one (watchers add paths,
-    a cycle takes it all and leaves a fresh one), so no flag is ever half updated."""
+    a cycle takes its work and leaves the rest), so no flag is ever half updated. Pure: the
+    time comes in as an argument (``time.monotonic()``), the retry timer is the caller's."""
 
     local: frozenset[str] = frozenset()
     """Local paths reported changed since the last cycle."""
     remote: frozenset[str] = frozenset()
     """Paths the host reported changing: they came *from* the host (not landed by tether)."""
-    remote_dirty: bool = False
-    """The host reported something (paths, or a rescan)."""
     full: bool = False
     """The next cycle scans both roots whole (a watch (re)started, a watcher lost track)."""
+    full_due_at: float = 0.0
+    """When (monotonic seconds) a full cycle is due as a safety net, :data:`FULL_EVERY_S`
+    after the last one started (a watcher may drop events silently): the next cycle that
+    runs from then on is a full one. 0: none ran yet."""
+    failed: Mapping[str, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
+    """Paths whose last attempt failed (read-only or full folder, permissions) → why. Every
+    cycle rescans them until they land; they wait (count as pending) only once a retry is due,
+    else an idle session would spin on a folder that stays read-only."""
     retry: bool = False
-    """The paths that failed to land are due for another try."""
+    """The paths that failed are due for another try (the backoff timer fired, or a flush)."""
+    retry_in_s: float | None = None
+    """How long after the last cycle its failed paths are tried again: 1 s, 2 s, 4 s ... at
+    most :data:`RETRY_MAX_S`; None while nothing fails (the next failure starts at 1 s)."""
     accept_halt: bool = False
     """`tether resume` of a halted pair: the next cycle accepts the stored halt's plan."""
     accept_deletes: bool = False
     """`tether sync --accept-deletes`: the next cycle is a full one that accepts them."""
 
-    def count(self, failing: int) -> int:
-        """How many things wait (`tether status`): 0 means idle. ``failing``: paths that failed."""
+    def count(self) -> int:
+        """How many things wait (`tether status`): 0 means idle, and the session sleeps."""
         return (
             len(self.local)
-            + (failing if self.retry else 0)
-            + (1 if self.remote_dirty or self.full else 0)
+            + (len(self.failed) if self.retry else 0)
+            + (1 if self.remote or self.full else 0)
         )
+
+    def take(self, now: float) -> tuple[Cycle, Pending]:
+        """The next cycle's work at monotonic time ``now``, and what stays owed meanwhile: the
+        failed paths and their backoff (until the cycle says what failed this time) and the
+        safety net's due time (until a full cycle ran)."""
+        cycle = Cycle(
+            local=self.local | frozenset(self.failed),
+            remote=self.remote,
+            full=self.full or self.accept_deletes or now > self.full_due_at,
+            accept_halt=self.accept_halt,
+            accept_deletes=self.accept_deletes,
+        )
+        rest = Pending(full_due_at=self.full_due_at, failed=self.failed, retry_in_s=self.retry_in_s)
+        return cycle, rest
 
     def with_local(self, paths: set[str] | frozenset[str]) -> Pending:
         return dataclasses.replace(self, local=self.local | paths)
 
     def with_remote(self, paths: set[str] | frozenset[str], *, rescan: bool) -> Pending:
-        return dataclasses.replace(
-            self, remote=self.remote | paths, remote_dirty=True, full=self.full or rescan
-        )
+        return dataclasses.replace(self, remote=self.remote | paths, full=self.full or rescan)
 
-    def put_back(self, local: set[str], remote: set[str] | frozenset[str] = frozenset()) -> Pending:
+    def with_full(self) -> Pending:
+        """The next cycle scans both roots whole."""
+        return dataclasses.replace(self, full=True)
+
+    def with_retry(self) -> Pending:
+        """What failed gets another try in the next cycle (and waits until it ran)."""
+        return dataclasses.replace(self, retry=bool(self.failed))
+
+    def resumed(self, *, halted: bool) -> Pending:
+        """`tether resume`: a full cycle, re-checking the roots; for a pair that was halted,
+        one that goes ahead with the plan its halt showed, if that is still the plan."""
+        return dataclasses.replace(self, full=True, accept_halt=self.accept_halt or halted)
+
+    def with_accept_deletes(self) -> Pending:
+        return dataclasses.replace(self, accept_deletes=True)
+
+    def put_back(
+        self, local: set[str] | frozenset[str], remote: set[str] | frozenset[str] = frozenset()
+    ) -> Pending:
         """A cycle's paths returned after it could not run them."""
         return dataclasses.replace(self, local=self.local | local, remote=self.remote | remote)
+
+    def full_ran(self, started: float) -> Pending:
+        """A full cycle that started at ``started`` ran: the next is due :data:`FULL_EVERY_S`
+        later."""
+        return dataclasses.replace(self, full_due_at=started + FULL_EVERY_S)
+
+    def with_failed(self, failed: Mapping[str, str]) -> Pending:
+        """A cycle ran and ``failed`` (path → why) did not land: they replace the failures
+        before, and the next retry waits twice as long as the last (a clean cycle resets it)."""
+        if not failed:
+            return dataclasses.replace(self, failed=MappingProxyType({}), retry_in_s=None)
+        wait = RETRY_FIRST_S if self.retry_in_s is None else min(RETRY_MAX_S, self.retry_in_s * 2)
+        return dataclasses.replace(self, failed=MappingProxyType(dict(failed)), retry_in_s=wait)
 
 
 class PairSession:
@@ -145,14 +215,8 @@ class PairSession:
         self._collecting = 0
         """`sync_now` calls waiting for their cycles: while one is, reports are kept whole (their
         per-file ``plan`` and ``base_moved`` lists); otherwise only the counts are kept."""
-        self._release_due = False
         self._pending = Pending(full=True)
-        self._failed: dict[str, str] = {}
-        """Paths whose last attempt failed (read-only or full folder, permissions) → why. They
-        stay pending: retried with backoff, and in every cycle until they land."""
-        self._retry_delay_s = RETRY_FIRST_S
         self._retry_timer: asyncio.TimerHandle | None = None
-        self._last_full = 0.0
         self._host_watching = asyncio.Event()
         """Set while the host's watch stream is up. Its start asks for a full cycle (what changed
         before it was never reported); a full cycle waits for it, so that the first one, which
@@ -196,16 +260,14 @@ class PairSession:
         halted = self.state is SessionState.HALTED
         if halted:
             self.state, self.message = SessionState.STARTING, ""
-        self._pending = dataclasses.replace(
-            self._pending, full=True, accept_halt=self._pending.accept_halt or halted
-        )
+        self._pending = self._pending.resumed(halted=halted)
         self._resumed.set()
         self._wake.set()
         self._event("resumed", "resumed")
 
     def accept_deletes(self) -> None:
         """`tether sync --accept-deletes`: the next cycle goes ahead with the big deletion."""
-        self._pending = dataclasses.replace(self._pending, accept_deletes=True)
+        self._pending = self._pending.with_accept_deletes()
         if self.state is SessionState.HALTED:
             self.resume()
 
@@ -217,7 +279,7 @@ class PairSession:
 
     @property
     def pending(self) -> int:
-        return self._pending.count(len(self._failed))
+        return self._pending.count()
 
     async def flush(self, timeout_s: float, *, require_landed: bool = True) -> None:
         """Return once everything on disk when flush was called has landed; raise promptly if
@@ -238,9 +300,8 @@ class PairSession:
             and self.pair.mode is PairMode.PUSH
             and await self._local_barrier(min(BARRIER_TIMEOUT_S, timeout_s))
         ):
-            self._pending = dataclasses.replace(self._pending, full=True)
-        # What failed before gets another try now.
-        self._pending = dataclasses.replace(self._pending, retry=bool(self._failed))
+            self._pending = self._pending.with_full()
+        self._pending = self._pending.with_retry()  # what failed before gets another try now
         self._idle.clear()
         self._wake.set()
         while True:
@@ -252,10 +313,11 @@ class PairSession:
             if self.state is SessionState.WAITING or self.link.state.value != "up":
                 await self._wait_for_link(deadline)
             if self.pending == 0 and self._idle.is_set():
-                if self._failed and require_landed:
-                    path, why = next(iter(self._failed.items()))
+                failed = self._pending.failed
+                if failed and require_landed:
+                    path, why = next(iter(failed.items()))
                     raise TetherError(
-                        f"pair {self.pair.name}: {len(self._failed)} path(s) could not land, "
+                        f"pair {self.pair.name}: {len(failed)} path(s) could not land, "
                         f"e.g. {shown(path)}: {shown(why)}",
                         "tether keeps them and retries; see `tether status`",
                     )
@@ -296,15 +358,15 @@ class PairSession:
         path = self.pair.local / barrier_name(token)
         arrived = self._barriers[token] = loop.create_future()
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            os.close(fd)
+            # Written (on a thread: a slow disk must not stop the loop) only now, after flush
+            # was called: every save before it is reported before it.
+            await asyncio.to_thread(_create, path)
             await asyncio.wait_for(arrived, timeout_s)
         except (OSError, asyncio.TimeoutError):
             return False
         finally:
             self._barriers.pop(token, None)
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            await asyncio.to_thread(_remove, path)
         # The events before the barrier were handed to the loop before it (one observer
         # thread, in order), so they are in the watcher's pending batch: send it now and let
         # it reach _watch_local.
@@ -350,15 +412,15 @@ class PairSession:
             "syncs": self.syncs,
             "conflicts": conflicts.get(pair_key(self.config.path, self.pair.name), 0),
             "problems": [f"{p.path}: {p.message}" for p in report.problems] if report else [],
-            "failing": len(self._failed),
+            "failing": len(self._pending.failed),
             "watch": self.watch_mode,
         }
 
     # -- watchers ----------------------------------------------------------------------------
 
     async def _watch_local(self) -> None:
-        self.pair.local.mkdir(parents=True, exist_ok=True)
-        rules = _rules(self.pair)
+        await asyncio.to_thread(self.pair.local.mkdir, parents=True, exist_ok=True)
+        rules = await asyncio.to_thread(_rules, self.pair)
         loop = asyncio.get_running_loop()
 
         def ignore(path: str, is_dir: bool) -> bool:  # runs on the observer's thread
@@ -388,12 +450,13 @@ class PairSession:
             try:
                 agent = await self.link.wait_agent()
                 await agent.probe(self.pair.remote, create=True)
-                async for batch in agent.watch(self.pair.remote, _rules(self.pair).to_wire()):
+                rules = await asyncio.to_thread(_rules, self.pair)  # .gitignore may have changed
+                async for batch in agent.watch(self.pair.remote, rules.to_wire()):
                     if not self._host_watching.is_set():  # the first batch: watching now
                         # What changed on the host before this watch started was never
                         # reported (a first start, a reconnect): the next cycle is a full one.
                         self._host_watching.set()
-                        self._pending = dataclasses.replace(self._pending, full=True)
+                        self._pending = self._pending.with_full()
                         self._wake.set()
                     if batch.paths or batch.rescan:
                         self._pending = self._pending.with_remote(
@@ -423,12 +486,12 @@ class PairSession:
                     await self._wake.wait()
                 self._wake.clear()
                 await self._resumed.wait()
-                await self._cycle(store)
-                if self._release_due:  # after the cycle, when its locals are gone too
-                    self._release_due = False
+                if await self._cycle(store):  # now that the cycle's locals are gone too
                     release_memory()
 
-    async def _cycle(self, store: OffLoop[StateStore]) -> None:
+    async def _cycle(self, store: OffLoop[StateStore]) -> bool:
+        """Run one sync of what is pending. True if it was a big full one: the caller then
+        hands the memory it held back to the OS (:func:`release_memory`)."""
         if self.link.state.value != "up":
             self.state = SessionState.WAITING
             self._idle.set()
@@ -437,18 +500,15 @@ class PairSession:
         except TetherError as exc:  # a permanent link failure: show it, try on resume
             self.state, self.message = SessionState.WAITING, exc.one_line()
             self._resumed.clear()
-            return
+            return False
         self._idle.clear()
         self.state = SessionState.SYNCING
         if self._pending.full and not self._host_watching.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._host_watching.wait(), HOST_WATCH_WAIT_S)
-        taken, self._pending = self._pending, Pending()
-        dirty, from_host = set(taken.local) | set(self._failed), set(taken.remote)
-        accept_deletes = taken.accept_deletes
-        if taken.accept_halt:
+        cycle, self._pending = self._pending.take(time.monotonic())
+        if cycle.accept_halt:
             await store.run(StateStore.accept_halt, pair_key(self.config.path, self.pair.name))
-        full = taken.full or accept_deletes or time.monotonic() - self._last_full > FULL_EVERY_S
         started = time.monotonic()
         try:
             report = await sync_pair(
@@ -457,33 +517,35 @@ class PairSession:
                 SSH,
                 client=agent,
                 store=store,
-                accept_deletes=accept_deletes,
-                local_paths=None if full else dirty,
-                remote_paths=None if full else from_host,
+                accept_deletes=cycle.accept_deletes,
+                local_paths=None if cycle.full else set(cycle.local),
+                remote_paths=None if cycle.full else set(cycle.remote),
             )
         except HostUnreachable:
-            self._pending = dataclasses.replace(self._pending.put_back(dirty, from_host), full=True)
+            self._pending = self._pending.put_back(cycle.local, cycle.remote).with_full()
             self.state = SessionState.WAITING
-            return
+            return False
         except TetherError as exc:
-            self._pending = self._pending.put_back(dirty)
+            self._pending = self._pending.put_back(cycle.local)
             self._halt(exc.one_line())
-            return
+            return False
         # A full cycle's plan lists every file it moved (100,000 lines after a first sync):
         # keep it only for a `sync_now` waiting for this cycle.
         kept = report if self._collecting else _counts_only(report)
         self.last_report, self.last_sync, self.syncs = kept, time.time(), self.syncs + 1
         self._reports.append((self.syncs, kept))
         if report.scope is None:
-            self._last_full = started
-            # A big full cycle held both trees in memory; give it back once it is over.
-            self._release_due = report.local_files + report.remote_files >= RELEASE_AFTER_FILES
+            self._pending = self._pending.full_ran(started)
+        # A big full cycle held both trees in memory; give it back once it is over.
+        release = (
+            report.scope is None and report.local_files + report.remote_files >= RELEASE_AFTER_FILES
+        )
         if report.notice:
             self._event("notice", report.notice, level="warning")
         if report.halted:
-            self._pending = self._pending.put_back(dirty)
+            self._pending = self._pending.put_back(cycle.local)
             self._halt(report.message)
-            return
+            return release
         self.message = ""
         took = (time.monotonic() - started) * 1000
         if report.copied or report.deleted or report.conflicts:
@@ -503,26 +565,25 @@ class PairSession:
             # delivered (flush rescans), an echo of tether's own write moves nothing, and a path
             # whose transfer failed keeps its old base. What the host changed itself is not
             # "landed on the host".
-            landed = sorted(set(report.base_moved) - from_host)
+            landed = sorted(set(report.base_moved) - cycle.remote)
             if landed:
                 await self._on_landed(self.pair, landed)
+        return release
 
     def _schedule_retry(self, failed: dict[str, str]) -> None:
         """Keep the paths that failed pending; try them again after a growing delay."""
-        self._failed = failed
+        self._pending = self._pending.with_failed(failed)
         if self._retry_timer is not None:
             self._retry_timer.cancel()
             self._retry_timer = None
-        if not failed:
-            self._retry_delay_s = RETRY_FIRST_S
+        if self._pending.retry_in_s is None:
             return
 
         def due() -> None:
-            self._pending = dataclasses.replace(self._pending, retry=True)
+            self._pending = self._pending.with_retry()
             self._wake.set()
 
-        self._retry_timer = asyncio.get_running_loop().call_later(self._retry_delay_s, due)
-        self._retry_delay_s = min(RETRY_MAX_S, self._retry_delay_s * 2)
+        self._retry_timer = asyncio.get_running_loop().call_later(self._pending.retry_in_s, due)
 
     def _event(self, kind: str, message: str, **extra: Any) -> None:
         log.info("pair %s: %s", self.pair.name, message)
@@ -532,7 +593,19 @@ class PairSession:
             )
 
 
+def _create(path: Path) -> None:
+    """Create ``path``, empty and private; an error if it is there already."""
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
 def _rules(pair: PairConfig) -> IgnoreRules:
+    """The pair's ignore rules with its root's ``.gitignore`` as it is now (blocking: it reads
+    the file)."""
     gitignore = pair.local / ".gitignore"
     text = gitignore.read_text(errors="replace") if gitignore.is_file() else ""
     return IgnoreRules(extra=pair.ignore, gitignores=[("", text)] if text else [])
