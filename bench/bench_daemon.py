@@ -51,7 +51,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tether.service.control import ControlClient  # noqa: E402
+from tether.service.control_client import ControlClient  # noqa: E402
 from tether.service.control_lite import daemon_running  # noqa: E402
 
 from tests.sshd import SSHD, SshServer, free_port, start_sshd  # noqa: E402

@@ -24,7 +24,8 @@ from typing import Any
 
 from tether.cli.main import main
 from tether.config import load_config
-from tether.service.control import ControlClient, serve
+from tether.service.control import serve
+from tether.service.control_client import ControlClient
 from tether.service.daemon import Daemon
 from tether.sync.engine import SyncReport, sync_pair
 from tether.transport.endpoints import SSH

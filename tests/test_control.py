@@ -22,17 +22,10 @@ import pytest
 from tether.dirs import RUNTIME_ENV, InsecureFolder, runtime_dir
 from tether.errors import HostUnreachable, TetherError, UsageError
 from tether.service import control_lite
-from tether.service.control import (
-    EX_SOFTWARE,
-    SOCKET_NAME,
-    ControlClient,
-    ControlServer,
-    DaemonAlreadyRunning,
-    DaemonNotRunning,
-    default_socket_path,
-    serve,
-)
-from tether.service.control_lite import daemon_running
+from tether.service.control import SOCKET_NAME, ControlServer, DaemonAlreadyRunning, serve
+from tether.service.control_client import ControlClient
+from tether.service.control_lite import DaemonNotRunning, daemon_running, default_socket_path
+from tether.service.control_protocol import EX_SOFTWARE
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent

@@ -18,7 +18,8 @@ import pytest
 from tether.cli.main import main
 from tether.config import MAX_CONFIG_BYTES, load_config
 from tether.errors import ConfigError, HostUnreachable, TetherError
-from tether.service.control import ControlClient, default_socket_path
+from tether.service.control_client import ControlClient
+from tether.service.control_lite import default_socket_path
 from tether.sync.state import StateStore
 
 from tests.faultproxy import FaultProxy

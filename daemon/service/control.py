@@ -1,8 +1,9 @@
-"""The control API: HTTP + JSON over a Unix socket only this user can reach, and its client.
+"""The control API's server: HTTP + JSON over a Unix socket only this user can reach.
 
 The daemon serves an object implementing :class:`DaemonAPI`; the tray and `tether logs -f` talk
-to it with :class:`ControlClient`, the CLI's one-request verbs with the stdlib client in
-:mod:`tether.service.control_lite` (same routes, same error classes). Routes, all JSON in and out:
+to it with :class:`~.control_client.ControlClient`, the CLI's one-request verbs with the stdlib
+client in :mod:`.control_lite` (same routes, same error classes; :mod:`.control_protocol` holds
+what both ends agree on). Routes, all JSON in and out:
 
 ====== ================ =========================================== ==============================
 method path             body / query                                answer
@@ -50,9 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import datetime as dt
-import enum
 import errno
 import fcntl
 import json
@@ -62,47 +60,33 @@ import os
 import socket
 import stat
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from pathlib import Path, PurePath
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
-import aiohttp
 from aiohttp import web
 
 from ..dirs import RUNTIME_ENV, ensure_private_dir
 from ..errors import (
-    EX_CONFIG,
-    EX_DATAERR,
-    EX_NOPERM,
-    EX_UNAVAILABLE,
-    EX_USAGE,
-    NotFound,
     TetherError,
     UsageError,
 )
 from . import control_lite
 from .control_lite import (
-    START_HINT,
-    DaemonNotRunning,
     default_socket_path,
-    not_running_because,
 )
+from .control_protocol import EX_SOFTWARE, HEARTBEAT_S, dumps, error_body, http_status
 
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = control_lite.SOCKET_NAME
-EX_SOFTWARE = 70
-HEARTBEAT_S = 5.0
-"""How often an idle event stream sends a heartbeat line; clients give up after three missed."""
 SHUTDOWN_GRACE_S = 2.0
 """How long closing the server waits for requests in flight before cancelling them."""
-DEFAULT_TIMEOUT_S = 30.0
 MAX_LIMIT = 10_000
 """The most runs or events one request lists (SQLite takes no integer past 2**63)."""
 MAX_TIMEOUT_S = 86_400.0
 """The longest a request may ask to wait (asyncio's timers take no infinite or huge delay)."""
 _MAX_SOCKET_PATH = 104  # sun_path is 108 bytes on Linux, 104 on macOS (NUL included)
-_BASE_URL = "http://tether"
 
 
 class DaemonAPI(Protocol):
@@ -169,95 +153,6 @@ class DaemonAlreadyRunning(TetherError):
     """Another daemon already serves this runtime folder (exit 1)."""
 
     exit_code = 1
-
-
-# -- JSON and errors -----------------------------------------------------------------------------
-
-
-def to_json(value: Any) -> Any:
-    """``json.dumps(default=...)``: enums, paths, dataclasses, datetimes, sets and tuples."""
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, PurePath):
-        return str(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, default=to_json)
-
-
-_HTTP_STATUS = {
-    EX_USAGE: 400,
-    EX_NOPERM: 403,
-    EX_CONFIG: 422,
-    EX_DATAERR: 502,
-    EX_UNAVAILABLE: 503,
-}
-
-
-def http_status(exc: TetherError) -> int:
-    """The HTTP status a TetherError is answered with: 404 for a name not known here, else by its
-    exit code (500 when that has no mapping)."""
-    if isinstance(exc, NotFound):
-        return 404
-    return _HTTP_STATUS.get(exc.exit_code, 500)
-
-
-def error_body(exc: TetherError) -> dict[str, Any]:
-    types = [
-        f"{cls.__module__}.{cls.__qualname__}"
-        for cls in type(exc).__mro__
-        if isinstance(cls, type) and issubclass(cls, TetherError)
-    ]
-    return {
-        "error": {
-            "message": exc.message,
-            "hint": exc.hint,
-            "exit_code": exc.exit_code,
-            "types": types,
-        }
-    }
-
-
-def _known_error_classes() -> dict[str, type[TetherError]]:
-    found: dict[str, type[TetherError]] = {}
-    todo: list[type[TetherError]] = [TetherError]
-    while todo:
-        cls = todo.pop()
-        found[f"{cls.__module__}.{cls.__qualname__}"] = cls
-        todo.extend(cls.__subclasses__())
-    return found
-
-
-def error_from_body(body: Any, status: int) -> TetherError:
-    """The TetherError an error answer describes, as the most specific class this process knows."""
-    error = body.get("error") if isinstance(body, Mapping) else None
-    if not isinstance(error, Mapping):
-        return TetherError(
-            f"the daemon answered HTTP {status} without an error description",
-            "see the daemon's log (`tether logs`)",
-            exit_code=EX_SOFTWARE,
-        )
-    message = str(error.get("message") or f"the daemon answered HTTP {status}")
-    hint = str(error.get("hint") or "")
-    code = error.get("exit_code")
-    exit_code = code if isinstance(code, int) and not isinstance(code, bool) else EX_SOFTWARE
-    known = _known_error_classes()
-    cls: type[TetherError] = TetherError
-    for name in error.get("types") or ():
-        if isinstance(name, str) and name in known:
-            cls = known[name]
-            break
-    exc = cls.__new__(cls)  # its own __init__ may take other arguments; the base's fills it
-    TetherError.__init__(exc, message, hint, exit_code=exit_code)
-    return exc
 
 
 # -- server --------------------------------------------------------------------------------------
@@ -719,199 +614,3 @@ async def serve(
     server = ControlServer(api, socket_path, heartbeat_s=heartbeat_s)
     await server.start()
     return server
-
-
-# -- client --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _connection_errors(path: Path) -> Iterator[None]:
-    """aiohttp's connection failures → DaemonNotRunning."""
-    try:
-        yield
-    except aiohttp.ClientConnectorError as exc:
-        why = "nothing answers on" if isinstance(exc.os_error, ConnectionRefusedError) else None
-        if isinstance(exc.os_error, FileNotFoundError):
-            why = "no control socket at"
-        raise not_running_because(path, why or f"cannot connect ({exc.os_error})") from None
-    except aiohttp.ServerTimeoutError:
-        raise DaemonNotRunning(
-            f"the tether daemon on {path} stopped answering", "see `tether logs`"
-        ) from None
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError):
-        raise DaemonNotRunning(
-            f"the tether daemon on {path} went away", f"see `tether logs`; {START_HINT}"
-        ) from None
-
-
-def _absolute(path: str | Path) -> str:
-    """``path`` made absolute as this process sees it (the daemon's cwd is not ours).
-
-    Only ``$HOME`` and ``getcwd``: no file is read, so this is no blocking call on the loop.
-    """
-    return os.fspath(Path(path).expanduser().absolute())
-
-
-class ControlClient:
-    """Talks to the daemon's control socket. Use ``async with`` (or call :meth:`close`)."""
-
-    def __init__(
-        self, socket_path: Path | None = None, *, timeout_s: float = DEFAULT_TIMEOUT_S
-    ) -> None:
-        self.path = Path(socket_path) if socket_path is not None else default_socket_path()
-        self.timeout_s = timeout_s
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> ControlClient:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    def _session_(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=os.fspath(self.path)),
-                json_serialize=dumps,
-            )
-        return self._session
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        body: Mapping[str, Any] | None = None,
-        *,
-        params: Mapping[str, Any] | None = None,
-        timeout_s: float | None = None,
-    ) -> Any:
-        """One request; the decoded JSON answer.
-
-        Raises:
-            DaemonNotRunning: no socket, nobody answering, or the daemon went away or timed out.
-            TetherError: the daemon's error answer, as the class it was raised as.
-        """
-        if not self.path.exists():
-            raise not_running_because(self.path, "no control socket at")
-        query = {k: str(v) for k, v in (params or {}).items() if v is not None}
-        timeout = aiohttp.ClientTimeout(total=timeout_s or self.timeout_s)
-        with _connection_errors(self.path):
-            try:
-                async with self._session_().request(
-                    method, _BASE_URL + path, json=body, params=query, timeout=timeout
-                ) as response:
-                    raw = await response.read()
-                    status = response.status
-            except asyncio.TimeoutError:
-                raise DaemonNotRunning(
-                    f"the tether daemon did not answer {method} {path} within {timeout.total:g} s",
-                    "it may be busy or hung; see `tether logs`",
-                ) from None
-        try:
-            data = json.loads(raw) if raw else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise TetherError(
-                f"the daemon answered HTTP {status} with something that is not JSON",
-                "is another program using tether's socket?",
-                exit_code=EX_SOFTWARE,
-            ) from None
-        if status >= 400:
-            raise error_from_body(data, status)
-        return data
-
-    async def status(self) -> dict[str, Any]:
-        return await self.request("GET", "/v1/status")
-
-    async def register(self, config_path: str | Path) -> dict[str, Any]:
-        """Register a project; the path is made absolute here (the daemon's cwd is not ours)."""
-        path = _absolute(config_path)
-        return await self.request("POST", "/v1/projects", {"config_path": path})
-
-    async def unregister(self, config_path: str | Path) -> dict[str, Any]:
-        path = _absolute(config_path)
-        return await self.request("DELETE", "/v1/projects", {"config_path": path})
-
-    async def pause(self, project: str | None = None, pair: str | None = None) -> dict[str, Any]:
-        return await self.request("POST", "/v1/pause", {"project": project, "pair": pair})
-
-    async def resume(self, project: str | None = None, pair: str | None = None) -> dict[str, Any]:
-        return await self.request("POST", "/v1/resume", {"project": project, "pair": pair})
-
-    async def flush(self, project: str | None = None, timeout_s: float = 60.0) -> dict[str, Any]:
-        """Wait until pending changes landed; the HTTP timeout is ``timeout_s`` plus a margin."""
-        return await self.request(
-            "POST",
-            "/v1/flush",
-            {"project": project, "timeout_s": timeout_s},
-            timeout_s=timeout_s + 10,
-        )
-
-    async def sync(
-        self, project: str | Path, pairs: list[str] | None = None, timeout_s: float = 60.0
-    ) -> dict[str, Any]:
-        """Sync pairs of a registered project now (see :meth:`DaemonAPI.sync`)."""
-        path = _absolute(project)
-        return await self.request(
-            "POST",
-            "/v1/sync",
-            {"project": path, "pairs": pairs, "timeout_s": timeout_s},
-            timeout_s=timeout_s + 10,
-        )
-
-    async def runs(self, project: str | None = None, limit: int = 20) -> dict[str, Any]:
-        return await self.request("GET", "/v1/runs", params={"project": project, "limit": limit})
-
-    async def logs(self, limit: int = 100) -> list[dict[str, Any]]:
-        answer = await self.request("GET", "/v1/logs", params={"limit": limit})
-        return list(answer["events"])
-
-    async def shutdown(self) -> dict[str, Any]:
-        return await self.request("POST", "/v1/shutdown")
-
-    async def follow_events(
-        self, *, idle_timeout_s: float = 3 * HEARTBEAT_S
-    ) -> AsyncGenerator[dict[str, Any], None]:
-        """Live events, in order, until the daemon closes the stream (the iteration ends).
-
-        Leaving early: wrap it in ``contextlib.aclosing(...)`` so the connection closes at once
-        rather than when the generator is collected.
-
-        Raises:
-            DaemonNotRunning: not running; or it died (the stream broke off) or hung (nothing,
-                not even a heartbeat, for ``idle_timeout_s``).
-        """
-        if not self.path.exists():
-            raise not_running_because(self.path, "no control socket at")
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=self.timeout_s, sock_read=idle_timeout_s
-        )
-        with _connection_errors(self.path):
-            response = await self._session_().get(_BASE_URL + "/v1/events", timeout=timeout)
-        async with response:
-            if response.status >= 400:
-                raise error_from_body(await response.json(content_type=None), response.status)
-            while True:
-                with _connection_errors(self.path):
-                    line = await response.content.readline()
-                if not line:
-                    raise DaemonNotRunning(
-                        f"the tether daemon on {self.path} went away (its event stream broke off)",
-                        f"see `tether logs`; {START_HINT}",
-                    )
-                try:
-                    event = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    log.warning("ignoring a malformed event line: %r", line[:200])
-                    continue
-                if not isinstance(event, dict):
-                    continue
-                control = event.get("_control")
-                if control == "closing":
-                    return
-                if control is None:
-                    yield event

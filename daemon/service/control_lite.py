@@ -3,7 +3,7 @@
 `tether sync`, `run`, `status`, `start`, `stop`, `flush`, `pause` and `resume` talk to a running
 daemon; importing aiohttp for one request (~0.3 s here) would cost more than the request itself.
 "No daemon" (:class:`DaemonNotRunning`) is decided here; an error the daemon answers with is
-rebuilt as the TetherError class :class:`tether.service.control.ControlClient` would raise
+rebuilt as the TetherError class :class:`tether.service.control_client.ControlClient` would raise
 (that import happens only then).
 """
 
@@ -131,7 +131,7 @@ def call(method: str, route: str, body: dict[str, Any] | None = None, timeout: f
 
 
 def _raise_for(status: int, raw: bytes) -> None:
-    from .control import error_from_body
+    from .control_protocol import error_from_body  # stdlib only, and only when it failed
 
     try:
         data = json.loads(raw) if raw else None

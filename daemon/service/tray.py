@@ -24,7 +24,7 @@ from typing import Any
 
 from ..dirs import state_dir
 from ..errors import TetherError
-from .control import ControlClient
+from .control_client import ControlClient
 from .control_lite import DaemonNotRunning
 from .launch import ensure_daemon
 from .tray_icons import icon_image

@@ -17,7 +17,7 @@ from rich.markup import escape
 from ...console import console
 from ...errors import TetherError
 from ...runs.history import RunHistory, RunRecord
-from ...service.control import ControlClient
+from ...service.control_client import ControlClient
 
 LEVEL_STYLES = {"error": "bold red", "warning": "yellow", "info": ""}
 
