@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tether.config import load_config
@@ -59,3 +60,42 @@ def test_every_kind_of_sync_keeps_sqlite_off_the_loop(
     assert on_this_thread(calls) == []
     assert {"__init__", "save_base", "load_base_scope", "record_halt", "accept_halt"} <= used
     assert {"reconcile", "next_base"} <= used
+
+
+def test_the_local_folder_is_resolved_and_made_off_the_loop(
+    sshd: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pair's identity resolves the local root, and a first sync into a missing local folder
+    makes it: both touch the disk (a slow or network mount can take seconds) and run on a
+    worker thread, not on the loop the daemon's other pairs share."""
+    monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    write(remote / "sub" / "a.txt", "from the host")
+    (tmp_path / "tether.toml").write_text(
+        sshd.toml_host()
+        + f'\n[pairs.code]\nhost = "test"\nlocal = "local"\nremote = "{remote}"\n'
+        + 'mode = "two-way"\n'
+    )
+    on_loop: list[tuple[str, str]] = []
+    called: list[str] = []
+    for name in ("resolve", "mkdir"):
+        real = getattr(Path, name)
+
+        def noted(self: Path, *args: object, _real: Any = real, _name: str = name, **kw: object):
+            if self == local or local in self.parents:
+                called.append(_name)
+                try:
+                    asyncio.get_running_loop()
+                    on_loop.append((_name, str(self)))
+                except RuntimeError:
+                    pass  # no loop runs on this thread: a worker's call
+            return _real(self, *args, **kw)
+
+        monkeypatch.setattr(Path, name, noted)
+    config = load_config(tmp_path / "tether.toml")
+    called.clear()  # loading the config resolves the root before any loop runs
+    report = asyncio.run(sync_pair(config, config.pair("code"), SSH))  # type: ignore[arg-type]
+    assert report.status is PairStatus.OK, report
+    assert (local / "sub" / "a.txt").read_text() == "from the host"
+    assert {"resolve", "mkdir"} <= set(called)
+    assert on_loop == []

@@ -301,6 +301,56 @@ def test_a_new_local_file_is_read_once_and_its_digest_kept(sync_project, monkeyp
     assert (remote / "d/f0.txt").read_text() == "edited"
 
 
+def test_an_apply_leaves_the_scan_it_was_planned_from_as_it_was(sync_project, monkeypatch) -> None:
+    """What an apply learns (the digest of each new file, hashed as it was sent) comes back in its
+    outcome and reaches the base and the digest cache once, after the apply: the scan the plan
+    was made from is never rewritten by the apply's concurrent tasks."""
+    import hashlib
+
+    from tether.sync import apply as apply_mod
+    from tether.sync import engine
+    from tether.sync.state import StateStore, pair_key
+
+    tmp, local, _remote, configure = sync_project
+    configure("push")
+    monkeypatch.setattr("tether.sync.scan.RACY_NS", 0)
+    scans: list = []
+    real_scan, real_apply = engine.scan_local, apply_mod.apply_plan
+
+    def scanning(*args, **kw):
+        scans.append(real_scan(*args, **kw))
+        return scans[-1]
+
+    def state() -> list:
+        return [(dict(s.entries), dict(s.cache), s.hashed, dict(s.unhashed)) for s in scans]
+
+    applies: list = []
+
+    async def applying(actions, sides, **kw):
+        before = state()
+        outcome = await real_apply(actions, sides, **kw)
+        applies.append((before, state(), outcome))
+        return outcome
+
+    monkeypatch.setattr(engine, "scan_local", scanning)
+    monkeypatch.setattr(engine, "apply_plan", applying)
+    texts = {f"f{i}.txt": f"new {i}" * (i + 1) for i in range(3)}
+    for rel, text in texts.items():
+        write(local / rel, text)
+    code, report = sync(tmp)
+    assert code == 0, report
+    [(before, after, outcome)] = applies
+    assert before and after == before
+    digests = {rel: hashlib.sha256(text.encode()).hexdigest() for rel, text in texts.items()}
+    assert outcome.learned == digests
+    assert report["hashed"]["local"] == len(texts)
+    with StateStore() as store:
+        key = pair_key(tmp / "tether.toml", "code")
+        base, cache = store.load_base(key), store.load_digests(key)
+    assert {rel: base[rel].digest for rel in texts} == digests
+    assert {rel: cache[rel][4] for rel in texts} == digests
+
+
 def test_a_new_file_edited_before_it_is_read_is_rescanned(sync_project, monkeypatch) -> None:
     """An unhashed file whose size or mtime moved since the scan is not sent as scanned."""
     import hashlib

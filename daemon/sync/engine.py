@@ -37,6 +37,7 @@ from typing import Any
 from ..config import Config, PairConfig, PairMode
 from ..errors import BadHostData, RemoteError
 from ..store import OffLoop
+from . import sides
 from .apply import Outcome, ProgressFn, apply_plan, total_bytes
 from .endpoint import Connector, Endpoint
 from .entry import Entry, EntryKind, InvalidEntry, Snapshot
@@ -45,6 +46,7 @@ from .ignore import GITIGNORE, IgnoreRules
 from .links import makes_link, refuse_escaping_links
 from .paths import case_collisions, is_within, parent_of
 from .reconcile import (
+    Action,
     ActionKind,
     Conflict,
     Plan,
@@ -63,7 +65,6 @@ from .safety import (
     syncable,
 )
 from .scan import DigestCache, LocalScan, scan_local
-from .sides import AgentSide, LocalSide
 from .state import ConflictRecord, StateStore, off_loop, pair_key
 from .transfer import hashed_as_sent
 from .wire import foreign_name
@@ -120,13 +121,32 @@ class Round:
 
 
 @dataclass(frozen=True)
-class Step:
-    """What a round decided: ``finished`` True (done), False (return the report as it is:
-    halted, or a dry run), or None: paths changed under the apply, rescan them (``changed``)
-    from the new ``base``."""
+class Halt:
+    """Why a pair halts, for the caller to report and store: the status, the line the user
+    reads, and the fingerprint of the deletions a big-deletion halt stopped ("" for a root halt),
+    which an accepted halt must match."""
 
-    finished: bool | None
+    status: PairStatus
+    message: str
+    plan: str = ""
+
+
+Ending = bool | Halt
+"""How a sync strategy ended: True (done), False (a dry run, stopped once planned), or a Halt."""
+
+
+Prescan = tuple[DigestCache, LocalScan]
+"""A full local scan started before the link was up, with the digest cache it started from."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a round decided: ``end`` (see :data:`Ending`), or None: paths changed under the
+    apply, rescan them (``changed``) from the new ``base`` and digest ``cache``."""
+
+    end: Ending | None
     base: Snapshot = field(default_factory=dict)
+    cache: DigestCache = field(default_factory=dict)
     changed: list[str] = field(default_factory=list)
 
 
@@ -282,25 +302,59 @@ async def sync_pair(
         if local_paths is None and remote_paths is None
         else dirty_roots([*(local_paths or ()), *(remote_paths or ())])
     )
+    stamp_now = stamp(now())
     async with off_loop(store) as state:
-        session = _Session(config, pair, connector, state, progress or Progress())
-        run = functools.partial(
-            session.run,
-            dry_run=dry_run,
-            accept_empty=accept_empty,
-            accept_deletes=accept_deletes,
-            stamp_now=stamp(now()),
-            scope=scope,
-        )
+        key = await asyncio.to_thread(pair_key, config.path, pair.name)  # resolves the path
+
+        async def run(
+            endpoint: Endpoint, prescan: asyncio.Future[Prescan] | None = None
+        ) -> SyncReport:
+            started = time.monotonic()
+            local = sides.LocalSide(pair.local, connector.spawn_local)
+            both: dict[Side, sides.Side] = {
+                Side.LOCAL: local,
+                Side.REMOTE: sides.AgentSide(endpoint, pair.remote, "remote"),
+            }
+            session = _Session(
+                config,
+                pair,
+                connector,
+                state,
+                key,
+                progress or Progress(),
+                endpoint,
+                both,
+                accept_deletes=accept_deletes,
+                prescan=prescan,
+            )
+            try:
+                return await session.run(
+                    dry_run=dry_run, accept_empty=accept_empty, stamp_now=stamp_now, scope=scope
+                )
+            finally:
+                await local.close()
+                session.report.total_s = time.monotonic() - started
+
         if client is not None:
             return await run(client)
-        if scope is None:  # a one-shot full sync: scan this side while the link comes up
-            session.prescan()
+        # A one-shot full sync: scan this side while the link comes up.
+        prescan = (
+            None if scope is not None else asyncio.ensure_future(_scan_ahead(state, key, pair))
+        )
         try:
             async with connector.remote(config, pair) as started:
-                return await run(started)
+                return await run(started, prescan)
         finally:
-            await session.drop_prescan()
+            if prescan is not None:  # let an untaken prescan finish (a thread cannot be stopped)
+                with contextlib.suppress(Exception):
+                    await prescan
+
+
+async def _scan_ahead(store: OffLoop[StateStore], key: str, pair: PairConfig) -> Prescan:
+    cache = await store.run(StateStore.load_digests, key)
+    rules = IgnoreRules(extra=pair.ignore)
+    scanned = await asyncio.to_thread(scan_local, pair.local, rules, cache, defer_hashing=True)
+    return cache, scanned
 
 
 def _full_plan(base: Snapshot, local: Snapshot, remote: Snapshot, mode: PairMode, now: str) -> Plan:
@@ -331,108 +385,77 @@ async def _hash_to_compare(scanned: LocalScan, base: Snapshot, remote: Snapshot)
 
 
 class _Session:
+    """One sync of one pair over an endpoint already open, with both sides made from it."""
+
     def __init__(
         self,
         config: Config,
         pair: PairConfig,
         connector: Connector,
         store: OffLoop[StateStore],
+        key: str,
         progress: Progress,
+        client: Endpoint,
+        sides: dict[Side, sides.Side],
+        *,
+        accept_deletes: bool,
+        prescan: asyncio.Future[Prescan] | None,
     ) -> None:
         self.config, self.pair, self.store = config, pair, store
-        self.connector = connector
-        self.progress = progress
-        self.key = pair_key(config.path, pair.name)
+        self.connector, self.progress = connector, progress
+        self.client, self.sides = client, sides
+        self.accept_deletes = accept_deletes
+        self.key = key
         self.report = SyncReport(pair.name, pair.mode.value)
-        self.fresh = False
-        """The stored base belongs to another identity: this sync is a first sync."""
-        self.accept_deletes = False
-        self._halted_plan = ""
-        """The fingerprint of the deletions a big-deletion halt stopped ("" for a root halt)."""
-        self._prescan: asyncio.Future[tuple[DigestCache, LocalScan]] | None = None
-
-    def prescan(self) -> None:
-        """Start the full local scan now (in a thread), for the first round to take."""
-        self._prescan = asyncio.ensure_future(self._scan_ahead())
-
-    async def _scan_ahead(self) -> tuple[DigestCache, LocalScan]:
-        pair = self.pair
-        cache = await self.store.run(StateStore.load_digests, self.key)
-        rules = IgnoreRules(extra=pair.ignore)
-        scanned = await asyncio.to_thread(scan_local, pair.local, rules, cache, defer_hashing=True)
-        return cache, scanned
-
-    async def drop_prescan(self) -> None:
-        """Let an untaken prescan finish (a thread cannot be stopped) and forget it."""
-        if self._prescan is not None:
-            with contextlib.suppress(Exception):
-                await self._prescan
-            self._prescan = None
+        self._prescan = prescan
+        """The full local scan started before the link was up; the first full round takes it
+        (:func:`sync_pair` waits out one left untaken)."""
 
     async def run(
-        self,
-        client: Endpoint,
-        *,
-        dry_run: bool,
-        accept_empty: bool,
-        accept_deletes: bool,
-        stamp_now: str,
-        scope: list[str] | None,
+        self, *, dry_run: bool, accept_empty: bool, stamp_now: str, scope: list[str] | None
     ) -> SyncReport:
-        self.client = client
-        started = time.monotonic()
         report = self.report
         report.dry_run = dry_run
-        self.accept_deletes = accept_deletes
-        await self._check_identity(dry_run)
-        if accept_deletes and not dry_run:
+        fresh = await self._check_identity(dry_run)
+        if self.accept_deletes and not dry_run:
             await self.store.run(StateStore.accept_halt, self.key)
-        local_side = LocalSide(self.pair.local, self.connector.spawn_local)
-        self.sides = {
-            Side.LOCAL: local_side,
-            Side.REMOTE: AgentSide(self.client, self.pair.remote, "remote"),
-        }
-        try:
-            finished: bool | None = None
-            if scope is not None:
-                report.scope = scope
-                finished = True if not scope else await self._incremental(scope, dry_run, stamp_now)
-            if finished is None:
-                report.scope = None
-                finished = await self._full(dry_run, accept_empty, stamp_now)
-            if not finished:
-                if report.halted and not dry_run:
-                    await self.store.run(
-                        StateStore.record_halt,
-                        self.key,
-                        report.status.value,
-                        report.message,
-                        self._halted_plan,
-                    )
-                return report  # halted, or a dry run
-        finally:
-            await local_side.close()
-            report.total_s = time.monotonic() - started
+        end: Ending | None = None
+        if scope is not None:
+            report.scope = scope
+            end = True if not scope else await self._incremental(scope, fresh, dry_run, stamp_now)
+        if end is None:
+            report.scope = None
+            end = await self._full(fresh, dry_run, accept_empty, stamp_now)
+        if isinstance(end, Halt):
+            report.status, report.message = end.status, end.message
+            if not dry_run:
+                await self.store.run(
+                    StateStore.record_halt, self.key, end.status.value, end.message, end.plan
+                )
+            return report
+        if not end:
+            return report  # a dry run
         await self.store.run(StateStore.clear_halt, self.key)
         if report.conflicts:
             report.status = PairStatus.CONFLICTS
         self.progress.phase("done", self.pair.name)
         return report
 
-    def _identity(self) -> PairIdentity:
-        """This pair's identity now (see :mod:`.identity`); reads only local files."""
+    async def _identity(self) -> PairIdentity:
+        """This pair's identity now (see :mod:`.identity`); reads only local files (resolving
+        the local root on a worker thread: a slow mount must not hold up the loop)."""
         host = self.connector.host_label(self.config.host(self.pair.host))
-        return PairIdentity(
-            host, str(self.pair.local.resolve()), remote_root(self.pair.remote, self.client.home)
-        )
+        local = await asyncio.to_thread(self.pair.local.resolve)
+        return PairIdentity(host, str(local), remote_root(self.pair.remote, self.client.home))
 
-    async def _check_identity(self, dry_run: bool) -> None:
+    async def _check_identity(self, dry_run: bool) -> bool:
         """Make the base the one agreed for this identity: another one's is forgotten (kept,
-        unused, by a dry run), and the sync is a first sync, with a notice when there was one."""
-        identity = self._identity()
+        unused, by a dry run), and the sync is a first sync, with a notice when there was one.
+        True when the stored base is to be ignored (a dry run's first sync)."""
+        identity = await self._identity()
         stored = await self.store.run(StateStore.identity, self.key)
         if stored == identity.key():
-            return
+            return False
         if await self.store.run(StateStore.has_base, self.key):
             parts = (stored or "").split("\n")
             was = (
@@ -446,16 +469,16 @@ class _Session:
             )
             log.warning("%s", self.report.notice)
         if dry_run:
-            self.fresh = True
-        else:
-            await self.store.run(StateStore.adopt_identity, self.key, identity.key())
+            return True
+        await self.store.run(StateStore.adopt_identity, self.key, identity.key())
+        return False
 
     async def _guard(
         self, plan: Plan, holding: Mapping[Side, Callable[[], Awaitable[int]]]
-    ) -> bool:
-        """Halt the report when ``plan`` deletes most of a side (see :func:`deletion_verdict`)
-        and the user has not accepted exactly these deletions. ``holding`` counts what a side
-        holds now (called only when there are enough deletions to matter)."""
+    ) -> Halt | None:
+        """The halt due when ``plan`` deletes most of a side (see :func:`deletion_verdict`) and
+        the user has not accepted exactly these deletions; None to go ahead. ``holding`` counts
+        what a side holds now (called only when there are enough deletions to matter)."""
         deletes = [a for a in plan.actions if a.kind is ActionKind.DELETE]
         for side in (Side.LOCAL, Side.REMOTE):
             count = sum(1 for a in deletes if a.side is side)
@@ -467,19 +490,18 @@ class _Session:
             fingerprint = plan_fingerprint((a.side.value, a.path) for a in deletes)
             halt = await self.store.run(StateStore.halt, self.key)
             if halt is None and self.accept_deletes:
-                return False
+                return None
             if halt is not None and halt.accepted and halt.plan == fingerprint:
-                return False
+                return None
             status, message = verdict
             name = self.pair.name
-            self.report.status = status
-            self.report.message = (
+            return Halt(
+                status,
                 f"{message}; see them with `tether sync --dry-run {name}`, then accept with "
-                f"`tether sync --accept-deletes {name}` or `tether resume {name}`"
+                f"`tether sync --accept-deletes {name}` or `tether resume {name}`",
+                fingerprint,
             )
-            self._halted_plan = fingerprint
-            return True
-        return False
+        return None
 
     async def _held(self, snap: Snapshot, base: Snapshot, scope: list[str]) -> int:
         """What a side holds in all, from its scan of ``scope`` and the base outside it."""
@@ -491,14 +513,16 @@ class _Session:
         held = await self.store.run(StateStore.count_syncable, self.key)
         return held - syncable(_inside(base, scope))
 
-    async def _incremental(self, scope: list[str], dry_run: bool, stamp_now: str) -> bool | None:
-        """Sync only the subtrees in ``scope``: True when done, False to return the report now
-        (a dry run), None when only a full scan can decide safely (nothing was written)."""
+    async def _incremental(
+        self, scope: list[str], fresh: bool, dry_run: bool, stamp_now: str
+    ) -> Ending | None:
+        """Sync only the subtrees in ``scope`` (see :data:`Ending`); None when only a full scan
+        can decide safely (nothing was written). ``fresh``: the stored base is not this pair's."""
         report, pair, store, key = self.report, self.pair, self.store, self.key
         if local_is_case_insensitive(pair.local):
             return None  # a clash may be with a name outside the scope
         cached = await store.run(StateStore.load_rules, key)
-        if self.fresh or cached is None or not await store.run(StateStore.has_base, key):
+        if fresh or cached is None or not await store.run(StateStore.has_base, key):
             return None  # first sync (or an empty base): the emptied checks need everything
         wire = [(str(r), bool(i)) for r, i in cached]
         known = set(wire)
@@ -553,19 +577,20 @@ class _Session:
             step = await self._round(
                 Round(round_no, plan, base, scanned, rem, cache, held), dry_run=dry_run
             )
-            if step.finished is not None:
-                return step.finished
+            if step.end is not None:
+                return step.end
             wider = dirty_roots([*scope, *step.changed])
             if wider is None:
                 return None
             scope = report.scope = wider
         return True
 
-    async def _full(self, dry_run: bool, accept_empty: bool, stamp_now: str) -> bool:
-        """Scan both roots whole; False when the report is to be returned as it is."""
+    async def _full(self, fresh: bool, dry_run: bool, accept_empty: bool, stamp_now: str) -> Ending:
+        """Scan both roots whole (see :data:`Ending`). ``fresh``: the stored base is not this
+        pair's (a dry run's first sync)."""
         report, pair, store, key = self.report, self.pair, self.store, self.key
-        base = {} if self.fresh else await store.run(StateStore.load_base, key)
-        prescan, self._prescan = self._prescan, None
+        base = {} if fresh else await store.run(StateStore.load_base, key)
+        prescan = self._prescan  # a session runs one full sync at most: it takes it once
         if prescan is None:
             cache = await store.run(StateStore.load_digests, key)
         else:
@@ -578,11 +603,7 @@ class _Session:
             # Start the host's scan with last time's rules while this side scans; if the
             # .gitignore files changed meanwhile, scan the host again with the new ones.
             cached = await store.run(StateStore.load_rules, key)
-            last = (
-                None
-                if self.fresh
-                else await store.run(StateStore.load_remote_scan, key, pair.remote)
-            )
+            last = None if fresh else await store.run(StateStore.load_remote_scan, key, pair.remote)
             early = (
                 asyncio.ensure_future(
                     self.client.scan(
@@ -661,22 +682,21 @@ class _Session:
                         await store.run(StateStore.save_base, key, base, {})
                     base = {}
                     continue
-                report.status, report.message = status, message
-                return False
+                return Halt(status, message)
             plan = await asyncio.to_thread(
                 _full_plan, base, local, remote.entries, pair.mode, stamp_now
             )
-            sides = {Side.LOCAL: local, Side.REMOTE: remote.entries}
-            held = {s: functools.partial(_count, snap) for s, snap in sides.items()}
+            snaps = {Side.LOCAL: local, Side.REMOTE: remote.entries}
+            held = {s: functools.partial(_count, snap) for s, snap in snaps.items()}
             step = await self._round(
                 Round(round_no, plan, base, scanned, remote.entries, cache, held),
                 dry_run=dry_run,
                 create_local=scanned.exists is False,
                 create_remote=not remote.exists,
             )
-            if step.finished is not None:
-                return step.finished
-            base, cache = step.base, scanned.cache
+            if step.end is not None:
+                return step.end
+            base, cache = step.base, step.cache
         return True
 
     async def _round(
@@ -694,26 +714,33 @@ class _Session:
             report.plan = [a.describe() for a in plan.actions]
             report.conflicts = list(plan.conflicts)
         report.problems = list(plan.problems)
-        if await self._guard(plan, r.held) or dry_run:
-            return Step(finished=False)
+        halt = await self._guard(plan, r.held)
+        if halt is not None:
+            return Step(end=halt)
+        if dry_run:
+            return Step(end=False)
         if create_local and plan.actions:
-            self.pair.local.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(self.pair.local.mkdir, parents=True, exist_ok=True)
         if create_remote and plan.actions:
             await self.client.probe(self.pair.remote, create=True)
-        outcome = await self._apply(plan, r.scanned)
-        local = r.scanned.entries
-        base = await self._save(r.base, local, r.remote, plan, outcome, r.cache, r.scanned.cache)
+        outcome = await self._apply(plan)
+        # What the apply learned about this side's files, taken in here once: the scan's digest
+        # cache gains them, and next_base completes the entries from ``outcome.learned``.
+        learned = learned_here(plan.actions, outcome)
+        cache = r.scanned.cache_with(learned)
+        report.hashed_local += r.scanned.hashed + sum(1 for p in learned if p in r.scanned.unhashed)
+        base = await self._save(r.base, r.scanned.entries, r.remote, plan, outcome, r.cache, cache)
         if outcome.fatal is not None:
             raise outcome.fatal
         report.problems.extend(outcome.problems)
         if not outcome.changed:
-            return Step(finished=True)
+            return Step(end=True)
         if r.number == MAX_ROUNDS:
             self._unsettled(outcome.changed)
-            return Step(finished=True)
+            return Step(end=True)
         log.info("%d paths changed during the sync; rescanning", len(outcome.changed))
         report.problems = [p for p in report.problems if p.path not in outcome.changed]
-        return Step(finished=None, base=base, changed=outcome.changed)
+        return Step(end=None, base=base, cache=cache, changed=outcome.changed)
 
     def _unsettled(self, changed: list[str]) -> None:
         """Paths that were still changing on the last round (each read or check found other
@@ -727,26 +754,21 @@ class _Session:
         report.unsettled = paths
         log.warning("%d paths kept changing during the sync: %s", len(paths), ", ".join(paths))
 
-    async def _apply(self, plan: Plan, scanned: LocalScan) -> Outcome:
-        """Carry out ``plan``; local files it read unhashed get their digests in ``scanned``."""
+    async def _apply(self, plan: Plan) -> Outcome:
+        """Carry out ``plan``, its counts added to the report; the scans are left as they were."""
         report = self.report
         files = [a for a in plan.actions if a.kind is ActionKind.COPY]
         self.progress.phase("transfer", self.pair.name)
         self.progress.transfer_started(len(files), total_bytes(plan.actions))
         t0 = time.monotonic()
         progress: ProgressFn = self.progress.file_done
-        asides = [
-            a for a in plan.actions if a.kind is ActionKind.MOVE_ASIDE and a.side is Side.LOCAL
-        ]
         outcome = await apply_plan(
             plan.actions,
-            self.sides,  # type: ignore[arg-type]
+            self.sides,
             on_progress=progress,
             on_file_bytes=self.progress.file_bytes,
-            on_digest=lambda path, digest: scanned.learn(scanned_path(asides, path), digest),
         )
         report.transfer_s += time.monotonic() - t0
-        report.hashed_local += scanned.hashed
         report.copied += outcome.files
         report.deleted += outcome.deleted
         report.bytes += outcome.bytes
@@ -794,6 +816,18 @@ class _Session:
         new, moved = await self.store.run(save)
         self.report.base_moved.extend(moved)
         return new
+
+
+def learned_here(actions: list[Action], outcome: Outcome) -> dict[str, str]:
+    """What an apply learned about the local scan: for each file sent from this side that the
+    scan left unhashed, its scanned path (a conflict copy's is the name its folder had, see
+    :func:`scanned_path`) and the digest of the bytes read to send it."""
+    asides = [a for a in actions if a.kind is ActionKind.MOVE_ASIDE and a.side is Side.LOCAL]
+    return {
+        scanned_path(asides, a.source_path): outcome.learned[a.source_path]
+        for a in outcome.done
+        if a.side is Side.REMOTE and a.source_path in outcome.learned
+    }
 
 
 def _validated_next_base(

@@ -17,7 +17,7 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,20 +89,25 @@ class LocalScan:
         else:
             take(digest(item) for item in items)
 
-    def learn(self, path: str, digest: str) -> Entry | None:
-        """The digest of an unhashed file, hashed as it was read whole (its size and mtime
-        checked against the scan's); returns its entry, now complete, or None if not unhashed."""
-        st = self.unhashed.pop(path, None)
-        return None if st is None else self._record(path, st, digest)
+    def cache_with(self, learned: Mapping[str, str]) -> DigestCache:
+        """The digest cache with what an apply learned: ``learned`` maps scanned paths of files
+        the scan left unhashed to the sha256 of the bytes the apply read whole to send (their
+        size and mtime checked against the scan's as they were read). Pure: the scan is
+        unchanged; a file too fresh to trust (see :data:`RACY_NS`) gets no row."""
+        rows = {
+            path: (st[0], st[1], st[2], st[4], digest)
+            for path, digest in learned.items()
+            if (st := self.unhashed.get(path)) is not None and max(st[1], st[4]) < self.horizon
+        }
+        return {**self.cache, **rows} if rows else self.cache
 
-    def _record(self, path: str, st: _Stat, digest: str) -> Entry:
+    def _record(self, path: str, st: _Stat, digest: str) -> None:
         size, mtime_ns, ino, mode, ctime_ns = st
         if max(mtime_ns, ctime_ns) < self.horizon:
             self.cache[path] = (size, mtime_ns, ino, ctime_ns, digest)
         self.hashed += 1
         self.hashed_bytes += size
-        entry = self.entries[path] = Entry(EntryKind.FILE, size, mtime_ns, mode & 0o7777, digest)
-        return entry
+        self.entries[path] = Entry(EntryKind.FILE, size, mtime_ns, mode & 0o7777, digest)
 
 
 def hash_file(path: str) -> str:
@@ -133,7 +138,7 @@ def scan_local(
         defer_hashing: leave files the cache does not know unhashed (entries without a digest,
             listed in ``unhashed``): the caller hashes those it must compare
             (:meth:`LocalScan.hash`) and learns the rest as it reads them to send
-            (:meth:`LocalScan.learn`), so a new file is read once, not twice.
+            (:meth:`LocalScan.cache_with`), so a new file is read once, not twice.
     """
     cache = cache or {}
     try:

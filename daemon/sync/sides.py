@@ -251,8 +251,8 @@ class LocalSide:
 
     async def _writer(self) -> AgentSide:
         async with self._lock:
-            if self._agent is None:
-                self.root.mkdir(parents=True, exist_ok=True)
+            if self._agent is None:  # the folder made off the loop: a slow mount takes seconds
+                await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
                 self._agent = AgentSide(await self._spawn(), str(self.root), "local")
             return self._agent
 
