@@ -12,12 +12,13 @@ import pytest
 from tether.results.store import ResultsStore
 from tether.runs.history import RunHistory
 from tether.service import control_lite
+from tether.service import daemon as daemon_module
 from tether.service.control import ControlClient
 
 from tests.bench_documents import document
 from tests.helpers import eventually, running_daemon, write_project
 from tests.sshd import SshServer
-from tests.store_threads import on_this_thread, record_run_store_threads
+from tests.store_threads import on_this_thread, record_run_store_threads, record_threads
 
 pytestmark = pytest.mark.usefixtures("private_dirs")
 
@@ -33,12 +34,15 @@ def test_a_triggers_fetched_results_are_stored_off_the_daemons_loop(
 ) -> None:
     """A trigger's run, its record and the results file it fetched: the file is read and
     stored, and the record begun and ended, on threads of their own, never on the loop that
-    serves every pair, tunnel and the control API."""
+    serves every pair, tunnel and the control API; so are resolving a project's path, its
+    config's stat and saving the registry."""
     local, _ = write_project(tmp_path, sshd, extra=TRIGGER)
     (local / "src").mkdir()
     (local / "src" / "doc.json").write_text(json.dumps(document()))
     config = str(local / "tether.toml")
     calls = record_run_store_threads(monkeypatch)
+    disk = ["_real_path", "_stamp", "_write_registry"]  # resolve, stat and save the registry
+    record_threads(monkeypatch, daemon_module, disk, calls)
 
     async def body() -> None:
         async with running_daemon() as (daemon, client):
@@ -59,7 +63,7 @@ def test_a_triggers_fetched_results_are_stored_off_the_daemons_loop(
     assert [r.run_id for r in stored] == [record.id]
     assert str(local / "results" / "out.tether.json") == stored[0].source
     assert on_loop == []
-    assert {"ResultsStore.ingest", "RunHistory.begin", "RunHistory.finish"} <= used
+    assert {"ResultsStore.ingest", "RunHistory.begin", "RunHistory.finish", *disk} <= used
 
 
 def test_a_daemon_run_whose_client_goes_away_ends_its_record(

@@ -336,8 +336,8 @@ class Daemon:
             await asyncio.sleep(self.config_poll_s)
             for path, project in list(self.projects.items()):
                 stamp = await asyncio.to_thread(_stamp, path)
-                if stamp == project.stamp:
-                    continue
+                if stamp == project.stamp or self.projects.get(path) is not project:
+                    continue  # unchanged, or unregistered or reloaded meanwhile
                 try:
                     await self._replace(path)
                 except TetherError as exc:
