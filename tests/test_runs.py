@@ -9,12 +9,13 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from tether.config import load_config
 from tether.errors import BadHostData, UsageError
-from tether.runs.history import RunHistory, record_run
+from tether.runs.history import RecordedRun, RunHistory, RunRecord, record_run
 from tether.runs.remote import (
     RunOutcome,
     RunSpec,
@@ -222,30 +223,73 @@ def test_a_venv_missing_on_the_host_is_a_one_line_error(
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
-def test_record_run_keeps_a_running_record_and_a_private_log_until_finished(
+KILLED_IN_A_RUN = """
+import asyncio, os, signal
+from tether.runs.history import record_run
+
+async def main():
+    async with record_run("r3", project="p", host="h", pair="main", command="y"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+def test_record_run_keeps_a_running_record_and_a_private_log_and_always_ends_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The record says "running" while its block goes on and is ended however the block ends:
+    with the outcome it set; "error" when tether's side failed first; "interrupted" when it was
+    cancelled or its generator closed (a client that went away). Only a process killed
+    outright leaves "running" behind (for `tether runs` to settle with the host)."""
     monkeypatch.setenv("TETHER_STATE_DIR", str(tmp_path / "state"))
-    with record_run("r1", project="p", host="h", pair="main", command="echo hi") as run:
-        run.log.write(b"hi\n")
-        with RunHistory() as history:
-            begun = history.get("r1")
-        run.finish(RunOutcome("r1", exit_code=3, signal=None, duration_s=0.1))
-    with record_run(
-        "r2", project="p", host="h", pair="main", command="x", trigger="t", changed=["a.py"]
-    ) as failed:
-        failed.finish(None)  # tether's side failed before the run had an outcome
-    with record_run("r3", project="p", host="h", pair="main", command="y"):
-        pass  # cut short: never finished
+    entered = asyncio.Event()
 
+    async def cancelled() -> None:
+        async with record_run("r4", project="p", host="h", pair="main", command="z"):
+            entered.set()
+            await asyncio.Event().wait()
+
+    async def streamed() -> AsyncIterator[None]:
+        async with record_run("r5", project="p", host="h", pair="main", command="w"):
+            yield
+
+    async def body() -> tuple[RunRecord | None, RecordedRun]:
+        async with record_run("r1", project="p", host="h", pair="main", command="echo hi") as run:
+            await run.write(b"hi\n")
+            with RunHistory() as history:
+                begun = history.get("r1")
+            run.outcome = RunOutcome("r1", exit_code=3, signal=None, duration_s=0.1)
+        with pytest.raises(UsageError):
+            async with record_run(
+                "r2", project="p", host="h", pair="main", command="x", trigger="t",
+                changed=["a.py"],
+            ):  # fmt: skip
+                raise UsageError("tether's side failed before the run had an outcome")
+        task = asyncio.create_task(cancelled())
+        await entered.wait()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        stream = streamed()
+        await anext(stream)
+        await stream.aclose()  # closed at its yield, as the control API closes a run's stream
+        return begun, run
+
+    begun, run = asyncio.run(body())
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_A_RUN], timeout=60)
+
+    assert killed.returncode == -signal.SIGKILL
     assert begun is not None and begun.reason == "running" and begun.ended is None
     log = Path(run.record.log)
     assert log.read_bytes() == b"hi\n"
     assert stat.S_IMODE(log.stat().st_mode) == 0o600
     with RunHistory() as history:
         done, error, cut = history.get("r1"), history.get("r2"), history.get("r3")
+        interrupted, closed = history.get("r4"), history.get("r5")
     assert done is not None and (done.reason, done.exit_code, done.status) == ("exited", 3, 3)
     assert done.log == str(log) and done.command == "echo hi" and done.ended is not None
     assert error is not None and (error.reason, error.exit_code) == ("error", None)
     assert (error.trigger, error.changed) == ("t", ["a.py"])
     assert cut is not None and (cut.reason, cut.ended) == ("running", None)
+    for record in (interrupted, closed):
+        assert record is not None and record.reason == "interrupted" and record.ended is not None

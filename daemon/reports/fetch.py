@@ -3,6 +3,7 @@ per report (only what changed moves; every file staged and renamed into place by
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from collections.abc import Iterable, Sequence
@@ -116,7 +117,7 @@ async def pull(
     meanwhile is pulled again (:data:`PULL_TRIES` in all), else reported as still changing."""
     table = config.reports[report.table]
     pair = report_pair(table, report.kind, report.folder)
-    pair.local.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(pair.local.mkdir, parents=True, exist_ok=True)
     async with off_loop(store) as state:
         result = Pulled(report)
         for _ in range(PULL_TRIES):

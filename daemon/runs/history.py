@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -120,38 +120,44 @@ def _record(row: tuple[Any, ...]) -> RunRecord:
     )  # fmt: skip
 
 
-def _ended(history: RunHistory, run_id: str, outcome: RunOutcome | None) -> None:
-    """Complete a record with how the run ended (None: tether's side failed, "error")."""
+def _ended(history: RunHistory, run_id: str, outcome: RunOutcome | None, reason: str) -> None:
+    """Complete a record with how the run ended; without an outcome, with ``reason`` alone."""
     if outcome is None:
-        history.finish(run_id, exit_code=None, signal=None, reason="error")
+        history.finish(run_id, exit_code=None, signal=None, reason=reason)
     else:
         history.finish(
             run_id, exit_code=outcome.exit_code, signal=outcome.signal, reason=outcome.reason
         )
 
 
+def cut_reason(exc: BaseException | None) -> str:
+    """What a record says when its block ends without an outcome: "interrupted" when tether's
+    side was cancelled, closed or interrupted (a client that went away, Ctrl-C, a shutdown),
+    "error" otherwise (tether's side failed before the run had an outcome)."""
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt)):
+        return "interrupted"
+    return "error"
+
+
+def _append(log: BinaryIO, chunk: bytes) -> None:
+    log.write(chunk)
+    log.flush()  # `tether logs RUN` reads it while the run goes on
+
+
 class RecordedRun:
-    """A run being recorded: its log file (write the output there) and its open record."""
+    """A run being recorded: write its output with :meth:`write`, and set :attr:`outcome` once
+    it has one; :func:`record_run` writes the end."""
 
-    def __init__(self, history: RunHistory, record: RunRecord, log: BinaryIO) -> None:
-        self.record, self.log = record, log
-        self._history = history
+    def __init__(self, record: RunRecord, log: OffLoop[BinaryIO]) -> None:
+        self.record = record
+        self.outcome: RunOutcome | None = None
+        """How the run ended; left None, the record ends as "error" or "interrupted"."""
+        self._log = log
 
-    def finish(self, outcome: RunOutcome | None) -> None:
-        """Complete the record with how the run ended (None: tether's side failed, "error")."""
-        _ended(self._history, self.record.id, outcome)
-
-
-class RecordedRunOffLoop:
-    """:class:`RecordedRun` for coroutines: the history is written on its store's own thread."""
-
-    def __init__(self, history: OffLoop[RunHistory], record: RunRecord, log: BinaryIO) -> None:
-        self.record, self.log = record, log
-        self._history = history
-
-    async def finish(self, outcome: RunOutcome | None) -> None:
-        """Complete the record with how the run ended (None: tether's side failed, "error")."""
-        await self._history.run(lambda h: _ended(h, self.record.id, outcome))
+    async def write(self, chunk: bytes) -> None:
+        """Append ``chunk`` to the run's log (and flush it) on the log's own thread; chunks
+        land in the order they were written."""
+        await self._log.run(_append, chunk)
 
 
 def _new_record(
@@ -163,7 +169,7 @@ def _new_record(
     trigger: str | None,
     changed: list[str] | None,
 ) -> RunRecord:
-    """A run's "running" record, its log in the state folder's runs/."""
+    """A run's "running" record, its log in the state folder's runs/ (made 0700 if missing)."""
     log_path = local_log_path(state_dir(), run_id)
     return RunRecord(
         id=run_id,
@@ -177,30 +183,8 @@ def _new_record(
     )
 
 
-@contextlib.contextmanager
-def record_run(
-    run_id: str,
-    *,
-    project: str,
-    host: str,
-    pair: str,
-    command: str,
-    trigger: str | None = None,
-    changed: list[str] | None = None,
-    history_path: Path | None = None,
-) -> Iterator[RecordedRun]:
-    """Open the run's private log file and write its "running" record, for the block that
-    follows the run and calls :meth:`RecordedRun.finish`. Every way tether starts a run (the
-    daemon, a trigger, `tether run`, `tether bench`) goes through here, so each leaves the same
-    record; one the block never finishes stays "running" with no end (a run cut short)."""
-    record = _new_record(run_id, project, host, pair, command, trigger, changed)
-    with RunHistory(history_path) as history, open_private(Path(record.log), "wb") as log:
-        history.begin(record)
-        yield RecordedRun(history, record, log)
-
-
 @contextlib.asynccontextmanager
-async def recording_run(
+async def record_run(
     run_id: str,
     *,
     project: str,
@@ -210,12 +194,29 @@ async def recording_run(
     trigger: str | None = None,
     changed: list[str] | None = None,
     history_path: Path | None = None,
-) -> AsyncIterator[RecordedRunOffLoop]:
-    """:func:`record_run` for coroutines (the daemon, triggers, `tether run`): the same record
-    and private log, with the log opened and SQLite written off the event loop."""
-    record = _new_record(run_id, project, host, pair, command, trigger, changed)
-    async with OffLoop(lambda: RunHistory(history_path)) as history:
-        log = await asyncio.to_thread(open_private, Path(record.log), "wb")
-        with log:
-            await history.run(lambda h: h.begin(record))
-            yield RecordedRunOffLoop(history, record, log)
+) -> AsyncIterator[RecordedRun]:
+    """Open the run's private log and write its "running" record, for the block that follows
+    the run; on leaving the block, write how it ended, whatever happened.
+
+    Every way tether starts a run (the daemon, a trigger, `tether run`, `tether bench`) goes
+    through here, so each leaves the same record. The block sets :attr:`RecordedRun.outcome`;
+    one that leaves without it (an exception, a cancellation, a closed generator) ends the
+    record as :func:`cut_reason` says. Only a process killed outright leaves "running" behind,
+    and `tether runs` settles that with the host. The folder, the log and SQLite are all
+    touched off the event loop: each has a thread of its own, so the loop never waits on disk.
+    """
+    record = await asyncio.to_thread(
+        _new_record, run_id, project, host, pair, command, trigger, changed
+    )
+    async with (
+        OffLoop(lambda: RunHistory(history_path)) as history,
+        OffLoop(lambda: open_private(Path(record.log), "wb")) as log,
+    ):
+        await history.run(RunHistory.begin, record)
+        recorded = RecordedRun(record, log)
+        try:
+            yield recorded
+        except BaseException as exc:
+            await history.run(_ended, record.id, recorded.outcome, cut_reason(exc))
+            raise
+        await history.run(_ended, record.id, recorded.outcome, cut_reason(None))

@@ -327,7 +327,7 @@ async def fetch(
                 "check the path; it is relative to the pair's remote folder",
             )
         sub = fetch_pair(pair, rel, is_dir=probe.is_dir)
-        sub.local.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(sub.local.mkdir, parents=True, exist_ok=True)
         reports.append(await sync_pair(config, sub, SSH, client=agent, accept_empty=True))
     return reports
 

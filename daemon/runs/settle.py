@@ -70,41 +70,56 @@ async def agent_for(host: HostConfig) -> AsyncIterator[tuple[Link, AgentClient]]
         yield link, await link.wait_agent(30)
 
 
-async def settle(history: RunHistory, records: Iterable[RunRecord]) -> list[str]:
-    """Ask each host about the records that still say "running" and write down the ends it
-    reports. Returns one line per host that could not be asked (their records stay as they are)."""
+@dataclass(frozen=True)
+class Settled:
+    """What the hosts said about the records that still say "running"."""
+
+    ends: dict[str, Ending]
+    """Run id → its end, for each run its host says has ended."""
+    problems: list[str]
+    """One line per host that could not be asked (its records stay as they are)."""
+
+
+async def settle(records: Iterable[RunRecord]) -> Settled:
+    """Ask each host about the records that still say "running". The caller writes the ends
+    down (:func:`write_ends`) once the asking is done: SQLite stays off the event loop."""
     by_host: dict[tuple[str, str], list[RunRecord]] = {}
     for record in records:
         if record.ended is None:
             by_host.setdefault((record.project, record.host), []).append(record)
-    problems = []
+    settled = Settled({}, [])
     for pending in by_host.values():
         try:
             async with agent_for(host_of(pending[0])) as (_link, agent):
                 known = {str(r.get("run_id")): r for r in await agent.runs()}
         except TetherError as exc:
-            problems.append(f"could not ask {pending[0].host} about its runs: {exc.one_line()}")
+            settled.problems.append(
+                f"could not ask {pending[0].host} about its runs: {exc.one_line()}"
+            )
             continue
         for record in pending:
             end = ending(known.get(record.id))
             if end is not None:
-                history.finish(
-                    record.id, exit_code=end.exit_code, signal=end.signal, reason=end.reason
-                )
-    return problems
+                settled.ends[record.id] = end
+    return settled
 
 
-async def stop(history: RunHistory, record: RunRecord) -> tuple[Ending, bool]:
+def write_ends(history: RunHistory, ends: Mapping[str, Ending]) -> None:
+    """Complete each run's record with the end its host reported."""
+    for run_id, end in ends.items():
+        history.finish(run_id, exit_code=end.exit_code, signal=end.signal, reason=end.reason)
+
+
+async def stop(record: RunRecord) -> tuple[Ending, bool]:
     """Stop a run's process group as Ctrl-C does (SIGINT, SIGKILL after a grace period),
     whoever started it; an owner still following it sees it end "stopped". Returns how it
-    ended and whether it was still going on."""
+    ended and whether it was still going on; the caller records the end when either the run
+    was going or its record still says "running"."""
     async with agent_for(host_of(record)) as (_link, agent):
         going = ending(await _summary(agent, record.id)) is None
         if going:
             await agent.kill(record.id, signal="INT", grace_s=GRACE_S)
         end = ending(await _summary(agent, record.id)) or Ending(None, None, "stopped")
-    if going or record.ended is None:
-        history.finish(record.id, exit_code=end.exit_code, signal=end.signal, reason=end.reason)
     return end, going
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,8 @@ from ..reports.fetch import list_host, tables_for
 from ..reports.fetch import pull as pull_report
 from ..reports.model import Report, changed_since
 from ..transport.link import Link
-from .history import recording_run
-from .remote import RunOutcome, RunSpec, fetch, follow, start
+from .history import record_run
+from .remote import RunSpec, fetch, follow, start
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class TriggerRunner:
         link: Link,
         *,
         on_event: Callable[[dict[str, Any]], None] | None = None,
-        on_fetched: Callable[[TriggerConfig, RunSpec, list[Path]], None] | None = None,
+        on_fetched: Callable[[TriggerConfig, RunSpec, list[Path]], Awaitable[None]] | None = None,
     ) -> None:
         self.config, self.trigger, self.link = config, trigger, link
         self.pair = config.pairs[trigger.pair]
@@ -124,8 +124,7 @@ class TriggerRunner:
 
     async def _execute(self, spec: RunSpec, changed: list[str], stop: asyncio.Event) -> None:
         started = time.monotonic()
-        outcome: RunOutcome | None = None
-        async with recording_run(
+        async with record_run(
             spec.run_id,
             project=str(self.config.path),
             host=self.host.name,
@@ -135,6 +134,7 @@ class TriggerRunner:
             changed=changed,
         ) as recorded:
             before = await self._reports_now() if self.trigger.auto_fetch else None
+            failed: TetherError | None = None
             try:
                 await start(self.link, spec)
                 self._event(
@@ -143,26 +143,27 @@ class TriggerRunner:
                     run=spec.run_id,
                     latency_ms=round((time.monotonic() - started) * 1000, 1),
                 )
-                outcome = await follow(self.link, spec, _appender(recorded.log), stop=stop)
-            except TetherError as exc:
-                await recorded.finish(None)
-                self._event("error", f"run {spec.run_id}: {exc.one_line()}", level="error")
-                self.last = {"run": spec.run_id, "reason": "error", "error": exc.one_line()}
-            else:
-                await recorded.finish(outcome)
-                self.last = {
-                    "run": spec.run_id,
-                    "reason": outcome.reason,
-                    "status": outcome.status,
-                    "duration_s": round(outcome.duration_s, 3),
-                }
-                self._event(
-                    "finished",
-                    f"run {spec.run_id} {outcome.reason} with status "
-                    f"{outcome.status} in {outcome.duration_s:.1f}s",
-                    run=spec.run_id,
-                    status=outcome.status,
-                )
+                recorded.outcome = await follow(self.link, spec, recorded.write, stop=stop)
+            except TetherError as exc:  # no outcome: the record ends as "error"
+                failed = exc
+        outcome = recorded.outcome
+        if failed is not None:
+            self._event("error", f"run {spec.run_id}: {failed.one_line()}", level="error")
+            self.last = {"run": spec.run_id, "reason": "error", "error": failed.one_line()}
+        elif outcome is not None:
+            self.last = {
+                "run": spec.run_id,
+                "reason": outcome.reason,
+                "status": outcome.status,
+                "duration_s": round(outcome.duration_s, 3),
+            }
+            self._event(
+                "finished",
+                f"run {spec.run_id} {outcome.reason} with status "
+                f"{outcome.status} in {outcome.duration_s:.1f}s",
+                run=spec.run_id,
+                status=outcome.status,
+            )
         if outcome is not None and outcome.reason != "stopped" and self.trigger.fetch:
             await self._fetch(spec)
         if outcome is not None and outcome.reason != "stopped" and before is not None:
@@ -205,14 +206,10 @@ class TriggerRunner:
         except TetherError as exc:
             self._event("error", f"fetch after {spec.run_id}: {exc.one_line()}", level="error")
             return
-        results = [
-            path
-            for rel in self.trigger.fetch
-            for path in sorted((self.pair.local / rel).glob("**/*.tether.json"))
-        ] + [self.pair.local / rel for rel in self.trigger.fetch if rel.endswith(".tether.json")]
+        results = await asyncio.to_thread(_results_in, self.pair.local, self.trigger.fetch)
         self._event("fetched", f"fetched {', '.join(self.trigger.fetch)}", run=spec.run_id)
         if self._on_fetched is not None:
-            self._on_fetched(self.trigger, spec, [p for p in results if p.is_file()])
+            await self._on_fetched(self.trigger, spec, results)
 
     def _event(self, kind: str, message: str, **extra: Any) -> None:
         log.info("trigger %s: %s", self.trigger.name, message)
@@ -227,12 +224,12 @@ class TriggerRunner:
             )
 
 
-def _appender(log_file: Any) -> Callable[[bytes], None]:
-    def write(chunk: bytes) -> None:
-        log_file.write(chunk)
-        log_file.flush()
-
-    return write
+def _results_in(local: Path, fetched: Sequence[str]) -> list[Path]:
+    """The ``*.tether.json`` results files among the fetched paths (folders searched whole);
+    it walks the disk, so it runs off the event loop."""
+    found = [path for rel in fetched for path in sorted((local / rel).glob("**/*.tether.json"))]
+    found += [local / rel for rel in fetched if rel.endswith(".tether.json")]
+    return [path for path in found if path.is_file()]
 
 
 def _show(paths: Sequence[str]) -> str:

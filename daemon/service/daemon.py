@@ -27,8 +27,8 @@ from ..config import Config, TunnelConfig, load_config
 from ..dirs import state_dir
 from ..errors import NotFound, NotRegistered, TetherError
 from ..reports.watcher import ReportWatcher
-from ..results.store import ingest_file
-from ..runs.history import RunHistory, recording_run
+from ..results.store import ResultsStore, ingest_file
+from ..runs.history import RunHistory, record_run
 from ..runs.remote import RunSpec, command_argv, follow, start
 from ..runs.remote import fetch as fetch_paths
 from ..runs.triggers import TriggerRunner
@@ -234,14 +234,18 @@ class Project:
             if trigger.trigger.pair == pair.name:
                 await trigger.notify(paths)
 
-    def _fetched(self, trigger: Any, spec: RunSpec, results: list[Path]) -> None:
+    async def _fetched(self, trigger: Any, spec: RunSpec, results: list[Path]) -> None:
+        """Store the results files a trigger's run brought back (read and stored off the loop)."""
         if not results:
             return
-        for path in results:
-            try:
-                ingest_file(path, run_id=spec.run_id, host=spec.host.name)
-            except TetherError as exc:
-                self._emit({"kind": "results.error", "level": "error", "message": exc.one_line()})
+        async with OffLoop(ResultsStore) as store:
+            for path in results:
+                try:
+                    await store.run(_ingest, path, spec)
+                except TetherError as exc:
+                    self._emit(
+                        {"kind": "results.error", "level": "error", "message": exc.one_line()}
+                    )
 
     def _emit(self, event: dict[str, Any]) -> None:
         self.bus.emit({"project": self.name, **event})
@@ -292,7 +296,7 @@ class Daemon:
 
     async def restore(self) -> None:
         """Bring back the projects registered before the last stop."""
-        for path in self._load_registry():
+        for path in await self._load_registry():
             try:
                 await self._add(path)
             except TetherError as exc:
@@ -331,12 +335,13 @@ class Daemon:
         while True:
             await asyncio.sleep(self.config_poll_s)
             for path, project in list(self.projects.items()):
-                if _stamp(path) == project.stamp:
-                    continue
+                stamp = await asyncio.to_thread(_stamp, path)
+                if stamp == project.stamp or self.projects.get(path) is not project:
+                    continue  # unchanged, or unregistered or reloaded meanwhile
                 try:
                     await self._replace(path)
                 except TetherError as exc:
-                    project.stamp = _stamp(path)  # report a broken edit once, not every poll
+                    project.stamp = stamp  # report a broken edit once, not every poll
                     self.bus.emit(
                         {
                             "kind": "project.error",
@@ -366,29 +371,29 @@ class Daemon:
         }
 
     async def register(self, config_path: str) -> dict[str, Any]:
-        path = await asyncio.to_thread(self._resolve, config_path)  # realpath: lstat per part
+        path = await self._resolve(config_path)
         await self._replace(path)  # registering again re-reads the config
-        self._save_registry()
+        await self._save_registry()
         return {"registered": path, "projects": list(self.projects)}
 
     async def unregister(self, config_path: str) -> dict[str, Any]:
-        path = await asyncio.to_thread(self._resolve, config_path)  # realpath: lstat per part
+        path = await self._resolve(config_path)
         project = self.projects.pop(path, None)
         if project is None:
             raise NotFound(f"{path} is not registered", "see `tether status`")
         await project.close(stop_services=True)
-        self._save_registry()
+        await self._save_registry()
         self.bus.emit({"kind": "project.stopped", "project": path, "message": "unregistered"})
         return {"unregistered": path, "projects": list(self.projects)}
 
     async def pause(self, project: str | None, pair: str | None) -> dict[str, Any]:
-        sessions = [s for p in self._pick(project) for s in p.pick(pair)]
+        sessions = [s for p in await self._pick(project) for s in p.pick(pair)]
         for session in sessions:
             session.pause()
         return {"paused": [s.pair.name for s in sessions]}
 
     async def resume(self, project: str | None, pair: str | None) -> dict[str, Any]:
-        sessions = [s for p in self._pick(project) for s in p.pick(pair)]
+        sessions = [s for p in await self._pick(project) for s in p.pick(pair)]
         for session in sessions:
             if session.link.state.value == "failed":
                 session.link.retry()
@@ -397,7 +402,7 @@ class Daemon:
 
     async def run_trigger(self, project: str, trigger: str) -> dict[str, Any]:
         """Fire ``trigger`` of ``project`` now, whatever changed (the tray's "Run now")."""
-        (found,) = self._pick(project)
+        (found,) = await self._pick(project)
         for runner in found.triggers:
             if runner.trigger.name == trigger:
                 await runner.run_now()
@@ -407,7 +412,7 @@ class Daemon:
     async def reconnect(self, project: str | None) -> dict[str, Any]:
         """Links given up on try again now; links that look up are dropped and made again (a
         laptop back from sleep holds connections that are dead without knowing it)."""
-        links = [link for p in self._pick(project) for link in p.links.values()]
+        links = [link for p in await self._pick(project) for link in p.links.values()]
         for link in links:
             if link.state.value == "failed":
                 link.retry()
@@ -417,7 +422,7 @@ class Daemon:
 
     async def flush(self, project: str | None, timeout_s: float) -> dict[str, Any]:
         started = time.monotonic()
-        sessions = [s for p in self._pick(project) for s in p.sessions.values()]
+        sessions = [s for p in await self._pick(project) for s in p.sessions.values()]
         await asyncio.gather(*(s.flush(timeout_s) for s in sessions))
         return {
             "flushed": [s.pair.name for s in sessions],
@@ -434,7 +439,7 @@ class Daemon:
         """`tether sync` through the daemon: flush these pairs (all: None) and report what
         landed. ``{"registered": false}`` when the project or a pair is not known here (the
         CLI then syncs on its own)."""
-        found = self.projects.get(self._resolve(project))
+        found = self.projects.get(await self._resolve(project))
         if found is None or any(name not in found.sessions for name in pairs or ()):
             return {"registered": False}
         sessions = [found.sessions[name] for name in pairs] if pairs else found.sessions.values()
@@ -452,7 +457,7 @@ class Daemon:
         Events: ``synced`` (when asked), ``started``, ``output`` (base64), ``fetched``, ``exit``.
         Leaving early (the client went away) stops the run's process group.
         """
-        found = self.projects.get(self._resolve(project))
+        found = self.projects.get(await self._resolve(project))
         if found is None or (pair is not None and pair not in found.sessions):
             raise NotRegistered(f"{project} is not registered with the daemon", "`tether start`")
         pair_cfg = found.config.pair(pair)
@@ -464,7 +469,7 @@ class Daemon:
         spec = RunSpec(host=host, pair=pair_cfg, argv=command_argv(argv, host.python))
         stop = self._stops[spec.run_id] = asyncio.Event()
         chunks: asyncio.Queue[bytes] = asyncio.Queue()
-        async with recording_run(
+        async with record_run(
             spec.run_id,
             project=found.name,
             host=host.name,
@@ -482,8 +487,8 @@ class Daemon:
             await start(link, spec)
             yield {"event": "started", "run_id": spec.run_id}
 
-            def take(chunk: bytes) -> None:
-                recorded.log.write(chunk)
+            async def take(chunk: bytes) -> None:
+                await recorded.write(chunk)
                 chunks.put_nowait(chunk)
 
             task = asyncio.create_task(follow(link, spec, take, stop=stop))
@@ -496,13 +501,14 @@ class Daemon:
                         yield {"event": "output", "data": data}
                     else:
                         getter.cancel()
-                outcome = task.result()
             finally:  # the client left (or we were cancelled): the run must not outlive that
                 if not task.done():
                     stop.set()
                     await asyncio.gather(task, return_exceptions=True)
                 self._stops.pop(spec.run_id, None)
-            await recorded.finish(outcome)
+                if not task.cancelled() and task.exception() is None:
+                    recorded.outcome = task.result()  # "stopped" when the client went away
+            outcome = task.result()
         if fetch:
             reports = await fetch_paths(found.config, link, pair_cfg, fetch)
             yield {"event": "fetched", "copied": sum(r.copied for r in reports)}
@@ -521,7 +527,7 @@ class Daemon:
         return {"stopping": run_id}
 
     async def runs(self, project: str | None, limit: int) -> dict[str, Any]:
-        path = await asyncio.to_thread(self._resolve, project) if project else None
+        path = await self._resolve(project) if project else None
         async with OffLoop(RunHistory) as history:
             records = await history.run(lambda h: h.recent(limit, path))
         return {"runs": [r.to_json() for r in records]}
@@ -549,7 +555,7 @@ class Daemon:
 
     async def _replace(self, path: str) -> None:
         """Load ``path``'s config, then (only if it is valid) swap it in for the running one."""
-        stamp = _stamp(path)
+        stamp = await asyncio.to_thread(_stamp, path)
         config = await asyncio.get_running_loop().run_in_executor(None, load_config, Path(path))
         old = self.projects.get(path)  # stays listed while it closes: no moment without it
         if old is not None:
@@ -559,21 +565,22 @@ class Daemon:
         self.projects[path] = project
         await project.start()
 
-    def _resolve(self, project: str) -> str:
-        """The config path with symlinks resolved: one project, however the user named it."""
-        return str(Path(project).resolve())
+    async def _resolve(self, project: str) -> str:
+        """The config path with symlinks resolved: one project, however the user named it
+        (off the loop: resolving is an lstat per part, each may wait on a slow disk)."""
+        return await asyncio.to_thread(_real_path, project)
 
-    def _pick(self, project: str | None) -> list[Project]:
+    async def _pick(self, project: str | None) -> list[Project]:
         if project is None:
             return list(self.projects.values())
-        path = self._resolve(project)
+        path = await self._resolve(project)
         if path not in self.projects:
             raise NotFound(f"{path} is not registered with the daemon", "run `tether start`")
         return [self.projects[path]]
 
-    def _load_registry(self) -> list[str]:
+    async def _load_registry(self) -> list[str]:
         try:
-            data = json.loads(self.registry.read_text())
+            data = json.loads(await asyncio.to_thread(self.registry.read_text))
         except FileNotFoundError:
             return []
         except (OSError, ValueError) as exc:
@@ -587,11 +594,25 @@ class Daemon:
             return []
         return [p for p in data.get("projects", []) if isinstance(p, str)]
 
-    def _save_registry(self) -> None:
-        tmp = self.registry.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"projects": sorted(self.projects)}, indent=1))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.registry)
+    async def _save_registry(self) -> None:
+        """Write the registered projects (off the loop: a write, a chmod and a rename)."""
+        await asyncio.to_thread(_write_registry, self.registry, sorted(self.projects))
+
+
+def _write_registry(registry: Path, projects: list[str]) -> None:
+    """The registry file, whole or not at all (a temporary beside it, renamed into place)."""
+    tmp = registry.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"projects": projects}, indent=1))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, registry)
+
+
+def _real_path(project: str) -> str:
+    return str(Path(project).resolve())
+
+
+def _ingest(store: ResultsStore, path: Path, spec: RunSpec) -> int:
+    return ingest_file(path, run_id=spec.run_id, host=spec.host.name, store=store)
 
 
 def _stamp(path: str) -> tuple[int, int] | None:

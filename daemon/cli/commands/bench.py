@@ -20,6 +20,7 @@ import os
 import shlex
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,14 +199,14 @@ class _Relay:
     """The host's output, line by line, to stderr (and the local log). Lines the suite writes
     as its own verdict (``kernels: ...``) are held back: tether decides how to show them."""
 
-    def __init__(self, log_file: Any, hide: tuple[str, ...]) -> None:
-        self.log_file = log_file
+    def __init__(self, log: Callable[[bytes], Awaitable[None]], hide: tuple[str, ...]) -> None:
+        self.log = log
         self.hide = hide
         self.partial = b""
         self.held: list[str] = []
 
-    def __call__(self, chunk: bytes) -> None:
-        self.log_file.write(chunk)
+    async def __call__(self, chunk: bytes) -> None:
+        await self.log(chunk)
         lines = (self.partial + chunk).split(b"\n")
         self.partial = lines.pop()
         for line in lines:
@@ -266,17 +267,16 @@ async def _bench(config: Config, bench: BenchPlan) -> int:
         display = "python -m tether_kernels " + shlex.join(kargs)
         if bench.simulate:
             display = "NUMBA_ENABLE_CUDASIM=1 " + display
-        with record_run(
+        async with record_run(
             spec.run_id,
             project=str(config.path),
             host=host.name,
             pair=pair.name,
             command=display,
         ) as recorded:
-            relay = _Relay(recorded.log, hide=(f"wrote {remote_json}",))
-            outcome = await run_to_end(link, spec, relay, stop=stop)
+            relay = _Relay(recorded.write, hide=(f"wrote {remote_json}",))
+            outcome = recorded.outcome = await run_to_end(link, spec, relay, stop=stop)
             relay.close()
-            recorded.finish(outcome)
         if outcome.reason == "stopped":
             err.print(f"[yellow]stopped[/] bench {spec.run_id} on {host.name}")
             return outcome.status
@@ -294,9 +294,7 @@ async def _bench(config: Config, bench: BenchPlan) -> int:
             await agent.delete(cache, rel_json, expect=entry)
         doc = load_document(data, f"{host.name}:{remote_json}")
     local_json = bench.results / f"bench-{bench.run_id}.tether.json"
-    _write_atomic(local_json, data)
-    with ResultsStore() as store:
-        store.ingest(doc, run_id=bench.run_id, host=host.name, source=str(local_json))
+    await asyncio.to_thread(_keep, local_json, data, doc, bench.run_id, host.name)
     _show(doc, bench, local_json, relay.held)
     return outcome.status
 
@@ -322,6 +320,13 @@ def _host_failure(
             exit_code=status,
         )
     return TetherError(f"{host.name}: {said}", exit_code=status)
+
+
+def _keep(local_json: Path, data: bytes, doc: dict[str, Any], run_id: str, host: str) -> None:
+    """Write the results file and store its points (a file and SQLite: off the event loop)."""
+    _write_atomic(local_json, data)
+    with ResultsStore() as store:
+        store.ingest(doc, run_id=run_id, host=host, source=str(local_json))
 
 
 def _write_atomic(target: Path, data: bytes) -> None:

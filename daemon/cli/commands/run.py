@@ -177,7 +177,7 @@ async def _run(
     import contextlib
 
     from ...console import console
-    from ...runs.history import recording_run
+    from ...runs.history import record_run
     from ...runs.remote import fetch, run_to_end
     from ...sync.engine import sync_pair
     from ...transport.endpoints import SSH
@@ -198,7 +198,7 @@ async def _run(
             if report.copied or report.deleted:
                 err.print(f"[dim]synced {report.copied} file(s) to {spec.host.name}[/]")
         before = await reports_before(config, link, spec.host.name) if auto_fetch else None
-        async with recording_run(
+        async with record_run(
             spec.run_id,
             project=str(config.path),
             host=spec.host.name,
@@ -206,13 +206,12 @@ async def _run(
             command=spec.display,
         ) as recorded:
 
-            def show(chunk: bytes) -> None:
+            async def show(chunk: bytes) -> None:
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.buffer.flush()
-                recorded.log.write(chunk)
+                await recorded.write(chunk)
 
-            outcome = await run_to_end(link, spec, show, stop=stop)
-            await recorded.finish(outcome)
+            outcome = recorded.outcome = await run_to_end(link, spec, show, stop=stop)
         if outcome.reason == "stopped":
             err.print(f"[yellow]stopped[/] run {spec.run_id} on {spec.host.name}")
         if fetch_paths:

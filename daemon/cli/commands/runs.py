@@ -36,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
     with RunHistory() as history:
         records = history.recent(args.limit)
         if any(r.ended is None for r in records):
-            for problem in asyncio.run(host_runs.settle(history, records)):
+            settled = asyncio.run(host_runs.settle(records))
+            host_runs.write_ends(history, settled.ends)
+            for problem in settled.problems:
                 console(stderr=True).print(f"[yellow]{problem}[/]", highlight=False)
             records = history.recent(args.limit)
     if args.json:
@@ -62,7 +64,9 @@ def stop(run_id: str | None) -> int:
         record = history.get(run_id)
         if record is None:
             raise TetherError(f"no run {run_id!r}", "see `tether runs` for ids")
-        end, going = asyncio.run(host_runs.stop(history, record))
+        end, going = asyncio.run(host_runs.stop(record))
+        if going or record.ended is None:
+            host_runs.write_ends(history, {record.id: end})
     if going:
         console().print(f"stopped run {record.id} on {record.host}")
     else:
