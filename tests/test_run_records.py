@@ -13,7 +13,7 @@ from tether.results.store import ResultsStore
 from tether.runs.history import RunHistory
 from tether.service import control_lite
 from tether.service import daemon as daemon_module
-from tether.service.control import ControlClient
+from tether.service.control_client import ControlClient
 
 from tests.bench_documents import document
 from tests.helpers import eventually, running_daemon, write_project
