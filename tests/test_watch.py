@@ -7,9 +7,9 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from tether.sync.watch import (
@@ -20,11 +20,7 @@ from tether.sync.watch import (
     inotify_budget,
 )
 
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, 15))
+from tests.helpers import run
 
 
 async def next_batch(watcher: LocalWatcher, timeout_s: float = 2.0) -> frozenset[str]:
