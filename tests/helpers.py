@@ -2,7 +2,8 @@
 
 Fixtures live in conftest.py; these are the functions the tests call themselves: running
 `tether` as a user does, writing a project whose host is a test sshd, a daemon in-process, the
-one-shot `tether sync`, and waits on a condition with a deadline (never a fixed sleep).
+one-shot `tether sync`, a probe of what a start of `tether` imports, a sync with a user's edit
+raced in before it applies, and waits on a condition with a deadline (never a fixed sleep).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import pytest
 from tether.cli.main import main
 from tether.config import load_config
 from tether.service.control import serve
@@ -33,6 +35,8 @@ from tether.transport.sftp_endpoint import SftpEndpoint
 from tether.transport.ssh import open_connection
 
 from tests.sshd import SshServer
+
+T = TypeVar("T")
 
 
 def tether(
@@ -84,6 +88,12 @@ async def eventually(check: Callable[[], Any], timeout_s: float = 20, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout_s}s: {what}")
         await asyncio.sleep(0.05)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """``coro`` run to its end on a fresh event loop; a hang fails after 15 s instead of
+    freezing the suite."""
+    return asyncio.run(asyncio.wait_for(coro, 15))
 
 
 def ended(pid: int, wait_s: float = 15.0) -> bool:
@@ -243,3 +253,71 @@ def sync_over_sftp(config_path: Path) -> SyncReport:
                 await endpoint.close()
 
     return asyncio.run(body())
+
+
+HEAVY = ("aiohttp", "asyncssh", "rich", "numpy", "matplotlib")
+"""Imports a start of `tether` pays for visibly (aiohttp alone ~0.3 s): the verbs run most often
+must do without them."""
+
+
+@dataclass(frozen=True)
+class Imports:
+    """What one `tether` start did: its exit code, which watched modules it had imported by its
+    end, and what it printed (stdout, then stderr)."""
+
+    code: int
+    loaded: list[str]
+    output: str
+
+
+def imports_of(
+    argv: list[str],
+    *,
+    watch: tuple[str, ...] = HEAVY,
+    first: str = "",
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Imports:
+    """`tether ARGV` through ``main`` in a fresh interpreter (after the statement ``first``),
+    and which of ``watch`` it imported: a module loaded at any point is still in
+    ``sys.modules`` at the end. Blocking: a test whose daemon runs on its own event loop calls
+    it through ``asyncio.to_thread``."""
+    probe = (
+        f"import sys; from tether.cli.main import main\n{first}\n"
+        f"try:\n    code = main({argv!r})\nexcept SystemExit as exit:\n    code = exit.code or 0\n"
+        f"print('loaded:', code, *[m for m in {watch!r} if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    last = out.stdout.rstrip("\n").rpartition("\n")[2]
+    assert out.returncode == 0 and last.startswith("loaded: "), out.stdout + out.stderr
+    code, *loaded = last.split()[1:]
+    return Imports(int(code), loaded, out.stdout + out.stderr)
+
+
+def before_first_apply(monkeypatch: pytest.MonkeyPatch, act: Callable[[], object]) -> list[Any]:
+    """Run ``act()`` between the sync's first scan and its first apply (as a user saving at that
+    instant); returns the outcome of every apply, appended as each ends."""
+    from tether.sync import apply as apply_mod
+
+    real = apply_mod.apply_plan
+    outcomes: list[Any] = []
+    acted: list[bool] = []
+
+    async def racing(*args: Any, **kw: Any) -> Any:
+        if not acted:
+            acted.append(True)
+            act()
+        outcome = await real(*args, **kw)
+        outcomes.append(outcome)
+        return outcome
+
+    monkeypatch.setattr("tether.sync.engine.apply_plan", racing)
+    return outcomes

@@ -22,7 +22,11 @@ from tests.faultproxy import fault_proxy
 from tests.sshd import SshServer, free_port, keygen, start_sshd
 
 
-def write_project(root: Path, server: SshServer, extra: str = "", host_toml: str | None = None):
+def write_host_config(
+    root: Path, server: SshServer, extra: str = "", host_toml: str | None = None
+) -> Path:
+    """``root/tether.toml`` naming ``server`` as host ``gpu`` (or ``host_toml``), then ``extra``:
+    `tether check` needs a host, no pair (unlike helpers.write_project's whole project)."""
     root.mkdir(parents=True, exist_ok=True)
     path = root / "tether.toml"
     path.write_text((host_toml or server.toml_host("gpu")) + extra)
@@ -56,7 +60,7 @@ def test_check_passes_against_real_sshd(
     sshd: SshServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     remote = tmp_path / "remote"
-    config = write_project(
+    config = write_host_config(
         tmp_path / "proj",
         sshd,
         f'\n[pairs.code]\nhost = "gpu"\nremote = "{remote}"\n'
@@ -87,7 +91,7 @@ def test_report_roots_are_listed_with_their_counts(
         (tmp_path / "mem" / name).mkdir(parents=True)
         (tmp_path / "mem" / name / "db.sqlite").write_text("x")
     (tmp_path / "afile").write_text("x")
-    config = write_project(
+    config = write_host_config(
         tmp_path / "proj",
         sshd,
         f'\n[reports.tt]\nhost = "gpu"\nmemory = "{tmp_path}/mem"\n'
@@ -107,7 +111,7 @@ def test_pair_folder_under_a_file_fails(
     sshd: SshServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "afile").write_text("x")
-    config = write_project(
+    config = write_host_config(
         tmp_path / "proj", sshd, f'\n[pairs.code]\nhost = "gpu"\nremote = "{tmp_path}/afile/sub"\n'
     )
     code, doc = run_check(config, capsys)
@@ -118,7 +122,7 @@ def test_pair_folder_under_a_file_fails(
 def test_closed_port_is_unreachable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     server = SshServer(tmp_path / "s", free_port())
     server.prepare()  # keys and config, but no sshd listening
-    code, doc = run_check(write_project(tmp_path / "proj", server), capsys)
+    code, doc = run_check(write_host_config(tmp_path / "proj", server), capsys)
     assert code == EX_UNAVAILABLE
     step = failed_step(doc)
     assert step["step"] == "tcp" and "connection refused" in step["detail"]
@@ -166,7 +170,7 @@ def test_unknown_host_key_then_trust(
     private_sshd: SshServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     private_sshd.known_hosts.write_text("")
-    config = write_project(tmp_path / "proj", private_sshd)
+    config = write_host_config(tmp_path / "proj", private_sshd)
     code, doc = run_check(config, capsys)
     assert code == EX_NOPERM
     step = failed_step(doc)
@@ -189,7 +193,7 @@ def test_changed_host_key_is_refused_even_with_trust(
     kind, blob = Path(f"{other}.pub").read_text().split()[:2]
     private_sshd.known_hosts.write_text(f"[127.0.0.1]:{private_sshd.port} {kind} {blob}\n")
     before = private_sshd.known_hosts.read_text()
-    config = write_project(tmp_path / "proj", private_sshd)
+    config = write_host_config(tmp_path / "proj", private_sshd)
     for extra in ((), ("--trust",)):
         code, doc = run_check(config, capsys, *extra)
         assert code == EX_NOPERM
@@ -314,7 +318,7 @@ def test_proxy_jump_host_key(sshd: SshServer, tmp_path: Path) -> None:
 def test_cli_prints_one_line_and_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     server = SshServer(tmp_path / "s", free_port())
     server.prepare()
-    config = write_project(tmp_path / "proj", server)
+    config = write_host_config(tmp_path / "proj", server)
     assert main(["--config", str(config), "check"]) == EX_UNAVAILABLE
     out = capsys.readouterr().out
     assert "FAIL" in out and "connection refused" in out and "→ is sshd running" in out
@@ -392,7 +396,7 @@ def test_gpu_step_reports_versions_and_known_bad_combination(
         "def nvmlSystemGetDriverVersion(): return '580.159.04'\n"
     )
     host_python = f"env PYTHONPATH={site} {sys.executable}"
-    config = write_project(tmp_path / "proj", sshd, f'python = "{host_python}"\n')
+    config = write_host_config(tmp_path / "proj", sshd, f'python = "{host_python}"\n')
     code, doc = run_check(config, capsys)
     assert code == 0
     step = next(s for s in doc["steps"] if s["step"] == "gpu")
@@ -413,7 +417,7 @@ def test_revoked_host_key_is_refused_with_77_and_never_trusted(
     kind, blob = Path(f"{private_sshd.host_key}.pub").read_text().split()[:2]
     line = f"@revoked [127.0.0.1]:{private_sshd.port} {kind} {blob}\n"
     private_sshd.known_hosts.write_text(line)
-    config = write_project(tmp_path / "proj", private_sshd)
+    config = write_host_config(tmp_path / "proj", private_sshd)
     for extra in ((), ("--trust",)):
         code, doc = run_check(config, capsys, *extra)
         assert code == EX_NOPERM
@@ -430,7 +434,7 @@ def test_check_probes_python_inside_the_venv_and_names_a_missing_one(
     """With hosts.X.venv set, python (and numba) are probed inside it; a missing one is named."""
     venv = tmp_path / "venv"
     subprocess.run(["python3", "-m", "venv", "--without-pip", str(venv)], check=True)
-    config = write_project(tmp_path / "proj", sshd, host_toml=sshd.toml_host("gpu"))
+    config = write_host_config(tmp_path / "proj", sshd, host_toml=sshd.toml_host("gpu"))
     config.write_text(config.read_text() + f'venv = "{venv}"\n')
     code, doc = run_check(config, capsys)
     steps = {s["step"]: s for s in doc["steps"]}

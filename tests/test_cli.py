@@ -16,6 +16,8 @@ from tether.cli import commands
 from tether.cli import main as cli
 from tether.errors import EX_CONFIG
 
+from tests.helpers import imports_of
+
 
 def test_own_process_skips_exit_collections_a_caller_keeps_them(tmp_path: Path) -> None:
     """`tether` freezes the collector's view as it ends (shutdown then skips a full pass over
@@ -75,25 +77,6 @@ def test_a_verb_parses_only_its_own_arguments() -> None:
     assert (args.no_sync, args.command[-3:]) == (True, ["python", "-c", "print(1)"])
 
 
-HEAVY = ("aiohttp", "asyncssh", "rich", "numpy", "matplotlib")
-
-
-def _heavy_imported(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, list[str]]:
-    """Run ``tether ARGV`` in a fresh interpreter; its exit code and which of :data:`HEAVY` it
-    imported."""
-    probe = (
-        "import sys; from tether.cli import main as cli\n"
-        f"try:\n    code = cli.main({argv!r})\nexcept SystemExit as exit:\n    code = exit.code\n"
-        f"print(code, *[m for m in {HEAVY!r} if m in sys.modules])"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env
-    )
-    assert out.returncode == 0, out.stderr
-    code, *loaded = out.stdout.split("\n")[-2].split()
-    return int(code), loaded
-
-
 def test_help_lists_every_verb_without_importing_a_command_module() -> None:
     probe = (
         "import contextlib, io, sys; from tether.cli import main as cli\n"
@@ -112,7 +95,8 @@ def test_the_frequent_verbs_start_without_heavy_imports(tmp_path: Path) -> None:
     asyncssh or rich; `status`, `pause`, `resume` with no daemon running say so (exit 69) and
     still import none of them: those reach the daemon with the stdlib client."""
     for verb in ("sync", "run", "status", "pause", "resume", "flush"):
-        assert _heavy_imported([verb, "--help"]) == (0, []), verb
+        started = imports_of([verb, "--help"])
+        assert (started.code, started.loaded) == (0, []), (verb, started.output)
     config = tmp_path / "tether.toml"
     config.write_text(
         '[hosts.gpu]\nssh = "gpu-box"\n\n[pairs.p]\nhost = "gpu"\nlocal = "."\nremote = "~/p"\n'
@@ -121,6 +105,7 @@ def test_the_frequent_verbs_start_without_heavy_imports(tmp_path: Path) -> None:
     try:
         env = dict(os.environ, TETHER_RUNTIME_DIR=str(runtime / "run"))
         for argv in (["status"], ["pause"], ["resume", "p"]):
-            assert _heavy_imported(["--config", str(config), *argv], env) == (69, []), argv
+            started = imports_of(["--config", str(config), *argv], env=env)
+            assert (started.code, started.loaded) == (69, []), (argv, started.output)
     finally:
         shutil.rmtree(runtime, ignore_errors=True)

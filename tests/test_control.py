@@ -1,4 +1,5 @@
-"""daemon/control.py: a real Unix socket in a private runtime folder, a small in-test DaemonAPI."""
+"""daemon/control.py: a real Unix socket in a private runtime folder, served by a stand-in
+DaemonAPI (fake_api.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -27,12 +28,10 @@ from tether.service.control_client import ControlClient
 from tether.service.control_lite import DaemonNotRunning, daemon_running, default_socket_path
 from tether.service.control_protocol import EX_SOFTWARE
 
-T = TypeVar("T")
+from tests.fake_api import FakeAPI
+from tests.helpers import eventually, imports_of, run
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, 15))
 
 
 def call(method: str, route: str, body: dict[str, Any] | None = None) -> Any:
@@ -50,91 +49,6 @@ class GpuGone(HostUnreachable):
 
     def __init__(self, host: str) -> None:
         super().__init__(f"{host} stopped answering", f"check that {host} is up")
-
-
-class FakeAPI:
-    """A DaemonAPI that records calls and publishes events to every subscriber."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-        self.subscribers: list[asyncio.Queue[dict[str, Any]]] = []
-        self.subscribed = asyncio.Condition()
-        self.history: list[dict[str, Any]] = []
-        self.flush_delay_s = 0.0
-        self.flush_error: Exception | None = None
-        self.server: ControlServer | None = None
-        self.shut_down = asyncio.Event()
-
-    async def status(self) -> dict[str, Any]:
-        self.calls.append(("status",))
-        return {"projects": [{"name": "demo", "pairs": {"code": "watching"}}], "pid": os.getpid()}
-
-    async def register(self, config_path: str) -> dict[str, Any]:
-        self.calls.append(("register", config_path))
-        return {"registered": config_path}
-
-    async def unregister(self, config_path: str) -> dict[str, Any]:
-        self.calls.append(("unregister", config_path))
-        return {"unregistered": config_path}
-
-    async def pause(self, project: str | None, pair: str | None) -> dict[str, Any]:
-        self.calls.append(("pause", project, pair))
-        return {"paused": [pair or "*"]}
-
-    async def resume(self, project: str | None, pair: str | None) -> dict[str, Any]:
-        self.calls.append(("resume", project, pair))
-        return {"resumed": [pair or "*"]}
-
-    async def flush(self, project: str | None, timeout_s: float) -> dict[str, Any]:
-        self.calls.append(("flush", project, timeout_s))
-        if self.flush_error is not None:
-            raise self.flush_error
-        await asyncio.sleep(self.flush_delay_s)
-        return {"flushed": project, "timeout_s": timeout_s}
-
-    async def runs(self, project: str | None, limit: int) -> dict[str, Any]:
-        self.calls.append(("runs", project, limit))
-        return {"runs": [{"id": i} for i in range(limit)]}
-
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        async with self.subscribed:
-            self.subscribers.append(queue)
-            self.subscribed.notify_all()
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self.subscribers.remove(queue)
-
-    def recent_events(self, limit: int) -> list[dict[str, Any]]:
-        self.calls.append(("recent_events", limit))
-        return self.history[-limit:] if limit else []
-
-    async def shutdown(self, stop_services: bool = False) -> None:
-        self.calls.append(("shutdown",))
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-        self.shut_down.set()
-
-    def publish(self, n: int, **extra: Any) -> None:
-        event = {
-            "ts": time.time(),
-            "level": "info",
-            "project": "demo",
-            "kind": "sync",
-            "message": f"event {n}",
-            "n": n,
-            **extra,
-        }
-        self.history.append(event)
-        for queue in self.subscribers:
-            queue.put_nowait(event)
-
-    async def wait_subscribers(self, n: int = 1) -> None:
-        async with self.subscribed:
-            await self.subscribed.wait_for(lambda: len(self.subscribers) >= n)
 
 
 @pytest.fixture
@@ -359,17 +273,13 @@ def test_lite_client_imports_http_only_to_make_a_request(runtime: Path) -> None:
     """`tether sync` with no daemon running asks the socket's path and stops there: the HTTP
     client (email, ssl: ~25 ms of every start) is never imported; `tether status` with no
     daemon says so (exit 69) without importing aiohttp (~0.3 s) for the error."""
-    probe = (
-        "import sys; from tether.cli import main as cli; from tether.service import control_lite; "
-        "control_lite.socket_path(); "
-        "print('http.client' in sys.modules); code = cli.main(['status']); "
-        "print(code, 'aiohttp' in sys.modules)"
+    asked_the_path = (  # the probe fails (and says why) if this alone imported http.client
+        "from tether.service import control_lite; control_lite.socket_path()\n"
+        "assert 'http.client' not in sys.modules, 'asking the path imported the HTTP client'"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert out.stdout.split() == ["False", "69", "False"], out.stderr
-    assert "no control socket" in out.stderr
+    started = imports_of(["status"], watch=("aiohttp",), first=asked_the_path)
+    assert (started.code, started.loaded) == (69, []), started.output
+    assert "no control socket" in started.output
 
 
 def test_no_daemon_is_daemon_not_running_with_a_start_hint(runtime: Path) -> None:
@@ -640,7 +550,7 @@ def test_closing_the_server_ends_the_stream(runtime: Path) -> None:
             follower = asyncio.create_task(follow())
             await api.wait_subscribers()
             api.publish(1)
-            await asyncio.sleep(0.05)
+            await eventually(lambda: got == [1], 5, "the event before the close arrives")
             began = time.monotonic()
             server.close()
             await server.wait_closed()
@@ -654,7 +564,7 @@ def test_closing_the_server_ends_the_stream(runtime: Path) -> None:
 SERVE_SCRIPT = """
 import asyncio, sys, time
 from pathlib import Path
-from tests.test_control import FakeAPI
+from tests.fake_api import FakeAPI
 from tether.service.control import serve
 
 async def main():

@@ -229,7 +229,7 @@ def test_edits_before_during_after_a_fault_all_land(
             )
             (local / "during.txt").write_text("during")
             (remote / "host_during.txt").write_text("host edit during the outage")
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # kept: the outage's length, the fault under test
             if fault == "kill-sshd":
                 private_sshd.start()
             else:

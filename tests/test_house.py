@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 
 
+IMPORTS_A_TEST_FILE = re.compile(r"\b(?:from|import)\s+(?:tests\.)?test_\w+")
+"""An import of a test module written anywhere in a file's text: in a script a test runs as a
+separate Python process too (a string the import walk below does not look into)."""
+
+
 def test_no_test_file_imports_another() -> None:
     """Shared fixtures live in conftest.py and shared helpers in plain modules (helpers,
-    local_agent, bench_documents...): a test file imported by another runs its own fixtures
-    (an autouse one too) in the importer, and its tests can no longer change alone."""
+    local_agent, bench_documents, fake_api...): a test file imported by another runs its own
+    fixtures (an autouse one too) in the importer, and its tests can no longer change alone.
+    Nor does a helper module or a script inside a test import one."""
     offenders = []
+    for path in sorted(TESTS.glob("*.py")):
+        offenders += [
+            f"{path.name}: {match.group().strip()}"
+            for match in IMPORTS_A_TEST_FILE.finditer(path.read_text(encoding="utf-8"))
+        ]
     for path in sorted(TESTS.glob("test_*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = []

@@ -16,6 +16,7 @@ from tether.transport.link import Link, LinkState, cancel_and_wait
 from tether.transport.tunnel import Tunnel
 
 from tests.faultproxy import FaultProxy
+from tests.helpers import eventually
 from tests.sshd import SshServer, free_port, keygen
 
 
@@ -173,12 +174,17 @@ def test_blackhole_is_detected_by_keepalive(private_sshd: SshServer, proxy: Faul
 
 def test_killed_sshd_then_restarted_on_same_port(private_sshd: SshServer) -> None:
     async def body() -> None:
-        async with Link(private_sshd.host_config(), start_agent=False) as link:
+        events: list[dict] = []
+        async with Link(
+            private_sshd.host_config(), start_agent=False, on_event=events.append
+        ) as link:
             await link.wait_up(10)
             private_sshd.stop()
             link.cut()  # sshd -D killed with its sessions: the client sees the reset
             await wait_state(link, LinkState.DOWN, 5)
-            await asyncio.sleep(1.5)
+            await eventually(
+                lambda: any(e["kind"] == "link.retry" for e in events), 15, "a retry fails"
+            )
             with pytest.raises(HostUnreachable):
                 await link.wait_up(0.2)
             private_sshd.start()
@@ -194,13 +200,17 @@ def test_refused_key_is_permanent_until_retry(private_sshd: SshServer, tmp_path:
     host = private_sshd.host_config(identity_file=stranger)
 
     async def body() -> None:
-        async with Link(host, start_agent=False) as link:
+        events: list[dict] = []
+        async with Link(host, start_agent=False, on_event=events.append) as link:
             with pytest.raises(AuthRefused):
                 await link.wait_up(10)
             assert link.state is LinkState.FAILED
             attempts = link.snapshot()
-            await asyncio.sleep(1.0)
-            assert link.snapshot()["reconnects"] == attempts["reconnects"]  # not retrying
+            # Not retrying: parked until someone calls retry() (nothing else sets that event).
+            await eventually(lambda: link._retry._waiters, 10, "the link to wait for retry()")
+            assert link.snapshot()["reconnects"] == attempts["reconnects"]
+            assert link.state is LinkState.FAILED
+            assert [e["kind"] for e in events] == ["link.error"]  # one attempt, no retry
             assert "refused the key" in (link.snapshot()["last_error"] or "")
             # The user installs the key, then asks again.
             authorized = private_sshd.root / "authorized_keys"
@@ -248,7 +258,9 @@ def test_tunnel_binds_loopback_and_keeps_port_across_outage(private_sshd: SshSer
                     pass
                 # ... and a client arriving now is served once the host is back.
                 waiting = asyncio.create_task(ssh_banner(local))
-                await asyncio.sleep(0.5)
+                await eventually(
+                    lambda: tunnel.snapshot()["total_connections"] >= 3, 10, "the client arrives"
+                )
                 private_sshd.start()
                 assert (await waiting).startswith(b"SSH-2.0")
                 snap = tunnel.snapshot()

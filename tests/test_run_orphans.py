@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from itertools import count
 from pathlib import Path
 
@@ -99,8 +98,11 @@ def test_a_run_reattached_within_orphan_timeout_goes_on(sshd: SshServer, tmp_pat
     killed; `tether runs stop RUN` then stops it (whoever started it) and the follower exits
     with the run's status."""
     local, env = project(tmp_path, sshd, orphan_timeout="3s")
-    mark = marker()
+    (tmp_path / "twin").mkdir()  # the same run that nobody follows, orphaned a second later
+    twin_local, twin_env = project(tmp_path / "twin", sshd, orphan_timeout="4s")
+    mark, twin_mark = marker(), marker()
     proc = start_run(local, env, mark)
+    twin = start_run(twin_local, twin_env, twin_mark)
     [record] = runs(local, env)
     follower = subprocess.Popen(
         [sys.executable, "-m", "tether.cli.main", "logs", "-f", record["id"]],
@@ -113,7 +115,11 @@ def test_a_run_reattached_within_orphan_timeout_goes_on(sshd: SshServer, tmp_pat
     assert follower.stdout is not None and follower.stdout.readline() == b"started\n"
     proc.kill()
     proc.communicate(timeout=30)
-    time.sleep(6)  # twice orphan_timeout: only the follower keeps the run alive now
+    twin.kill()
+    twin.communicate(timeout=30)
+    # Only the follower keeps the run alive now. Once the host has stopped the twin (let go
+    # later, with the longer orphan_timeout), this run's own orphan_timeout has run out too.
+    assert within(lambda: not host_pids(twin_mark), 30), "the twin nobody follows was kept"
     assert host_pids(mark), "the run was stopped while someone followed it"
     assert runs(local, env)[0]["ended"] is None  # the host says it goes on
     stopped = tether(local, "runs", "stop", record["id"][:12], env=env)

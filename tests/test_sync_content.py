@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from tether.cli.main import main
 
-from tests.helpers import sync, write
+from tests.helpers import before_first_apply, sync, write
 from tests.sshd import SshServer
 
 
@@ -34,22 +34,6 @@ def rewrite_in_place(path: Path, data: bytes) -> None:
         fh.write(data)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert os.stat(path).st_mtime_ns == st.st_mtime_ns and os.stat(path).st_ino == st.st_ino
-
-
-def before_first_apply(monkeypatch: pytest.MonkeyPatch, act) -> None:
-    """Run ``act()`` between the sync's first scan and its first apply."""
-    from tether.sync import apply as apply_mod
-
-    real = apply_mod.apply_plan
-    done: list[bool] = []
-
-    async def racing(actions, sides, **kw):
-        if not done:
-            done.append(True)
-            act()
-        return await real(actions, sides, **kw)
-
-    monkeypatch.setattr("tether.sync.engine.apply_plan", racing)
 
 
 def conflict_copies(root: Path) -> dict[str, bytes]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from tether.cli.main import main
 
-from tests.helpers import sync, tree, write
+from tests.helpers import before_first_apply, sync, tree, write
 from tests.sshd import SshServer
 
 ROOT = Path(__file__).parents[1]
@@ -33,25 +33,6 @@ def count_scanner_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr("tether.sync.scan.hash_file", counting)
     return reads
-
-
-def edit_before_first_apply(monkeypatch, path: Path, text: str) -> list:
-    """Write ``text`` to ``path`` between the sync's first scan and its first apply (as a user
-    saving at that instant); returns the Outcome of every apply, as they happen."""
-    from tether.sync import apply as apply_mod
-
-    real = apply_mod.apply_plan
-    applies: list = []
-
-    async def editing(actions, sides, **kw):
-        if not applies:
-            write(path, text)
-        outcome = await real(actions, sides, **kw)
-        applies.append(outcome)
-        return outcome
-
-    monkeypatch.setattr("tether.sync.engine.apply_plan", editing)
-    return applies
 
 
 def test_two_way_round_trip(sync_project, monkeypatch) -> None:
@@ -250,15 +231,7 @@ def test_edit_between_scan_and_apply_is_not_clobbered(sync_project, monkeypatch)
     write(local / "a.txt", "v1")
     assert sync(tmp)[0] == 0
     write(local / "a.txt", "v2")
-    from tether.sync import apply as apply_mod
-
-    real = apply_mod.apply_plan
-
-    async def racing(actions, sides, **kw):
-        write(remote / "a.txt", "edited on the host meanwhile")
-        return await real(actions, sides, **kw)
-
-    monkeypatch.setattr("tether.sync.engine.apply_plan", racing)
+    before_first_apply(monkeypatch, lambda: write(remote / "a.txt", "edited on the host meanwhile"))
     code, _report = sync(tmp)
     assert code == 0
     # The host's edit survived as a conflict copy; local's version landed after a rescan.
@@ -360,7 +333,7 @@ def test_a_new_file_edited_before_it_is_read_is_rescanned(sync_project, monkeypa
     tmp, local, remote, configure = sync_project
     configure("push")
     write(local / "new.txt", "first")
-    applies = edit_before_first_apply(monkeypatch, local / "new.txt", "second, longer")
+    applies = before_first_apply(monkeypatch, lambda: write(local / "new.txt", "second, longer"))
     code, report = sync(tmp)
     assert code == 0, report
     assert len(applies) == 2 and report["rounds"] == 2
@@ -377,7 +350,9 @@ def test_pull_rescans_a_host_file_edited_before_it_is_read(sync_project, monkeyp
     configure("pull")
     write(remote / "edited.txt", "first")
     write(remote / "steady.txt", "steady")
-    applies = edit_before_first_apply(monkeypatch, remote / "edited.txt", "second, longer")
+    applies = before_first_apply(
+        monkeypatch, lambda: write(remote / "edited.txt", "second, longer")
+    )
     code, report = sync(tmp)
     assert code == 0, report
     assert len(applies) == 2 and report["rounds"] == 2

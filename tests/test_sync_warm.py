@@ -15,7 +15,7 @@ from tether.service import pair_session
 from tether.service.daemon import Daemon
 from tether.sync.engine import SyncReport
 
-from tests.helpers import running_daemon, text, write_project
+from tests.helpers import Imports, imports_of, running_daemon, text, write_project
 from tests.sshd import SshServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,26 +40,12 @@ async def cli_sync(config: Path, *args: str) -> tuple[int, str]:
     return proc.returncode or 0, out.decode()
 
 
-HEAVY = ("asyncssh", "aiohttp", "rich")
-PROBE = (
-    "import sys; from tether.cli.main import main; rc = main(sys.argv[1:]); "
-    f"print('loaded:', *[m for m in {HEAVY!r} if m in sys.modules]); sys.exit(rc)"
-)
-
-
-async def cli_modules(config: Path, *args: str) -> tuple[int, str, list[str]]:
-    """`tether ARGS` as a user runs it, and which of :data:`HEAVY` it imported."""
+async def cli_imports(config: Path, *args: str) -> Imports:
+    """`tether --config CONFIG ARGS` as a user runs it, off this loop (the daemon under test keeps
+    serving meanwhile), and which heavy modules it imported."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", PROBE, "--config", str(config), *args,
-        env=env, cwd=str(ROOT),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    text = out.decode()
-    loaded = text.rstrip("\n").rpartition("\n")[2]
-    assert loaded.startswith("loaded:"), text
-    return proc.returncode or 0, text, loaded.split()[1:]
+    argv = ["--config", str(config), *args]
+    return await asyncio.to_thread(imports_of, argv, cwd=ROOT, env=env)
 
 
 def covers(scope: list[str], path: str) -> bool:
@@ -105,12 +91,12 @@ def test_post_sync_and_cli_take_the_warm_path(sshd: SshServer, tmp_path: Path) -
             # calling it pays for none of the heavy imports (SSH, the daemon's HTTP, rich).
             (local / "b.py").write_text("b")
             before = session.syncs
-            rc, out, loaded = await cli_modules(config, "sync", "--json")
-            assert rc == 0, out
-            assert loaded == []
-            rc, out, loaded = await cli_modules(config, "flush", "--json")  # as `start`, `pause`
-            assert rc == 0 and '"flushed": [' in out, out
-            assert loaded == []
+            started = await cli_imports(config, "sync", "--json")
+            assert started.code == 0, started.output
+            assert started.loaded == []
+            started = await cli_imports(config, "flush", "--json")  # as `start`, `pause`
+            assert started.code == 0 and '"flushed": [' in started.output, started.output
+            assert started.loaded == []
             assert text(remote / "b.py") == "b"
             assert session.syncs > before  # the daemon's session ran the cycle
             events = await client.logs(200)
@@ -175,9 +161,9 @@ def test_cli_syncs_on_its_own_without_daemon_or_registration(
             assert daemon.projects == {}
         # A script's one shot (`--json`) needs SSH, and not rich.
         (local / "three.py").write_text("3")
-        rc, out, loaded = await cli_modules(config, "sync", "--json")
-        assert rc == 0, out
-        assert loaded == ["asyncssh"]
+        started = await cli_imports(config, "sync", "--json")
+        assert started.code == 0, started.output
+        assert started.loaded == ["asyncssh"]
         assert text(remote / "three.py") == "3"
 
     asyncio.run(body())

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ from tether.service.tray_model import (
     to_json,
     view,
 )
+
+from tests.helpers import until
 
 PROJECT = "/home/u/proj/tether.toml"
 NOTIFY = {
@@ -209,6 +211,9 @@ def test_notify_config_keys_are_validated() -> None:
 
 # -- the real tray in a real X server ---------------------------------------------------------
 
+X_WAIT_S = 60.0
+"""How long a wait on the X server (and the tray process's start) may take on a loaded machine."""
+
 
 @pytest.fixture
 def xserver() -> Iterator[str]:
@@ -222,20 +227,10 @@ def xserver() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    until(lambda: Path(f"/tmp/.X11-unix/X{number}").exists(), "Xvfb to listen")
+    until(lambda: Path(f"/tmp/.X11-unix/X{number}").exists(), "Xvfb to listen", X_WAIT_S)
     yield f":{number}"
     proc.terminate()
     proc.wait(10)
-
-
-def until(ready: Callable[[], Any], what: str, deadline_s: float = 60.0) -> Any:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        value = ready()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class TrayManager:
@@ -334,13 +329,17 @@ def test_tray_in_a_real_x_server(xserver: str, tmp_path: Path) -> None:
             [sys.executable, "-m", "tether.cli.main", "tray"], env=env, stderr=subprocess.PIPE
         )
         try:
-            window = until(lambda: manager.docked, "the icon to dock")
-            until(lambda: title_of(xserver, window) == "tether: agent not running", "no-agent")
+            window = until(lambda: manager.docked, "the icon to dock", X_WAIT_S)
+            until(
+                lambda: title_of(xserver, window) == "tether: agent not running",
+                "no-agent",
+                X_WAIT_S,
+            )
             shot = screenshot(xserver, tmp_path / "tray-not-running.png")
             print(f"screenshot: {shot}")
 
             click(xserver, 32, 32)  # the default item without an agent: Start agent
-            until(lambda: "in sync" in title_of(xserver, window), "the started agent")
+            until(lambda: "in sync" in title_of(xserver, window), "the started agent", X_WAIT_S)
             described = json.loads(tether("tray", "--describe", "--json").stdout)
             assert described["state"] == "idle" and described["tooltip"] == title_of(
                 xserver, window
@@ -349,9 +348,13 @@ def test_tray_in_a_real_x_server(xserver: str, tmp_path: Path) -> None:
             print(f"screenshot: {shot}")
 
             assert tether("stop", "--all").returncode == 0  # the agent goes away ...
-            until(lambda: title_of(xserver, window) == "tether: agent not running", "it to notice")
+            until(
+                lambda: title_of(xserver, window) == "tether: agent not running",
+                "it to notice",
+                X_WAIT_S,
+            )
             click(xserver, 32, 32)  # ... and comes back: the tray follows it again
-            until(lambda: "in sync" in title_of(xserver, window), "the restarted agent")
+            until(lambda: "in sync" in title_of(xserver, window), "the restarted agent", X_WAIT_S)
             assert tray.poll() is None
         finally:
             tether("stop", "--all")

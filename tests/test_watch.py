@@ -7,9 +7,9 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from tether.sync.watch import (
@@ -20,20 +20,23 @@ from tether.sync.watch import (
     inotify_budget,
 )
 
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, 15))
+from tests.helpers import eventually, run
 
 
 async def next_batch(watcher: LocalWatcher, timeout_s: float = 2.0) -> frozenset[str]:
     return await asyncio.wait_for(watcher.__anext__(), timeout_s)
 
 
-async def no_batch(watcher: LocalWatcher, within_s: float = 0.1) -> None:
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(watcher.__anext__(), within_s)
+async def nothing_before_a_marker(watcher: LocalWatcher, src: ManualSource) -> None:
+    """Nothing else was on its way: a marker pushed now comes alone in the next batch (batches
+    keep their order, so anything still pending would come before it or with it)."""
+    src.push("created", "marker")
+    assert await next_batch(watcher) == {"marker"}
+
+
+def ready_batches(watcher: LocalWatcher) -> int:
+    """Batches the watcher has closed (their quiet time ended) and nobody has taken yet."""
+    return len(watcher._ready)
 
 
 async def collect_until(
@@ -66,7 +69,7 @@ def test_burst_is_one_batch_with_each_path_once(tmp_path: Path) -> None:
                 src.push("closed", "a.py")
             src.push("modified", str(tmp_path / "sub" / "b.py"))  # absolute → relative
             assert await next_batch(w) == {"a.py", "sub/b.py"}
-            await no_batch(w)
+            await nothing_before_a_marker(w, src)
 
     run(main())
 
@@ -91,7 +94,7 @@ def test_constant_stream_still_flushes_by_max_delay(tmp_path: Path) -> None:
             async def stream() -> None:
                 for i in range(60):  # an event every 5 ms for ~300 ms: never 30 ms quiet
                     src.push("modified", f"f{i}")
-                    await asyncio.sleep(0.005)
+                    await asyncio.sleep(0.005)  # kept: the stream's pace is what is tested
 
             feeder = asyncio.create_task(stream())
             started = time.monotonic()
@@ -112,9 +115,9 @@ def test_slow_consumer_gets_waiting_batches_merged(tmp_path: Path) -> None:
         src = ManualSource()
         async with LocalWatcher(tmp_path, source=src, coalesce_ms=5) as w:
             src.push("created", "x")
-            await asyncio.sleep(0.05)
+            await eventually(lambda: ready_batches(w) == 1, 5, "x's batch closes")
             src.push("created", "y")
-            await asyncio.sleep(0.05)  # two batches are ready by now
+            await eventually(lambda: ready_batches(w) == 2, 5, "y's batch closes too")
             assert await next_batch(w) == {"x", "y"}
 
     run(main())
@@ -177,7 +180,7 @@ def test_suppress_plain_paths_for_a_window(tmp_path: Path) -> None:
             src.push("modified", "written.txt")
             src.push("modified", "other.txt")
             assert await next_batch(w) == {"other.txt"}
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.25)  # kept: the suppression's ttl_s (0.2 s) runs out
             src.push("modified", "written.txt")
             assert await next_batch(w) == {"written.txt"}
 
@@ -226,7 +229,7 @@ def test_cancel_stops_the_source_off_the_loop_and_reraises(tmp_path: Path) -> No
 
     async def main() -> None:
         task = asyncio.create_task(consume())
-        await asyncio.sleep(0.02)
+        await eventually(lambda: src.started, 5, "the watcher starts its source")
         assert src.started and not src.stopped
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -248,9 +251,9 @@ def test_lazy_iteration_without_context_manager_stops_on_cancel(tmp_path: Path) 
         w = LocalWatcher(tmp_path, source=src, coalesce_ms=5)
         got: list[frozenset[str]] = []
         task = asyncio.create_task(consume(w, got))
-        await asyncio.sleep(0.02)
+        await eventually(lambda: src.started, 5, "the first iteration starts the watcher")
         src.push("created", "a")
-        await asyncio.sleep(0.05)
+        await eventually(lambda: got, 5, "a's batch reaches the consumer")
         assert got == [{"a"}]
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -266,7 +269,7 @@ def test_close_ends_iteration(tmp_path: Path) -> None:
         w = LocalWatcher(tmp_path, source=src)
         async with w:
             waiting = asyncio.create_task(w.__anext__())
-            await asyncio.sleep(0.01)
+            await eventually(lambda: w._waiter is not None, 5, "the iterator waits for a batch")
             await w.aclose()
             with pytest.raises(StopAsyncIteration):
                 await waiting
@@ -403,8 +406,7 @@ def test_real_ignored_files_are_never_reported(real_watcher: Callable[..., Local
             (root / "run.log").write_text("log")
             (root / "sub").mkdir()
             (root / "sub" / "deep.log").write_text("log")
-            await asyncio.sleep(0.15)
-            (root / "done.txt").write_text("last")
+            (root / "done.txt").write_text("last")  # reported after everything written before
             batches = await collect_until(w, lambda seen: "done.txt" in seen)
             seen = set().union(*batches)
             assert not {p for p in seen if p.endswith(".log") or p.startswith("build")}, seen
@@ -425,8 +427,7 @@ def test_real_suppressed_write_is_not_echoed(real_watcher: Callable[..., LocalWa
             tmp.write_bytes(data)
             os.utime(tmp, ns=(mtime_ns, mtime_ns))
             os.replace(tmp, final)
-            await asyncio.sleep(0.15)
-            (root / "marker").write_text("")
+            (root / "marker").write_text("")  # reported after everything written before
             batches = await collect_until(w, lambda seen: "marker" in seen)
             assert not {"f.txt", tmp.name} & set().union(*batches)
             final.write_bytes(b"edited by the user")  # still in the window, but not ours
