@@ -297,6 +297,8 @@ class Daemon:
     async def restore(self) -> None:
         """Bring back the projects registered before the last stop."""
         for path in await self._load_registry():
+            if self.stop_requested:  # a SIGTERM while restoring: bring back no more
+                return
             try:
                 await self._add(path)
             except TetherError as exc:
@@ -311,6 +313,10 @@ class Daemon:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stopping is not None
 
     def request_stop(self) -> None:
         """Begin a shutdown from a signal handler (idempotent; the task is ours to await)."""
@@ -564,6 +570,10 @@ class Daemon:
         project.stamp = stamp
         self.projects[path] = project
         await project.start()
+        if self.stop_requested and self.projects.get(path) is project:
+            # The shutdown's close may have passed this project by while it was loading.
+            del self.projects[path]
+            await project.close()
 
     async def _resolve(self, project: str) -> str:
         """The config path with symlinks resolved: one project, however the user named it
@@ -637,16 +647,19 @@ async def run_daemon(socket_path: Path | None = None) -> None:
     async def line() -> str:
         return summary(await daemon.status())
 
+    # A service manager may stop the daemon the moment its socket appears: the handlers are in
+    # place before it is bound, so a stop at any point after that is a clean one (exit 0).
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.request_stop)
     async with await serve(daemon, socket_path) as server:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, daemon.request_stop)
         daemon.bus.emit({"kind": "daemon.started", "message": f"listening on {server.path}"})
         beat = asyncio.create_task(notifier.beat(line), name="watchdog")  # also while restoring
         try:
             await daemon.restore()
-            daemon.watch_configs()
-            notifier.ready(await line())
+            if not daemon.stop_requested:
+                daemon.watch_configs()
+                notifier.ready(await line())
             await daemon.wait_stopped()
             if daemon._stopping is not None:
                 await daemon._stopping
