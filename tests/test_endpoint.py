@@ -3,6 +3,7 @@ library, and the numbers both ends of the agent's stream share are defined once.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import subprocess
 import sys
@@ -80,11 +81,23 @@ def test_both_ends_of_the_stream_read_one_definition_of_its_numbers() -> None:
         wire.CHUNK,
         wire.MAX_FRAME,
     )
-    agent_files = [f"daemon/{rel}" for rel in BUNDLE if rel.startswith("agent/")]
-    for rel in (*agent_files, "daemon/transport/agent_client.py", "daemon/transport/agent_boot.py"):
-        source = (ROOT / rel).read_text()
-        for name in ("CHUNK = 1", "WINDOW = ", "MAX_FRAME = 2", "VERSION = 1"):
-            assert name not in source, f"{rel} keeps its own {name.split()[0]}"
+    copies = []
+    for path in sorted((ROOT / "daemon").rglob("*.py")):
+        if path == ROOT / "daemon/sync/wire.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Assign, ast.AnnAssign)) and not isinstance(
+                node.value,
+                (ast.Name, ast.Attribute),  # an alias of wire's own is no copy
+            ):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                named = {t.id for t in targets if isinstance(t, ast.Name)}
+                copies += [f"{path.name}: {n}" for n in named & WIRE_NUMBERS]
+    assert copies == []
+
+
+WIRE_NUMBERS = {"CHUNK", "WINDOW", "MAX_FRAME", "VERSION", "PROTOCOL_VERSION"}
+"""The stream's numbers: :mod:`tether.sync.wire` defines them, every other module takes them."""
 
 
 def test_host_side_scanners_match_ignore_rules_with_one_matcher() -> None:

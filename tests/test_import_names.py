@@ -4,6 +4,7 @@ exactly as the user's Python would: a user's own `kernels` (Hugging Face's impor
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -20,9 +21,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_holds_only_tethers_own_top_level_names(tmp_path: Path) -> None:
-    """Build the wheel as pip would and read what it would put into site-packages."""
+    """Build the wheel as pip would and read what it would put into site-packages: only
+    tether's two names, and exactly the package's modules. It builds from a copy of the
+    checkout, because setuptools leaves a ``build/`` folder behind that the next build of the
+    same tree ships from, stale modules included."""
+    source = tmp_path / "src"
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(*NOT_SOURCE))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
         timeout=300,
@@ -34,6 +40,17 @@ def test_the_wheel_holds_only_tethers_own_top_level_names(tmp_path: Path) -> Non
     assert {t for t in top if not t.endswith(".dist-info")} == {"tether", "tether_kernels"}
     assert {f"tether/{rel}" for rel in BUNDLE} <= set(names)
     assert "tether_kernels/examples/saxpy.py" in names and "tether/py.typed" in names
+    modules = {n for n in names if n.endswith(".py")}
+    for folder, name in (("daemon", "tether"), ("kernels", "tether_kernels")):
+        ours = {
+            f"{name}/{p.relative_to(REPO / folder).as_posix()}"
+            for p in (REPO / folder).rglob("*.py")
+        }
+        assert {m for m in modules if m.startswith(f"{name}/")} == ours
+
+
+NOT_SOURCE = ("build", "dist", ".venv", ".git", "*.egg-info", "__pycache__", ".*_cache", "*.pyc")
+"""What a checkout holds besides its source: never copied into the wheel's build folder."""
 
 
 def user_package(where: Path, name: str) -> None:

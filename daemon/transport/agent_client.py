@@ -5,7 +5,8 @@
 ``~/.cache/tether/<version>/`` with ours, takes new copies over the same channel only when they
 differ, then runs the agent (:mod:`.agent_boot`); we say hello. Every reply is checked by
 :mod:`.host_data` before anything acts on it.
-:meth:`AgentClient.spawn_local` runs the same agent as a local subprocess (tests, the demo).
+:meth:`AgentClient.spawn_local` runs the same agent as a local subprocess: every sync's writer
+on this side (:class:`tether.sync.sides.LocalSide`), the demo and the tests.
 
 Requests are multiplexed by id: callers may ``asyncio.gather`` many writes and they go out
 back to back without waiting for each other's replies. Every reply is validated: a malformed
