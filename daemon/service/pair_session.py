@@ -395,9 +395,9 @@ class PairSession:
 
     def snapshot(self, conflicts: Mapping[str, int]) -> dict[str, Any]:
         """The pair as `tether status` shows it. ``conflicts``: the unresolved conflicts of every
-        pair (:meth:`~tether.sync.state.StateStore.conflict_counts`, read by the caller off the loop): the
-        last sync's own count would hide those earlier syncs left unresolved (and count ones
-        already resolved)."""
+        pair (:meth:`~tether.sync.state.StateStore.conflict_counts`, read by the caller off the
+        loop): the last sync's own count would hide those earlier syncs left unresolved (and
+        count ones already resolved)."""
         report = self.last_report
         return {
             "pair": self.pair.name,

@@ -279,7 +279,7 @@ class SftpEndpoint:
         return posixpath.join(folder, temp_name(name))
 
     async def _drop_if_stale(self, full: str, name: asyncssh.SFTPName) -> None:
-        """Remove ``full``, a temporary, if its writer is gone (see :mod:`tether.sync.tempnames`)."""
+        """Remove ``full``, a temporary, if its writer is gone (:mod:`tether.sync.tempnames`)."""
         if full in _WRITING or stat.S_ISDIR(name.attrs.permissions or 0):
             return
         age_s = time.time() - (name.attrs.mtime or 0)
