@@ -10,6 +10,7 @@ another process's lock, and the event loop must not wait with it.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -19,16 +20,48 @@ from pathlib import Path
 from typing import Concatenate, Generic, ParamSpec, Protocol, TypeVar
 
 
-def open_private_db(path: Path, schema: str, *, autocommit: bool = True) -> sqlite3.Connection:
-    """Open (creating it user-only) the database at ``path`` and apply ``schema``."""
+def open_private_db(
+    path: Path,
+    schema: str,
+    *,
+    autocommit: bool = True,
+    migrate: Callable[[sqlite3.Connection], None] | None = None,
+) -> sqlite3.Connection:
+    """Open (creating it user-only) the database at ``path``, apply ``schema``, then
+    ``migrate`` (bring an older file's tables up to date).
+
+    The daemon opens several connections at once (a session per pair, status, the report
+    watcher) and a CLI may open one beside it. Setting WAL and creating tables on a new file
+    from two connections at once can fail at once with "database is locked" (a connection whose
+    snapshot went stale cannot wait for the lock), and a migration checked by two can be made
+    twice: so the schema step runs under an exclusive ``flock`` on a lock file beside the
+    database, held for those few statements only."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not path.exists():
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     db = sqlite3.connect(path, timeout=30.0, isolation_level=None if autocommit else "DEFERRED")
-    db.execute("PRAGMA journal_mode=WAL")
-    db.executescript(schema)
+    try:
+        with _schema_lock(path):
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(schema)
+            if migrate is not None:
+                migrate(db)
+    except BaseException:
+        db.close()
+        raise
     os.chmod(path, 0o600)
     return db
+
+
+@contextmanager
+def _schema_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` (created 0600) for the block."""
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class SqliteStore:

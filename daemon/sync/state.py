@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS remote_scans (
     pair TEXT PRIMARY KEY, root TEXT NOT NULL, token TEXT NOT NULL, entries TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS pairs (
-    pair TEXT PRIMARY KEY, synced REAL NOT NULL, status TEXT NOT NULL
+    pair TEXT PRIMARY KEY, synced REAL NOT NULL, status TEXT NOT NULL, identity TEXT
 );
 CREATE TABLE IF NOT EXISTS halts (
     pair TEXT PRIMARY KEY, status TEXT NOT NULL, message TEXT NOT NULL, plan TEXT NOT NULL,
@@ -112,17 +112,29 @@ async def off_loop(store: OffLoop[StateStore] | None = None) -> AsyncIterator[Of
         yield own
 
 
+def _add_identity_column(db: sqlite3.Connection) -> None:
+    """Give a database from before identities its ``identity`` column (none recorded). Run by
+    :func:`~tether.store.open_private_db` under its schema lock: two connections that both saw
+    the column missing would both add it, and the second would fail ("duplicate column name"),
+    which ended that pair's sync loop."""
+    if "identity" not in _columns(db, "pairs"):
+        with db:
+            db.execute("ALTER TABLE pairs ADD COLUMN identity TEXT")
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
 class StateStore:
     """One connection to the state database. Use as a context manager, or call :meth:`close`."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or state_dir() / DB_NAME
-        self.db = open_private_db(self.path, _SCHEMA, autocommit=False)
+        self.db = open_private_db(
+            self.path, _SCHEMA, autocommit=False, migrate=_add_identity_column
+        )
         self.db.execute("PRAGMA synchronous=NORMAL")
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(pairs)")}
-        if "identity" not in columns:  # a database from before identities: none recorded
-            with self.transaction() as db:
-                db.execute("ALTER TABLE pairs ADD COLUMN identity TEXT")
 
     def __enter__(self) -> StateStore:
         return self
