@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from pathlib import Path
@@ -368,13 +369,23 @@ class Daemon:
     # -- DaemonAPI ---------------------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
-        async with OffLoop(StateStore) as store:
-            conflicts = await store.run(StateStore.conflict_counts)
-        return {
+        """Every project's links, pairs, tunnels and triggers. A state database that cannot be
+        read costs only the conflict counts (``state_error`` says why): status is how the user
+        finds out what is wrong, so it must answer."""
+        state_error: str | None = None
+        try:
+            async with OffLoop(StateStore) as store:
+                conflicts = await store.run(StateStore.conflict_counts)
+        except (sqlite3.Error, OSError) as exc:
+            conflicts, state_error = {}, f"the state database cannot be read: {exc}"
+        answer = {
             "pid": os.getpid(),
             "started": self.started,
             "projects": [p.snapshot(conflicts) for p in self.projects.values()],
         }
+        if state_error is not None:
+            answer["state_error"] = state_error
+        return answer
 
     async def register(self, config_path: str) -> dict[str, Any]:
         path = await self._resolve(config_path)

@@ -101,7 +101,7 @@ def summary(status: Mapping[str, Any]) -> str:
     runs = [t for p in projects for t in p.get("triggers", []) if t.get("running")]
     up = sum(1 for h in hosts if h.get("state") == "up")
     syncing = sum(1 for s in pairs if s.get("state") == "syncing")
-    halted = sum(1 for s in pairs if s.get("state") == "halted")
+    halted = sum(1 for s in pairs if s.get("state") in ("halted", "failed"))
     parts = [
         f"{len(projects)} project{'s' if len(projects) != 1 else ''}",
         f"links {up}/{len(hosts)} up",

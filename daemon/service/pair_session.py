@@ -63,6 +63,8 @@ RETRY_MAX_S = 30.0
 BARRIER_TIMEOUT_S = 2.0
 HOST_WATCH_WAIT_S = 5.0
 """How long a full cycle waits for the host's watch to be up (see ``_host_watching``)."""
+LOOP_RESTART_S = 30.0
+"""How soon a sync loop that failed on an unexpected error starts again by itself."""
 
 
 class SessionState(str, Enum):
@@ -78,6 +80,9 @@ class SessionState(str, Enum):
     HALTED = "halted"
     """A safety check stopped the pair (root emptied or deleted, a big deletion, bad host data);
     it waits for `tether resume`."""
+    FAILED = "failed"
+    """Its sync loop stopped on an error it was not written for (see ``message``); it starts
+    again by itself after :data:`LOOP_RESTART_S`, or at once on `tether resume`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +263,7 @@ class PairSession:
         """Resume a paused or halted pair (a halted one syncs in full, re-checking its roots,
         and goes ahead with the deletions its halt showed, if they are still the plan)."""
         halted = self.state is SessionState.HALTED
-        if halted:
+        if halted or self.state is SessionState.FAILED:
             self.state, self.message = SessionState.STARTING, ""
         self._pending = self._pending.resumed(halted=halted)
         self._resumed.set()
@@ -310,6 +315,12 @@ class PairSession:
                                   "fix it, then `tether resume`")  # fmt: skip
             if self.state is SessionState.PAUSED:
                 raise TetherError(f"pair {self.pair.name} is paused", "`tether resume` first")
+            if self.state is SessionState.FAILED:
+                raise TetherError(
+                    f"pair {self.pair.name}: {self.message}",
+                    f"it starts again within {LOOP_RESTART_S:g} s, or now with `tether resume`; "
+                    "`tether logs` has the details",
+                )
             if self.state is SessionState.WAITING or self.link.state.value != "up":
                 await self._wait_for_link(deadline)
             if self.pending == 0 and self._idle.is_set():
@@ -474,6 +485,28 @@ class PairSession:
     # -- the sync loop -----------------------------------------------------------------------
 
     async def _run(self) -> None:
+        """The sync loop, kept alive. An error it was not written for (a state database that
+        cannot be opened, a bug) must not end it silently, leaving a pair that looks started
+        but never syncs again: it is logged with its traceback, the pair shows it as
+        ``failed`` with its reason (flush and `tether status` say it at once), and the loop
+        starts again on `tether resume` or after :data:`LOOP_RESTART_S`. Not a halt: resuming
+        it accepts nothing a safety check stopped (the loop reads a kept halt again first)."""
+        while True:
+            try:
+                await self._sync_loop()
+            except Exception as exc:  # a cancellation (close) is no Exception: it ends the loop
+                log.exception("pair %s: the sync loop failed", self.pair.name)
+                self.state = SessionState.FAILED
+                self.message = f"tether's sync loop failed ({type(exc).__name__}: {exc})"
+                self._resumed.clear()
+                self._event("failed", self.message, level="error")
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._resumed.wait(), LOOP_RESTART_S)
+                if self.state is SessionState.FAILED:  # not resumed by hand meanwhile
+                    self.state, self.message = SessionState.STARTING, ""
+                    self._resumed.set()
+
+    async def _sync_loop(self) -> None:
         async with OffLoop(StateStore) as store:
             halt = await store.run(StateStore.halt, pair_key(self.config.path, self.pair.name))
             if halt is not None and not halt.accepted:  # kept from before a restart

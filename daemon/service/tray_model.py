@@ -114,8 +114,9 @@ def attention(status: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> l
             elif down is not None and down >= LINK_GRACE_S:
                 reasons.append(f"link to {host['host']} down for {down:.0f}s")
         for pair in project.get("pairs", []):
-            if pair.get("state") == "halted":
-                reasons.append(f"pair {pair['pair']} halted: {pair.get('message') or ''}".strip())
+            if pair.get("state") in ("halted", "failed"):
+                what = f"pair {pair['pair']} {pair['state']}: {pair.get('message') or ''}"
+                reasons.append(what.strip())
             if pair.get("conflicts"):
                 reasons.append(f"pair {pair['pair']}: {_plural(pair['conflicts'], 'conflict')}")
     finished = [r for r in runs if r.get("reason") != "running"]
