@@ -35,6 +35,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from ..aio import within
 from ..config import Config, PairConfig, PairMode
 from ..errors import HostUnreachable, TetherError
 from ..store import OffLoop
@@ -337,8 +338,7 @@ class PairSession:
             if left <= 0:
                 raise TetherError(f"pair {self.pair.name}: not flushed within {timeout_s:g}s")
             self._idle.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), min(left, 0.5))
+            await within(self._idle.wait(), min(left, 0.5))
 
     async def sync_now(self, timeout_s: float) -> SyncReport:
         """Flush, then one report for every cycle that ran meanwhile (`tether sync` through the
@@ -372,8 +372,9 @@ class PairSession:
             # Written (on a thread: a slow disk must not stop the loop) only now, after flush
             # was called: every save before it is reported before it.
             await asyncio.to_thread(_create, path)
-            await asyncio.wait_for(arrived, timeout_s)
-        except (OSError, asyncio.TimeoutError):
+            if not await within(arrived, timeout_s):
+                return False
+        except OSError:
             return False
         finally:
             self._barriers.pop(token, None)
@@ -500,8 +501,7 @@ class PairSession:
                 self.message = f"tether's sync loop failed ({type(exc).__name__}: {exc})"
                 self._resumed.clear()
                 self._event("failed", self.message, level="error")
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._resumed.wait(), LOOP_RESTART_S)
+                await within(self._resumed.wait(), LOOP_RESTART_S)
                 if self.state is SessionState.FAILED:  # not resumed by hand meanwhile
                     self.state, self.message = SessionState.STARTING, ""
                     self._resumed.set()
@@ -537,8 +537,9 @@ class PairSession:
         self._idle.clear()
         self.state = SessionState.SYNCING
         if self._pending.full and not self._host_watching.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._host_watching.wait(), HOST_WATCH_WAIT_S)
+            # Not asyncio.wait_for: before Python 3.12 it can drop a cancel that lands as the
+            # watch comes up, and a session closed then would never end (see tether.aio).
+            await within(self._host_watching.wait(), HOST_WATCH_WAIT_S)
         cycle, self._pending = self._pending.take(time.monotonic())
         if cycle.accept_halt:
             await store.run(StateStore.accept_halt, pair_key(self.config.path, self.pair.name))

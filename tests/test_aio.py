@@ -1,0 +1,49 @@
+"""tether.aio.within: a timeout that never swallows its caller's cancel."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from tether.aio import within
+
+
+def test_a_cancel_that_lands_as_the_wait_ends_is_kept() -> None:
+    """The event is set and the waiter cancelled in the same turn of the loop: the waiter
+    must end cancelled (``asyncio.wait_for`` before 3.12 returned instead, and the caller went
+    on waiting for its next event)."""
+
+    async def main() -> None:
+        event = asyncio.Event()
+        after: list[str] = []
+
+        async def waiter() -> None:
+            await within(event.wait(), 5)
+            after.append("carried on")
+            await asyncio.sleep(3600)
+
+        task = asyncio.create_task(waiter())
+        await asyncio.sleep(0)  # it is waiting now
+        event.set()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+        assert after == []
+
+    asyncio.run(main())
+
+
+def test_it_says_whether_the_wait_ended_in_time() -> None:
+    async def main() -> None:
+        event = asyncio.Event()
+        assert await within(event.wait(), 0.01) is False
+        event.set()
+        assert await within(event.wait(), 5) is True
+
+        async def fails() -> None:
+            raise ValueError("its own error")
+
+        with pytest.raises(ValueError, match="its own error"):
+            await within(fails(), 5)
+
+    asyncio.run(main())
