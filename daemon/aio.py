@@ -9,7 +9,8 @@ waiting for changes, and the daemon closing it waited for it forever.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import sys
+from collections.abc import Awaitable, Callable
 
 
 async def within(awaitable: Awaitable[object], timeout_s: float) -> bool:
@@ -25,3 +26,17 @@ async def within(awaitable: Awaitable[object], timeout_s: float) -> bool:
     if done:
         inner.result()
     return bool(done)
+
+
+async def condition_within(
+    condition: asyncio.Condition, predicate: Callable[[], bool], timeout_s: float | None
+) -> None:
+    """``condition.wait_for(predicate)`` for up to ``timeout_s`` (None: no limit), with the
+    condition's lock held by the caller; :class:`TimeoutError` when the time ran out. The wait
+    must stay in the caller's task (the lock is the caller's), so :func:`within` does not fit:
+    on Python 3.11 and later ``asyncio.timeout`` keeps the cancel; 3.10 has only ``wait_for``."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout_s):
+            await condition.wait_for(predicate)
+    else:  # pragma: no cover - Python 3.10
+        await asyncio.wait_for(condition.wait_for(predicate), timeout_s)

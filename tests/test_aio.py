@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tether.aio import within
+from tether.aio import condition_within, within
 
 
 def test_a_cancel_that_lands_as_the_wait_ends_is_kept() -> None:
@@ -45,5 +45,44 @@ def test_it_says_whether_the_wait_ended_in_time() -> None:
 
         with pytest.raises(ValueError, match="its own error"):
             await within(fails(), 5)
+
+    asyncio.run(main())
+
+
+def test_a_condition_wait_keeps_a_cancel_that_lands_as_it_is_notified() -> None:
+    """The link's waits (``wait_up``, ``wait_agent``) hold the condition's lock in the caller's
+    task; a close that cancels one as the link comes up must end it, not let it carry on."""
+
+    async def main() -> None:
+        changed = asyncio.Condition()
+        ready: list[bool] = []
+        after: list[str] = []
+
+        async def waiter() -> None:
+            async with changed:
+                await condition_within(changed, lambda: bool(ready), 5)
+            after.append("carried on")
+            await asyncio.sleep(3600)
+
+        task = asyncio.create_task(waiter())
+        await asyncio.sleep(0)  # it is waiting now
+        async with changed:
+            ready.append(True)
+            changed.notify_all()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+        assert after == []
+
+    asyncio.run(main())
+
+
+def test_a_condition_wait_times_out() -> None:
+    async def main() -> None:
+        changed = asyncio.Condition()
+        async with changed:
+            with pytest.raises(asyncio.TimeoutError):
+                await condition_within(changed, lambda: False, 0.01)
+            await condition_within(changed, lambda: True, None)
 
     asyncio.run(main())

@@ -23,6 +23,7 @@ from typing import Any
 import asyncssh
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
+from ..aio import condition_within
 from ..config import HostConfig
 from ..errors import AuthRefused, BadHostData, ConfigError, HostUnreachable, TetherError
 from .agent_client import AgentClient
@@ -109,7 +110,7 @@ class Link:
 
         async with self._changed:  # decided under the lock: _set() cannot move the state now
             try:
-                await asyncio.wait_for(self._changed.wait_for(ready), timeout_s)
+                await condition_within(self._changed, ready, timeout_s)
             except asyncio.TimeoutError:
                 if isinstance(self.last_error, HostUnreachable):
                     raise HostUnreachable(
@@ -188,7 +189,7 @@ class Link:
 
         async with self._changed:
             try:
-                await asyncio.wait_for(self._changed.wait_for(moved), timeout_s)
+                await condition_within(self._changed, moved, timeout_s)
             except asyncio.TimeoutError:
                 raise HostUnreachable(
                     f"{self.host.name}: the agent did not start in time"
