@@ -1,34 +1,72 @@
-"""tether.aio.within: a timeout that never swallows its caller's cancel."""
+"""tether.aio: timeouts that never swallow their caller's cancel."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 from tether.aio import condition_within, within
 
 
+async def cancelled_as_it_ends(
+    wait: Callable[[], Awaitable[None]], end_it: Callable[[], Awaitable[None]]
+) -> list[str]:
+    """Start ``wait`` in a task, then end what it waits for and cancel the task in the same
+    turn of the loop; the task must end cancelled. What it did after its wait (nothing, when
+    the cancel was kept)."""
+    after: list[str] = []
+
+    async def waiter() -> None:
+        await wait()
+        after.append("carried on")
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(waiter())
+    await asyncio.sleep(0)  # it is waiting now
+    await end_it()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    return after
+
+
 def test_a_cancel_that_lands_as_the_wait_ends_is_kept() -> None:
-    """The event is set and the waiter cancelled in the same turn of the loop: the waiter
-    must end cancelled (``asyncio.wait_for`` before 3.12 returned instead, and the caller went
-    on waiting for its next event)."""
+    """``asyncio.wait_for`` before 3.12 returned here instead, and a pair session went on
+    waiting for its next change while the daemon closing it waited for it."""
 
     async def main() -> None:
         event = asyncio.Event()
-        after: list[str] = []
 
-        async def waiter() -> None:
+        async def wait() -> None:
             await within(event.wait(), 5)
-            after.append("carried on")
-            await asyncio.sleep(3600)
 
-        task = asyncio.create_task(waiter())
-        await asyncio.sleep(0)  # it is waiting now
-        event.set()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(task, 5)
-        assert after == []
+        async def end_it() -> None:
+            event.set()
+
+        assert await cancelled_as_it_ends(wait, end_it) == []
+
+    asyncio.run(main())
+
+
+def test_a_condition_wait_keeps_a_cancel_that_lands_as_it_is_notified() -> None:
+    """The link's waits (``wait_up``, ``wait_agent``) hold the condition's lock in the caller's
+    task; a close that cancels one as the link comes up must end it, not let it carry on."""
+
+    async def main() -> None:
+        changed = asyncio.Condition()
+        ready: list[bool] = []
+
+        async def wait() -> None:
+            async with changed:
+                await condition_within(changed, lambda: bool(ready), 5)
+
+        async def end_it() -> None:
+            async with changed:
+                ready.append(True)
+                changed.notify_all()
+
+        assert await cancelled_as_it_ends(wait, end_it) == []
 
     asyncio.run(main())
 
@@ -45,34 +83,6 @@ def test_it_says_whether_the_wait_ended_in_time() -> None:
 
         with pytest.raises(ValueError, match="its own error"):
             await within(fails(), 5)
-
-    asyncio.run(main())
-
-
-def test_a_condition_wait_keeps_a_cancel_that_lands_as_it_is_notified() -> None:
-    """The link's waits (``wait_up``, ``wait_agent``) hold the condition's lock in the caller's
-    task; a close that cancels one as the link comes up must end it, not let it carry on."""
-
-    async def main() -> None:
-        changed = asyncio.Condition()
-        ready: list[bool] = []
-        after: list[str] = []
-
-        async def waiter() -> None:
-            async with changed:
-                await condition_within(changed, lambda: bool(ready), 5)
-            after.append("carried on")
-            await asyncio.sleep(3600)
-
-        task = asyncio.create_task(waiter())
-        await asyncio.sleep(0)  # it is waiting now
-        async with changed:
-            ready.append(True)
-            changed.notify_all()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(task, 5)
-        assert after == []
 
     asyncio.run(main())
 
