@@ -845,6 +845,28 @@ def test_a_lying_prefix_digest_is_bad_host_data(tmp_path: Path, fields: str) -> 
     arun(body, wrapper=fake_agent(tmp_path, reply))
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        '"exists": "yes", "created": False, "is_dir": True, "writable": True, "free_bytes": 1',
+        '"exists": True, "created": False, "is_dir": True, "free_bytes": 1',
+        '"exists": True, "created": False, "is_dir": True, "writable": True, "free_bytes": -1',
+        '"exists": True, "created": False, "is_dir": True, "writable": True, "free_bytes": "9"',
+    ],
+    ids=["flag-text", "flag-missing", "free-negative", "free-text"],
+)
+def test_a_lying_folder_probe_is_bad_host_data(tmp_path: Path, fields: str) -> None:
+    """A probe decides whether a first sync, a fetch or a bench goes ahead: four booleans
+    and a size or nothing, anything else is refused."""
+    reply = 'send(json.dumps({"id": req["id"], "ok": True, ' + fields + "}).encode())"
+
+    async def body(c: AgentClient) -> None:
+        with pytest.raises(BadHostData):
+            await c.probe("/anything")
+
+    arun(body, wrapper=fake_agent(tmp_path, reply))
+
+
 def test_an_agent_that_dies_fails_pending_calls_promptly(tmp_path: Path) -> None:
     async def body(c: AgentClient) -> float:
         started = time.monotonic()
