@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tether.config import load_config
+from tether.sync.endpoint import Seg
+from tether.sync.entry import Entry
+from tether.transport.sftp_endpoint import SftpEndpoint
+from tether.transport.ssh import open_connection
 
 from tests.helpers import sync_over_sftp
 from tests.sshd import SshServer
@@ -137,3 +145,37 @@ def test_big_and_sparse_files_stream_both_ways_over_sftp(project: Path, tmp_path
     assert big.read_bytes() == (remote / "big.bin").read_bytes()
     assert (project / "host.bin").read_bytes() == (remote / "host.bin").read_bytes()
     assert not [p for p in remote.rglob("*.tmp")] + [p for p in project.rglob("*.tmp")]
+
+
+def test_a_streamed_write_keeps_its_temporary_from_a_scan(project: Path, tmp_path: Path) -> None:
+    """While a big file streams over SFTP, a scan of its folder in this process (another
+    pair's, or the next cycle's) sees the temporary as one being written, not as a cut
+    write's leftover to remove under the writer's feet."""
+    config = load_config(project / "tether.toml")
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    data = b"a" * 4096 + b"b" * 4096
+    seen: list[list[str]] = []
+
+    async def body() -> Entry:
+        async with open_connection(config.host("gpu")) as conn:
+            endpoint = await SftpEndpoint.start(conn)
+
+            async def frames() -> AsyncIterator[list[Seg]]:
+                yield [data[:4096]]
+                await endpoint.scan(str(remote))  # mid-write
+                seen.append([p.name for p in remote.iterdir()])
+                yield [data[4096:]]
+
+            try:
+                return await endpoint.write_stream(
+                    str(remote), "big.bin", frames(), mode=0o644, mtime_ns=10**18,
+                    expect=None, digest=lambda: hashlib.sha256(data).hexdigest(),
+                )  # fmt: skip
+            finally:
+                await endpoint.close()
+
+    entry = asyncio.run(body())
+    assert [len(names) for names in seen] == [1] and seen[0][0].endswith(".tmp")
+    assert (remote / "big.bin").read_bytes() == data and entry.size == len(data)
+    assert [p.name for p in remote.iterdir()] == ["big.bin"]

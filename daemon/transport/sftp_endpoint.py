@@ -300,8 +300,7 @@ class SftpEndpoint:
     ) -> Entry:
         full = self._abs(root, path)
         temp = self._temp(full)
-        _WRITING.add(temp)
-        try:
+        async with self._staged(temp, path):
             await self.sftp.makedirs(posixpath.dirname(full), exist_ok=True)
             async with self.sftp.open(temp, "wb") as fh:
                 await fh.write(data)
@@ -313,14 +312,6 @@ class SftpEndpoint:
             )
             await self._check(full, path, expect)
             await self.sftp.posix_rename(temp, full)
-        except asyncssh.SFTPError as exc:
-            await self._discard(temp)
-            raise _error(exc, path) from None
-        except BaseException:
-            await self._discard(temp)
-            raise
-        finally:
-            _WRITING.discard(temp)
         digest = digest or hashlib.sha256(data).hexdigest()
         return Entry(EntryKind.FILE, len(data), (mtime_ns // 10**9) * 10**9, mode & 0o7777, digest)
 
@@ -343,29 +334,10 @@ class SftpEndpoint:
         the sha256 of what the frames held (the sender hashes them), SSH vouches for the rest."""
         full = self._abs(root, path)
         temp = self._temp(full)
-        offset = 0
-        pending: set[asyncio.Future[Any]] = set()
-        try:
+        async with self._staged(temp, path):
             await self.sftp.makedirs(posixpath.dirname(full), exist_ok=True)
             async with self.sftp.open(temp, "wb") as fh:
-                async for frame in frames:
-                    for seg in frame:
-                        if isinstance(seg, tuple):
-                            raise RemoteOpError("invalid", "sftp: no delta copies", path)
-                        if isinstance(seg, int):
-                            offset += seg
-                            continue
-                        if len(pending) >= WINDOW:
-                            done, pending = await asyncio.wait(
-                                pending, return_when=asyncio.FIRST_COMPLETED
-                            )
-                            for task in done:
-                                task.result()
-                        pending.add(asyncio.ensure_future(fh.write(seg, offset)))
-                        offset += len(seg)
-                for task in pending:
-                    await task
-                pending.clear()
+                offset = await _write_frames(fh, frames, path)
             await self.sftp.setstat(
                 temp,
                 asyncssh.SFTPAttrs(
@@ -377,15 +349,24 @@ class SftpEndpoint:
             )
             await self._check(full, path, expect)
             await self.sftp.posix_rename(temp, full)
+        return Entry(EntryKind.FILE, offset, (mtime_ns // 10**9) * 10**9, mode & 0o7777, digest())
+
+    @contextlib.asynccontextmanager
+    async def _staged(self, temp: str, path: str) -> AsyncIterator[None]:
+        """The block writes ``temp`` and renames it into place: while it runs, ``temp`` is
+        listed as this process's own (a scan never takes it for a cut write's leftover), and
+        if it fails the temporary goes (an SFTP error becomes the path's own error)."""
+        _WRITING.add(temp)
+        try:
+            yield
         except asyncssh.SFTPError as exc:
             await self._discard(temp)
             raise _error(exc, path) from None
         except BaseException:
-            for task in pending:
-                task.cancel()
             await self._discard(temp)
             raise
-        return Entry(EntryKind.FILE, offset, (mtime_ns // 10**9) * 10**9, mode & 0o7777, digest())
+        finally:
+            _WRITING.discard(temp)
 
     async def _discard(self, temp: str) -> None:
         with contextlib.suppress(asyncssh.SFTPError):
@@ -430,16 +411,10 @@ class SftpEndpoint:
             raise RemoteOpError("invalid", f"{path} -> {target} escapes the root", path)
         full = self._abs(root, path)
         temp = self._temp(full)
-        _WRITING.add(temp)
-        try:
+        async with self._staged(temp, path):
             await self._check(full, path, expect)
             await self.sftp.symlink(target, temp)
             await self.sftp.posix_rename(temp, full)
-        except asyncssh.SFTPError as exc:
-            await self._discard(temp)
-            raise _error(exc, path) from None
-        finally:
-            _WRITING.discard(temp)
         return Entry(EntryKind.SYMLINK, target=target)
 
     async def delete(self, root: str, path: str, *, expect: Entry) -> None:
@@ -479,3 +454,31 @@ class SftpEndpoint:
         except asyncssh.SFTPError:
             pass
         return Probe(exists, created, is_dir, writable=is_dir, free_bytes=free)
+
+
+async def _write_frames(fh: Any, frames: AsyncIterator[list[Seg]], path: str) -> int:
+    """Write the frames' data at their offsets into the open ``fh``, WINDOW writes in flight;
+    holes are skipped. Returns the size the frames describe; a failure cancels the writes
+    still in flight."""
+    offset = 0
+    pending: set[asyncio.Future[Any]] = set()
+    try:
+        async for frame in frames:
+            for seg in frame:
+                if isinstance(seg, tuple):
+                    raise RemoteOpError("invalid", "sftp: no delta copies", path)
+                if isinstance(seg, int):
+                    offset += seg
+                    continue
+                if len(pending) >= WINDOW:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()
+                pending.add(asyncio.ensure_future(fh.write(seg, offset)))
+                offset += len(seg)
+        while pending:
+            await pending.pop()
+    finally:
+        for task in pending:
+            task.cancel()
+    return offset
